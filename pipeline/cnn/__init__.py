@@ -1,0 +1,1 @@
+"""The CNN engine: plain array functions, layers, the YAML layer graph, training, ONNX export."""

@@ -1,0 +1,222 @@
+"""The stage contract: the one module that ``sensors/`` and third-party plugins import.
+
+A stage is a small object built from validated parameters. It declares the unit
+it takes and the unit it gives, learns the shape of what it will receive before
+any data flows (:meth:`Stage.setup`), and maps one batch to the next
+(:meth:`Stage.process`). It holds no global state; randomness comes from
+generators derived per image (:meth:`Stage.image_rngs`) or per sensor
+(:meth:`Stage.pattern_rng`), never from one stream, so a run gives the same arrays
+bit for bit whatever the batch size or the order in which batches run.
+
+A plugin package exposes a stage class through the entry-point group
+``sensorlab.stages``::
+
+    [project.entry-points."sensorlab.stages"]
+    my_stage = "my_package.module:MyStage"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Batch",
+    "SignalInfo",
+    "Stage",
+    "StageError",
+    "StageParams",
+    "Unit",
+    "param",
+]
+
+ENTRY_POINT_GROUP = "sensorlab.stages"
+
+# Third element of the seed-sequence key for fixed-pattern draws; image draws use
+# three-element keys, so the two can never collide.
+_PATTERN_TAG = 0x5E5
+
+
+class Unit(str, Enum):
+    """Physical unit of the values a stage takes or gives."""
+
+    IMAGE = "image"  # dataset pixel values as stored (8-bit sRGB, 16-bit, float)
+    PHOTONS = "photons"  # mean or sampled photons per pixel per exposure
+    ELECTRONS = "electrons"
+    VOLTS = "volts"
+    DN = "DN"  # digital numbers, ADC codes
+    UNITLESS = "unitless"  # normalised values, e.g. the RGB image a CNN takes, or logits
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StageError(ValueError):
+    """A stage's parameters or input do not fit; ``key`` names the parameter at fault.
+
+    The runner turns it into one line naming the config file and key path.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StageParams(BaseModel):
+    """Base class of a stage's parameters: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def param(default: Any = ..., *, unit: str = "", doc: str = "", **constraints: Any) -> Any:
+    """A parameter field with its unit and documentation (shown by ``sensorlab stages``).
+
+    Parameters
+    ----------
+    default : the default value (``...`` for a required parameter).
+    unit : the unit, e.g. ``"e-"``, ``"DN"``, ``"px"``, ``"s"``; empty when unitless.
+    doc : one sentence saying what the parameter is.
+    constraints : pydantic constraints such as ``ge=1, le=24``.
+    """
+    extra = {"unit": unit} if unit else None
+    return Field(default, description=doc, json_schema_extra=extra, **constraints)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalInfo:
+    """What flows between two stages, known before any data does.
+
+    Attributes
+    ----------
+    unit : the physical unit of the values.
+    shape : the shape of one image: ``(H, W, C)`` for planes, ``(H, W)`` for a mosaic.
+    dtype : the NumPy dtype of the values.
+    attrs : facts later stages need, set by earlier ones (for example ``cfa``,
+        ``bits``, ``black_level_dn``, ``white_level_dn``, ``encoding``).
+    """
+
+    unit: Unit
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unit", Unit(self.unit))
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        object.__setattr__(self, "attrs", MappingProxyType(dict(self.attrs)))
+
+    @property
+    def is_mosaic(self) -> bool:
+        """True when one image is a single-channel ``(H, W)`` array."""
+        return len(self.shape) == 2
+
+    def evolve(self, *, attrs: Mapping[str, Any] | None = None, **changes: Any) -> SignalInfo:
+        """A copy with ``changes`` applied and ``attrs`` merged into the existing ones."""
+        merged = {**self.attrs, **(attrs or {})}
+        return dataclasses.replace(self, attrs=merged, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Where a batch sits in the dataset: ``image_index[i]`` is image i's global index."""
+
+    image_index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+
+class Stage(ABC):
+    """Base class of every stage.
+
+    Subclasses set the class attributes and implement :meth:`process`; they may
+    override :meth:`setup` to check their input, compute their output's shape and
+    attributes, and draw fixed patterns.
+
+    Parameters
+    ----------
+    params : the stage's validated parameters (an instance of ``Params``).
+    seed : the run seed, for temporal noise (different per image).
+    sensor_seed : the seed of the physical sensor, for fixed-pattern noise.
+    index : the stage's position in the chain (part of every random key).
+    """
+
+    name: ClassVar[str] = ""  # the registry name used in YAML
+    kind: ClassVar[str] = "other"  # scene, optics, photodetector, adc, raw, classifier, other
+    Params: ClassVar[type[StageParams]] = StageParams
+    takes: ClassVar[tuple[Unit, ...]] = ()
+    gives: ClassVar[Unit] = Unit.UNITLESS
+
+    def __init__(
+        self,
+        params: StageParams | None = None,
+        *,
+        seed: int = 0,
+        sensor_seed: int | None = None,
+        index: int = 0,
+    ) -> None:
+        self.params = params if params is not None else self.Params()
+        self.seed = int(seed)
+        self.sensor_seed = int(seed if sensor_seed is None else sensor_seed)
+        self.index = int(index)
+
+    # -- contract ---------------------------------------------------------------
+    def setup(self, info: SignalInfo) -> SignalInfo:
+        """Check the incoming signal and describe the outgoing one.
+
+        Called once, in chain order, before any data flows. The default keeps the
+        shape and dtype and sets the unit to :attr:`gives`. Raise
+        :class:`StageError` for input this stage cannot take.
+        """
+        return info.evolve(unit=self.gives)
+
+    @abstractmethod
+    def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
+        """Map one batch ``(n, *in_shape)`` to ``(n, *out_shape)``."""
+
+    # -- randomness -------------------------------------------------------------
+    def image_rngs(self, image_index: Sequence[int] | np.ndarray) -> list[np.random.Generator]:
+        """One generator per image, keyed by (seed, stage index, image index)."""
+        return [np.random.default_rng([self.seed, self.index, int(i)]) for i in image_index]
+
+    def pattern_rng(self, key: int = 0) -> np.random.Generator:
+        """A generator for fixed-pattern draws: one pattern per sensor seed and stage."""
+        return np.random.default_rng([self.sensor_seed, self.index, _PATTERN_TAG, int(key)])
+
+    # -- description --------------------------------------------------------------
+    @classmethod
+    def describe(cls) -> list[dict[str, Any]]:
+        """Each parameter's name, type, default, unit and doc, from ``Params``."""
+        schema = cls.Params.model_json_schema()
+        rows = []
+        for field_name, field in cls.Params.model_fields.items():
+            prop = schema.get("properties", {}).get(field_name, {})
+            rows.append(
+                {
+                    "name": field_name,
+                    "type": prop.get("type") or _type_label(prop),
+                    "default": None if field.is_required() else field.get_default(),
+                    "required": field.is_required(),
+                    "unit": prop.get("unit", ""),
+                    "doc": field.description or "",
+                }
+            )
+        return rows
+
+
+def _type_label(prop: Mapping[str, Any]) -> str:
+    if "enum" in prop:
+        return "|".join(str(v) for v in prop["enum"])
+    if "anyOf" in prop:
+        return " or ".join(_type_label(p) for p in prop["anyOf"])
+    if "const" in prop:
+        return repr(prop["const"])
+    return str(prop.get("type", "any"))
