@@ -269,3 +269,38 @@ def test_integer_dn_input_and_batch_independence():
         whole, _ = run_raw(dn, adc_attrs("BGGR"), demosaic=method)
         parts = [run_raw(dn[i : i + 1], adc_attrs("BGGR"), demosaic=method)[0] for i in range(4)]
         np.testing.assert_array_equal(whole, np.concatenate(parts))
+
+
+# -- the contract with the photodetector and ADC stages -----------------------------------
+
+
+@pytest.mark.parametrize("cfa", ["RGGB", "BGGR", "GRBG", "GBRG", "RGBW", "mono", "stacked"])
+def test_raw_takes_what_photodetector_and_adc_give(cfa):
+    # A noiseless flat field through photodetector → 16-bit ADC → raw comes back as
+    # QE · photons / full well per channel (floor quantisation: at most 1 LSB low).
+    from sensors.adc import ADCStage
+    from sensors.photodetector import PhotodetectorStage
+
+    photons = np.array([3000.0, 5000.0, 2000.0], dtype=np.float32)
+    noiseless = dict(
+        read_noise_e=0.0, dark_current_e_per_s=0.0, prnu_pct=0.0, dsnu_e=0.0, shot_noise=False
+    )
+    stages = [
+        PhotodetectorStage(PhotodetectorStage.Params(cfa=cfa, qe=0.5, **noiseless)),
+        ADCStage(ADCStage.Params(bits=16)),
+        RawStage(RawStage.Params(mono_output="single")),
+    ]
+    info = SignalInfo(Unit.PHOTONS, (12, 16, 3), np.float32)
+    for stage in stages:
+        info = stage.setup(info)
+    x = np.broadcast_to(photons, (2, 12, 16, 3)).copy()
+    for stage in stages:
+        x = stage.process(x, Batch(np.arange(2)))
+    assert x.shape == (2, *info.shape) and x.dtype == info.dtype
+    full_well = 10_000.0
+    if cfa == "mono":  # a panchromatic pixel (QE 0.6 default) sees all three channels
+        expected = np.array([0.6 * photons.sum() / full_well])
+    else:
+        expected = 0.5 * photons / full_well
+    lsb = 1.0 / (info.attrs["white_level_dn"] - info.attrs["black_level_dn"])
+    np.testing.assert_allclose(x, np.broadcast_to(expected, x.shape), atol=1.5 * lsb)
