@@ -389,7 +389,9 @@ class OpticsStage(Stage):
         sigma_px: float = param(0.7, unit="px", doc="Gaussian PSF standard deviation.", ge=0)
         defocus_radius_px: float = param(1.0, unit="px", doc="Defocus blur disk radius.", ge=0)
         kernel_path: str | None = param(
-            None, doc="User PSF: a .npy file, (h, w) or (h, w, C); normalised to sum 1."
+            None,
+            doc="User PSF: a .npy file, (h, w) or (h, w, C); normalised to sum 1.",
+            path=True,
         )
         f_number: float | None = param(
             None, doc="Airy: lens f-number (default: the scene's f_number).", gt=0
