@@ -145,8 +145,10 @@ def test_stage_file_parameters_resolve_against_the_config_folder(tmp_path):
     kernel = np.zeros((3, 3))
     kernel[1, 2] = 1.0  # a pure one-pixel shift
     np.save(folder / "psf.npy", kernel)
-    cfg = {"dataset": {"kind": "npz", "path": "none.npz"},
-           "sensor": [{"stage": "optics", "psf": "kernel", "kernel_path": "psf.npy"}]}
+    cfg = {
+        "dataset": {"kind": "npz", "path": "none.npz"},
+        "sensor": [{"stage": "optics", "psf": "kernel", "kernel_path": "psf.npy"}],
+    }
     (folder / "c.yaml").write_text(yaml.safe_dump(cfg))
     loaded = load_config(folder / "c.yaml")
     chain = build_chain(loaded, SignalInfo(Unit.PHOTONS, (8, 8, 3), np.float32))
