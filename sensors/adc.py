@@ -463,6 +463,7 @@ class ADCStage(Stage):
             None,
             doc="Table curve: decision thresholds as fractions of full scale, "
             "inline or a .npy/.csv file.",
+            path=True,
         )
         rounding: Rounding = param("floor", doc="floor (an ADC's comparators) or nearest.")
 
