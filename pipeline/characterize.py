@@ -52,6 +52,9 @@ DEFAULT_DARK_PAIRS = 4
 DEFAULT_SPATIAL_FRAMES = 16  # frames averaged for DSNU and PRNU
 BEYOND_SATURATION = 1.3  # the top level, relative to the estimated saturation
 PROBE_FRACTION = 0.3  # probe light: at most this fraction of saturation for η ≤ 1
+# Below this dark noise (DN, quantisation removed) floor quantisation does not dither and
+# the σ²_q = 1/12 DN² model fails: the datasheet notes it.
+QUANTISATION_LIMITED_DN = 0.5
 
 DATASHEET_JSON = "datasheet.json"
 PHOTON_TRANSFER_PNG = "photon_transfer.png"
@@ -287,6 +290,18 @@ def _measure_channel(
         select(dark_spatial), select(flat), r.system_gain_dn_per_e
     )
     k = r.system_gain_dn_per_e
+    notes = []
+    if r.sigma_d_is_upper_bound:
+        notes.append(
+            "dark variance below 0.24 DN²: quantisation hides the dark noise; "
+            "temporal_dark_noise_e is the EMVA upper bound 0.40/K"
+        )
+    elif var_dark - emva.SIGMA_Q2_DN2 < QUANTISATION_LIMITED_DN**2:
+        notes.append(
+            f"dark noise below {QUANTISATION_LIMITED_DN} DN before quantisation: the "
+            "1/12 DN² quantisation model does not hold there, temporal_dark_noise_e is "
+            "unreliable (a finer ADC, or analog gain, resolves it)"
+        )
     return {
         "pixels": int(select(dark[:1]).size),
         "system_gain_dn_per_e": k,
@@ -311,6 +326,7 @@ def _measure_channel(
         "dynamic_range_bits": emva.ratio_bits(r.dynamic_range),
         "dsnu_e": dsnu_e,
         "prnu_pct": prnu_pct,
+        "notes": notes,
         "curves": {
             "mu_p_photons": r.mu_p.tolist(),
             "mu_y_dn": r.mu_y.tolist(),
@@ -526,4 +542,5 @@ def summary(sheet: Mapping[str, Any], folder: Path) -> str:
             f"sat {ch['saturation_capacity_e']:.4g} e-, "
             f"SNR_max {ch['snr_max_db']:.1f} dB, DR {ch['dynamic_range_db']:.1f} dB"
         )
+        lines.extend(f"     note: {note}" for note in ch["notes"])
     return "\n".join(lines)

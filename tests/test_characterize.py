@@ -91,7 +91,7 @@ def test_datasheet_recovers_the_configured_sensor():
     sigma_d = math.sqrt(READ**2 + DARK * T)  # read noise and dark-current shot noise
     assert ch["system_gain_dn_per_e"] == pytest.approx(K, rel=0.02)
     assert ch["temporal_dark_noise_e"] == pytest.approx(sigma_d, rel=0.02)
-    assert not ch["temporal_dark_noise_is_upper_bound"]
+    assert not ch["temporal_dark_noise_is_upper_bound"] and ch["notes"] == []
     assert ch["quantum_efficiency_pct"] == pytest.approx(100 * QE, rel=0.02)
     # saturation: within 5 % of the full well, and within 2 % of the EMVA point (the
     # variance maximum) that the model equations put 2.5 % below it
@@ -140,6 +140,17 @@ def test_colour_channels_recover_their_quantum_efficiency(cfa):
         # wanders more than in the mono test: within 5 % of the model point
         assert ch["saturation_capacity_e"] == pytest.approx(emva_sat, rel=0.05), colour
     assert sheet["sensor"]["cfa"] == cfa and sheet["method"]["frame_size"] == [SIZE, SIZE]
+
+
+def test_quantisation_limited_dark_noise_is_noted():
+    # K = 0.05 DN/e-: 2 e- of read noise is 0.1 DN, far below one code
+    pd, _ = _stages(read_noise_e=2.0, dark_current_e_per_s=0.0, dsnu_e=0.0)
+    adc = ADCStage(ADCStage.Params(bits=10, system_gain_dn_per_e=0.05), index=1)
+    ch = characterize_stages(pd, adc, size=32, levels=12)["channels"]["W"]
+    # a zero signal sits on the floor ADC's code edge (mean code b - 1/2): the codes flip
+    # between b - 1 and b, a variance near 1/4 DN² that is not the 1/12 DN² model's
+    assert len(ch["notes"]) == 1 and "quantisation" in ch["notes"][0]
+    assert ch["temporal_dark_noise_e"] > 3 * 2.0  # what the note warns about
 
 
 def test_companding_adc_is_refused():
