@@ -63,7 +63,7 @@ class FolderDataset(IndexedDataset):
         *,
         classes: list[str] | None = None,
         resize: tuple[int, int] | None = None,
-        split: str = "all",
+        split: str = "test",
         seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,

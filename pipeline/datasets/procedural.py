@@ -25,21 +25,23 @@ stored, and the splits never share an image. Labels are balanced: every block of
 consecutive images holds each class once, in a seeded order.
 
 Encodings: ``srgb8`` (default, like ordinary image files), or ``linear16`` / ``float``,
-the recommended choice for bit-depth studies: 8-bit sRGB codes are about 0.2 % of full
-scale apart near mid-grey (and as coarse as 1/255 of the sRGB curve in deep shadows), so an
-8-bit source caps what a 12-bit sensor could show; linear16 (1/65535 steps) and float
-store the rendered linear light without that bottleneck.
+the recommended choice for bit-depth studies. 8-bit sRGB has 256 levels per channel; in
+linear light its steps are 0.03 % of full scale in deep shadows but 0.36 % at mid-grey and
+0.9 % near white, where a 12-bit ADC resolves 0.024 %. A sensor simulated on 8-bit sRGB
+input therefore cannot show more than the source's own quantisation above about 8 bits.
+linear16 (steps of 1/65535) and float keep the rendered linear light without that cap.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.datasets.base import Dataset, linear_to_srgb
-from pipeline.datasets.splits import SPLIT_IDS, CommonFields
+from pipeline.datasets.splits import SPLIT_IDS, SPLITS, CommonFields
 
 __all__ = ["CLASS_NAMES", "COLOURS", "SHAPES", "ProceduralConfig", "ProceduralDataset", "render"]
 
@@ -91,8 +93,8 @@ class ProceduralConfig(CommonFields):
     encoding: Literal["srgb8", "linear16", "float"] = Field(
         "srgb8",
         description="How images are stored: srgb8 (8-bit sRGB), linear16 (16-bit linear) or "
-        "float (linear); use linear16 or float for bit-depth studies, since 8-bit sRGB "
-        "caps what a high-bit-depth sensor could show.",
+        "float (linear); use linear16 or float for bit-depth studies: 8-bit sRGB steps "
+        "(up to 0.9 % of full scale) cap what a 10-14-bit sensor could show.",
     )
     illumination_decades: float = Field(
         1.5,
@@ -144,6 +146,8 @@ class ProceduralDataset(Dataset):
         illumination_decades: float = 1.5,
         limit: int | None = None,
     ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
         self.n_per_split = int(n)
         self.split = split
         self.seed = int(seed)
@@ -259,11 +263,10 @@ def render(
     coverage = np.clip(0.5 - sdf, 0.0, 1.0)  # one-pixel-wide antialiased edge
 
     # Background: random low-saturation hue, smooth texture, fine grain.
-    bg_y = 1.0
-    bg = _unit_luminance_rgb(360 * f["bg_hue"], _BG_SATURATION_MAX * f["bg_sat"]) * bg_y
+    # Its luminance is 1 before texture; everything is scaled by the illumination at the end.
+    bg = _unit_luminance_rgb(360 * f["bg_hue"], _BG_SATURATION_MAX * f["bg_sat"])
     texture = _upsample(z_tex, h, w)
-    grain = z_grain
-    shade = np.exp(0.35 * col(f["bg_tex_amp"]) * texture + 0.08 * col(f["grain_amp"]) * grain)
+    shade = np.exp(0.35 * col(f["bg_tex_amp"]) * texture + 0.08 * col(f["grain_amp"]) * z_grain)
     img = bg[:, None, None, :] * shade[..., None]
 
     # Clutter: up to three thin lines of random colour behind the shape.
@@ -289,7 +292,7 @@ def render(
     sat = _FG_SATURATION[0] + (_FG_SATURATION[1] - _FG_SATURATION[0]) * f["fg_sat"]
     log_k = _LOG_CONTRAST[0] + (_LOG_CONTRAST[1] - _LOG_CONTRAST[0]) * f["log_contrast"]
     log_k = np.where(f["contrast_sign"] < 0.5, -log_k, log_k)
-    fg = _unit_luminance_rgb(hue, sat) * (bg_y * np.exp(log_k))[:, None]
+    fg = _unit_luminance_rgb(hue, sat) * np.exp(log_k)[:, None]
     tex_angle = np.pi * f["fg_tex_angle"]
     freq = 0.08 + 0.25 * f["fg_tex_freq"]  # cycles per px
     phase_px = col(np.cos(tex_angle)) * pu + col(np.sin(tex_angle)) * pv
@@ -306,9 +309,10 @@ def render(
     along = (col(np.cos(grad_angle)) * (xs[None, None, :] - w / 2)) + col(np.sin(grad_angle)) * (
         ys[None, :, None] - h / 2
     )
-    along = along / (0.5 * np.hypot(h, w))  # in [-1, 1]
+    along = along / (0.5 * math.hypot(h, w))  # in [-1, 1]
     gradient = 1.0 - 0.4 * col(f["grad_depth"]) * (0.5 + 0.5 * along)
-    tint = np.stack([1 + 0.1 * (f["tint_r"] - 0.5), np.ones(n), 1 + 0.1 * (f["tint_b"] - 0.5)], 1)
+    ones = np.ones(n, np.float32)
+    tint = np.stack([1 + 0.1 * (f["tint_r"] - 0.5), ones, 1 + 0.1 * (f["tint_b"] - 0.5)], 1)
     tint = tint / tint.max(axis=1, keepdims=True)
     img = img * (col(level) * gradient)[..., None] * tint[:, None, None, :]
     linear = np.clip(img, 0.0, 1.0).astype(np.float32)
@@ -394,7 +398,7 @@ def _sdf_square(u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
 def _sdf_triangle(u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Equilateral triangle of side 2a, a = 1.15 r, centred on its centroid (Quilez's SDF)."""
     a = 1.15 * r
-    k = np.sqrt(3.0)
+    k = math.sqrt(3.0)
     pu = np.abs(u) - a
     pv = v + a / k
     fold = pu + k * pv > 0
