@@ -73,7 +73,6 @@ thread (threadpoolctl); other threads calling BLAS at the same moment run single
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -356,7 +355,7 @@ class CompiledNet:
             raise ValueError(f"input_shape must be one image's (C, H, W), got {input_shape}")
         self.inputs = _resolve_inputs(self.ops)
         if threads is None:
-            threads = _usable_cpus()
+            threads = F.usable_cpus()
         self.threads = max(1, int(threads))
         self.chunk_rows = int(chunk_rows)
         self.im2col_max_k = int(im2col_max_k)
@@ -601,11 +600,12 @@ class CompiledNet:
             def work(k: int) -> None:
                 try:
                     a, b = bounds[k], bounds[k + 1]
-                    out[a:b] = self._run_part(x[a:b], k)
+                    with F.serial_region():  # fallbacks: this thread is one core's share
+                        out[a:b] = self._run_part(x[a:b], k)
                 except BaseException as e:  # re-raised in the caller's thread
                     errors.append(e)
 
-            with _blas_single_thread():
+            with F.single_thread_blas():
                 ts = [threading.Thread(target=work, args=(k,)) for k in range(1, parts)]
                 for t in ts:
                     t.start()
@@ -732,37 +732,6 @@ def _activate(y: np.ndarray, act: str, alpha: float) -> None:
         np.maximum(y, 0, out=y)
     elif act == "leaky_relu":
         np.maximum(y, y * np.float32(alpha), out=y)
-
-
-def _usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-class _blas_single_thread:
-    """Context manager: BLAS at one thread (threadpoolctl), if threadpoolctl is there."""
-
-    _controller = None
-    _lock = threading.Lock()
-
-    def __enter__(self):
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            self._limit = None
-            return self
-        with _blas_single_thread._lock:
-            if _blas_single_thread._controller is None:
-                _blas_single_thread._controller = ThreadpoolController()
-        self._limit = _blas_single_thread._controller.limit(limits=1, user_api="blas")
-        return self
-
-    def __exit__(self, *exc):
-        if self._limit is not None:
-            self._limit.restore_original_limits()
-        return False
 
 
 def compile_inference(

@@ -461,3 +461,24 @@ def test_float32_in_float32_out_everywhere():
     outs += [y, mask, F.dropout_backward(y, mask)]
     bad = [i for i, o in enumerate(outs) if o.dtype != np.float32]
     assert not bad, f"outputs {bad} are not float32"
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_conv_split_over_threads_matches_serial_and_scipy(monkeypatch, workers):
+    """Large enough to split rows over worker threads: same result as one thread."""
+    monkeypatch.setattr(F, "usable_cpus", lambda: workers)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 4, 30, 28))
+    w = rng.standard_normal((6, 2, 3, 3))
+    kw = dict(padding=((1, 2), (0, 1)), dilation=(1, 2), groups=2)
+    y = F.conv2d(x, w, **kw)
+    dy = rng.standard_normal(y.shape)
+    grads = F.conv2d_backward(dy, x, w, **kw)
+    with F.serial_region():
+        y1 = F.conv2d(x, w, **kw)
+        grads1 = F.conv2d_backward(dy, x, w, **kw)
+    np.testing.assert_allclose(y, y1, rtol=1e-12, atol=1e-12)
+    for g, g1 in zip(grads, grads1, strict=True):
+        np.testing.assert_allclose(g, g1, rtol=1e-12, atol=1e-12)
+    ref = conv_reference(x, w, None, (1, 1), kw["padding"], kw["dilation"], kw["groups"])
+    np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-10)
