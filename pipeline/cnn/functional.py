@@ -77,6 +77,8 @@ Pads: TypeAlias = tuple[tuple[int, int], tuple[int, int]]
 _CHUNK_ROWS = 4096
 # Below this many values per tap row (kw*C), one GEMM over all kh*kw taps beats kh GEMMs.
 _IM2COL_MAX_K = 64
+# Batch rows per thread below which a dense layer is not split over threads.
+_DENSE_ROWS = 16
 
 
 # ------------------------------------------------------------------------- threads
@@ -749,6 +751,20 @@ def max_pool2d_backward(
     k, pads, s, out = _pool_geometry(x, size, stride, padding)
     if dy.shape != x.shape[:2] + out:
         raise ValueError(f"dy must be {x.shape[:2] + out}, got {dy.shape}")
+    if s == k and pads == ((0, 0), (0, 0)):  # non-overlapping windows: one scatter
+        n, c = x.shape[:2]
+        (kh, kw), (ho, wo) = k, out
+        blocks = x[:, :, : ho * kh, : wo * kw].reshape(n, c, ho, kh, wo, kw)
+        win = blocks.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, kh * kw)
+        dwin = np.zeros(win.shape, dtype=x.dtype)
+        np.put_along_axis(dwin, win.argmax(axis=-1)[..., None], dy[..., None], axis=-1)
+        dx = np.zeros(x.shape, dtype=x.dtype)
+        dx[:, :, : ho * kh, : wo * kw] = (
+            dwin.reshape(n, c, ho, wo, kh, kw)
+            .transpose(0, 1, 2, 4, 3, 5)
+            .reshape(n, c, ho * kh, wo * kw)
+        )
+        return dx
     xp = _pad(x, pads, -np.inf)
     win = _windows(xp, k, s, (1, 1), out).reshape(*x.shape[:2], *out, k[0] * k[1])
     arg = win.argmax(axis=-1)
@@ -917,7 +933,11 @@ def dense(x: Any, w: Any, b: Any | None = None) -> np.ndarray:
         raise ValueError(
             f"dense takes x (N, in) or (in,) with w (out, in); got {x.shape} and {w.shape}"
         )
-    y = x @ w.T
+    if x.ndim == 1:
+        y = w @ x
+    else:
+        y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+        _split_rows(x.shape[0], lambda a, z: np.matmul(x[a:z], w.T, out=y[a:z]), _DENSE_ROWS)
     if b is not None:
         y += _like(b, x)
     return y
@@ -930,7 +950,14 @@ def dense_backward(dy: Any, x: Any, w: Any) -> tuple[np.ndarray, np.ndarray, np.
     dy = _like(dy, x)
     if x.ndim == 1:
         return w.T @ dy, np.outer(dy, x), dy.copy()
-    return dy @ w, dy.T @ x, dy.sum(axis=0)
+    dx = np.empty(x.shape, dtype=x.dtype)
+
+    def part(a: int, z: int) -> np.ndarray:
+        np.matmul(dy[a:z], w, out=dx[a:z])
+        return dy[a:z].T @ x[a:z]
+
+    dw = sum(_split_rows(x.shape[0], part, _DENSE_ROWS))
+    return dx, dw, dy.sum(axis=0)
 
 
 # -------------------------------------------------------------------- softmax & loss
