@@ -292,7 +292,7 @@ class Conv2d(Layer):
                 f"conv2d: groups={a.groups} must divide both the input channels ({c}) "
                 f"and filters ({a.filters})"
             )
-        pads = F.resolve_padding(a.padding, a.kernel, a.stride, a.dilation)
+        pads = F.resolve_padding(a.padding, a.kernel, a.stride, a.dilation, input_size=(h, w))
         self.pads: Pads = (
             (int(pads[0][0]), int(pads[0][1])),
             (int(pads[1][0]), int(pads[1][1])),
@@ -529,13 +529,14 @@ class MaxPool2d(_Pool2d):
 
 @register
 class AvgPool2d(_Pool2d):
-    """Mean over windows (see :func:`pipeline.cnn.functional.avg_pool2d` for padding)."""
+    """Mean over windows; a window overlapping the padding averages its real pixels only
+    (ONNX AveragePool's default count_include_pad=0)."""
 
     type = "avgpool2d"
 
     def forward(self, xs, p, *, train=False, rng=None):
         a = self.args
-        return F.avg_pool2d(xs[0], a.size, self.stride, a.padding), xs[0]
+        return F.avg_pool2d(xs[0], a.size, self.stride, a.padding), xs[0].shape
 
     def backward(self, dy, cache, p):
         a = self.args
@@ -554,11 +555,10 @@ class GlobalAvgPool(Layer):
 
     def forward(self, xs, p, *, train=False, rng=None):
         x = xs[0]
-        return F.global_avg_pool(x).reshape(x.shape[0], x.shape[1]), x
+        return F.global_avg_pool(x).reshape(x.shape[0], x.shape[1]), x.shape
 
     def backward(self, dy, cache, p):
-        x = cache
-        return [F.global_avg_pool_backward(dy.reshape(x.shape[0], x.shape[1], 1, 1), x)], {}
+        return [F.global_avg_pool_backward(dy, cache)], {}
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -654,7 +654,7 @@ class Dropout(_Elementwise):
     def backward(self, dy, cache, p):
         if cache is None:
             return [dy], {}
-        return [dy * cache], {}
+        return [F.dropout_backward(dy, cache)], {}
 
 
 # --------------------------------------------------------------------------- structure
@@ -674,7 +674,7 @@ class Flatten(Layer):
         return F.flatten(x), x.shape
 
     def backward(self, dy, cache, p):
-        return [dy.reshape(cache)], {}
+        return [F.flatten_backward(dy, cache)], {}
 
 
 @register

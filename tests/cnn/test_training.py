@@ -8,12 +8,22 @@ import math
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from threadpoolctl import threadpool_limits
 
 from pipeline.cnn.graph import parse_graph
 from pipeline.cnn.model import Model
 from pipeline.cnn.optim import SGD, Adam, AdamW, LRSchedule
 from pipeline.cnn.training import Callback, TrainConfig, evaluate, fit, split_train_val
 from pipeline.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """Single-threaded BLAS: on a shared 2-core machine under load, OpenBLAS's two-thread
+    GEMM on these small matrices was measured 400x slower (36 ms vs 0.09 ms)."""
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
 
 # ------------------------------------------------------------------ optimisers
 # One 1x2 weight (decayed: 2 axes) and one bias (not decayed), two steps with known
