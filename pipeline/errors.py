@@ -25,7 +25,9 @@ class UserError(Exception):
         self.file = None if file is None else str(file)
         self.key = key
 
-    def located(self, *, file: str | Path | None = None, key_prefix: str | None = None) -> UserError:
+    def located(
+        self, *, file: str | Path | None = None, key_prefix: str | None = None
+    ) -> UserError:
         """A copy with the file filled in (if unset) and ``key_prefix`` put before the key."""
         key = self.key
         if key_prefix:
@@ -39,7 +41,7 @@ class UserError(Exception):
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """``" (did you mean 'x'?)"`` for the closest choice, or a list of choices when none is close."""
+    """``" (did you mean 'x'?)"`` for the closest choice, else the choices when few."""
     choices = sorted(set(choices))
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if close:

@@ -1,0 +1,506 @@
+"""The runner: streams a dataset through the configured stages and records what each gave.
+
+Memory stays flat whatever the dataset's size: images are read, processed and
+written batch by batch; only the recorded images (``run.record.images``), the
+labels and the predictions are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import pipeline
+from pipeline.classifier import ClassifierStage
+from pipeline.config import Config, LoadedConfig, load_config
+from pipeline.datasets import Dataset, open_dataset
+from pipeline.errors import UserError
+from pipeline.metrics import classification_metrics
+from pipeline.registry import Registry, default_registry
+from pipeline.stage import Batch, SignalInfo, Stage, StageError
+from pipeline.store import RunWriter
+
+__all__ = ["Chain", "RunResult", "build_chain", "open_config_dataset", "run"]
+
+DATASET = "dataset"  # record name of the input images
+
+
+@dataclasses.dataclass
+class Chain:
+    """Stages in order with what flows between them.
+
+    Attributes
+    ----------
+    stages : the stage objects, sensor stages first, then the classifier if any.
+    names : each stage's record name (its registry name, ``_2``... when repeated).
+    infos : ``infos[0]`` describes the dataset images, ``infos[i + 1]`` stage i's output.
+    keys : each stage's key path in the config (``sensor[3]``, ``model``), for errors.
+    """
+
+    stages: list[Stage]
+    names: list[str]
+    infos: list[SignalInfo]
+    keys: list[str]
+
+    @property
+    def classifier(self) -> ClassifierStage | None:
+        last = self.stages[-1] if self.stages else None
+        return last if isinstance(last, ClassifierStage) else None
+
+    @property
+    def sensor_stages(self) -> list[Stage]:
+        return [s for s in self.stages if not isinstance(s, ClassifierStage)]
+
+    def apply(
+        self, x: np.ndarray, batch: Batch, *, upto: int | None = None, timings: list | None = None
+    ) -> list[np.ndarray]:
+        """Every stage's output for one batch (the first ``upto`` stages)."""
+        outputs = []
+        for i, stage in enumerate(self.stages[:upto]):
+            t0 = time.perf_counter()
+            x = stage.process(x, batch)
+            if timings is not None:
+                timings[i] += time.perf_counter() - t0
+            _check_output(self, i, x, len(batch))
+            outputs.append(x)
+        return outputs
+
+    def stream(
+        self, dataset: Dataset, batch_size: int, *, sensor_only: bool = True, file: str = ""
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+        """``(x, labels, image_index)`` per batch after the sensor stages (or the whole chain)."""
+        upto = len(self.sensor_stages) if sensor_only else None
+        for images, labels, index in dataset.batches(batch_size):
+            _check_finite(images, index, file)
+            out = self.apply(images, Batch(index), upto=upto)
+            yield (out[-1] if out else images), labels, index
+
+
+def _check_output(chain: Chain, i: int, x: np.ndarray, n: int) -> None:
+    info = chain.infos[i + 1]
+    if not isinstance(x, np.ndarray) or x.shape != (n, *info.shape) or x.dtype != info.dtype:
+        got = (getattr(x, "shape", None), getattr(x, "dtype", type(x).__name__))
+        raise RuntimeError(
+            f"stage {chain.names[i]!r} broke its contract: declared {(n, *info.shape)} "
+            f"{info.dtype}, gave {got[0]} {got[1]}"
+        )
+
+
+def _check_finite(images: np.ndarray, index: np.ndarray, file: str) -> None:
+    if images.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    if bad.any():
+        j = int(np.argmax(bad))
+        what = "NaN" if np.isnan(images[j]).any() else "inf"
+        raise UserError(f"image {int(index[j])} contains {what}", file=file or None, key="dataset")
+
+
+def open_config_dataset(loaded: LoadedConfig, split: str | None = None) -> Dataset:
+    """The dataset a config names (optionally another split), errors located in its file."""
+    cfg = loaded.config.dataset
+    if split is not None and "split" in type(cfg).model_fields:
+        cfg = cfg.model_copy(update={"split": split})
+    try:
+        return open_dataset(cfg, base_dir=loaded.base_dir)
+    except UserError as exc:
+        raise exc.located(file=loaded.file) from None
+
+
+def build_chain(
+    loaded: LoadedConfig,
+    input_info: SignalInfo,
+    *,
+    registry: Registry | None = None,
+    with_model: bool = True,
+) -> Chain:
+    """Instantiate and set up the configured stages, checking units and shapes before any data.
+
+    Raises
+    ------
+    UserError : a unit that does not chain, a stage that refuses its input, a model
+        whose input does not fit the sensor's output.
+    """
+    registry = registry or default_registry()
+    config = loaded.config
+    stages: list[Stage] = []
+    names: list[str] = []
+    keys: list[str] = []
+    infos = [input_info]
+    prev_name = DATASET
+    for i, row in enumerate(config.sensor):
+        cls = registry.get(row.stage)
+        params = cls.Params.model_validate(row.model_dump(exclude={"stage"}))
+        stage = cls(params, seed=config.seed, sensor_seed=config.sensor_seed, index=i)
+        key = f"sensor[{i}]"
+        info = infos[-1]
+        if cls.takes and info.unit not in cls.takes:
+            takes = " or ".join(str(u) for u in cls.takes)
+            raise loaded.error(
+                f"{cls.name} takes {takes}; {prev_name} gives {info.unit}", key=f"{key}.stage"
+            )
+        infos.append(_setup(stage, info, loaded, f"{key}.{cls.name}"))
+        stages.append(stage)
+        names.append(_unique(cls.name, names))
+        keys.append(key)
+        prev_name = cls.name
+    if with_model and config.model is not None:
+        stage = ClassifierStage(load_config_model(loaded), index=len(stages), seed=config.seed)
+        info = infos[-1]
+        if info.unit not in stage.takes:
+            takes = " or ".join(str(u) for u in stage.takes)
+            raise loaded.error(f"the model takes {takes}; {prev_name} gives {info.unit}", "model")
+        infos.append(_setup(stage, info, loaded, "model"))
+        stages.append(stage)
+        names.append(_unique(stage.name, names))
+        keys.append("model")
+    return Chain(stages, names, infos, keys)
+
+
+def _setup(stage: Stage, info: SignalInfo, loaded: LoadedConfig, key: str) -> SignalInfo:
+    try:
+        out = stage.setup(info)
+    except StageError as exc:
+        raise loaded.error(str(exc), f"{key}.{exc.key}" if exc.key else key) from None
+    if not isinstance(out, SignalInfo):
+        raise RuntimeError(f"{type(stage).__name__}.setup returned {type(out).__name__}")
+    return out
+
+
+def _unique(name: str, taken: Sequence[str]) -> str:
+    if name not in taken and name != DATASET:
+        return name
+    k = 2
+    while f"{name}_{k}" in taken:
+        k += 1
+    return f"{name}_{k}"
+
+
+def load_config_model(loaded: LoadedConfig) -> Any:
+    """The classifier the config's ``model:`` names, with its weights."""
+    from pipeline.cnn.model import load_model
+
+    ref = loaded.config.model
+    assert ref is not None
+    path = loaded.resolve(ref.path)
+    weights = loaded.resolve(ref.weights) if ref.weights else None
+    try:
+        return load_model(path, weights)
+    except UserError as exc:
+        raise exc.located(file=exc.file or loaded.file, key_prefix=None) from None
+
+
+# --------------------------------------------------------------------------- running
+@dataclasses.dataclass
+class RunResult:
+    """What a run gives back.
+
+    Attributes
+    ----------
+    arrays : recorded arrays by stage name (``dataset`` for the input), first images only.
+    metrics : accuracy, per-class accuracy, confusion matrix (when labels and a model exist).
+    manifest : the manifest written to ``manifest.json``.
+    path : the run folder, or None when nothing was stored.
+    predictions : predicted class per image (when a model exists).
+    labels : true class per image (when the dataset has labels).
+    """
+
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, Any]
+    manifest: dict[str, Any]
+    path: Path | None
+    predictions: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+def run(
+    config: str | Path | Mapping[str, Any] | Config | LoadedConfig,
+    *,
+    set: Mapping[str, Any] | Sequence[str] | None = None,
+    registry: Registry | None = None,
+    dataset: Dataset | None = None,
+    store: bool = True,
+    progress: bool | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Run a config: stream the dataset through its stages, record, measure.
+
+    Parameters
+    ----------
+    config : a YAML path, a dict, a Config or a LoadedConfig.
+    set : dotted-key overrides (``{"sensor.adc.bits": 4}`` or ``["sensor.adc.bits=4"]``).
+    registry : stage registry (default: installed stages and plugins).
+    dataset : use this dataset instead of the config's (Python API).
+    store : write the run folder (False keeps the records in memory only).
+    progress : force the progress bar on or off (default: config, and only on a terminal).
+    overrides : more overrides as keyword arguments, ``__`` for dots (``run__batch_size=7``).
+
+    Returns
+    -------
+    RunResult
+    """
+    registry = registry or default_registry()
+    pairs: dict[str, Any] = {}
+    if set:
+        pairs.update(dict(_pairs(set)))
+    pairs.update({k.replace("__", "."): v for k, v in overrides.items()})
+    if isinstance(config, LoadedConfig):
+        loaded = (
+            config
+            if not pairs
+            else load_config(config.raw, pairs, registry=registry, base_dir=config.base_dir)
+        )
+    else:
+        loaded = load_config(config, pairs, registry=registry)
+    ds = dataset if dataset is not None else open_config_dataset(loaded)
+    chain = build_chain(loaded, ds.info(), registry=registry)
+    return _execute(loaded, ds, chain, store=store, progress=progress)
+
+
+def _pairs(items: Mapping[str, Any] | Sequence[str]) -> Iterator[tuple[str, Any]]:
+    from pipeline.config import parse_override
+
+    if isinstance(items, Mapping):
+        yield from items.items()
+    else:
+        for item in items:
+            yield parse_override(item)
+
+
+def _record_plan(config: Config, chain: Chain, n_images: int) -> tuple[list[int], int]:
+    """Which chain positions to record (-1 is the dataset) and how many images."""
+    rec = config.run.record
+    all_names = [DATASET, *chain.names]
+    if rec.stages == "all":
+        chosen = all_names
+    elif rec.stages == "none":
+        chosen = []
+    else:
+        for name in rec.stages:
+            if name not in all_names:
+                from pipeline.errors import did_you_mean
+
+                raise UserError(
+                    f"no stage {name!r} to record{did_you_mean(name, all_names)}",
+                    key="run.record.stages",
+                )
+        chosen = list(rec.stages)
+    n = n_images if rec.images == "all" else min(int(rec.images), n_images)
+    return [all_names.index(name) - 1 for name in chosen], n
+
+
+def _run_name(loaded: LoadedConfig) -> str:
+    if loaded.config.run.name:
+        return loaded.config.run.name
+    stem = Path(loaded.file).stem if loaded.file.endswith((".yaml", ".yml")) else "run"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{stem}-{stamp}"
+
+
+def _execute(
+    loaded: LoadedConfig, dataset: Dataset, chain: Chain, *, store: bool, progress: bool | None
+) -> RunResult:
+    config = loaded.config
+    n_images = len(dataset)
+    try:
+        positions, n_record = _record_plan(config, chain, n_images)
+    except UserError as exc:
+        raise exc.located(file=loaded.file) from None
+    record_names = [DATASET if p < 0 else chain.names[p] for p in positions]
+    writer = None
+    if store:
+        try:
+            writer = RunWriter(config.run.out, _run_name(loaded))
+        except UserError as exc:
+            raise exc.located(file=loaded.file) from None
+    try:
+        result = _stream(
+            loaded, dataset, chain, positions, record_names, n_record, writer, progress
+        )
+        if writer is not None:
+            _write_samples(writer, chain, result, config.run.samples)
+            result.path = writer.commit(result.manifest)
+        return result
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+def _stream(
+    loaded: LoadedConfig,
+    dataset: Dataset,
+    chain: Chain,
+    positions: list[int],
+    record_names: list[str],
+    n_record: int,
+    writer: RunWriter | None,
+    progress: bool | None,
+) -> RunResult:
+    from tqdm.auto import tqdm
+
+    config = loaded.config
+    n_images = len(dataset)
+    infos = chain.infos
+    memory: dict[str, np.ndarray] = {}
+    for pos, name in zip(positions, record_names, strict=True):
+        info = infos[pos + 1]
+        memory[name] = np.zeros((n_record, *info.shape), dtype=info.dtype)
+        if writer is not None:
+            attrs = {
+                "stage": name,
+                "unit": str(info.unit),
+                "index": pos,
+                "signal_attrs": dict(info.attrs),
+            }
+            writer.create_array(name, (n_record, *info.shape), info.dtype, attrs)
+    timings = [0.0] * len(chain.stages)
+    read_time = 0.0
+    labels_all: list[np.ndarray] = []
+    preds_all: list[np.ndarray] = []
+    show = config.run.progress if progress is None else progress
+    bar = tqdm(
+        total=n_images,
+        unit="img",
+        desc="run",
+        leave=False,
+        disable=not (show and (progress or sys.stderr.isatty())),
+    )
+    t_start = time.perf_counter()
+    batch_iter = iter(dataset.batches(config.run.batch_size))
+    while True:
+        t0 = time.perf_counter()
+        try:
+            images, labels, index = next(batch_iter)
+        except StopIteration:
+            break
+        except UserError as exc:
+            raise exc.located(file=loaded.file) from None
+        read_time += time.perf_counter() - t0
+        _check_finite(images, index, loaded.file)
+        outputs = [images, *chain.apply(images, Batch(index), timings=timings)]
+        start = int(index[0])
+        if start < n_record:
+            stop = min(int(index[-1]) + 1, n_record)
+            for pos, name in zip(positions, record_names, strict=True):
+                part = outputs[pos + 1][: stop - start]
+                memory[name][start:stop] = part
+                if writer is not None:
+                    writer.write(name, start, part)
+        if labels is not None:
+            labels_all.append(np.asarray(labels))
+        if chain.classifier is not None:
+            preds_all.append(np.argmax(outputs[-1], axis=1))
+        bar.update(len(index))
+    bar.close()
+    wall = time.perf_counter() - t_start
+    labels_arr = np.concatenate(labels_all) if labels_all else None
+    preds_arr = np.concatenate(preds_all) if preds_all else None
+    metrics: dict[str, Any] = {}
+    if labels_arr is not None and preds_arr is not None:
+        metrics = classification_metrics(labels_arr, preds_arr, chain.classifier.model.class_names)
+    manifest = _manifest(
+        loaded, dataset, chain, positions, record_names, n_record, timings, read_time, wall, metrics
+    )
+    return RunResult(memory, metrics, manifest, None, preds_arr, labels_arr)
+
+
+def _manifest(
+    loaded: LoadedConfig,
+    dataset: Dataset,
+    chain: Chain,
+    positions: list[int],
+    record_names: list[str],
+    n_record: int,
+    timings: list[float],
+    read_time: float,
+    wall: float,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    config = loaded.config
+    stages = [
+        {
+            "name": DATASET,
+            "kind": "dataset",
+            "unit": str(chain.infos[0].unit),
+            "shape": list(chain.infos[0].shape),
+            "dtype": str(chain.infos[0].dtype),
+            "seconds": round(read_time, 6),
+        }
+    ]
+    for i, stage in enumerate(chain.stages):
+        info = chain.infos[i + 1]
+        stages.append(
+            {
+                "name": chain.names[i],
+                "kind": stage.kind,
+                "key": chain.keys[i],
+                "takes": str(chain.infos[i].unit),
+                "unit": str(info.unit),
+                "shape": list(info.shape),
+                "dtype": str(info.dtype),
+                "attrs": dict(info.attrs),
+                "seconds": round(timings[i], 6),
+            }
+        )
+    arrays = {}
+    for pos, name in zip(positions, record_names, strict=True):
+        info = chain.infos[pos + 1]
+        arrays[name] = {
+            "path": f"arrays.zarr/{name}",
+            "shape": [n_record, *info.shape],
+            "dtype": str(info.dtype),
+            "unit": str(info.unit),
+        }
+    return {
+        "sensorlab": pipeline.__version__,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_file": loaded.file,
+        "config": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "sensor_seed": config.sensor_seed if config.sensor_seed is not None else config.seed,
+        "versions": _versions(),
+        "dataset": {
+            "images": len(dataset),
+            "image_shape": list(dataset.image_shape),
+            "dtype": str(dataset.dtype),
+            "encoding": dataset.encoding,
+            "classes": list(dataset.class_names),
+        },
+        "stages": stages,
+        "arrays": arrays,
+        "wall_seconds": round(wall, 6),
+        "images_per_second": round(len(dataset) / wall, 3) if wall > 0 else None,
+        "metrics": metrics,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import pydantic
+    import zarr
+
+    return {
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "sensorlab": pipeline.__version__,
+        "zarr": zarr.__version__,
+        "pydantic": pydantic.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _write_samples(writer: RunWriter, chain: Chain, result: RunResult, n: int) -> None:
+    if n <= 0 or not result.arrays:
+        return
+    from pipeline.samples import samples_figure
+
+    samples_figure(result.arrays, chain, writer.path("samples.png"), n=n)

@@ -1,0 +1,95 @@
+"""samples.png: a few images through every recorded stage, side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["display_image", "samples_figure"]
+
+_CHANNEL = {"R": 0, "G": 1, "B": 2}
+
+
+def display_image(x: np.ndarray, unit: str, attrs: Mapping[str, Any]) -> np.ndarray:
+    """An (H,W,3) float image in [0,1] for display.
+
+    DN are scaled by the white level (black level removed), dataset images by their
+    coding range, other units by the image's 99.5th percentile. A mosaic is shown as
+    a mosaic: each photosite in the colour of its filter.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if unit == "DN":
+        black = float(attrs.get("black_level_dn", 0.0))
+        white = float(attrs.get("white_level_dn", x.max() if x.size else 1.0))
+        x = (x - black) / max(white - black, 1e-12)
+    elif unit == "image":
+        enc = attrs.get("encoding", "float")
+        x = x / {"srgb8": 255.0, "linear16": 65535.0}.get(enc, 1.0)
+    else:
+        top = np.percentile(x, 99.5) if x.size else 1.0
+        x = x / top if top > 0 else x
+    x = np.clip(x, 0.0, 1.0)
+    if x.ndim == 2:
+        tile = attrs.get("cfa_tile")
+        if tile:
+            rgb = np.zeros((*x.shape, 3))
+            th, tw = len(tile), len(tile[0])
+            for r in range(th):
+                for c in range(tw):
+                    letter = tile[r][c]
+                    if letter in _CHANNEL:
+                        rgb[r::th, c::tw, _CHANNEL[letter]] = x[r::th, c::tw]
+                    else:  # panchromatic (W) or unknown: grey
+                        rgb[r::th, c::tw, :] = x[r::th, c::tw, None]
+            return rgb
+        return np.repeat(x[..., None], 3, axis=2)
+    if x.shape[-1] == 1:
+        return np.repeat(x, 3, axis=2)
+    return x[..., :3]
+
+
+def samples_figure(
+    arrays: Mapping[str, np.ndarray], chain: Any, path: str | Path, n: int = 4
+) -> None:
+    """Write a grid: one row per image (first ``n``), one column per recorded stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    infos = {"dataset": chain.infos[0]}
+    infos.update({name: chain.infos[i + 1] for i, name in enumerate(chain.names)})
+    names = [name for name in arrays if name in infos]
+    rows = min(n, min(len(arrays[name]) for name in names)) if names else 0
+    if rows == 0:
+        return
+    class_names = getattr(getattr(chain.classifier, "model", None), "class_names", None)
+    fig, axes = plt.subplots(
+        rows, len(names), figsize=(2.2 * len(names), 2.2 * rows), squeeze=False
+    )
+    for col, name in enumerate(names):
+        info = infos[name]
+        for row in range(rows):
+            ax = axes[row][col]
+            value = arrays[name][row]
+            if info.attrs.get("logits"):
+                z = value.astype(np.float64) - value.max()
+                p = np.exp(z) / np.exp(z).sum()
+                ax.barh(np.arange(len(p)), p, color="tab:blue")
+                ax.set_xlim(0, 1)
+                ax.invert_yaxis()
+                label = class_names[int(np.argmax(p))] if class_names else str(int(np.argmax(p)))
+                ax.set_xlabel(f"→ {label}", fontsize=7)
+                ax.tick_params(labelsize=5)
+            else:
+                ax.imshow(display_image(value, str(info.unit), info.attrs), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"{name}\n[{info.unit}]", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

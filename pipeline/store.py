@@ -1,0 +1,137 @@
+"""The run store: one folder per run, written atomically.
+
+Layout of a finished run folder::
+
+    <out>/<name>/
+        manifest.json   resolved config, seed, versions, per-stage time, arrays, metrics
+        arrays.zarr/    zarr v3 group, one array per recorded stage, chunked by image,
+                        each with attributes unit, stage, index and the signal's attrs
+        samples.png     a few images through every stage
+
+The folder is built under a hidden temporary name beside its final place
+(``.<name>.partial-<pid>``) and renamed when complete, so an interrupted run
+leaves nothing that looks like a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.errors import UserError
+
+__all__ = ["RunWriter", "jsonable", "write_json_atomic"]
+
+_CHUNK_BYTES = 1 << 20  # aim for ~1 MiB chunks, whole images per chunk
+
+
+class RunWriter:
+    """Builds a run folder under a temporary name; :meth:`commit` makes it final.
+
+    Parameters
+    ----------
+    out_root : folder that receives run folders; created if missing.
+    name : the run folder's final name.
+    overwrite : replace an existing folder of that name (default: refuse).
+    """
+
+    def __init__(self, out_root: str | Path, name: str, *, overwrite: bool = False) -> None:
+        self.out_root = Path(out_root)
+        self.final = self.out_root / name
+        if self.final.exists() and not overwrite:
+            raise UserError(f"run folder {self.final} already exists", key="run.name")
+        self.overwrite = overwrite
+        try:
+            self.out_root.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=self.out_root))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a run folder is ordinary
+        except OSError as exc:
+            raise UserError(
+                f"cannot write to {self.out_root}: {exc.strerror or exc}", key="run.out"
+            ) from None
+        self._group: zarr.Group | None = None
+        self._arrays: dict[str, zarr.Array] = {}
+
+    # -- arrays ------------------------------------------------------------------
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = zarr.open_group(str(self.tmp / "arrays.zarr"), mode="w")
+        return self._group
+
+    def create_array(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: Any,
+        attributes: Mapping[str, Any],
+    ) -> None:
+        """Declare a recorded array of ``shape`` = (images, *image_shape), chunked by image."""
+        per_image = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+        images_per_chunk = max(1, min(shape[0] or 1, _CHUNK_BYTES // max(per_image, 1)))
+        self._arrays[name] = self.group.create_array(
+            name,
+            shape=shape,
+            chunks=(images_per_chunk, *shape[1:]),
+            dtype=np.dtype(dtype),
+            attributes=jsonable(dict(attributes)),
+            fill_value=0,
+        )
+
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write ``values`` at images ``[start, start + len(values))`` of array ``name``."""
+        self._arrays[name][start : start + len(values)] = values
+
+    # -- finishing ---------------------------------------------------------------
+    def path(self, filename: str) -> Path:
+        """Where to write an extra file of the run (inside the temporary folder)."""
+        return self.tmp / filename
+
+    def commit(self, manifest: Mapping[str, Any]) -> Path:
+        """Write manifest.json last, then rename the folder into place; returns the final path."""
+        write_json_atomic(self.tmp / "manifest.json", manifest)
+        if self.final.exists() and self.overwrite:
+            shutil.rmtree(self.final)
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        """Remove the temporary folder (an interrupted or failed run)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types from NumPy scalars/arrays, tuples, paths and enums."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "value") and isinstance(getattr(obj, "value", None), str):
+        return obj.value
+    return obj

@@ -1,0 +1,200 @@
+"""Every bad input through the real CLI: exit 2, one line naming file and key, no run folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from conftest import sensorlab
+
+
+def _write(tmp_path, cfg, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def base(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "d.npz", x=rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8), y=np.arange(6) % 2
+    )
+    return {
+        "dataset": {"kind": "npz", "path": "d.npz"},
+        "sensor": [{"stage": "plug_photons"}, {"stage": "slow", "seconds": 0}],
+        "run": {"out": "runs", "batch_size": 4},
+    }
+
+
+def _assert_user_error(proc, tmp_path, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    runs = tmp_path / "runs"
+    assert not runs.exists() or list(runs.iterdir()) == []
+    return lines[0]
+
+
+def test_good_config_runs(tmp_path, base, plugin_dir):
+    path = _write(tmp_path, base)
+    proc = sensorlab("run", path, "--quiet", cwd=tmp_path, plugin=plugin_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "records: runs/" in proc.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "arrays.zarr",
+        "manifest.json",
+        "samples.png",
+    ]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path, plugin_dir):
+    path = _write(tmp_path, "seed: 1\nrun:\n  batch_size: [1, 2\n")
+    line = _assert_user_error(
+        sensorlab("run", path, cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "cfg.yaml: YAML syntax error at line",
+    )
+    assert "line 4" in line or "line 3" in line
+
+
+def test_unknown_key_did_you_mean(tmp_path, base, plugin_dir):
+    base["run"]["batch_sise"] = 4
+    _assert_user_error(
+        sensorlab("run", _write(tmp_path, base), cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "cfg.yaml: run.batch_sise: unknown key (did you mean 'batch_size'?)",
+    )
+
+
+def test_unknown_stage_parameter_did_you_mean(tmp_path, base, plugin_dir):
+    base["sensor"][1] = {"stage": "slow", "second": 1}
+    _assert_user_error(
+        sensorlab("run", _write(tmp_path, base), cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "cfg.yaml: sensor[1].slow.second: unknown key",
+        "did you mean 'seconds'",
+    )
+
+
+def test_wrong_type(tmp_path, base, plugin_dir):
+    base["run"]["batch_size"] = "many"
+    _assert_user_error(
+        sensorlab("run", _write(tmp_path, base), cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "cfg.yaml: run.batch_size: ",
+        "integer",
+        "got 'many'",
+    )
+
+
+def test_out_of_range(tmp_path, base, plugin_dir):
+    base["run"]["batch_size"] = 0
+    _assert_user_error(
+        sensorlab("run", _write(tmp_path, base), cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "cfg.yaml: run.batch_size: must be between 1 and 1000000, got 0",
+    )
+
+
+def test_out_of_range_stage_parameter_via_set(tmp_path, base, plugin_dir):
+    proc = sensorlab(
+        "run",
+        _write(tmp_path, base),
+        "--set",
+        "sensor.slow.seconds=-1",
+        cwd=tmp_path,
+        plugin=plugin_dir,
+    )
+    _assert_user_error(
+        proc,
+        tmp_path,
+        "cfg.yaml: sensor[1].slow.seconds: must be greater than or equal to 0, got -1",
+    )
+
+
+def test_unknown_stage_did_you_mean(tmp_path, base, plugin_dir):
+    base["sensor"][1]["stage"] = "slo"
+    _assert_user_error(
+        sensorlab("run", _write(tmp_path, base), cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "cfg.yaml: sensor[1].stage: unknown stage 'slo' (did you mean 'slow'?)",
+    )
+
+
+def test_units_that_do_not_chain(tmp_path, base, plugin_dir):
+    base["sensor"] = [{"stage": "plug_photons"}, {"stage": "plug_counts"}]
+    _assert_user_error(
+        sensorlab("run", _write(tmp_path, base), cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "cfg.yaml: sensor[1].stage: plug_counts takes electrons; plug_photons gives photons",
+    )
+
+
+def test_missing_config_file(tmp_path, plugin_dir):
+    _assert_user_error(
+        sensorlab("run", "nope.yaml", cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "nope.yaml: file not found",
+    )
+
+
+def test_missing_dataset_file(tmp_path, base, plugin_dir):
+    base["dataset"]["path"] = "missing.npz"
+    _assert_user_error(
+        sensorlab("run", _write(tmp_path, base), cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "cfg.yaml: dataset.path: ",
+        "missing.npz",
+    )
+
+
+def test_nan_in_input(tmp_path, base, plugin_dir):
+    x = np.ones((6, 4, 4, 3), np.float32)
+    x[4, 0, 0, 2] = np.inf
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(6, int))
+    _assert_user_error(
+        sensorlab("run", _write(tmp_path, base), cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "cfg.yaml: dataset: image 4 contains inf",
+    )
+
+
+def test_unwritable_output_folder(tmp_path, base, plugin_dir):
+    (tmp_path / "afile").write_text("not a folder")
+    proc = sensorlab(
+        "run", _write(tmp_path, base), "--out", "afile/runs", cwd=tmp_path, plugin=plugin_dir
+    )
+    _assert_user_error(proc, tmp_path, "cfg.yaml: run.out: cannot write to afile/runs")
+
+
+def test_bad_override_syntax(tmp_path, base, plugin_dir):
+    proc = sensorlab(
+        "run", _write(tmp_path, base), "--set", "run.batch_size", cwd=tmp_path, plugin=plugin_dir
+    )
+    _assert_user_error(proc, tmp_path, "--set expects KEY=VALUE")
+
+
+def test_override_of_absent_stage(tmp_path, base, plugin_dir):
+    proc = sensorlab(
+        "run", _write(tmp_path, base), "--set", "sensor.adc.bits=4", cwd=tmp_path, plugin=plugin_dir
+    )
+    _assert_user_error(proc, tmp_path, "cfg.yaml: sensor.adc.bits: no stage named 'adc'")
+
+
+def test_top_level_not_a_mapping(tmp_path, plugin_dir):
+    path = _write(tmp_path, "- 1\n- 2\n")
+    _assert_user_error(
+        sensorlab("run", path, cwd=tmp_path, plugin=plugin_dir),
+        tmp_path,
+        "cfg.yaml: top level must be a mapping, got list",
+    )
+
+
+def test_unknown_command_is_one_line(tmp_path):
+    proc = sensorlab("rnu", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

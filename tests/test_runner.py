@@ -1,0 +1,132 @@
+"""The runner: determinism across batch sizes, atomic records, the zarr store, units."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from conftest import toy_config
+
+from pipeline.errors import UserError
+from pipeline.runner import run
+
+
+def _complete_runs(out):
+    return [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else []
+
+
+def test_same_arrays_for_batch_sizes_1_7_64(toy_registry, npz_dataset, tmp_path):
+    results = [
+        run(
+            toy_config(npz_dataset, tmp_path / "runs", batch_size=b, record={"images": "all"}),
+            registry=toy_registry,
+            store=False,
+        )
+        for b in (1, 7, 64)
+    ]
+    names = ["dataset", "toy_scene", "toy_shot", "toy_adc"]
+    assert list(results[0].arrays) == names
+    for r in results[1:]:
+        for name in names:
+            assert r.arrays[name].dtype == results[0].arrays[name].dtype
+            np.testing.assert_array_equal(r.arrays[name], results[0].arrays[name])
+    # the noise is real: different images draw different noise, a new seed changes it
+    electrons = results[0].arrays["toy_shot"]
+    assert electrons.shape == (40, 8, 8, 3)
+    other = run(
+        {**toy_config(npz_dataset, tmp_path, record={"images": "all"}), "seed": 8},
+        registry=toy_registry,
+        store=False,
+    )
+    assert not np.array_equal(other.arrays["toy_shot"], electrons)
+
+
+def test_fixed_pattern_is_per_sensor_not_per_image(toy_registry, tmp_path):
+    # a flat black dataset: the electrons are exactly the offset pattern, same on every image
+    x = np.zeros((10, 6, 6, 3), np.uint8)
+    np.savez(tmp_path / "black.npz", x=x, y=np.zeros(10, int))
+    cfg = toy_config(tmp_path / "black.npz", tmp_path, record={"images": "all"})
+    a = run(cfg, registry=toy_registry, store=False).arrays["toy_shot"]
+    assert all(np.array_equal(a[0], a[i]) for i in range(10))
+    b = run({**cfg, "sensor_seed": 99}, registry=toy_registry, store=False).arrays["toy_shot"]
+    assert not np.array_equal(a[0], b[0])
+    c = run({**cfg, "seed": 99, "sensor_seed": 7}, registry=toy_registry, store=False)
+    np.testing.assert_array_equal(a, c.arrays["toy_shot"])  # the run seed leaves the sensor be
+
+
+def test_store_reopens_with_plain_zarr(toy_registry, npz_dataset, tmp_path):
+    res = run(
+        toy_config(npz_dataset, tmp_path / "runs", batch_size=6, record={"images": 13}),
+        registry=toy_registry,
+    )
+    assert res.path is not None and res.path.parent == tmp_path / "runs"
+    manifest = json.loads((res.path / "manifest.json").read_text())
+    group = zarr.open_group(str(res.path / "arrays.zarr"), mode="r")
+    assert sorted(group.array_keys()) == sorted(manifest["arrays"])
+    units = {"dataset": "image", "toy_scene": "photons", "toy_shot": "electrons", "toy_adc": "DN"}
+    for name, meta in manifest["arrays"].items():
+        arr = group[name]
+        assert list(arr.shape) == meta["shape"]
+        assert arr.shape[0] == 13
+        assert str(arr.dtype) == meta["dtype"]
+        assert arr.attrs["unit"] == meta["unit"] == units[name]
+        assert arr.chunks[1:] == arr.shape[1:]  # chunked by whole images
+        np.testing.assert_array_equal(arr[:], res.arrays[name])
+    assert group["toy_adc"].dtype == np.uint16
+    assert group["toy_adc"].attrs["signal_attrs"]["bits"] == 8
+    assert (res.path / "samples.png").stat().st_size > 1000
+    for key in ("config", "seed", "versions", "stages", "metrics", "wall_seconds"):
+        assert key in manifest
+    assert manifest["config"]["run"]["batch_size"] == 6
+    assert all("seconds" in s for s in manifest["stages"])
+
+
+def test_interrupted_run_leaves_nothing_complete(toy_registry, npz_dataset, tmp_path):
+    cfg = toy_config(npz_dataset, tmp_path / "runs", batch_size=4)
+    cfg["sensor"].append({"stage": "toy_boom", "at": 20})
+    with pytest.raises(RuntimeError, match="boom"):
+        run(cfg, registry=toy_registry)
+    out = tmp_path / "runs"
+    assert _complete_runs(out) == []
+    assert list(out.rglob("manifest.json")) == []
+    assert list(out.iterdir()) == []  # the temporary folder is removed too
+
+
+def test_units_must_chain(toy_registry, npz_dataset, tmp_path):
+    cfg = toy_config(npz_dataset, tmp_path / "runs")
+    cfg["sensor"] = [cfg["sensor"][0], cfg["sensor"][2]]  # photons straight into the ADC
+    with pytest.raises(UserError) as info:
+        run(cfg, registry=toy_registry)
+    assert (
+        str(info.value)
+        == "<dict>: sensor[1].stage: toy_adc takes electrons; toy_scene gives photons"
+    )
+    assert _complete_runs(tmp_path / "runs") == []
+
+
+def test_record_selection_and_overrides(toy_registry, npz_dataset, tmp_path):
+    cfg = toy_config(npz_dataset, tmp_path, record={"stages": ["toy_adc"], "images": 3})
+    res = run(cfg, registry=toy_registry, store=False, set=["sensor.toy_adc.bits=2"])
+    assert list(res.arrays) == ["toy_adc"]
+    assert res.arrays["toy_adc"].shape == (3, 8, 8, 3)
+    assert res.arrays["toy_adc"].max() <= 3
+    assert res.manifest["config"]["sensor"][2]["bits"] == 2
+    with pytest.raises(UserError, match=r"run\.record\.stages: no stage 'toy_ad' .*did you mean"):
+        run(
+            {**cfg, "run": {"record": {"stages": ["toy_ad"]}, "out": str(tmp_path)}},
+            registry=toy_registry,
+            store=False,
+        )
+
+
+def test_nan_in_input_is_a_user_error(toy_registry, tmp_path):
+    x = np.full((5, 4, 4, 3), 0.5, np.float32)
+    x[3, 1, 1, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=np.zeros(5, int))
+    with pytest.raises(UserError, match="dataset: image 3 contains NaN"):
+        run(
+            toy_config(tmp_path / "nan.npz", tmp_path / "runs", batch_size=2), registry=toy_registry
+        )
+    assert _complete_runs(tmp_path / "runs") == []
