@@ -74,6 +74,7 @@ thread (threadpoolctl); other threads calling BLAS at the same moment run single
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +84,15 @@ from numpy.lib.stride_tricks import as_strided
 
 from pipeline.cnn import functional as F
 
-__all__ = ["OP_TYPES", "CompiledNet", "Op", "compile_inference", "run_reference"]
+__all__ = [
+    "OP_TYPES",
+    "CompiledNet",
+    "Op",
+    "compile_inference",
+    "fast_forward",
+    "model_ops",
+    "run_reference",
+]
 
 
 @dataclass(frozen=True)
@@ -756,3 +765,103 @@ def compile_inference(
     float32 output, with the semantics of :func:`run_reference`.
     """
     return CompiledNet(ops, tuple(input_shape), threads=threads, chunk_rows=chunk_rows)
+
+
+# ------------------------------------------------------------- pipeline.cnn.model glue
+
+
+def model_ops(model: Any) -> list[Op] | None:
+    """The evaluation graph of a :class:`pipeline.cnn.model.Model` (up to its logits) as
+    a spec, or None when a layer type has no op here (the model then keeps its layers).
+
+    Uses the model's public structure: ``spec.nodes`` (``type``, ``name``, ``args``,
+    ``inputs``, ``layer``), ``spec.output_index``, and ``params`` / ``buffers`` keyed
+    ``"<layer>.<param>"``. Batch norm uses the running statistics; dropout is the identity.
+    """
+    spec = model.spec
+    ops: list[Op] = []
+    where: dict[int, int | str] = {-1: "input"}  # node index -> op index
+    p, bufs = model.params, model.buffers
+    for node in spec.nodes[: spec.output_index + 1]:
+        a, name = node.args, node.name
+        ins = tuple(where[j] for j in node.inputs)
+        t = node.type
+        if t == "conv2d":
+            w = {"w": p[f"{name}.weight"]}
+            if a.bias:
+                w["b"] = p[f"{name}.bias"]
+            attrs = {
+                "stride": a.stride,
+                "padding": node.layer.pads,
+                "dilation": a.dilation,
+                "groups": a.groups,
+            }
+            ops.append(Op("conv", attrs, w, ins, name))
+        elif t == "dense":
+            w = {"w": p[f"{name}.weight"]}
+            if a.bias:
+                w["b"] = p[f"{name}.bias"]
+            ops.append(Op("dense", {}, w, ins, name))
+        elif t in ("maxpool2d", "avgpool2d"):
+            attrs = {"size": a.size, "stride": node.layer.stride, "padding": a.padding}
+            ops.append(Op("max_pool" if t == "maxpool2d" else "avg_pool", attrs, {}, ins, name))
+        elif t == "global_avgpool":  # (N, C), not (N, C, 1, 1)
+            ops.append(Op("global_avg_pool", {}, {}, ins, name))
+            ops.append(Op("flatten", name=name))
+        elif t == "batchnorm2d":
+            w = {
+                "gamma": p[f"{name}.weight"],
+                "beta": p[f"{name}.bias"],
+                "mean": bufs[f"{name}.running_mean"],
+                "var": bufs[f"{name}.running_var"],
+            }
+            ops.append(Op("batch_norm", {"eps": a.eps}, w, ins, name))
+        elif t == "leaky_relu":
+            ops.append(Op("leaky_relu", {"alpha": a.alpha}, {}, ins, name))
+        elif t == "softmax":
+            ops.append(Op("softmax", {"axis": -1}, {}, ins, name))
+        elif t == "concat":
+            ops.append(Op("concat", {"axis": 1}, {}, ins, name))
+        elif t == "dropout":
+            ops.append(Op("identity", {}, {}, ins, name))
+        elif t in ("relu", "sigmoid", "tanh", "flatten", "add"):
+            ops.append(Op(t, {}, {}, ins, name))
+        else:
+            return None
+        where[node.index] = len(ops) - 1
+    return ops
+
+
+_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_compiled_lock = threading.Lock()
+
+
+def _fingerprint(model: Any) -> tuple:
+    """Changes whenever a parameter or buffer array is replaced or any value changes
+    (an integer sum of the float bit patterns: any single changed value shows)."""
+    parts = []
+    for k, a in (*model.params.items(), *model.buffers.items()):
+        bits = np.ascontiguousarray(a).view(np.uint32 if a.itemsize == 4 else np.uint64)
+        parts.append((k, id(a), a.shape, int(bits.sum(dtype=np.uint64))))
+    return (id(model.spec), tuple(parts))
+
+
+def fast_forward(model: Any, x: np.ndarray) -> np.ndarray | None:
+    """Evaluation-mode logits of a float32 :class:`pipeline.cnn.model.Model` through a
+    compiled network, or None when the model cannot use it (float64, an unknown layer).
+
+    The compiled network is cached per model and rebuilt when any parameter or buffer
+    has changed since (training updates them in place)."""
+    if np.dtype(model.dtype) != np.float32:
+        return None
+    key = _fingerprint(model)
+    with _compiled_lock:
+        hit = _compiled.get(model)
+    if hit is None or hit[0] != key:
+        ops = model_ops(model)
+        net = None if ops is None else compile_inference(ops, model.input_shape)
+        hit = (key, net)
+        with _compiled_lock:
+            _compiled[model] = hit
+    net = hit[1]
+    return None if net is None else net(x)
