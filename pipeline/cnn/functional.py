@@ -98,6 +98,17 @@ _blas_limit: Any = None
 _blas_controller: Any = None
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: start afresh."""
+    global _pool, _pool_lock, _blas_users, _blas_limit, _blas_controller, _state
+    _pool, _pool_lock, _state = None, threading.Lock(), threading.local()
+    _blas_users, _blas_limit, _blas_controller = 0, None, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def usable_cpus() -> int:
     """Cores this process may run on."""
     try:
