@@ -36,15 +36,21 @@ add                —                            —  sum of all inputs (numpy 
 concat             axis=1                       —  inputs joined along ``axis``
 =================  ===========================  ===================================
 
-Semantics are exactly those of :mod:`pipeline.cnn.functional` (ONNX conventions), and
+Semantics are those of :mod:`pipeline.cnn.functional` (ONNX conventions), and
 :func:`run_reference` runs a spec through those functions one op at a time.
 
 :func:`compile_inference(ops, input_shape) <compile_inference>` returns a callable taking
 an (N, C, H, W) batch (any N; ``input_shape`` is one image's (C, H, W)) and returning the
-last op's output as float32.
+last op's output as float32. It agrees with :func:`run_reference` to float32 rounding
+(sums run in another order and batch norm is folded into the convolution before it):
+the tests hold it to 1e-5 of the output's largest magnitude against a float64 reference.
 
-How it is fast (see docs in shared/perf-notes.md)
--------------------------------------------------
+:func:`model_ops` turns a :class:`pipeline.cnn.model.Model` into a spec and
+:func:`fast_forward` runs a float32 model's evaluation pass through a compiled network
+cached per model (``Model.forward(x)`` in evaluation mode calls it).
+
+How it is fast (the measured recipe of the project's performance notes)
+-----------------------------------------------------------------------
 - Feature maps live in NHWC inside, in a *flat padded* buffer: images stacked, each row
   followed by ``pc`` zero pixels and each image by ``pr`` zero rows (shared between
   neighbours), so the buffer is one (rows, C) matrix and a kernel tap is a row offset.
@@ -65,7 +71,7 @@ How it is fast (see docs in shared/perf-notes.md)
   (threadpoolctl), which beats one multi-threaded GEMM between single-threaded copies.
 - Everything else (stride 2, dilation, groups, padding that changes the size, pooling
   elsewhere, add/concat, softmax, ...) runs the plain functional path on NCHW views of
-  the same data, so the result stays exactly the functional semantics.
+  the same data, so every spec keeps the functional semantics.
 
 While a compiled network runs with ``threads > 1`` it limits the process's BLAS to one
 thread (threadpoolctl); other threads calling BLAS at the same moment run single-threaded.
@@ -83,6 +89,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from pipeline.cnn import functional as F
+from pipeline.errors import did_you_mean
 
 __all__ = [
     "OP_TYPES",
@@ -147,11 +154,8 @@ def _resolve_inputs(ops: Sequence[Op]) -> list[tuple[int, ...]]:
     out = []
     for i, op in enumerate(ops):
         if op.type not in OP_TYPES:
-            hint = F.__name__  # keep names in one place for the message
-            raise ValueError(
-                f"{_op_label(i, op)}: unknown op type; expected one of {', '.join(OP_TYPES)}"
-                f" (semantics as in {hint})"
-            )
+            hint = did_you_mean(op.type, OP_TYPES) or f" (one of {', '.join(OP_TYPES)})"
+            raise ValueError(f"{_op_label(i, op)}: unknown op type{hint}")
         if not op.inputs:
             raise ValueError(f"{_op_label(i, op)}: needs at least one input")
         idx = []

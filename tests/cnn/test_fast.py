@@ -281,8 +281,12 @@ def test_bench_net_matches_reference_and_onnxruntime():
 
 def test_spec_errors_name_the_op():
     w = {"w": np.zeros((2, 3, 3, 3), np.float32)}
-    with pytest.raises(ValueError, match=r"op 0 \(convolution\): unknown op type"):
-        compile_inference([Op("convolution")], (3, 8, 8))
+    with pytest.raises(
+        ValueError, match=r"op 0 \(conv2d\): unknown op type \(did you mean 'conv'\?\)"
+    ):
+        compile_inference([Op("conv2d")], (3, 8, 8))
+    with pytest.raises(ValueError, match=r"unknown op type \(one of conv, dense, "):
+        compile_inference([Op("lstm")], (3, 8, 8))
     with pytest.raises(ValueError, match="not an earlier op"):
         compile_inference([Op("relu", inputs=(0,))], (3, 8, 8))
     with pytest.raises(ValueError, match=r"op 0 \(relu\): unknown attribute 'alpha'"):
