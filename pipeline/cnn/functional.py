@@ -19,6 +19,11 @@ and returns the gradients with respect to the forward's inputs, in the same dtyp
 Backward functions are checked against central finite differences in
 ``tests/cnn/test_gradients_functional.py``.
 
+Threads: convolutions and dense layers split their rows over one Python thread per
+usable core, each with single-threaded BLAS (the process's BLAS is limited to one thread
+while a split runs; see :class:`single_thread_blas`). Inside :class:`serial_region` they
+run in the calling thread only, for callers that already run one thread per core.
+
 References: ONNX operator specification (Conv, MaxPool, AveragePool, Gemm,
 BatchNormalization, Softmax, Flatten), https://onnx.ai/onnx/operators/ ;
 Goodfellow, Bengio & Courville, *Deep Learning*, ch. 6 and 9.
