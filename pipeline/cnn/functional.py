@@ -66,11 +66,14 @@ __all__ = [
     "relu",
     "relu_backward",
     "resolve_padding",
+    "serial_region",
     "sigmoid",
     "sigmoid_backward",
+    "single_thread_blas",
     "softmax",
     "tanh",
     "tanh_backward",
+    "usable_cpus",
 ]
 
 IntPair: TypeAlias = int | tuple[int, int] | Sequence[int]
