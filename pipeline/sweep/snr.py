@@ -1,0 +1,79 @@
+"""Signal-to-noise ratio of a sensor output against a noise-free run of the same sensor.
+
+Definition (used for the sweep's ``snr_db`` column)::
+
+    SNR_dB = 10 · log10( Σ ref² / Σ (out − ref)² )
+
+where ``out`` is a stage's output (by default the last sensor stage: the raw RGB image
+the CNN sees) for the cell's config, ``ref`` is the same stage's output for the same
+images with the sensor's noise switched off (the sweep file's ``snr.reference``
+overrides, e.g. read noise 0 and shot noise off), and the sums run over every pixel,
+channel and image. Everything that differs between the two runs counts as noise:
+temporal noise, fixed-pattern noise if the reference switches it off, and the part of
+the quantisation error that the noise changes (both runs go through the same ADC).
+This is the power-ratio SNR of the whole image set (an energy-weighted mean), not a mean
+of per-image or per-pixel SNRs; it is +inf when the two runs agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SnrSums", "snr_db"]
+
+
+def snr_db(out: np.ndarray, ref: np.ndarray) -> float:
+    """``10·log10(Σ ref² / Σ (out − ref)²)`` in dB.
+
+    Parameters
+    ----------
+    out : the noisy output (any shape, any real dtype).
+    ref : the noise-free output, same shape.
+
+    Returns
+    -------
+    float : dB; +inf when ``out == ref`` everywhere, -inf when ``ref`` is all zero and
+    ``out`` is not, NaN when both are all zero.
+    """
+    sums = SnrSums()
+    sums.add(out, ref)
+    return sums.db
+
+
+@dataclass
+class SnrSums:
+    """Running sums for :func:`snr_db` over batches (memory stays flat).
+
+    Attributes
+    ----------
+    signal_sq : Σ ref², accumulated in float64.
+    noise_sq : Σ (out − ref)², accumulated in float64.
+    images : how many images were added.
+    """
+
+    signal_sq: float = 0.0
+    noise_sq: float = 0.0
+    images: int = 0
+
+    def add(self, out: np.ndarray, ref: np.ndarray) -> None:
+        """Add a batch; ``out`` and ``ref`` must have the same shape (first axis: images)."""
+        out = np.asarray(out)
+        ref = np.asarray(ref)
+        if out.shape != ref.shape:
+            raise ValueError(f"shapes differ: out {out.shape}, ref {ref.shape}")
+        ref64 = ref.astype(np.float64, copy=False)
+        diff = out.astype(np.float64) - ref64
+        self.signal_sq += float(np.vdot(ref64.ravel(), ref64.ravel()))
+        self.noise_sq += float(np.vdot(diff.ravel(), diff.ravel()))
+        self.images += int(out.shape[0]) if out.ndim else 1
+
+    @property
+    def db(self) -> float:
+        if self.noise_sq == 0.0:
+            return math.inf if self.signal_sq > 0.0 else math.nan
+        if self.signal_sq == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.signal_sq / self.noise_sq)
