@@ -22,9 +22,17 @@ from pipeline.errors import UserError, did_you_mean
 from pipeline.registry import Registry
 from pipeline.runner import Chain, build_chain, open_config_dataset
 from pipeline.stage import SignalInfo
-from pipeline.sweep.spec import Cell, SweepPlan
+from pipeline.sweep.snr import NOISE_SWITCHES, default_reference
+from pipeline.sweep.spec import Cell, SnrOptions, SweepPlan
 
-__all__ = ["CheckedCell", "check_plan", "fingerprint", "load_cell", "reference_raw"]
+__all__ = [
+    "CheckedCell",
+    "check_plan",
+    "fingerprint",
+    "load_cell",
+    "reference_raw",
+    "resolve_snr",
+]
 
 
 @dataclass
@@ -37,12 +45,15 @@ class CheckedCell:
     raw : its run config as a plain dict (what the worker rebuilds it from).
     fingerprint : what must match for a finished record of this cell to be reused.
     sensor_names : record names of the chain's sensor stages, in order.
+    snr : the SNR measurement, resolved (``reference`` overrides, ``stage``, ``images``),
+        or None when the sweep measures none.
     """
 
     cell: Cell
     raw: dict
     fingerprint: dict
     sensor_names: list[str]
+    snr: dict[str, Any] | None
 
 
 def load_cell(raw: dict, plan_file: str, base_dir: Any, registry: Registry) -> LoadedConfig:
@@ -65,20 +76,39 @@ def fingerprint(loaded: LoadedConfig, options: Mapping[str, Any]) -> dict:
     return json.loads(json.dumps({"config": config, "options": dict(options)}, default=str))
 
 
-def sweep_options(plan: SweepPlan) -> dict[str, Any]:
-    """The sweep settings that change what a cell computes."""
-    snr = plan.spec.snr.model_dump(mode="json") if plan.spec.snr else None
-    return {"train": plan.spec.train, "snr": snr}
+def resolve_snr(plan: SweepPlan, raw: dict) -> dict[str, Any] | None:
+    """The cell's SNR measurement: reference overrides, compared stage, images; or None.
+
+    ``snr:`` absent measures only when the chain has a stage whose noise switches are
+    known (:data:`pipeline.sweep.snr.NOISE_SWITCHES`); ``snr: false`` never measures.
+    """
+    setting = plan.spec.snr
+    if setting is False:
+        return None
+    opts = setting if isinstance(setting, SnrOptions) else SnrOptions()
+    reference = opts.reference if opts.reference is not None else default_reference(raw)
+    if not reference:
+        if setting is None:
+            return None
+        known = ", ".join(sorted(NOISE_SWITCHES))
+        raise UserError(
+            f"no stage whose noise is known to switch off ({known}); give snr.reference",
+            file=plan.file,
+            key="snr.reference",
+        )
+    return {"reference": reference, "stage": opts.stage, "images": opts.images}
 
 
 def check_plan(plan: SweepPlan, registry: Registry) -> list[CheckedCell]:
     """Build and validate every cell's config and chain; one UserError for the first problem."""
     spec = plan.spec
     infos: dict[str, SignalInfo] = {}
-    options = sweep_options(plan)
     with_model = spec.train != "per_cell"  # a per-cell model does not exist before training
     if spec.train != "none":
-        train_hook()  # fails early, before anything runs, when training is unavailable
+        try:
+            train_hook()  # fails early, before anything runs, when training is unavailable
+        except UserError as exc:
+            raise exc.located(file=plan.file) from None
     checked = []
     for cell in plan.cells:
         try:
@@ -97,9 +127,11 @@ def check_plan(plan: SweepPlan, registry: Registry) -> list[CheckedCell]:
             )
         n_sensor = len(chain.sensor_stages)
         sensor_names = chain.names[:n_sensor]
-        if spec.snr is not None:
-            _check_reference(plan, cell, raw, chain, n_sensor, registry, infos)
-        checked.append(CheckedCell(cell, raw, fingerprint(loaded, options), sensor_names))
+        snr = resolve_snr(plan, raw)
+        if snr is not None:
+            _check_reference(plan, cell, raw, snr, chain, n_sensor, registry, infos)
+        options = {"train": spec.train, "snr": snr}
+        checked.append(CheckedCell(cell, raw, fingerprint(loaded, options), sensor_names, snr))
     _check_plot_options(plan, checked)
     return checked
 
@@ -131,19 +163,18 @@ def _check_reference(
     plan: SweepPlan,
     cell: Cell,
     raw: dict,
+    snr: dict[str, Any],
     chain: Chain,
     n_sensor: int,
     registry: Registry,
     infos: dict[str, SignalInfo],
 ) -> None:
-    snr = plan.spec.snr
-    assert snr is not None
     if n_sensor == 0:
         raise UserError(
             "the base config has no sensor stages to measure", file=plan.file, key="snr"
         )
     names = chain.names[:n_sensor]
-    stage = snr.stage or names[-1]
+    stage = snr["stage"] or names[-1]
     if stage not in names:
         raise UserError(
             f"no sensor stage {stage!r}{did_you_mean(stage, names)}",
@@ -151,13 +182,13 @@ def _check_reference(
             key="snr.stage",
         )
     try:
-        ref_raw = reference_raw(raw, snr.reference)
+        ref_raw = reference_raw(raw, snr["reference"])
         ref_loaded = load_cell(ref_raw, plan.base_file, plan.base_dir, registry)
         ref_chain = build_chain(
             ref_loaded, _dataset_info(ref_loaded, infos), registry=registry, with_model=False
         )
     except UserError as exc:
-        key = _match_key(exc.key, list(snr.reference), raw)
+        key = _match_key(exc.key, list(snr["reference"]), raw)
         where = f"snr.reference.{key}" if key else "snr.reference"
         inner = ": ".join(p for p in (exc.key, exc.message) if p)
         raise UserError(f"cell {cell.id}: {inner}", file=plan.file, key=where) from None

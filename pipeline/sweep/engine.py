@@ -258,7 +258,7 @@ def _task(plan: SweepPlan, c: CheckedCell, registry: Registry | None) -> CellTas
         base_dir=str(plan.base_dir),
         models_dir=str(plan.models_dir.resolve()),
         train=plan.spec.train,
-        snr=plan.spec.snr.model_dump(mode="json") if plan.spec.snr else None,
+        snr=c.snr,
         fingerprint=c.fingerprint,
         registry=registry,
     )

@@ -169,7 +169,7 @@ def _grid_figure(plan: SweepPlan, rows: Sequence[dict], x_key: str, stage: str, 
             if g == 0:
                 ax.set_title(f"{_short_key(x_key)}={tags[x].strip(chr(39))}", fontsize=8)
             if c == 0:
-                ax.set_ylabel(label, fontsize=7)
+                ax.set_ylabel(label.replace(", ", "\n"), fontsize=7)
     fig.suptitle(f"{stage}, image {sample}", fontsize=9)
     fig.tight_layout()
     _save(fig, path)

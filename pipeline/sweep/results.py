@@ -6,7 +6,8 @@ Columns of ``results.csv``:
 - one column per axis (the dotted config key), the cell's value;
 - ``n``: images evaluated; ``correct``; ``accuracy`` with its Wilson 95 % score interval
   ``accuracy_lo``, ``accuracy_hi`` (from the run's metrics; empty without a model or labels);
-- ``snr_db``: see :mod:`pipeline.sweep.snr` (empty when the sweep sets no ``snr:``);
+- ``snr_db``: see :mod:`pipeline.sweep.snr` (empty when no SNR is measured; ``-inf`` when
+  the noise-free output is all zero, e.g. signal below one code; ``nan`` when both are);
 - ``wall_seconds``: the cell's wall time (training, SNR and run) where it was computed;
 - ``trained_model``: the model the cell was evaluated with (``train`` modes only).
 
@@ -18,13 +19,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.sweep.cell import is_complete, read_record
+from pipeline.sweep.snr import SnrSums
 from pipeline.sweep.spec import SweepPlan
 
 __all__ = ["METRIC_COLUMNS", "collect_rows", "write_csv_atomic"]
@@ -51,7 +52,7 @@ def collect_rows(plan: SweepPlan) -> list[dict[str, Any]]:
             accuracy=metrics.get("accuracy"),
             accuracy_lo=lo,
             accuracy_hi=hi,
-            snr_db=_float(snr.get("db")),
+            snr_db=_snr_db(snr),
             wall_seconds=record.get("wall_seconds"),
         )
         if plan.spec.train != "none":
@@ -87,10 +88,8 @@ def _text(value: Any) -> str:
     return json.dumps(value)
 
 
-def _float(value: Any) -> float | None:
-    """A float from JSON (the store writes ±inf as the strings "inf"/"-inf")."""
-    if value is None:
+def _snr_db(snr: dict[str, Any]) -> float | None:
+    """The SNR in dB from the recorded sums (exact, and NaN/inf survive the JSON)."""
+    if not snr:
         return None
-    if isinstance(value, str):
-        return {"inf": math.inf, "-inf": -math.inf}.get(value, math.nan)
-    return float(value)
+    return SnrSums(float(snr["signal_sq"]), float(snr["noise_sq"])).db

@@ -7,7 +7,8 @@ Definition (used for the sweep's ``snr_db`` column)::
 where ``out`` is a stage's output (by default the last sensor stage: the raw RGB image
 the CNN sees) for the cell's config, ``ref`` is the same stage's output for the same
 images with the sensor's noise switched off (the sweep file's ``snr.reference``
-overrides, e.g. read noise 0 and shot noise off), and the sums run over every pixel,
+overrides; by default :data:`NOISE_SWITCHES`: the photodetector without shot noise,
+read noise, PRNU and DSNU), and the sums run over every pixel,
 channel and image. Everything that differs between the two runs counts as noise:
 temporal noise, fixed-pattern noise if the reference switches it off, and the part of
 the quantisation error that the noise changes (both runs go through the same ADC).
@@ -18,11 +19,41 @@ of per-image or per-pixel SNRs; it is +inf when the two runs agree exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SnrSums", "snr_db"]
+__all__ = ["NOISE_SWITCHES", "SnrSums", "default_reference", "snr_db"]
+
+# Parameters that switch a stage's noise off, by stage name: the default noise-free
+# reference. The photodetector's mean signal (QE, dark current, full well) is kept;
+# its temporal noise (photon and dark shot noise, read noise) and its fixed-pattern
+# noise (PRNU, DSNU) are removed.
+NOISE_SWITCHES: dict[str, dict[str, Any]] = {
+    "photodetector": {"shot_noise": False, "read_noise_e": 0.0, "prnu_pct": 0.0, "dsnu_e": 0.0},
+}
+
+
+def default_reference(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides that switch off the noise of every stage in :data:`NOISE_SWITCHES`.
+
+    Parameters
+    ----------
+    raw : a run config as a plain dict.
+
+    Returns
+    -------
+    dict : ``{"sensor[2].shot_noise": False, ...}`` (empty when no such stage is configured).
+    """
+    out: dict[str, Any] = {}
+    rows = raw.get("sensor")
+    for i, row in enumerate(rows if isinstance(rows, list) else []):
+        switches = NOISE_SWITCHES.get(row.get("stage")) if isinstance(row, dict) else None
+        for key, value in (switches or {}).items():
+            out[f"sensor[{i}].{key}"] = value
+    return out
 
 
 def snr_db(out: np.ndarray, ref: np.ndarray) -> float:

@@ -10,7 +10,7 @@ values to try for some of its keys, using the dotted keys of ``--set``
       sensor.scene.mean_photons: [10, 100]
     # cells: [{sensor.adc.bits: 4, sensor.scene.mean_photons: 10}, ...]   # or an explicit list
     train: none                    # none | per_cell | fine_tune
-    snr: {reference: {sensor.photodetector.read_noise_e: 0}}   # noise-free reference overrides
+    snr: {images: all}             # SNR vs a noise-free run (default: on with a photodetector)
     out: sweeps                    # the sweep folder is <out>/<name> (relative to the cwd)
     name: bitdepth                 # default: the sweep file's stem
 
@@ -56,10 +56,11 @@ class _Strict(BaseModel):
 class SnrOptions(_Strict):
     """How the ``snr_db`` column is measured (see :mod:`pipeline.sweep.snr`)."""
 
-    reference: dict[str, Any] = Field(
-        ...,
+    reference: dict[str, Any] | None = Field(
+        None,
         description="Overrides (dotted keys, as --set) that make a cell's config noise-free; "
-        "the reference run is the cell's config with these applied.",
+        "default: switch off the noise of every photodetector stage (shot noise, read noise, "
+        "PRNU, DSNU).",
     )
     stage: str | None = Field(
         None, description="Stage whose output is compared; default the last sensor stage."
@@ -104,7 +105,12 @@ class SweepSpec(_Strict):
     name: str | None = Field(
         None, pattern=_NAME_PATTERN, description="Sweep folder name; default the file's stem."
     )
-    snr: SnrOptions | None = Field(None, description="Measure each cell's SNR in dB.")
+    snr: SnrOptions | bool | None = Field(
+        None,
+        description="Measure each cell's SNR in dB against a noise-free run: options, true, or "
+        "false (off); default: on when the chain has a stage whose noise it knows how to "
+        "switch off (photodetector).",
+    )
     plot: PlotOptions = Field(default_factory=PlotOptions)
 
 
