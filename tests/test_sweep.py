@@ -396,6 +396,16 @@ def test_other_sweep_file_errors(sweep_file, registry, tmp_path, monkeypatch):
     assert "<dict>: train: training per cell needs pipeline.train.train_cell" in error(
         {"train": "per_cell"}
     )
+    import distributed
+
+    def refuse(address, **kwargs):
+        raise OSError(f"Timed out trying to connect to {address}")
+
+    monkeypatch.setattr(distributed, "Client", refuse)
+    assert error({}, scheduler="tcp://127.0.0.1:9") == (
+        "--scheduler: cannot connect to the Dask scheduler at tcp://127.0.0.1:9: "
+        "Timed out trying to connect to tcp://127.0.0.1:9"
+    )
     monkeypatch.setitem(sys.modules, "distributed", None)
     assert "need Dask distributed; install the optional extra" in error({}, workers=2)
     assert not Path(spec["out"]).exists()
@@ -465,6 +475,33 @@ def test_in_process_and_two_dask_workers_give_identical_records(sweep_file, regi
     for ra, rb in zip(rows_a, rows_b, strict=True):
         ra.pop("wall_seconds"), rb.pop("wall_seconds")
         assert ra == rb
+
+
+def test_existing_dask_cluster_by_address_gives_the_same_records(sweep_file, registry, tmp_path):
+    import logging
+
+    from distributed import LocalCluster
+
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["axes"] = {"sensor.toy_adc.bits": [3, 6]}
+    spec["out"] = str(tmp_path / "local")
+    local = run_sweep(spec, registry=registry, base_dir=sweep_file.parent, plots=False)
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR
+    ) as cluster:
+        remote = run_sweep(
+            {**spec, "out": str(tmp_path / "remote")},
+            registry=registry,
+            base_dir=sweep_file.parent,
+            scheduler=cluster.scheduler_address,
+            plots=False,
+        )
+        assert len(cluster.workers) == 1  # the sweep used the cluster and left it running
+    for cell in local.cells:
+        a, b = _arrays(local.path / "cells" / cell), _arrays(remote.path / "cells" / cell)
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    assert [r["snr_db"] for r in remote.table] == [r["snr_db"] for r in local.table]
 
 
 # --------------------------------------------------------------------------- the CLI

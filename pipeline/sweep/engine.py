@@ -111,34 +111,41 @@ def run_sweep(
         _import_distributed()
     plan = load_plan(source, out=out, overrides=set, base_dir=base_dir)
     checked = check_plan(plan, registry or default_registry())
-    try:
-        plan.cells_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"cannot write to {plan.folder}: {exc.strerror or exc}", file=plan.file, key="out"
-        ) from None
-    with _folder_lock(plan):
-        pending, skipped = _resume_plan(plan, checked)
+    pending, _ = _split_cells(plan, checked)  # read-only: refuses mixed records early
+    use_dask = workers is not None or scheduler is not None
+    with contextlib.ExitStack() as stack:
+        # Connect before writing anything: a cluster that cannot start leaves no folder.
+        client = (
+            stack.enter_context(_dask_client(workers, scheduler)) if use_dask and pending else None
+        )
+        try:
+            plan.cells_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot write to {plan.folder}: {exc.strerror or exc}", file=plan.file, key="out"
+            ) from None
+        stack.enter_context(_folder_lock(plan))
+        pending, skipped = _split_cells(plan, checked)  # again, now that the folder is ours
+        _remove_leftovers(plan, pending)
         _write_sweep_json(plan, workers, scheduler)
         cols = columns(plan)
-        write_csv_atomic(plan.folder / "results.csv", collect_rows(plan), cols)
+        cache: dict[str, dict[str, Any]] = {}
+        write_csv_atomic(plan.folder / "results.csv", collect_rows(plan, cache), cols)
         tasks = [_task(plan, c, registry) for c in pending]
+        if use_dask and tasks and client is None:  # cells went missing since the first look
+            client = stack.enter_context(_dask_client(workers, scheduler))
         computed: list[str] = []
         bar = _progress_bar(plan, len(skipped), progress)
         try:
-            engine = (
-                _run_dask(tasks, workers, scheduler)
-                if workers is not None or scheduler is not None
-                else _run_in_process(tasks)
-            )
+            engine = _run_dask(client, tasks) if client is not None else _run_in_process(tasks)
             for task, _record in engine:
                 computed.append(task.cell_id)
-                write_csv_atomic(plan.folder / "results.csv", collect_rows(plan), cols)
+                write_csv_atomic(plan.folder / "results.csv", collect_rows(plan, cache), cols)
                 bar.update(1)
         finally:
             bar.close()
-            write_csv_atomic(plan.folder / "results.csv", collect_rows(plan), cols)
-        rows = collect_rows(plan)
+            write_csv_atomic(plan.folder / "results.csv", collect_rows(plan, cache), cols)
+        rows = collect_rows(plan, cache)
         figures = write_plots(plan, rows, checked[0].sensor_names) if plots else []
     order = {c.id: c.index for c in plan.cells}
     return SweepResult(
@@ -153,13 +160,13 @@ def run_sweep(
 
 
 # --------------------------------------------------------------------------- resume
-def _resume_plan(
+def _split_cells(
     plan: SweepPlan, checked: list[CheckedCell]
 ) -> tuple[list[CheckedCell], list[CheckedCell]]:
-    """Split cells into (to compute, complete); remove what interrupted runs left behind.
+    """Split cells into (to compute, complete), reading the folder only.
 
-    A complete cell recorded with another config or other sweep options is an error
-    (nothing is removed): reusing it would mix two sweeps in one table.
+    A complete cell recorded with another config or other sweep options is an error:
+    reusing it would mix two sweeps in one table.
     """
     pending, done = [], []
     for c in checked:
@@ -176,6 +183,11 @@ def _resume_plan(
             done.append(c)
         else:
             pending.append(c)
+    return pending, done
+
+
+def _remove_leftovers(plan: SweepPlan, pending: list[CheckedCell]) -> None:
+    """Remove what interrupted runs left: hidden partial folders, cells without cell.json."""
     for root in (plan.cells_dir, plan.models_dir):
         if root.is_dir():
             for leftover in root.glob(".*.partial-*"):
@@ -184,7 +196,6 @@ def _resume_plan(
         folder = plan.cells_dir / c.cell.id
         if folder.exists():  # a run without its cell.json, or a folder someone emptied
             shutil.rmtree(folder)
-    return pending, done
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
@@ -294,45 +305,50 @@ def _import_distributed() -> Any:
     return distributed
 
 
-def _run_dask(
-    tasks: Sequence[CellTask], workers: int | None, scheduler: str | None
-) -> Iterator[tuple[CellTask, dict]]:
+@contextlib.contextmanager
+def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """A Dask client: on the cluster at ``scheduler``, or on a new local cluster."""
     import logging
 
     distributed = _import_distributed()
-    if not tasks:
-        return
-    with contextlib.ExitStack() as stack:
-        if scheduler is not None:
-            try:
-                client = distributed.Client(scheduler, timeout="10s")
-            except (OSError, TimeoutError, ValueError) as exc:
-                raise UserError(
-                    f"cannot connect to the Dask scheduler at {scheduler}: {exc}",
-                    key="--scheduler",
-                ) from None
-        else:
-            cluster = distributed.LocalCluster(
-                n_workers=int(workers or 1),
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
-            stack.enter_context(cluster)
-            client = distributed.Client(cluster)
-        stack.enter_context(client)
-        futures = {client.submit(execute_cell, t, pure=False): t for t in tasks}
+    if scheduler is not None:
         try:
-            for future in distributed.as_completed(futures):
-                task = futures[future]
-                try:
-                    record = future.result()
-                except Exception as exc:
-                    raise _in_cell(exc, task) from None
-                yield task, record
-        finally:
-            client.cancel(list(futures))
+            client = distributed.Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UserError(
+                f"cannot connect to the Dask scheduler at {scheduler}: {exc}", key="--scheduler"
+            ) from None
+        with client:
+            yield client
+        return
+    with (
+        distributed.LocalCluster(
+            n_workers=int(workers or 1),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def _run_dask(client: Any, tasks: Sequence[CellTask]) -> Iterator[tuple[CellTask, dict]]:
+    """One task per cell; results in the order they finish."""
+    import distributed
+
+    futures = {client.submit(execute_cell, t, pure=False): t for t in tasks}
+    try:
+        for future in distributed.as_completed(futures):
+            task = futures[future]
+            try:
+                record = future.result()
+            except Exception as exc:
+                raise _in_cell(exc, task) from None
+            yield task, record
+    finally:
+        client.cancel(list(futures))
 
 
 def _in_cell(exc: Exception, task: CellTask) -> Exception:

@@ -33,10 +33,19 @@ __all__ = ["METRIC_COLUMNS", "collect_rows", "write_csv_atomic"]
 METRIC_COLUMNS = ("n", "correct", "accuracy", "accuracy_lo", "accuracy_hi", "snr_db")
 
 
-def collect_rows(plan: SweepPlan) -> list[dict[str, Any]]:
-    """Rows (plain Python values) for every complete cell, in cell order."""
+def collect_rows(
+    plan: SweepPlan, cache: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Rows (plain Python values) for every complete cell, in cell order.
+
+    ``cache`` keeps rows already read (a finished cell's record does not change while
+    the sweep holds its folder), so rewriting the table after every cell stays cheap.
+    """
     rows = []
     for cell in plan.cells:
+        if cache is not None and cell.id in cache:
+            rows.append(cache[cell.id])
+            continue
         folder = plan.cells_dir / cell.id
         if not is_complete(folder):
             continue
@@ -57,6 +66,8 @@ def collect_rows(plan: SweepPlan) -> list[dict[str, Any]]:
         )
         if plan.spec.train != "none":
             row["trained_model"] = (record.get("trained_model") or {}).get("path")
+        if cache is not None:
+            cache[cell.id] = row
         rows.append(row)
     return rows
 
