@@ -278,6 +278,10 @@ def test_accuracy_columns_come_from_the_run_with_wilson_intervals(
     assert (res.path / "accuracy.png").is_file()
     rows = _read_csv(res.path / "results.csv")
     assert [float(r["accuracy"]) for r in rows] == [r["accuracy"] for r in res.table]
+    # a model changed in place: the finished cells no longer describe it
+    _dump(tmp_path / "configs" / "model.yaml", {"bias": 1})
+    with pytest.raises(UserError, match=r"was computed with a different model file: model \("):
+        run_sweep(sweep_file, registry=registry, set=["run.record.stages=[toy_raw, cnn]"])
 
 
 class _FakeModel:
@@ -383,7 +387,7 @@ def test_other_sweep_file_errors(sweep_file, registry, tmp_path, monkeypatch):
         {"snr": {**spec["snr"], "stage": "toy_ad"}}
     )
     assert "plot.x: no axis 'bits'" in error({"plot": {"x": "bits"}})
-    assert "--set sensor.toy_adc.bits: this key is a sweep axis" in error(
+    assert "--set: sensor.toy_adc.bits is a sweep axis; change its values instead" == error(
         {}, set=["sensor.toy_adc.bits=3"]
     )
     # a problem of the base config itself is reported in the base config's terms

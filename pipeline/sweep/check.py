@@ -12,9 +12,11 @@ value, with the underlying config error after it::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import LoadedConfig, apply_overrides, validate
@@ -66,14 +68,38 @@ def reference_raw(raw: dict, reference: Mapping[str, Any]) -> dict:
     return apply_overrides(raw, reference)
 
 
-def fingerprint(loaded: LoadedConfig, options: Mapping[str, Any]) -> dict:
-    """The resolved config (minus where it is written) and the sweep options that shape a cell.
+def fingerprint(
+    loaded: LoadedConfig, options: Mapping[str, Any], digests: dict[str, str] | None = None
+) -> dict:
+    """What a cell computes from: its resolved config (minus where it is written), the sweep
+    options that shape it, and the SHA-256 of the model files its config names.
 
-    A finished cell is reused on a rerun only when its recorded fingerprint equals this.
+    A finished cell is reused on a rerun only when its recorded fingerprint equals this,
+    so a model retrained in place makes the cells evaluated with it run again.
     """
     config = loaded.config.model_dump(mode="json")
     config["run"] = {k: v for k, v in config["run"].items() if k not in ("out", "progress")}
-    return json.loads(json.dumps({"config": config, "options": dict(options)}, default=str))
+    files: dict[str, str] = {}
+    ref = loaded.config.model
+    if ref is not None:
+        graph = loaded.resolve(ref.path)
+        weights = loaded.resolve(ref.weights) if ref.weights else graph.with_suffix(".npz")
+        for role, path in (("model", graph), ("weights", weights)):
+            if path.is_file():
+                files[role] = _digest(path, digests if digests is not None else {})
+    out = {"config": config, "options": dict(options), "model_files": files}
+    return json.loads(json.dumps(out, default=str))
+
+
+def _digest(path: Path, cache: dict[str, str]) -> str:
+    key = str(path.resolve())
+    if key not in cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        cache[key] = h.hexdigest()
+    return cache[key]
 
 
 def resolve_snr(plan: SweepPlan, raw: dict) -> dict[str, Any] | None:
@@ -103,6 +129,7 @@ def check_plan(plan: SweepPlan, registry: Registry) -> list[CheckedCell]:
     """Build and validate every cell's config and chain; one UserError for the first problem."""
     spec = plan.spec
     infos: dict[str, SignalInfo] = {}
+    digests: dict[str, str] = {}
     with_model = spec.train != "per_cell"  # a per-cell model does not exist before training
     if spec.train != "none":
         try:
@@ -131,7 +158,8 @@ def check_plan(plan: SweepPlan, registry: Registry) -> list[CheckedCell]:
         if snr is not None:
             _check_reference(plan, cell, raw, snr, chain, n_sensor, registry, infos)
         options = {"train": spec.train, "snr": snr}
-        checked.append(CheckedCell(cell, raw, fingerprint(loaded, options), sensor_names, snr))
+        record_key = fingerprint(loaded, options, digests)
+        checked.append(CheckedCell(cell, raw, record_key, sensor_names, snr))
     _check_plot_options(plan, checked)
     return checked
 

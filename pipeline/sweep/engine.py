@@ -209,6 +209,7 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str:
             if a != b:
                 return _first_difference(a, b, f"{path}[{i}]")
     label = path.replace("config.", "", 1).replace("options.", "sweep option ", 1)
+    label = label.replace("model_files.", "model file: ", 1)
     return f"{label or 'record'} ({_short(old)}, now {_short(new)})"
 
 

@@ -210,7 +210,7 @@ def load_plan(
     pairs = _override_pairs(overrides)
     for key in pairs:
         if key in axes:
-            raise UserError(f"--set {key}: this key is a sweep axis", file=file, key=key)
+            raise UserError(f"{key} is a sweep axis; change its values instead", key="--set")
 
     base_path = Path(spec.base).expanduser()
     base_path = base_path if base_path.is_absolute() else folder / base_path
