@@ -1,0 +1,1144 @@
+"""The CNN's plain array functions: forward and backward, on (N, C, H, W) batches.
+
+Everything here is a pure function of NumPy arrays, with the conventions of ONNX so that
+a model trained here exports one to one:
+
+- layout is channels first, (N, C, H, W); a convolution is a cross-correlation (the
+  kernel is not flipped), weights are (F, C/groups, kh, kw);
+- a dense layer's weight is (out, in) (ONNX ``Gemm`` with ``transB=1``);
+- output sizes are ``floor((size + pad_total - dilation*(kernel-1) - 1) / stride) + 1``
+  (ONNX's default ``ceil_mode=0``);
+- "same" padding is ONNX ``SAME_UPPER``: the odd pixel of padding goes to the bottom/right.
+
+Precision: float64 input gives float64 results; any other input (float32, float16,
+integers, bools) gives float32. Parameters (weights, biases, gamma, ...) are cast to the
+input's dtype, so float32 data is never silently upcast to float64.
+
+Every ``*_backward`` takes the upstream gradient ``dy`` (same shape as the forward output)
+and returns the gradients with respect to the forward's inputs, in the same dtype.
+Backward functions are checked against central finite differences in
+``tests/cnn/test_gradients_functional.py``.
+
+Threads: convolutions and dense layers split their rows over one Python thread per
+usable core, each with single-threaded BLAS (the process's BLAS is limited to one thread
+while a split runs; see :class:`single_thread_blas`). Inside :class:`serial_region` they
+run in the calling thread only, for callers that already run one thread per core.
+
+References: ONNX operator specification (Conv, MaxPool, AveragePool, Gemm,
+BatchNormalization, Softmax, Flatten), https://onnx.ai/onnx/operators/ ;
+Goodfellow, Bengio & Courville, *Deep Learning*, ch. 6 and 9.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeAlias, TypeVar
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
+
+__all__ = [
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_train",
+    "conv2d",
+    "conv2d_backward",
+    "conv_output_size",
+    "cross_entropy",
+    "dense",
+    "dense_backward",
+    "dropout",
+    "dropout_backward",
+    "flatten",
+    "flatten_backward",
+    "global_avg_pool",
+    "global_avg_pool_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "log_softmax",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "relu",
+    "relu_backward",
+    "resolve_padding",
+    "serial_region",
+    "sigmoid",
+    "sigmoid_backward",
+    "single_thread_blas",
+    "softmax",
+    "tanh",
+    "tanh_backward",
+    "usable_cpus",
+]
+
+IntPair: TypeAlias = int | tuple[int, int] | Sequence[int]
+Padding: TypeAlias = int | str | Sequence[Any]
+Pads: TypeAlias = tuple[tuple[int, int], tuple[int, int]]
+
+# Output pixels handled per GEMM: keeps the temporaries in cache-sized pieces instead
+# of materialising kh*kw copies of the whole batch at once.
+_CHUNK_ROWS = 4096
+# Below this many values per tap row (kw*C), one GEMM over all kh*kw taps beats kh GEMMs.
+_IM2COL_MAX_K = 64
+# Batch rows per thread below which a dense layer is not split over threads.
+_DENSE_ROWS = 16
+
+
+# ------------------------------------------------------------------------- threads
+# The convolutions split their rows over one Python thread per usable core, each with
+# single-threaded BLAS: measured faster than one multi-threaded GEMM between
+# single-threaded copies, and far more robust on a busy machine, where OpenBLAS's
+# spinning threads stall (shared/perf-notes.md). While a split runs, the process's BLAS
+# is limited to one thread (threadpoolctl, reference-counted so concurrent users in
+# this process restore it once, at the end).
+
+_T = TypeVar("_T")
+_state = threading.local()
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_blas_users = 0
+_blas_limit: Any = None
+_blas_controller: Any = None
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: start afresh."""
+    global _pool, _pool_lock, _blas_users, _blas_limit, _blas_controller, _state
+    _pool, _pool_lock, _state = None, threading.Lock(), threading.local()
+    _blas_users, _blas_limit, _blas_controller = 0, None, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class single_thread_blas:
+    """Context manager: BLAS at one thread in this process while any user is inside."""
+
+    def __enter__(self) -> single_thread_blas:
+        global _blas_users, _blas_limit, _blas_controller
+        with _pool_lock:
+            if _blas_users == 0:
+                try:
+                    from threadpoolctl import ThreadpoolController
+                except ImportError:  # without threadpoolctl BLAS keeps its threads
+                    _blas_limit = None
+                else:
+                    if _blas_controller is None:
+                        _blas_controller = ThreadpoolController()
+                    _blas_limit = _blas_controller.limit(limits=1, user_api="blas")
+            _blas_users += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _blas_users, _blas_limit
+        with _pool_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limit is not None:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
+
+
+class serial_region:
+    """Context manager: functions called in this thread do not split over threads
+    (for callers that already run one thread per core)."""
+
+    def __enter__(self) -> serial_region:
+        self._was = getattr(_state, "inside", False)
+        _state.inside = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _state.inside = self._was
+
+
+def _split_rows(total: int, fn: Callable[[int, int], _T], min_rows: int) -> list[_T]:
+    """fn over [0, total) split in contiguous parts, one per core, results in order."""
+    global _pool
+    parts = min(usable_cpus(), max(1, total // max(1, min_rows)))
+    if parts == 1 or getattr(_state, "inside", False):
+        return [fn(0, total)]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(usable_cpus(), thread_name_prefix="sensorlab-cnn")
+    bounds = [total * k // parts for k in range(parts + 1)]
+
+    def part(k: int) -> _T:
+        with serial_region():
+            return fn(bounds[k], bounds[k + 1])
+
+    with single_thread_blas():
+        futures = [_pool.submit(part, k) for k in range(1, parts)]
+        first = part(0)
+        return [first, *(f.result() for f in futures)]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _float(x: Any) -> np.ndarray:
+    """``x`` as a float array: float64 stays float64, everything else becomes float32."""
+    x = np.asarray(x)
+    if x.dtype == np.float64 or x.dtype == np.float32:
+        return x
+    return x.astype(np.float32)
+
+
+def _like(p: Any, x: np.ndarray) -> np.ndarray:
+    """Parameter ``p`` in the dtype of data ``x`` (no copy when it already is)."""
+    return np.asarray(p, dtype=x.dtype)
+
+
+def _pair(v: IntPair, name: str) -> tuple[int, int]:
+    """An int or a pair of ints as a pair of ints."""
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    t = tuple(int(a) for a in v)
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def _positive_pair(v: IntPair, name: str) -> tuple[int, int]:
+    p = _pair(v, name)
+    if min(p) < 1:
+        raise ValueError(f"{name} must be >= 1, got {v!r}")
+    return p
+
+
+def _check_4d(x: np.ndarray, name: str = "x") -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be (N, C, H, W), got shape {x.shape}")
+
+
+def conv_output_size(
+    size: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int = 1,
+) -> int:
+    """Output length along one axis of a convolution or pooling window.
+
+    ``floor((size + pad_total - dilation*(kernel-1) - 1) / stride) + 1``, ONNX's formula
+    with ``ceil_mode=0``.
+
+    Parameters
+    ----------
+    size : input length (pixels).
+    kernel : kernel length (taps).
+    stride : step between windows (pixels).
+    padding : total padding (int) or ``(before, after)`` (pixels).
+    dilation : spacing between taps (pixels).
+
+    Returns
+    -------
+    The output length; raises ValueError when the (dilated) kernel does not fit.
+    """
+    total = padding if isinstance(padding, (int, np.integer)) else sum(padding)
+    span = dilation * (kernel - 1) + 1
+    if stride < 1 or dilation < 1 or kernel < 1:
+        raise ValueError(
+            f"kernel, stride and dilation must be >= 1, got {kernel}, {stride}, {dilation}"
+        )
+    if size + total < span:
+        raise ValueError(
+            f"kernel spanning {span} px does not fit in input of {size} px with padding {total}"
+        )
+    return (size + total - span) // stride + 1
+
+
+def resolve_padding(
+    padding: Padding,
+    kernel: IntPair,
+    stride: IntPair = 1,
+    dilation: IntPair = 1,
+    input_size: IntPair | None = None,
+) -> Pads:
+    """Padding in every accepted form as ``((top, bottom), (left, right))`` pixels.
+
+    Parameters
+    ----------
+    padding : ``int`` (all sides), ``(ph, pw)`` (both sides of each axis),
+        ``((top, bottom), (left, right))``, ``"valid"`` (none) or ``"same"`` (ONNX
+        ``SAME_UPPER``: output = ceil(input / stride); the odd pixel goes bottom/right).
+        For stride 1, "same" pads ``dilation*(kernel-1)`` in total whatever the input
+        size; for stride > 1 it depends on the input, so ``input_size`` is then required.
+    kernel, stride, dilation : int or ``(h, w)``.
+    input_size : ``(H, W)`` of the input; only needed for "same" with stride > 1.
+    """
+    kh, kw = _positive_pair(kernel, "kernel")
+    sh, sw = _positive_pair(stride, "stride")
+    dh, dw = _positive_pair(dilation, "dilation")
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return (0, 0), (0, 0)
+        if mode != "same":
+            raise ValueError(f"padding must be an int, pairs, 'same' or 'valid', got {padding!r}")
+        totals = []
+        for k, s, d, axis in ((kh, sh, dh, 0), (kw, sw, dw, 1)):
+            span = d * (k - 1) + 1
+            if s == 1:
+                totals.append(span - 1)
+                continue
+            if input_size is None:
+                raise ValueError("padding='same' with stride > 1 needs the input size")
+            n = _pair(input_size, "input_size")[axis]
+            out = -(-n // s)
+            totals.append(max(0, (out - 1) * s + span - n))
+        (th, tw) = totals
+        return (th // 2, th - th // 2), (tw // 2, tw - tw // 2)
+    if isinstance(padding, (int, np.integer)):
+        p = int(padding)
+        pads: Pads = ((p, p), (p, p))
+    else:
+        items = list(padding)
+        if len(items) != 2:
+            raise ValueError(f"padding must have 2 entries (H, W), got {padding!r}")
+        if all(isinstance(a, (int, np.integer)) for a in items):
+            ph, pw = (int(a) for a in items)
+            pads = ((ph, ph), (pw, pw))
+        else:
+            pads = (_pair(items[0], "padding[0]"), _pair(items[1], "padding[1]"))
+    if min(pads[0] + pads[1]) < 0:
+        raise ValueError(f"padding must be >= 0, got {padding!r}")
+    return pads
+
+
+def _pad(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
+    """Pad the last two axes of a 4-D array."""
+    (t, b), (lft, r) = pads
+    if t == b == lft == r == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (lft, r)), constant_values=value)
+
+
+def _windows(
+    xp: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    out_hw: tuple[int, int],
+) -> np.ndarray:
+    """Strided view (N, C, Ho, Wo, kh, kw) of a padded 4-D array: no copy."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    v = sliding_window_view(xp, span, axis=(2, 3))
+    return v[:, :, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw, ::dh, ::dw]
+
+
+def _tap_slices(
+    i: int,
+    j: int,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    out_hw: tuple[int, int],
+) -> tuple[slice, slice]:
+    """Rows and columns of the padded input that tap (i, j) reads for every output pixel."""
+    (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_hw
+    r0, c0 = i * dh, j * dw
+    return slice(r0, r0 + (ho - 1) * sh + 1, sh), slice(c0, c0 + (wo - 1) * sw + 1, sw)
+
+
+def _geometry(
+    x_shape: tuple[int, ...],
+    kernel: tuple[int, int],
+    stride: IntPair,
+    padding: Padding,
+    dilation: IntPair,
+) -> tuple[Pads, tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(pads, stride, dilation, (Ho, Wo)) for a window op on a (N, C, H, W) input."""
+    s = _positive_pair(stride, "stride")
+    d = _positive_pair(dilation, "dilation")
+    pads = resolve_padding(padding, kernel, s, d, input_size=x_shape[2:])
+    ho = conv_output_size(x_shape[2], kernel[0], s[0], pads[0], d[0])
+    wo = conv_output_size(x_shape[3], kernel[1], s[1], pads[1], d[1])
+    return pads, s, d, (ho, wo)
+
+
+# ----------------------------------------------------------------------- convolution
+
+
+def conv2d(
+    x: Any,
+    w: Any,
+    b: Any | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> np.ndarray:
+    """2-D convolution (cross-correlation, as in ONNX ``Conv`` and every framework).
+
+    ``y[n, f, i, j] = b[f] + sum_{c, u, v} w[f, c, u, v] *
+    xpad[n, g*C/groups + c, i*stride + u*dilation, j*stride + v*dilation]``
+    with ``g = f // (F/groups)``.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) batch; also (C, H, W) with a 4-D ``w``, or one (H, W) image with a
+        (kh, kw) kernel — the result then has the same rank as ``x``.
+    w : (F, C/groups, kh, kw) weights (or (kh, kw) for a single-channel image).
+    b : (F,) bias or None.
+    stride, dilation : int or (h, w), pixels.
+    padding : see :func:`resolve_padding`.
+    groups : number of channel groups (C and F must both be divisible by it).
+
+    Returns
+    -------
+    (N, F, Ho, Wo), with Ho, Wo from :func:`conv_output_size`.
+    """
+    x = _float(x)
+    w = _like(w, x)
+    squeeze: tuple[int, ...] = ()
+    if x.ndim == 2 and w.ndim == 2:
+        x, w, squeeze = x[None, None], w[None, None], (0, 1)
+    elif x.ndim == 3 and w.ndim == 4:
+        x, squeeze = x[None], (0,)
+    elif x.ndim != 4 or w.ndim != 4:
+        raise ValueError(
+            f"conv2d takes x (N,C,H,W) with w (F,C,kh,kw), x (C,H,W) with w (F,C,kh,kw) or "
+            f"x (H,W) with w (kh,kw); got x {x.shape} and w {w.shape}"
+        )
+    y = _conv2d_nchw(x, w, stride, padding, dilation, groups)
+    if b is not None:
+        y += _like(b, x).reshape(1, -1, 1, 1)
+    return y[(0,) * len(squeeze)] if squeeze else y
+
+
+def _check_conv(x: np.ndarray, w: np.ndarray, groups: int) -> None:
+    n_f, c_g = w.shape[:2]
+    if groups < 1 or x.shape[1] % groups or n_f % groups:
+        raise ValueError(
+            f"groups={groups} must divide input channels {x.shape[1]} and filters {n_f}"
+        )
+    if c_g * groups != x.shape[1]:
+        raise ValueError(
+            f"weights {w.shape} expect {c_g * groups} input channels "
+            f"(C/groups={c_g}, groups={groups}), input has {x.shape[1]}"
+        )
+
+
+def _batch_chunk(rows_per_image: int) -> int:
+    return max(1, _CHUNK_ROWS // max(1, rows_per_image))
+
+
+# Stride 1 (any padding, dilation, groups) runs on a *flat padded* NHWC layout: the
+# padded batch is one (N*Hp*Wp, C) matrix, an output pixel is anchored at its window's
+# top-left input pixel, and kernel tap (i, j) is the row offset i*d*Wp + j*d. Outputs
+# are computed for every anchor (those whose window runs off the right or bottom edge
+# read the next row or image and are cropped away), in chunks of about _CHUNK_ROWS
+# rows: the kw taps of a kernel row are copied side by side into a chunk matrix, then
+# kh GEMMs at row offsets accumulate (or one GEMM over all taps when kw*C is small).
+# The gradient with respect to x is the same correlation of the gradient (zero at the
+# cropped anchors) with the flipped, transposed kernel. Larger strides use im2col.
+
+
+def _weight_rows(w: np.ndarray) -> np.ndarray:
+    """(F, C, kh, kw) weights as (kh, kw*C, F): row i holds kernel row i's taps."""
+    n_f, c, kh, kw = w.shape
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh, kw * c, n_f))
+
+
+def _flat_padded(x: np.ndarray, pads: Pads, lead: int, guard: int) -> np.ndarray:
+    """(lead + N*Hp*Wp + guard, C) zero matrix holding x (N, C, H, W) as padded NHWC."""
+    n, c, h, w = x.shape
+    (t, b), (lft, r) = pads
+    hp, wp = h + t + b, w + lft + r
+    flat = np.zeros((lead + n * hp * wp + guard, c), dtype=x.dtype)
+    body = flat[lead : lead + n * hp * wp].reshape(n, hp, wp, c)
+    body[:, t : t + h, lft : lft + w] = x.transpose(0, 2, 3, 1)
+    return flat
+
+
+def _taps(src: np.ndarray, start: int, rows: int, shape: tuple, steps: tuple, buf: np.ndarray):
+    """Copy of the strided window view of the C-contiguous ``src`` from row ``start``:
+    shape (rows, *shape, C) with row strides ``steps`` (in rows), as (rows, prod)."""
+    c, item = src.shape[1], src.itemsize
+    need = start + rows - 1 + sum((k - 1) * st for k, st in zip(shape, steps, strict=True))
+    assert start >= 0 and need < src.shape[0], "flat layout guard too small"
+    strides = (c * item, *(st * c * item for st in steps), item)
+    view = as_strided(src[start:], (rows, *shape, c), strides, writeable=False)
+    out = buf[: view.size].reshape(view.shape)
+    np.copyto(out, view)
+    return out.reshape(rows, -1)
+
+
+def _flat_corr(
+    src: np.ndarray, rows: int, row_step: int, col_step: int, wr: np.ndarray, out: np.ndarray
+) -> None:
+    """out[q] = sum_{i,j} src[q + i*row_step + j*col_step] @ wr[i, j*C:(j+1)*C], q < rows."""
+    _split_rows(
+        rows, lambda r0, r1: _flat_corr_part(src, r0, r1, row_step, col_step, wr, out), 1024
+    )
+
+
+def _flat_corr_part(
+    src: np.ndarray,
+    r0: int,
+    r1: int,
+    row_step: int,
+    col_step: int,
+    wr: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    kh, k_row, n_f = wr.shape
+    kw = k_row // src.shape[1]
+    im2col = kh > 1 and k_row < _IM2COL_MAX_K
+    wfull = wr.reshape(kh * k_row, n_f)
+    chunk = min(r1 - r0, _CHUNK_ROWS)
+    buf = np.empty((chunk + (0 if im2col else (kh - 1) * row_step)) * kh * k_row, src.dtype)
+    tmp = np.empty((chunk, n_f), src.dtype)
+    for a in range(r0, r1, chunk):
+        m = min(chunk, r1 - a)
+        o = out[a : a + m]
+        if im2col:
+            s = _taps(src, a, m, (kh, kw), (row_step, col_step), buf)
+            np.matmul(s, wfull, out=o)
+            continue
+        s = _taps(src, a, m + (kh - 1) * row_step, (kw,), (col_step,), buf)
+        np.matmul(s[:m], wr[0], out=o)
+        for i in range(1, kh):
+            np.matmul(s[i * row_step : i * row_step + m], wr[i], out=tmp[:m])
+            o += tmp[:m]
+
+
+def _flat_wgrad(
+    src: np.ndarray, rows: int, row_step: int, col_step: int, kh: int, kw: int, dy: np.ndarray
+) -> np.ndarray:
+    """sum_q src[q + i*row_step + j*col_step] (x) dy[q], as (kh, kw*C, F) like _weight_rows."""
+    c, n_f = src.shape[1], dy.shape[1]
+
+    def part(r0: int, r1: int) -> np.ndarray:
+        dwr = np.zeros((kh, kw * c, n_f), dtype=src.dtype)
+        chunk = min(r1 - r0, _CHUNK_ROWS)
+        buf = np.empty((chunk + (kh - 1) * row_step) * kw * c, src.dtype)
+        for a in range(r0, r1, chunk):
+            m = min(chunk, r1 - a)
+            s = _taps(src, a, m + (kh - 1) * row_step, (kw,), (col_step,), buf)
+            for i in range(kh):
+                dwr[i] += s[i * row_step : i * row_step + m].T @ dy[a : a + m]
+        return dwr
+
+    return sum(_split_rows(rows, part, 1024))
+
+
+def _group(a: np.ndarray, g: int, size: int, groups: int) -> np.ndarray:
+    """Channel group g of a (rows, channels) matrix, contiguous."""
+    return a if groups == 1 else np.ascontiguousarray(a[:, g * size : (g + 1) * size])
+
+
+def _conv2d_s1(
+    x: np.ndarray,
+    w: np.ndarray,
+    pads: Pads,
+    d: tuple[int, int],
+    out_hw: tuple[int, int],
+    groups: int,
+) -> np.ndarray:
+    n, _, h, wd = x.shape
+    n_f, c_g, kh, kw = w.shape
+    (t, b), (lft, r) = pads
+    hp, wp = h + t + b, wd + lft + r
+    rows, f_g = n * hp * wp, n_f // groups
+    xp = _flat_padded(x, pads, 0, (kh - 1) * d[0] * wp + (kw - 1) * d[1])
+    y = np.empty((rows, n_f), dtype=x.dtype)
+    for g in range(groups):
+        out = y if groups == 1 else np.empty((rows, f_g), dtype=x.dtype)
+        wr = _weight_rows(w[g * f_g : (g + 1) * f_g])
+        _flat_corr(_group(xp, g, c_g, groups), rows, d[0] * wp, d[1], wr, out)
+        if groups > 1:
+            y[:, g * f_g : (g + 1) * f_g] = out
+    ho, wo = out_hw
+    return np.ascontiguousarray(y.reshape(n, hp, wp, n_f)[:, :ho, :wo].transpose(0, 3, 1, 2))
+
+
+def _conv2d_backward_s1(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, pads: Pads, d: tuple[int, int], groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    n, c, h, wd = x.shape
+    n_f, c_g, kh, kw = w.shape
+    (t, b), (lft, r) = pads
+    hp, wp = h + t + b, wd + lft + r
+    ho, wo = dy.shape[2:]
+    rows, f_g = n * hp * wp, n_f // groups
+    reach = (kh - 1) * d[0] * wp + (kw - 1) * d[1]
+    xp = _flat_padded(x, pads, 0, reach)
+    # dy at every anchor (zero where the output was cropped), after `reach` zero rows
+    dya = np.zeros((reach + rows, n_f), dtype=x.dtype)
+    dya[reach:].reshape(n, hp, wp, n_f)[:, :ho, :wo] = dy.transpose(0, 2, 3, 1)
+    dxp = np.empty((rows, c), dtype=x.dtype)
+    dw = np.empty_like(w)
+    for g in range(groups):
+        wg = w[g * f_g : (g + 1) * f_g]
+        dyg = _group(dya, g, f_g, groups)
+        # dxp[p] = sum_ij dya[reach + p - i*d*Wp - j*d] @ w_ij^T: flipped kernel, F -> C
+        wr_back = _weight_rows(wg.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        out = dxp if groups == 1 else np.empty((rows, c_g), dtype=x.dtype)
+        _flat_corr(dyg, rows, d[0] * wp, d[1], wr_back, out)
+        if groups > 1:
+            dxp[:, g * c_g : (g + 1) * c_g] = out
+        dwr = _flat_wgrad(_group(xp, g, c_g, groups), rows, d[0] * wp, d[1], kh, kw, dyg[reach:])
+        dw[g * f_g : (g + 1) * f_g] = dwr.reshape(kh, kw, c_g, f_g).transpose(3, 2, 0, 1)
+    dx = dxp.reshape(n, hp, wp, c)[:, t : t + h, lft : lft + wd]
+    return np.ascontiguousarray(dx.transpose(0, 3, 1, 2)), dw
+
+
+def _conv2d_nchw(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: IntPair,
+    padding: Padding,
+    dilation: IntPair,
+    groups: int,
+) -> np.ndarray:
+    """Stride 1: flat-layout row-offset GEMMs; otherwise im2col + GEMM, chunked."""
+    _check_conv(x, w, groups)
+    n_f, c_g, kh, kw = w.shape
+    pads, s, d, (ho, wo) = _geometry(x.shape, (kh, kw), stride, padding, dilation)
+    if s == (1, 1):
+        return _conv2d_s1(x, w, pads, d, (ho, wo), groups)
+    n = x.shape[0]
+    f_g = n_f // groups
+    # NHWC inside: the im2col rows are then (kh, kw, C) contiguous pieces.
+    xp = np.ascontiguousarray(_pad(x, pads).transpose(0, 2, 3, 1))
+    y = np.empty((n, ho, wo, n_f), dtype=x.dtype)
+    step = _batch_chunk(ho * wo)
+    for g in range(groups):
+        wmat = w[g * f_g : (g + 1) * f_g].transpose(0, 2, 3, 1).reshape(f_g, kh * kw * c_g).T
+        xg = xp[..., g * c_g : (g + 1) * c_g]
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            cols = _im2col_nhwc(xg[n0:n1], (kh, kw), s, d, (ho, wo))
+            y[n0:n1, :, :, g * f_g : (g + 1) * f_g] = (cols @ wmat).reshape(n1 - n0, ho, wo, f_g)
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+
+def _im2col_nhwc(
+    xp: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    out_hw: tuple[int, int],
+) -> np.ndarray:
+    """(N*Ho*Wo, kh*kw*C) patch matrix of a padded NHWC array (a copy)."""
+    (kh, kw), (ho, wo) = kernel, out_hw
+    n, _, _, c = xp.shape
+    cols = np.empty((n, ho, wo, kh, kw, c), dtype=xp.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rs, cs = _tap_slices(i, j, stride, dilation, out_hw)
+            cols[:, :, :, i, j, :] = xp[:, rs, cs, :]
+    return cols.reshape(n * ho * wo, kh * kw * c)
+
+
+def conv2d_backward(
+    dy: Any,
+    x: Any,
+    w: Any,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`conv2d` (4-D form) with respect to x, w and b.
+
+    Parameters
+    ----------
+    dy : (N, F, Ho, Wo) upstream gradient.
+    x, w, stride, padding, dilation, groups : as given to the forward.
+
+    Returns
+    -------
+    (dx (N, C, H, W), dw (F, C/groups, kh, kw), db (F,)).
+    """
+    x = _float(x)
+    w = _like(w, x)
+    dy = _like(dy, x)
+    _check_4d(x)
+    _check_4d(w, "w")
+    _check_conv(x, w, groups)
+    n_f, c_g, kh, kw = w.shape
+    pads, s, d, (ho, wo) = _geometry(x.shape, (kh, kw), stride, padding, dilation)
+    n, _, h, wd = x.shape
+    if dy.shape != (n, n_f, ho, wo):
+        raise ValueError(f"dy must be {(n, n_f, ho, wo)}, got {dy.shape}")
+    db = dy.sum(axis=(0, 2, 3))
+    if s == (1, 1):
+        return (*_conv2d_backward_s1(dy, x, w, pads, d, groups), db)
+    f_g = n_f // groups
+    xp = np.ascontiguousarray(_pad(x, pads).transpose(0, 2, 3, 1))
+    dxp = np.zeros_like(xp)
+    dy_nhwc = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
+    dw = np.zeros((n_f, kh, kw, c_g), dtype=x.dtype)
+    step = _batch_chunk(ho * wo)
+    for g in range(groups):
+        fs, cs_ = slice(g * f_g, (g + 1) * f_g), slice(g * c_g, (g + 1) * c_g)
+        wmat = w[fs].transpose(0, 2, 3, 1).reshape(f_g, kh * kw * c_g)
+        xg = xp[..., cs_]
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            dyc = dy_nhwc[n0:n1, :, :, fs].reshape(-1, f_g)
+            cols = _im2col_nhwc(xg[n0:n1], (kh, kw), s, d, (ho, wo))
+            dw[fs] += (dyc.T @ cols).reshape(f_g, kh, kw, c_g)
+            dcols = (dyc @ wmat).reshape(n1 - n0, ho, wo, kh, kw, c_g)
+            dxg = dxp[n0:n1, :, :, cs_]
+            for i in range(kh):
+                for j in range(kw):
+                    rs, css = _tap_slices(i, j, s, d, (ho, wo))
+                    dxg[:, rs, css, :] += dcols[:, :, :, i, j, :]
+    (t, _), (lft, _) = pads
+    dx = np.ascontiguousarray(dxp[:, t : t + h, lft : lft + wd, :].transpose(0, 3, 1, 2))
+    return dx, np.ascontiguousarray(dw.transpose(0, 3, 1, 2)), db
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def _pool_geometry(
+    x: np.ndarray, size: IntPair, stride: IntPair | None, padding: Padding
+) -> tuple[tuple[int, int], Pads, tuple[int, int], tuple[int, int]]:
+    _check_4d(x)
+    k = _positive_pair(size, "size")
+    s = k if stride is None else _positive_pair(stride, "stride")
+    pads = resolve_padding(padding, k, s, 1, input_size=x.shape[2:])
+    if max(pads[0]) >= k[0] or max(pads[1]) >= k[1]:
+        raise ValueError(f"pooling padding {pads} must be smaller than the window {k}")
+    ho = conv_output_size(x.shape[2], k[0], s[0], pads[0])
+    wo = conv_output_size(x.shape[3], k[1], s[1], pads[1])
+    return k, pads, s, (ho, wo)
+
+
+def max_pool2d(
+    x: Any, size: IntPair, stride: IntPair | None = None, padding: Padding = 0
+) -> np.ndarray:
+    """Max pooling (ONNX ``MaxPool``, ``ceil_mode=0``); padded pixels count as -inf.
+
+    Parameters
+    ----------
+    x : (N, C, H, W).
+    size : window (int or (h, w)), pixels.
+    stride : step (defaults to ``size``), pixels.
+    padding : see :func:`resolve_padding`; each pad must be smaller than the window.
+
+    Returns
+    -------
+    (N, C, Ho, Wo).
+    """
+    x = _float(x)
+    k, pads, s, out = _pool_geometry(x, size, stride, padding)
+    xp = _pad(x, pads, -np.inf)
+    y = None
+    for i in range(k[0]):
+        for j in range(k[1]):
+            tap = xp[(slice(None), slice(None), *_tap_slices(i, j, s, (1, 1), out))]
+            y = tap.copy() if y is None else np.maximum(y, tap, out=y)
+    assert y is not None
+    return y
+
+
+def max_pool2d_backward(
+    dy: Any,
+    x: Any,
+    size: IntPair,
+    stride: IntPair | None = None,
+    padding: Padding = 0,
+) -> np.ndarray:
+    """Gradient of :func:`max_pool2d` with respect to x.
+
+    Each window's gradient goes to its maximum; when several pixels tie for the
+    maximum, all of it goes to the first in row-major order within the window (as
+    ``np.argmax``; PyTorch and onnxruntime also pick one pixel, not a share).
+    Overlapping windows add up.
+    """
+    x = _float(x)
+    dy = _like(dy, x)
+    k, pads, s, out = _pool_geometry(x, size, stride, padding)
+    if dy.shape != x.shape[:2] + out:
+        raise ValueError(f"dy must be {x.shape[:2] + out}, got {dy.shape}")
+    if s == k and pads == ((0, 0), (0, 0)):  # non-overlapping windows: one scatter
+        n, c = x.shape[:2]
+        (kh, kw), (ho, wo) = k, out
+        blocks = x[:, :, : ho * kh, : wo * kw].reshape(n, c, ho, kh, wo, kw)
+        win = blocks.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, kh * kw)
+        dwin = np.zeros(win.shape, dtype=x.dtype)
+        np.put_along_axis(dwin, win.argmax(axis=-1)[..., None], dy[..., None], axis=-1)
+        dx = np.zeros(x.shape, dtype=x.dtype)
+        dx[:, :, : ho * kh, : wo * kw] = (
+            dwin.reshape(n, c, ho, wo, kh, kw)
+            .transpose(0, 1, 2, 4, 3, 5)
+            .reshape(n, c, ho * kh, wo * kw)
+        )
+        return dx
+    xp = _pad(x, pads, -np.inf)
+    win = _windows(xp, k, s, (1, 1), out).reshape(*x.shape[:2], *out, k[0] * k[1])
+    arg = win.argmax(axis=-1)
+    dxp = np.zeros(xp.shape, dtype=x.dtype)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            sl = (slice(None), slice(None), *_tap_slices(i, j, s, (1, 1), out))
+            dxp[sl] += np.where(arg == i * k[1] + j, dy, 0)
+    (t, _), (lft, _) = pads
+    return dxp[:, :, t : t + x.shape[2], lft : lft + x.shape[3]]
+
+
+def _avg_counts(
+    x_shape: tuple[int, ...], k: tuple[int, int], pads: Pads, s: tuple[int, int], out: tuple
+) -> np.ndarray:
+    """Number of real (non-padding) pixels in each window, (Ho, Wo)."""
+    counts = []
+    for axis in (0, 1):
+        size, (before, _), kk, ss, oo = x_shape[2 + axis], pads[axis], k[axis], s[axis], out[axis]
+        start = np.arange(oo) * ss - before
+        counts.append(np.minimum(start + kk, size) - np.maximum(start, 0))
+    return np.outer(counts[0], counts[1])
+
+
+def avg_pool2d(
+    x: Any, size: IntPair, stride: IntPair | None = None, padding: Padding = 0
+) -> np.ndarray:
+    """Average pooling (ONNX ``AveragePool``, ``ceil_mode=0``, ``count_include_pad=0``).
+
+    A window that overlaps the padding is averaged over its real pixels only (the
+    padding is neither summed nor counted), which is ONNX's default.
+
+    Parameters
+    ----------
+    x : (N, C, H, W).
+    size : window, stride (defaults to ``size``), padding: as :func:`max_pool2d`.
+
+    Returns
+    -------
+    (N, C, Ho, Wo).
+    """
+    x = _float(x)
+    k, pads, s, out = _pool_geometry(x, size, stride, padding)
+    xp = _pad(x, pads)
+    y = np.zeros(x.shape[:2] + out, dtype=x.dtype)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            y += xp[(slice(None), slice(None), *_tap_slices(i, j, s, (1, 1), out))]
+    y /= _avg_counts(x.shape, k, pads, s, out).astype(x.dtype)
+    return y
+
+
+def avg_pool2d_backward(
+    dy: Any,
+    x_shape: tuple[int, ...],
+    size: IntPair,
+    stride: IntPair | None = None,
+    padding: Padding = 0,
+) -> np.ndarray:
+    """Gradient of :func:`avg_pool2d` with respect to x (of shape ``x_shape``).
+
+    Each window spreads its gradient evenly over its real pixels (count_include_pad=0).
+    """
+    dy = _float(dy)
+    x_shape = tuple(int(a) for a in x_shape)
+    k, pads, s, out = _pool_geometry(np.empty(x_shape, dtype=np.uint8), size, stride, padding)
+    if dy.shape != x_shape[:2] + out:
+        raise ValueError(f"dy must be {x_shape[:2] + out}, got {dy.shape}")
+    share = dy / _avg_counts(x_shape, k, pads, s, out).astype(dy.dtype)
+    (t, b), (lft, r) = pads
+    dxp = np.zeros((*x_shape[:2], x_shape[2] + t + b, x_shape[3] + lft + r), dtype=dy.dtype)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            dxp[(slice(None), slice(None), *_tap_slices(i, j, s, (1, 1), out))] += share
+    return dxp[:, :, t : t + x_shape[2], lft : lft + x_shape[3]]
+
+
+def global_avg_pool(x: Any) -> np.ndarray:
+    """Mean over H and W (ONNX ``GlobalAveragePool``): (N, C, H, W) -> (N, C, 1, 1)."""
+    x = _float(x)
+    _check_4d(x)
+    return x.mean(axis=(2, 3), keepdims=True, dtype=x.dtype)
+
+
+def global_avg_pool_backward(dy: Any, x_shape: tuple[int, ...]) -> np.ndarray:
+    """Gradient of :func:`global_avg_pool`: dy (N, C, 1, 1) spread evenly over H*W."""
+    dy = _float(dy)
+    n, c, h, w = x_shape
+    if dy.shape not in ((n, c, 1, 1), (n, c)):
+        raise ValueError(f"dy must be {(n, c, 1, 1)}, got {dy.shape}")
+    scale = dy.dtype.type(1.0 / (h * w))
+    return np.broadcast_to(dy.reshape(n, c, 1, 1) * scale, (n, c, h, w)).copy()
+
+
+# ------------------------------------------------------------------------ activations
+
+
+def relu(x: Any) -> np.ndarray:
+    """max(x, 0)."""
+    x = _float(x)
+    return np.maximum(x, 0, dtype=x.dtype)
+
+
+def relu_backward(dy: Any, x: Any) -> np.ndarray:
+    """Gradient of :func:`relu`: dy where x > 0, else 0 (0 at x == 0)."""
+    x = _float(x)
+    return np.where(x > 0, _like(dy, x), x.dtype.type(0))
+
+
+def leaky_relu(x: Any, alpha: float = 0.01) -> np.ndarray:
+    """x for x > 0, alpha * x otherwise (ONNX ``LeakyRelu``)."""
+    x = _float(x)
+    return np.where(x > 0, x, x * x.dtype.type(alpha))
+
+
+def leaky_relu_backward(dy: Any, x: Any, alpha: float = 0.01) -> np.ndarray:
+    """Gradient of :func:`leaky_relu`: dy for x > 0, alpha * dy otherwise."""
+    x = _float(x)
+    dy = _like(dy, x)
+    return np.where(x > 0, dy, dy * x.dtype.type(alpha))
+
+
+def sigmoid(x: Any) -> np.ndarray:
+    """1 / (1 + exp(-x)), computed without overflow for any finite x."""
+    x = _float(x)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def sigmoid_backward(dy: Any, y: Any) -> np.ndarray:
+    """Gradient of :func:`sigmoid` from its output y: dy * y * (1 - y)."""
+    y = _float(y)
+    return _like(dy, y) * y * (1 - y)
+
+
+def tanh(x: Any) -> np.ndarray:
+    """Hyperbolic tangent."""
+    return np.tanh(_float(x))
+
+
+def tanh_backward(dy: Any, y: Any) -> np.ndarray:
+    """Gradient of :func:`tanh` from its output y: dy * (1 - y**2)."""
+    y = _float(y)
+    return _like(dy, y) * (1 - y * y)
+
+
+# ----------------------------------------------------------------------------- dense
+
+
+def dense(x: Any, w: Any, b: Any | None = None) -> np.ndarray:
+    """Fully connected layer ``y = x @ w.T + b`` (ONNX ``Gemm`` with ``transB=1``).
+
+    Parameters
+    ----------
+    x : (N, in) batch or one (in,) vector.
+    w : (out, in) weights.
+    b : (out,) bias or None.
+
+    Returns
+    -------
+    (N, out), or (out,) for a 1-D x.
+    """
+    x = _float(x)
+    w = _like(w, x)
+    if w.ndim != 2 or x.shape[-1] != w.shape[1] or x.ndim not in (1, 2):
+        raise ValueError(
+            f"dense takes x (N, in) or (in,) with w (out, in); got {x.shape} and {w.shape}"
+        )
+    if x.ndim == 1:
+        y = w @ x
+    else:
+        y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+        _split_rows(x.shape[0], lambda a, z: np.matmul(x[a:z], w.T, out=y[a:z]), _DENSE_ROWS)
+    if b is not None:
+        y += _like(b, x)
+    return y
+
+
+def dense_backward(dy: Any, x: Any, w: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`dense`: (dx like x, dw (out, in), db (out,))."""
+    x = _float(x)
+    w = _like(w, x)
+    dy = _like(dy, x)
+    if x.ndim == 1:
+        return w.T @ dy, np.outer(dy, x), dy.copy()
+    dx = np.empty(x.shape, dtype=x.dtype)
+
+    def part(a: int, z: int) -> np.ndarray:
+        np.matmul(dy[a:z], w, out=dx[a:z])
+        return dy[a:z].T @ x[a:z]
+
+    dw = sum(_split_rows(x.shape[0], part, _DENSE_ROWS))
+    return dx, dw, dy.sum(axis=0)
+
+
+# -------------------------------------------------------------------- softmax & loss
+
+
+def softmax(x: Any, axis: int = -1) -> np.ndarray:
+    """exp(x) / sum(exp(x)) along ``axis``, shifted by the max so it never overflows."""
+    x = _float(x)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
+    """log(softmax(x)) by log-sum-exp: finite for logits of any finite size."""
+    x = _float(x)
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def cross_entropy(
+    logits: Any, labels: Any, label_smoothing: float = 0.0
+) -> tuple[float, np.ndarray]:
+    """Mean softmax cross-entropy and its gradient with respect to the logits.
+
+    Parameters
+    ----------
+    logits : (N, K) class scores.
+    labels : (N,) integer classes in [0, K), or (N, K) target probabilities.
+    label_smoothing : ε in [0, 1): the target becomes (1-ε)·onehot + ε/K.
+
+    Returns
+    -------
+    (loss, dlogits): the mean over the batch of ``-sum_k q_k log p_k`` and its gradient
+    ``(softmax(logits) - q) / N``, shaped like ``logits``.
+    """
+    logits = _float(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (N, K), got {logits.shape}")
+    n, k = logits.shape
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        if labels.shape[0] != n or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be {n} integers, got {labels.shape} {labels.dtype}")
+        if n and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(f"labels must be in [0, {k}), got [{labels.min()}, {labels.max()}]")
+        q = np.zeros_like(logits)
+        q[np.arange(n), labels] = 1
+    elif labels.shape == logits.shape:
+        q = labels.astype(logits.dtype)
+    else:
+        raise ValueError(f"labels must be (N,) classes or (N, K) targets, got {labels.shape}")
+    if label_smoothing:
+        q = q * logits.dtype.type(1 - label_smoothing) + logits.dtype.type(label_smoothing / k)
+    logp = log_softmax(logits)
+    loss = float(-(q * logp).sum() / n)
+    dlogits = (np.exp(logp) - q) / logits.dtype.type(n)
+    return loss, dlogits
+
+
+# ------------------------------------------------------------------- normalisation
+
+
+def _channel_shape(x: np.ndarray) -> tuple[int, ...]:
+    if x.ndim < 2:
+        raise ValueError(f"batch norm takes (N, C, ...) input, got {x.shape}")
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _reduce_axes(x: np.ndarray) -> tuple[int, ...]:
+    return (0, *range(2, x.ndim))
+
+
+def batch_norm(x: Any, gamma: Any, beta: Any, mean: Any, var: Any, eps: float = 1e-5) -> np.ndarray:
+    """Batch normalisation with fixed statistics (inference; ONNX ``BatchNormalization``).
+
+    ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel (axis 1) of an
+    (N, C) or (N, C, H, W) input.
+    """
+    x = _float(x)
+    shp = _channel_shape(x)
+    scale = _like(gamma, x).reshape(shp) / np.sqrt(_like(var, x).reshape(shp) + x.dtype.type(eps))
+    return (x - _like(mean, x).reshape(shp)) * scale + _like(beta, x).reshape(shp)
+
+
+def batch_norm_train(
+    x: Any, gamma: Any, beta: Any, eps: float = 1e-5
+) -> tuple[np.ndarray, tuple, np.ndarray, np.ndarray]:
+    """Batch normalisation with the batch's own statistics (training).
+
+    Returns
+    -------
+    (y, cache, batch_mean (C,), batch_var (C,)). ``batch_var`` is the biased variance
+    (divided by the number of values per channel), the one used to normalise; a caller
+    that keeps running statistics updates them with it (as ONNX's training-mode
+    reference does; PyTorch uses the unbiased one for the running variance — multiply
+    by m/(m-1) for that). ``cache`` goes to :func:`batch_norm_backward`.
+    """
+    x = _float(x)
+    shp, axes = _channel_shape(x), _reduce_axes(x)
+    mean = x.mean(axis=axes, dtype=x.dtype)
+    xc = x - mean.reshape(shp)
+    var = (xc * xc).mean(axis=axes, dtype=x.dtype)
+    inv_std = 1 / np.sqrt(var + x.dtype.type(eps))
+    xhat = xc * inv_std.reshape(shp)
+    g = _like(gamma, x)
+    y = xhat * g.reshape(shp) + _like(beta, x).reshape(shp)
+    return y, (xhat, inv_std, g), mean, var
+
+
+def batch_norm_backward(dy: Any, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`batch_norm_train`: (dx, dgamma (C,), dbeta (C,)).
+
+    ``dx = gamma/sigma/m * (m*dy - sum(dy) - xhat*sum(dy*xhat))`` per channel, with m the
+    number of values per channel.
+    """
+    xhat, inv_std, g = cache
+    dy = _like(dy, xhat)
+    shp, axes = _channel_shape(xhat), _reduce_axes(xhat)
+    m = xhat.size // xhat.shape[1]
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * xhat).sum(axis=axes)
+    dx = (g * inv_std / m).reshape(shp) * (m * dy - dbeta.reshape(shp) - xhat * dgamma.reshape(shp))
+    return dx, dgamma, dbeta
+
+
+# --------------------------------------------------------------------- dropout, shape
+
+
+def dropout(x: Any, rate: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted dropout for training: zero each value with probability ``rate`` and
+    scale the survivors by 1/(1-rate), so inference needs no change.
+
+    Returns
+    -------
+    (y, mask) with ``y = x * mask``; the mask holds 0 or 1/(1-rate) in x's dtype.
+    """
+    x = _float(x)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1], got {rate}")
+    if rate == 0.0:
+        mask = np.ones_like(x)
+    elif rate == 1.0:
+        mask = np.zeros_like(x)
+    else:
+        keep = rng.random(x.shape, dtype=x.dtype) >= rate
+        mask = keep * x.dtype.type(1.0 / (1.0 - rate))
+    return x * mask, mask
+
+
+def dropout_backward(dy: Any, mask: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`dropout`: dy * mask."""
+    return _like(dy, mask) * mask
+
+
+def flatten(x: Any) -> np.ndarray:
+    """(N, ...) -> (N, prod(...)) in C order (ONNX ``Flatten`` with axis=1)."""
+    x = _float(x)
+    return x.reshape(x.shape[0], -1)
+
+
+def flatten_backward(dy: Any, x_shape: tuple[int, ...]) -> np.ndarray:
+    """Gradient of :func:`flatten`: dy reshaped back to ``x_shape``."""
+    return _float(dy).reshape(x_shape)
