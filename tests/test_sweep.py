@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,12 @@ def test_snr_db_matches_the_definition():
         sums.add(out[i : i + 3], ref[i : i + 3])
     assert sums.images == 10
     assert sums.db == pytest.approx(snr_db(out, ref), rel=1e-12)
+    # bit for bit the same for any batch split (no BLAS, images summed in order)
+    for size in (1, 4, 10):
+        other = SnrSums()
+        for i in range(0, 10, size):
+            other.add(out[i : i + size], ref[i : i + size])
+        assert (other.signal_sq, other.noise_sq) == (sums.signal_sq, sums.noise_sq)
 
 
 def test_snr_of_gaussian_noise_on_a_constant_is_20_log_c_over_sigma():
@@ -422,8 +429,6 @@ def test_rerun_recomputes_only_missing_or_partial_cells(sweep_file, registry, tm
     before = {c: _arrays(cells / c) for c in first.cells}
     stamps = {c: (cells / c / "manifest.json").stat().st_mtime_ns for c in first.cells}
     deleted, partial, emptied = first.cells[1], first.cells[4], first.cells[5]
-    import shutil
-
     shutil.rmtree(cells / deleted)
     (cells / partial / "cell.json").unlink()  # killed between the run and its sweep record
     (cells / emptied / "manifest.json").unlink()
@@ -460,22 +465,40 @@ def test_rerun_with_another_config_refuses_to_mix_records(sweep_file, registry):
 
 
 # --------------------------------------------------------------------------- engines
-def test_in_process_and_two_dask_workers_give_identical_records(sweep_file, registry, tmp_path):
+def test_in_process_and_two_dask_workers_give_identical_records(tmp_path):
+    """configs/default.yaml's sensor and the rgb32 CNN (random weights) on both engines.
+
+    Worker processes run BLAS on one thread, the parent on several: the logits, the
+    accuracy and the SNR sums must still agree bit for bit.
+    """
+    from pipeline.cnn.graph import load_graph
+    from pipeline.cnn.model import Model
+
+    shutil.copy(ROOT / "configs" / "models" / "rgb32.yaml", tmp_path / "rgb32.yaml")
+    Model(load_graph(tmp_path / "rgb32.yaml"), init_seed=3).save(tmp_path / "rgb32.npz")
+    base = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    base["dataset"]["n"] = 16
+    base["model"] = {"path": "rgb32.yaml"}
+    base["run"] = {"batch_size": 8, "record": {"stages": "all", "images": 4}, "samples": 0}
+    _dump(tmp_path / "base.yaml", base)
+    sweep = _dump(tmp_path / "s.yaml", {"base": "base.yaml", "axes": {"sensor.adc.bits": [4, 10]}})
     t0 = time.perf_counter()
-    local = run_sweep(sweep_file, registry=registry, out=tmp_path / "a")
+    local = run_sweep(sweep, out=tmp_path / "a", plots=False)
     t1 = time.perf_counter()
-    dask = run_sweep(sweep_file, registry=registry, out=tmp_path / "b", workers=2)
+    dask = run_sweep(sweep, out=tmp_path / "b", workers=2, plots=False)
     t2 = time.perf_counter()
     print(f"in-process {t1 - t0:.2f} s, 2 Dask workers {t2 - t1:.2f} s")
     assert dask.computed == local.computed == local.cells
     for cell in local.cells:
         a, b = _arrays(local.path / "cells" / cell), _arrays(dask.path / "cells" / cell)
+        assert sorted(a) == ["adc", "cnn", "dataset", "optics", "photodetector", "raw", "scene"]
         assert sorted(a) == sorted(b)
         for name in a:
             assert a[name].dtype == b[name].dtype
             np.testing.assert_array_equal(a[name], b[name])
     rows_a = _read_csv(local.path / "results.csv")
     rows_b = _read_csv(dask.path / "results.csv")
+    assert all(r["accuracy"] and r["snr_db"] for r in rows_a)
     for ra, rb in zip(rows_a, rows_b, strict=True):
         ra.pop("wall_seconds"), rb.pop("wall_seconds")
         assert ra == rb
@@ -782,8 +805,6 @@ def test_train_modes_call_the_hook_and_evaluate_its_model(
     calls.clear()
     again = run_sweep(spec, registry=registry, base_dir=sweep_file.parent, plots=False)
     assert calls == [] and again.computed == []
-    import shutil
-
     shutil.rmtree(res.path / "cells" / res.cells[0])  # evaluation lost, trained model kept
     again = run_sweep(spec, registry=registry, base_dir=sweep_file.parent, plots=False)
     assert calls == [] and again.computed == [res.cells[0]]

@@ -90,16 +90,26 @@ class SnrSums:
     images: int = 0
 
     def add(self, out: np.ndarray, ref: np.ndarray) -> None:
-        """Add a batch; ``out`` and ``ref`` must have the same shape (first axis: images)."""
+        """Add a batch; ``out`` and ``ref`` must have the same shape (first axis: images).
+
+        Each image's sums use NumPy's pairwise summation (no BLAS: a threaded dot product
+        sums in an order that depends on the thread count), then are added one image at a
+        time in order, so the result is the same bit for bit on every engine and for any
+        batch size.
+        """
         out = np.asarray(out)
         ref = np.asarray(ref)
         if out.shape != ref.shape:
             raise ValueError(f"shapes differ: out {out.shape}, ref {ref.shape}")
-        ref64 = ref.astype(np.float64, copy=False)
-        diff = out.astype(np.float64) - ref64
-        self.signal_sq += float(np.vdot(ref64.ravel(), ref64.ravel()))
-        self.noise_sq += float(np.vdot(diff.ravel(), diff.ravel()))
-        self.images += int(out.shape[0]) if out.ndim else 1
+        n = out.shape[0] if out.ndim else 1
+        ref64 = ref.astype(np.float64).reshape(n, -1)
+        diff = out.astype(np.float64).reshape(n, -1) - ref64
+        for signal_sq, noise_sq in zip(
+            np.square(ref64).sum(axis=1), np.square(diff).sum(axis=1), strict=True
+        ):
+            self.signal_sq += float(signal_sq)
+            self.noise_sq += float(noise_sq)
+        self.images += n
 
     @property
     def db(self) -> float:
