@@ -21,9 +21,10 @@ import yaml
 import zarr
 from conftest import ROOT, TOY_STAGES
 
+from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.registry import Registry
-from pipeline.runner import run
+from pipeline.runner import open_config_dataset, run
 from pipeline.stage import Stage, StageParams, Unit, param
 from pipeline.sweep import run_sweep
 from pipeline.sweep.snr import SnrSums, snr_db
@@ -87,7 +88,7 @@ def sweep_file(tmp_path) -> Path:
     np.savez(tmp_path / "toy.npz", x=x, y=np.arange(40) % 4)
     base = {
         "seed": 7,
-        "dataset": {"kind": "npz", "path": "../toy.npz"},
+        "dataset": {"kind": "npz", "path": "../toy.npz", "split": "all"},
         "sensor": [
             {"stage": "toy_scene", "photons": 500},
             {"stage": "toy_det", "read_noise_e": 1.5},
@@ -121,6 +122,12 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def _arrays(cell_dir: Path) -> dict[str, np.ndarray]:
     group = zarr.open_group(str(cell_dir / "arrays.zarr"), mode="r")
     return {name: group[name][:] for name in group.array_keys()}
+
+
+def _labels(config: Path, registry: Registry) -> np.ndarray:
+    """The labels of a config's dataset, in the order the runner streams them."""
+    dataset = open_config_dataset(load_config(config, registry=registry))
+    return dataset.read(0, len(dataset))[1]
 
 
 def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -271,7 +278,7 @@ def test_accuracy_columns_come_from_the_run_with_wilson_intervals(
     _dump(tmp_path / "configs" / "base.yaml", base)
     _dump(tmp_path / "configs" / "model.yaml", {"bias": 0})
     res = run_sweep(sweep_file, registry=registry, set=["run.record.stages=[toy_raw, cnn]"])
-    labels = np.arange(40) % 4
+    labels = _labels(tmp_path / "configs" / "base.yaml", registry)
     assert len(res.table) == 6
     for row in res.table:
         recorded = _arrays(res.path / "cells" / row["cell"])
@@ -597,7 +604,7 @@ def cli_sweep(tmp_path):
     np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (8, 4, 4, 3), np.uint8), y=np.arange(8))
     base = {
         "seed": 3,
-        "dataset": {"kind": "npz", "path": "d.npz"},
+        "dataset": {"kind": "npz", "path": "d.npz", "split": "all"},
         "sensor": [{"stage": "sp_noisy", "sleep_s": 0.0}, {"stage": "sp_adc"}],
         "run": {"batch_size": 2, "record": {"images": "all"}, "samples": 0},
     }
@@ -698,10 +705,12 @@ def test_cli_sweep_killed_midway_resumes_without_losing_cells(cli_sweep, tmp_pat
 def test_real_sensor_sweep_with_the_default_noise_free_reference(tmp_path):
     """scene → optics → photodetector → adc → raw from the installed stages; SNR on by default."""
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (24, 16, 16, 3), np.uint8), y=np.zeros(24))
+    np.savez(
+        tmp_path / "d.npz", x=rng.integers(0, 256, (24, 16, 16, 3), np.uint8), y=np.zeros(24, int)
+    )
     base = {
         "seed": 1,
-        "dataset": {"kind": "npz", "path": "d.npz"},
+        "dataset": {"kind": "npz", "path": "d.npz", "split": "all"},
         "sensor": [
             {"stage": "scene", "mean_photons": 1000},
             {"stage": "optics", "psf": "gaussian", "sigma_px": 0.7},
@@ -788,7 +797,7 @@ def test_train_modes_call_the_hook_and_evaluate_its_model(
     spec.update(axes={"sensor.toy_adc.bits": [2, 3]}, snr=False, train="per_cell")
     res = run_sweep(spec, registry=registry, base_dir=sweep_file.parent, plots=False)
     assert calls == [(2, "scratch"), (3, "scratch")]
-    labels = np.arange(40) % 4
+    labels = _labels(tmp_path / "configs" / "base.yaml", registry)
     for row, bits in zip(res.table, [2, 3], strict=True):
         model = res.path / "models" / row["cell"] / "trained.yaml"
         assert row["trained_model"] == str(model)
