@@ -19,6 +19,7 @@ __all__ = ["main"]
 # Modules that add a subcommand through ``register(subparsers)``, in help order.
 _COMMAND_MODULES = (
     "pipeline.commands",
+    "pipeline.sweep",
     "pipeline.train",
     "pipeline.characterize",
 )

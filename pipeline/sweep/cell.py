@@ -1,0 +1,215 @@
+"""One sweep cell, computed where it is scheduled (in-process or on a Dask worker).
+
+A cell's record is its run folder ``cells/<id>/`` written by the runner (atomically:
+``manifest.json`` appears with the folder's final rename) plus ``cell.json``, written
+by the sweep after the run (atomically) with what the runner does not know: the cell's
+axis values, its SNR, the trained model, the wall time and the fingerprint that a rerun
+compares before reusing the record. A cell is complete when both files exist.
+
+Training hook
+-------------
+``train: per_cell`` and ``train: fine_tune`` call ::
+
+    pipeline.train.train_cell(loaded_config, out_dir, *, init) -> Path | (Path, Path)
+
+with the cell's :class:`~pipeline.config.LoadedConfig` (its ``model:`` names the base
+model), an empty folder to write into, and ``init="scratch"`` (per_cell: the base model's
+graph with fresh weights) or ``init="base"`` (fine_tune: start from the base model's
+weights). It returns the trained model YAML (weights ``<stem>.npz`` beside it), or the
+pair (model YAML, weights). The cell is then evaluated with that model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import LoadedConfig
+from pipeline.registry import Registry, default_registry
+from pipeline.runner import build_chain, open_config_dataset, run
+from pipeline.stage import Batch
+from pipeline.store import write_json_atomic
+from pipeline.sweep.check import load_cell, reference_raw, train_hook
+from pipeline.sweep.snr import SnrSums
+
+__all__ = ["CELL_RECORD", "CellTask", "execute_cell", "is_complete", "measure_snr", "read_record"]
+
+CELL_RECORD = "cell.json"
+TRAINED_RECORD = "trained.json"
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything a worker needs to compute one cell (plain data: it is pickled to workers).
+
+    Attributes
+    ----------
+    cell_id, index, overrides : the cell.
+    raw : the cell's run config as a plain dict (``run.out`` is the absolute cells folder).
+    base_file, base_dir : the base config file (for errors, manifests) and its folder.
+    models_dir : where trained models go (``train`` modes).
+    train : none, per_cell or fine_tune.
+    snr : the sweep's ``snr`` options as a dict, or None.
+    fingerprint : written to cell.json; a rerun reuses the record only if it matches.
+    registry : stage registry (None: the worker's installed stages).
+    """
+
+    cell_id: str
+    index: int
+    overrides: dict
+    raw: dict
+    base_file: str
+    base_dir: str
+    models_dir: str
+    train: str
+    snr: dict | None
+    fingerprint: dict
+    registry: Registry | None = None
+
+
+def is_complete(cell_dir: Path) -> bool:
+    """True when the cell's run folder and its sweep record were both written."""
+    return (cell_dir / "manifest.json").is_file() and (cell_dir / CELL_RECORD).is_file()
+
+
+def read_record(cell_dir: Path) -> dict[str, Any]:
+    """The cell's ``cell.json``."""
+    return json.loads((cell_dir / CELL_RECORD).read_text(encoding="utf-8"))
+
+
+def execute_cell(task: CellTask) -> dict[str, Any]:
+    """Compute one cell: train (if asked), measure SNR (if asked), run, write cell.json.
+
+    Returns the cell record (also written to ``cells/<id>/cell.json``).
+    """
+    t0 = time.perf_counter()
+    registry = task.registry or default_registry()
+    base_dir = Path(task.base_dir)
+    raw = task.raw
+    trained = None
+    if task.train != "none":
+        trained = _trained_model(task, registry)
+        raw = {**raw, "model": trained}
+    loaded = load_cell(raw, task.base_file, base_dir, registry)
+    snr_record = None
+    if task.snr is not None:
+        ref = load_cell(
+            reference_raw(task.raw, task.snr["reference"]), task.base_file, base_dir, registry
+        )
+        sums, stage = measure_snr(
+            loaded, ref, task.snr.get("stage"), task.snr["images"], registry=registry
+        )
+        snr_record = {
+            "db": sums.db,
+            "stage": stage,
+            "images": sums.images,
+            "signal_sq": sums.signal_sq,
+            "noise_sq": sums.noise_sq,
+            "reference": task.snr["reference"],
+        }
+    result = run(loaded, registry=registry, progress=False)
+    assert result.path is not None
+    record = {
+        "cell": task.cell_id,
+        "index": task.index,
+        "overrides": task.overrides,
+        "snr": snr_record,
+        "trained_model": trained,
+        "wall_seconds": round(time.perf_counter() - t0, 6),
+        "fingerprint": task.fingerprint,
+    }
+    write_json_atomic(result.path / CELL_RECORD, record)
+    return record
+
+
+def measure_snr(
+    loaded: LoadedConfig,
+    reference: LoadedConfig,
+    stage: str | None,
+    images: int | str,
+    *,
+    registry: Registry,
+) -> tuple[SnrSums, str]:
+    """Stream the same images through a cell's chain and its noise-free reference chain.
+
+    Parameters
+    ----------
+    loaded, reference : the cell's config and its noise-free reference config.
+    stage : record name of the compared stage (default: the last sensor stage).
+    images : how many images (the first ones), or "all".
+
+    Returns
+    -------
+    (sums, stage) : the SNR sums (see :mod:`pipeline.sweep.snr`) and the compared stage.
+    """
+    dataset = open_config_dataset(loaded)
+    info = dataset.info()
+    chain = build_chain(loaded, info, registry=registry, with_model=False)
+    ref_chain = build_chain(reference, info, registry=registry, with_model=False)
+    stage = stage or chain.names[-1]
+    upto = chain.names.index(stage) + 1
+    limit = len(dataset) if images == "all" else min(int(images), len(dataset))
+    sums = SnrSums()
+    for x, _, index in dataset.batches(loaded.config.run.batch_size):
+        if int(index[0]) >= limit:
+            break
+        keep = index < limit
+        x, index = x[keep], index[keep]
+        batch = Batch(index)
+        out = chain.apply(x, batch, upto=upto)[-1]
+        ref = ref_chain.apply(x, batch, upto=upto)[-1]
+        sums.add(out, ref)
+    return sums, stage
+
+
+def _trained_model(task: CellTask, registry: Registry) -> dict[str, str | None]:
+    """The cell's trained model ``{path, weights}``: reused if finished before, else trained.
+
+    Training writes into a temporary folder renamed to ``models/<id>`` when done, so an
+    interrupted training leaves nothing that looks finished.
+    """
+    root = Path(task.models_dir)
+    final = root / task.cell_id
+    marker = final / TRAINED_RECORD
+    if marker.is_file():
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        return _resolve_model(final, done)
+    train_cell = train_hook()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{task.cell_id}.partial-", dir=root))
+    try:
+        loaded = load_cell(task.raw, task.base_file, Path(task.base_dir), registry)
+        init = "base" if task.train == "fine_tune" else "scratch"
+        out = train_cell(loaded, tmp, init=init)
+        model, weights = out if isinstance(out, tuple | list) else (out, None)
+        done = {"model": _relative(Path(model), tmp), "weights": None}
+        if weights is not None:
+            done["weights"] = _relative(Path(weights), tmp)
+        write_json_atomic(tmp / TRAINED_RECORD, done)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _resolve_model(final, done)
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` when inside it (so the folder can be renamed)."""
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _resolve_model(folder: Path, done: dict) -> dict[str, str | None]:
+    model = folder / done["model"]
+    weights = folder / done["weights"] if done.get("weights") else None
+    return {"path": str(model), "weights": None if weights is None else str(weights)}

@@ -1,0 +1,120 @@
+"""Signal-to-noise ratio of a sensor output against a noise-free run of the same sensor.
+
+Definition (used for the sweep's ``snr_db`` column)::
+
+    SNR_dB = 10 · log10( Σ ref² / Σ (out − ref)² )
+
+where ``out`` is a stage's output (by default the last sensor stage: the raw RGB image
+the CNN sees) for the cell's config, ``ref`` is the same stage's output for the same
+images with the sensor's noise switched off (the sweep file's ``snr.reference``
+overrides; by default :data:`NOISE_SWITCHES`: the photodetector without shot noise,
+read noise, PRNU and DSNU), and the sums run over every pixel,
+channel and image. Everything that differs between the two runs counts as noise:
+temporal noise, fixed-pattern noise if the reference switches it off, and the part of
+the quantisation error that the noise changes (both runs go through the same ADC).
+This is the power-ratio SNR of the whole image set (an energy-weighted mean), not a mean
+of per-image or per-pixel SNRs; it is +inf when the two runs agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["NOISE_SWITCHES", "SnrSums", "default_reference", "snr_db"]
+
+# Parameters that switch a stage's noise off, by stage name: the default noise-free
+# reference. The photodetector's mean signal (QE, dark current, full well) is kept;
+# its temporal noise (photon and dark shot noise, read noise) and its fixed-pattern
+# noise (PRNU, DSNU) are removed.
+NOISE_SWITCHES: dict[str, dict[str, Any]] = {
+    "photodetector": {"shot_noise": False, "read_noise_e": 0.0, "prnu_pct": 0.0, "dsnu_e": 0.0},
+}
+
+
+def default_reference(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides that switch off the noise of every stage in :data:`NOISE_SWITCHES`.
+
+    Parameters
+    ----------
+    raw : a run config as a plain dict.
+
+    Returns
+    -------
+    dict : ``{"sensor[2].shot_noise": False, ...}`` (empty when no such stage is configured).
+    """
+    out: dict[str, Any] = {}
+    rows = raw.get("sensor")
+    for i, row in enumerate(rows if isinstance(rows, list) else []):
+        switches = NOISE_SWITCHES.get(row.get("stage")) if isinstance(row, dict) else None
+        for key, value in (switches or {}).items():
+            out[f"sensor[{i}].{key}"] = value
+    return out
+
+
+def snr_db(out: np.ndarray, ref: np.ndarray) -> float:
+    """``10·log10(Σ ref² / Σ (out − ref)²)`` in dB.
+
+    Parameters
+    ----------
+    out : the noisy output (any shape, any real dtype).
+    ref : the noise-free output, same shape.
+
+    Returns
+    -------
+    float : dB; +inf when ``out == ref`` everywhere, -inf when ``ref`` is all zero and
+    ``out`` is not, NaN when both are all zero.
+    """
+    sums = SnrSums()
+    sums.add(out, ref)
+    return sums.db
+
+
+@dataclass
+class SnrSums:
+    """Running sums for :func:`snr_db` over batches (memory stays flat).
+
+    Attributes
+    ----------
+    signal_sq : Σ ref², accumulated in float64.
+    noise_sq : Σ (out − ref)², accumulated in float64.
+    images : how many images were added.
+    """
+
+    signal_sq: float = 0.0
+    noise_sq: float = 0.0
+    images: int = 0
+
+    def add(self, out: np.ndarray, ref: np.ndarray) -> None:
+        """Add a batch; ``out`` and ``ref`` must have the same shape (first axis: images).
+
+        Each image's sums use NumPy's pairwise summation (no BLAS: a threaded dot product
+        sums in an order that depends on the thread count), then are added one image at a
+        time in order, so the result is the same bit for bit on every engine and for any
+        batch size.
+        """
+        out = np.asarray(out)
+        ref = np.asarray(ref)
+        if out.shape != ref.shape:
+            raise ValueError(f"shapes differ: out {out.shape}, ref {ref.shape}")
+        n = out.shape[0] if out.ndim else 1
+        ref64 = ref.astype(np.float64).reshape(n, -1)
+        diff = out.astype(np.float64).reshape(n, -1) - ref64
+        for signal_sq, noise_sq in zip(
+            np.square(ref64).sum(axis=1), np.square(diff).sum(axis=1), strict=True
+        ):
+            self.signal_sq += float(signal_sq)
+            self.noise_sq += float(noise_sq)
+        self.images += n
+
+    @property
+    def db(self) -> float:
+        if self.noise_sq == 0.0:
+            return math.inf if self.signal_sq > 0.0 else math.nan
+        if self.signal_sq == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.signal_sq / self.noise_sq)
