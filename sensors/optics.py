@@ -26,7 +26,6 @@ from typing import Literal
 
 import cv2
 import numpy as np
-import scipy.signal
 import scipy.special
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
@@ -305,6 +304,8 @@ def apply_psf(
         method = "fft" if max(kh, kw) >= FFT_MIN_KERNEL_SIDE or too_big else "direct"
     kernel = kernel.astype(x.dtype)
     if method == "fft" or too_big:
+        import scipy.signal  # imported here: it costs ~1 s at start-up and is rarely needed
+
         padded = np.pad(x, ((0, 0), (ry, ry), (rx, rx), (0, 0)), mode=_NP_PAD_MODE[edge])
         if per_channel:
             out = np.empty_like(x)
