@@ -164,7 +164,9 @@ def test_model_that_does_not_fit_the_chain(setup, toy_registry, tmp_path):
         TINY, classes=["a", "b", "c"], layers=[*TINY["layers"][:-1], {"type": "dense", "units": 3}]
     )
     write(tmp_path / "tiny.yaml", three)
-    with pytest.raises(UserError, match="the dataset has labels 0..3, the model .* has 3 classes"):
+    with pytest.raises(
+        UserError, match=r"the dataset has labels 0\.\.3, the model .* has 3 classes"
+    ):
         train_from_config(setup, registry=toy_registry)
 
 
