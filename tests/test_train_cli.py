@@ -186,7 +186,18 @@ def cli_setup(tmp_path, npz_dataset, **model):
 
 def test_cli_trains_and_writes_the_run_folder(tmp_path, npz_dataset):
     cfg = cli_setup(tmp_path, npz_dataset)
-    res = sensorlab("train", cfg, "--name", "cli", "-q", "--set", "train.epochs=2", cwd=tmp_path)
+    res = sensorlab(
+        "train",
+        cfg,
+        "--name",
+        "cli",
+        "-q",
+        "--set",
+        "train.epochs=2",
+        "--blas-threads",
+        "1",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "sensorlab train tiny: 36 training images, 4 validation, 2 epochs" in res.stdout
     assert (tmp_path / "runs" / "cli" / "model.npz").exists()
