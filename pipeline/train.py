@@ -198,7 +198,7 @@ def train_arrays(
         metrics: dict[str, Any] = {}
         if val is not None:
             ev = evaluate(model, val, max(cfg.batch_size, 256))
-            preds = np.concatenate([np.argmax(z, axis=1) for z in model.batches(val[0], 256)])
+            preds = np.concatenate([np.argmax(z, axis=1) for z in model.iter_logits(val[0], 256)])
             metrics = classification_metrics(val[1], preds, model.class_names)
             metrics["loss"] = ev["loss"]
         metrics["training"] = {
