@@ -230,3 +230,27 @@ def test_flatten_backward():
     x = rng.standard_normal((2, 3, 2, 2))
     r = rng.standard_normal((2, 12))
     check(lambda: F.flatten(x), {"x": x}, {"x": F.flatten_backward(r, x.shape)}, r)
+
+
+@pytest.mark.parametrize(("size", "shape"), [((2, 3), (2, 3, 7, 7)), (2, (1, 2, 6, 5))])
+def test_max_pool_backward_non_overlapping_windows_with_crop(size, shape):
+    rng = np.random.default_rng(8)
+    x = rng.permutation(int(np.prod(shape))).reshape(shape) * 0.01
+    r = rng.standard_normal(F.max_pool2d(x, size).shape)
+    check(lambda: F.max_pool2d(x, size), {"x": x}, {"x": F.max_pool2d_backward(r, x, size)}, r)
+
+
+def test_dense_split_over_threads(monkeypatch):
+    """A batch large enough to split the rows over worker threads."""
+    monkeypatch.setattr(F, "usable_cpus", lambda: 3)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((50, 7))
+    w = rng.standard_normal((4, 7))
+    b = rng.standard_normal(4)
+    np.testing.assert_allclose(F.dense(x, w, b), x @ w.T + b, rtol=1e-12)
+    r = rng.standard_normal((50, 4))
+    dx, dw, db = F.dense_backward(r, x, w)
+    np.testing.assert_allclose(dx, r @ w, rtol=1e-12)
+    np.testing.assert_allclose(dw, r.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(db, r.sum(0), rtol=1e-12)
+    check(lambda: F.dense(x, w, b), {"w": w}, {"w": dw}, r)
