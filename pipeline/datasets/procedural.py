@@ -235,6 +235,9 @@ def render(
     """
     h, w = int(size[0]), int(size[1])
     n = len(index)
+    if n == 0:
+        empty = np.empty((0, h, w), np.float32)
+        return empty[..., None].repeat(3, axis=-1), np.empty(0, np.int64), empty
     labels = labels_for(seed, split_ids, index)
     shape_id, colour_id = labels % len(SHAPES), labels // len(SHAPES)
     u, z_tex, z_grain = _draw(seed, split_ids, index, h, w)
