@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.datasets import (
@@ -330,6 +332,22 @@ def test_batches_equal_read(tmp_path, batch_size):
         np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), y)
         index = np.concatenate([b[2] for b in got])
         assert index.dtype == np.int64 and index.tolist() == list(range(len(ds)))
+        empty, labels = ds.read(len(ds), len(ds))
+        assert empty.shape == (0, *ds.image_shape) and empty.dtype == ds.dtype
+        assert labels.shape == (0,)
+
+
+_PROCEDURAL_SMALL = ProceduralDataset(n=40, size=(8, 10), split="all", seed=4)
+_PROCEDURAL_SMALL_X, _PROCEDURAL_SMALL_Y = read_all(_PROCEDURAL_SMALL)
+
+
+@settings(max_examples=30, deadline=None)
+@given(start=st.integers(0, 120), length=st.integers(0, 40))
+def test_any_read_range_is_the_slice_of_the_whole(start, length):
+    stop = min(start + length, len(_PROCEDURAL_SMALL))
+    x, y = _PROCEDURAL_SMALL.read(start, stop)
+    np.testing.assert_array_equal(x, _PROCEDURAL_SMALL_X[start:stop])
+    np.testing.assert_array_equal(y, _PROCEDURAL_SMALL_Y[start:stop])
 
 
 # -- folder -----------------------------------------------------------------------------------

@@ -11,6 +11,13 @@ entry. Readers, one module each:
 - ``digits`` (:mod:`.digits`): scikit-learn's digits (optional extra ``digits``).
 
 Splits (:mod:`.splits`) depend only on the dataset's own ``seed``, never on the run seed.
+Relative paths resolve against the config file's folder. In a run config::
+
+    dataset: {kind: procedural, n: 512, size: 32, split: test, encoding: linear16}
+    dataset: {kind: folder, path: ../data/photos, split: train, resize: [64, 64]}
+    dataset: {kind: npz, path: ../data/set.npz, val_fraction: 0.1, test_fraction: 0.2}
+    dataset: {kind: cifar10, path: ~/data/cifar-10-batches-py, split: test, limit: 1000}
+    dataset: {kind: digits, size: 32, split: test}
 """
 
 from __future__ import annotations

@@ -235,6 +235,9 @@ def render(
     """
     h, w = int(size[0]), int(size[1])
     n = len(index)
+    if n == 0:
+        empty = np.empty((0, h, w), np.float32)
+        return empty[..., None].repeat(3, axis=-1), np.empty(0, np.int64), empty
     labels = labels_for(seed, split_ids, index)
     shape_id, colour_id = labels % len(SHAPES), labels // len(SHAPES)
     u, z_tex, z_grain = _draw(seed, split_ids, index, h, w)
@@ -270,21 +273,16 @@ def render(
     img = bg[:, None, None, :] * shade[..., None]
 
     # Clutter: up to three thin lines of random colour behind the shape.
-    n_lines = np.floor(f["n_lines"] * (_MAX_LINES + 1)).astype(int)
+    n_lines = np.floor(f["n_lines"] * (_MAX_LINES + 1))
     for j in range(_MAX_LINES):
-        sel = np.flatnonzero(n_lines > j)
-        if not len(sel):
-            continue
-        lu = u[sel, _U_LINES + 7 * j : _U_LINES + 7 * (j + 1)]
+        lu = u[:, _U_LINES + 7 * j : _U_LINES + 7 * (j + 1)]
         p0 = np.stack([lu[:, 0] * w, lu[:, 1] * h], axis=1)
         p1 = np.stack([lu[:, 2] * w, lu[:, 3] * h], axis=1)
-        dist = _segment_distance(xs, ys, p0, p1)
-        line_cov = np.clip(1.0 - dist, 0.0, 1.0)[..., None]
-        line_rgb = (
-            _unit_luminance_rgb(360 * lu[:, 4], 0.5 * lu[:, 5])
-            * np.exp(1.4 * lu[:, 6] - 0.7)[:, None]
-        )
-        img[sel] = img[sel] * (1 - line_cov) + line_rgb[:, None, None, :] * line_cov
+        alpha = np.clip(1.0 - _segment_distance(xs, ys, p0, p1), 0.0, 1.0)
+        alpha *= col((n_lines > j).astype(np.float32))  # images with fewer lines: none
+        line_rgb = _unit_luminance_rgb(360 * lu[:, 4], 0.5 * lu[:, 5])
+        line_rgb *= np.exp(1.4 * lu[:, 6] - 0.7)[:, None]
+        _blend(img, line_rgb[:, None, None, :], alpha)
 
     # The shape: family hue, luminance exp(±0.2..1.2) x background's, striped texture.
     hue = np.asarray([_HUE_CENTRE_DEG[COLOURS[c]] for c in colour_id])
@@ -299,8 +297,7 @@ def render(
     stripes = 1.0 + 0.3 * col(f["fg_tex_amp"]) * np.sin(
         2 * np.pi * col(freq) * phase_px + 2 * np.pi * col(f["fg_tex_phase"])
     )
-    cov = coverage[..., None]
-    img = img * (1 - cov) + (fg[:, None, None, :] * stripes[..., None]) * cov
+    _blend(img, fg[:, None, None, :] * stripes[..., None], coverage)
 
     # Illumination: peak 10**-u of full scale, a linear gradient, an illuminant tint.
     peak = img.reshape(n, -1).max(axis=1)
@@ -314,9 +311,17 @@ def render(
     ones = np.ones(n, np.float32)
     tint = np.stack([1 + 0.1 * (f["tint_r"] - 0.5), ones, 1 + 0.1 * (f["tint_b"] - 0.5)], 1)
     tint = tint / tint.max(axis=1, keepdims=True)
-    img = img * (col(level) * gradient)[..., None] * tint[:, None, None, :]
-    linear = np.clip(img, 0.0, 1.0).astype(np.float32)
-    return linear, labels, coverage.astype(np.float32)
+    img *= (col(level) * gradient)[..., None]
+    img *= tint[:, None, None, :]
+    np.clip(img, 0.0, 1.0, out=img)
+    return img, labels, coverage
+
+
+def _blend(img: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> None:
+    """``img = img * (1 - alpha) + colour * alpha``, in place; ``alpha`` is ``(n, H, W)``."""
+    layer = colour - img
+    layer *= alpha[..., None]
+    img += layer
 
 
 def _draw(
