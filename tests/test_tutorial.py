@@ -1,0 +1,28 @@
+"""docs/tutorial.md is executed: every `>>>` example must print exactly what the page shows."""
+
+from __future__ import annotations
+
+import doctest
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIAL = ROOT / "docs" / "tutorial.md"
+
+# The page holds 101 examples; fewer than this means it was emptied or cut short.
+MIN_EXAMPLES = 95
+
+
+def test_tutorial_examples_pass(monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)  # the page reads configs/models/rgb32.yaml from the repo root
+    with np.printoptions():  # the page sets print options; restore them for other tests
+        failed, attempted = doctest.testfile(
+            str(TUTORIAL),
+            module_relative=False,
+            optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS,
+            encoding="utf-8",
+            verbose=False,
+        )
+    assert failed == 0, f"{failed} of {attempted} tutorial examples failed (see output above)"
+    assert attempted >= MIN_EXAMPLES, f"only {attempted} examples in {TUTORIAL.name}"
