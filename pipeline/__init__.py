@@ -1,4 +1,9 @@
-"""sensorlab's pipeline: config, stage registry, runner, run store, CNN engine and CLI."""
+"""sensorlab's pipeline: config, stage registry, runner, run store, CNN engine and CLI.
+
+``pipeline.run(config, ...)`` runs a config and returns its records; see
+:func:`pipeline.runner.run` (imported on first use, so that plugins importing
+:mod:`pipeline.stage` stay light).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,9 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "run"]
 
 
-def run(config: Any, **overrides: Any) -> Any:
-    """Run a config (a path, a dict or a Config) and return its :class:`RunResult`.
+def __getattr__(name: str) -> Any:
+    if name == "run":
+        from pipeline.runner import run
 
-    ``overrides`` are dotted keys with ``__`` for dots, e.g. ``run__batch_size=7``,
-    or pass ``set={"sensor.adc.bits": 4}``.
-    """
-    from pipeline.runner import run as _run
-
-    return _run(config, **overrides)
+        return run
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -230,6 +230,18 @@ class RunResult:
     predictions: np.ndarray | None = None
     labels: np.ndarray | None = None
 
+    @property
+    def class_names(self) -> list[str]:
+        """The dataset's class names (label order)."""
+        return list(self.manifest["dataset"]["classes"])
+
+    def stage(self, name: str) -> dict[str, Any]:
+        """The manifest's entry for stage ``name``: unit, shape, dtype, attrs, seconds."""
+        for entry in self.manifest["stages"]:
+            if entry["name"] == name:
+                return entry
+        raise KeyError(f"no stage {name!r}; stages: {[e['name'] for e in self.manifest['stages']]}")
+
 
 def run(
     config: str | Path | Mapping[str, Any] | Config | LoadedConfig,

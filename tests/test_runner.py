@@ -81,6 +81,8 @@ def test_store_reopens_with_plain_zarr(toy_registry, npz_dataset, tmp_path):
         assert key in manifest
     assert manifest["config"]["run"]["batch_size"] == 6
     assert all("seconds" in s for s in manifest["stages"])
+    assert res.stage("toy_adc")["unit"] == "DN" and res.stage("toy_adc")["attrs"]["bits"] == 8
+    assert res.class_names == ["c0", "c1", "c2", "c3"]
 
 
 def test_interrupted_run_leaves_nothing_complete(toy_registry, npz_dataset, tmp_path):

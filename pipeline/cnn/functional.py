@@ -219,6 +219,19 @@ def _positive_pair(v: IntPair, name: str) -> tuple[int, int]:
     return p
 
 
+def _as_nchw(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """A single (H, W) image or (C, H, W) stack as a batch of one; returns (batch, ndim)."""
+    if x.ndim == 2:
+        return x[None, None], 2
+    if x.ndim == 3:
+        return x[None], 3
+    return x, x.ndim
+
+
+def _restore_rank(y: np.ndarray, ndim: int) -> np.ndarray:
+    return y[0, 0] if ndim == 2 else y[0] if ndim == 3 else y
+
+
 def _check_4d(x: np.ndarray, name: str = "x") -> None:
     if x.ndim != 4:
         raise ValueError(f"{name} must be (N, C, H, W), got shape {x.shape}")
@@ -234,21 +247,23 @@ def conv_output_size(
     """Output length along one axis of a convolution or pooling window.
 
     ``floor((size + pad_total - dilation*(kernel-1) - 1) / stride) + 1``, ONNX's formula
-    with ``ceil_mode=0``.
+    with ``ceil_mode=0``; for ``padding=P`` on each side and no dilation this is the
+    textbook ``floor((W - F + 2P) / S) + 1``.
 
     Parameters
     ----------
     size : input length (pixels).
     kernel : kernel length (taps).
     stride : step between windows (pixels).
-    padding : total padding (int) or ``(before, after)`` (pixels).
+    padding : padding on each side (int, as in :func:`conv2d`) or ``(before, after)``
+        (pixels).
     dilation : spacing between taps (pixels).
 
     Returns
     -------
     The output length; raises ValueError when the (dilated) kernel does not fit.
     """
-    total = padding if isinstance(padding, (int, np.integer)) else sum(padding)
+    total = 2 * int(padding) if isinstance(padding, (int, np.integer)) else sum(padding)
     span = dilation * (kernel - 1) + 1
     if stride < 1 or dilation < 1 or kernel < 1:
         raise ValueError(
@@ -737,9 +752,9 @@ def max_pool2d(
 
     Returns
     -------
-    (N, C, Ho, Wo).
+    (N, C, Ho, Wo); a single (H, W) or (C, H, W) input gives (Ho, Wo) or (C, Ho, Wo).
     """
-    x = _float(x)
+    x, ndim = _as_nchw(_float(x))
     k, pads, s, out = _pool_geometry(x, size, stride, padding)
     xp = _pad(x, pads, -np.inf)
     y = None
@@ -748,7 +763,7 @@ def max_pool2d(
             tap = xp[(slice(None), slice(None), *_tap_slices(i, j, s, (1, 1), out))]
             y = tap.copy() if y is None else np.maximum(y, tap, out=y)
     assert y is not None
-    return y
+    return _restore_rank(y, ndim)
 
 
 def max_pool2d_backward(
@@ -825,7 +840,7 @@ def avg_pool2d(
     -------
     (N, C, Ho, Wo).
     """
-    x = _float(x)
+    x, ndim = _as_nchw(_float(x))
     k, pads, s, out = _pool_geometry(x, size, stride, padding)
     xp = _pad(x, pads)
     y = np.zeros(x.shape[:2] + out, dtype=x.dtype)
@@ -833,7 +848,7 @@ def avg_pool2d(
         for j in range(k[1]):
             y += xp[(slice(None), slice(None), *_tap_slices(i, j, s, (1, 1), out))]
     y /= _avg_counts(x.shape, k, pads, s, out).astype(x.dtype)
-    return y
+    return _restore_rank(y, ndim)
 
 
 def avg_pool2d_backward(

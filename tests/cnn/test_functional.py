@@ -136,7 +136,8 @@ def test_conv2d_rejects_mismatched_shapes():
 
 
 def test_conv_output_size_formula():
-    assert F.conv_output_size(32, 3, 1, 2) == 32
+    assert F.conv_output_size(32, 3, 1, 1) == 32  # padding 1 on each side
+    assert F.conv_output_size(6, 3, 1, 1) == F.conv_output_size(6, 3, 1, (1, 1)) == 6
     assert F.conv_output_size(32, 3, 2, (1, 1)) == 16
     assert F.conv_output_size(7, 3, 2, 0) == 3  # floor((7-3)/2)+1
     assert F.conv_output_size(8, 3, 2, 0) == 3  # floor((8-3)/2)+1 = 3 (ceil_mode=0)
@@ -506,3 +507,12 @@ def test_threaded_conv_works_in_a_forked_child(monkeypatch):
     child.join(timeout=60)
     assert child.exitcode == 0
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_pooling_takes_a_single_image_or_channel_stack():
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_array_equal(F.max_pool2d(x, 2), [[5, 7], [13, 15]])
+    np.testing.assert_array_equal(F.avg_pool2d(x, 2), [[2.5, 4.5], [10.5, 12.5]])
+    stack = np.stack([x, -x])
+    assert F.max_pool2d(stack, 2).shape == (2, 2, 2)
+    np.testing.assert_array_equal(F.avg_pool2d(stack, 2)[1], -F.avg_pool2d(x, 2))
