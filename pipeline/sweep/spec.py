@@ -9,6 +9,7 @@ values to try for some of its keys, using the dotted keys of ``--set``
       sensor.adc.bits: [1, 2, 4, 8]
       sensor.scene.mean_photons: [10, 100]
     # cells: [{sensor.adc.bits: 4, sensor.scene.mean_photons: 10}, ...]   # or an explicit list
+    set: {run.samples: 0}          # overrides applied to the base of every cell
     train: none                    # none | per_cell | fine_tune
     snr: {images: all}             # SNR vs a noise-free run (default: on with a photodetector)
     out: sweeps                    # the sweep folder is <out>/<name> (relative to the cwd)
@@ -100,6 +101,11 @@ class SweepSpec(_Strict):
         "none",
         description="none: evaluate the base config's model; per_cell: train one per cell; "
         "fine_tune: start each cell's training from the base model's weights.",
+    )
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides (dotted keys, as --set) applied to the base config of every "
+        "cell, before the axes; --set on the command line adds to and wins over these.",
     )
     out: str = Field("sweeps", description="Folder that receives sweep folders (relative to cwd).")
     name: str | None = Field(
@@ -207,7 +213,7 @@ def load_plan(
             raise UserError(f"top level must be a mapping, got {type(raw).__name__}", file=file)
     spec = _validate_spec(raw, file)
     axes, cells = _expand(spec, file)
-    pairs = _override_pairs(overrides)
+    pairs = {**spec.set, **_override_pairs(overrides)}
     for key in pairs:
         if key in axes:
             raise UserError(f"{key} is a sweep axis; change its values instead", key="--set")
