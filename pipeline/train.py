@@ -613,8 +613,8 @@ def summary(run: TrainRun) -> str:
     t = run.metrics["training"]
     lines = [
         f"sensorlab train {run.model.spec.name}: {t['train_images']} training images, "
-        f"{t['val_images']} validation, {t['epochs_run']} epochs in {t['seconds']:.1f} s"
-        + (" (stopped early)" if t["stopped_early"] else "")
+        f"{t['val_images']} validation, {t['epochs_run']} epoch{'s' * (t['epochs_run'] != 1)} "
+        f"in {t['seconds']:.1f} s" + (" (stopped early)" if t["stopped_early"] else "")
     ]
     lines.append(
         f"final train loss {t['final_train_loss']:.4f}, accuracy {t['final_train_accuracy']:.4f}"

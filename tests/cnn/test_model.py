@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.cnn import functional as F
-from pipeline.cnn.graph import parse_graph
+from pipeline.cnn.graph import load_graph, parse_graph
 from pipeline.cnn.model import Model, load_model
 from pipeline.errors import UserError
 
@@ -204,3 +204,48 @@ def test_corrupt_or_foreign_weights(tmp_path):
         m.set_state_arrays(
             {k: v for k, v in m.state_arrays().items() if k != "bn.running_var"}, source="w.npz"
         )
+
+
+# ------------------------------------------------------------------ through the CLI (exit 2)
+
+TINY_RGB = {
+    "input": [3, 8, 8],
+    "classes": ["c0", "c1", "c2", "c3"],
+    "layers": [{"type": "flatten"}, {"type": "dense", "units": 4}],
+}
+
+
+def _run_config(tmp_path, npz_dataset):
+    from tests.conftest import sensorlab
+
+    write_pair(tmp_path, TINY_RGB, stem="tiny")
+    cfg = {
+        "dataset": {"kind": "npz", "path": str(npz_dataset)},
+        "model": {"path": "tiny.yaml"},
+        "run": {"out": str(tmp_path / "runs")},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return lambda: sensorlab("run", "cfg.yaml", cwd=tmp_path)
+
+
+def test_cli_missing_weights_exit_2(tmp_path, npz_dataset):
+    res = _run_config(tmp_path, npz_dataset)()
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"tiny.yaml: no weights: {tmp_path / 'tiny.npz'} does not exist" in lines[0]
+
+
+def test_cli_weights_of_another_graph_exit_2(tmp_path, npz_dataset):
+    run = _run_config(tmp_path, npz_dataset)
+    other = dict(TINY_RGB, layers=[{"type": "global_avgpool"}, {"type": "dense", "units": 4}])
+    other_path = write_pair(tmp_path, other, stem="other")
+    load_model(other_path, init_seed=0).save(tmp_path / "tiny.npz")
+    res = run()
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "tiny.npz: these weights belong to another model graph" in lines[0]
+    assert "tiny.yaml" in lines[0]
+    Model(load_graph(tmp_path / "tiny.yaml")).save(tmp_path / "tiny.npz")  # the right pair
+    assert run().returncode == 0
