@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from pipeline.cnn.train_config import TrainConfig
 from pipeline.datasets import DatasetConfig
 from pipeline.errors import UserError, did_you_mean
 from pipeline.registry import Registry, default_registry
@@ -90,6 +91,9 @@ class Config(_Strict):
     dataset: DatasetConfig
     sensor: list[Any] = Field(default_factory=list, description="Ordered sensor stages.")
     model: ModelRef | None = None
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="How `sensorlab train` trains the model."
+    )
     run: RunOptions = Field(default_factory=RunOptions)
 
 

@@ -327,53 +327,10 @@ def load_train_config(
     registry: Any = None,
 ) -> tuple[Any, TrainConfig]:
     """The validated run config and its ``train:`` section (defaults when absent)."""
-    from pipeline.config import Config, load_config
+    from pipeline.config import load_config
 
-    if "train" in Config.model_fields:
-        loaded = load_config(source, overrides, registry=registry)
-        cfg = getattr(loaded.config, "train", None)
-        return loaded, cfg if cfg is not None else TrainConfig()
-    return _load_without_train_field(source, overrides, registry)
-
-
-def _load_without_train_field(source, overrides, registry):
-    """Until the top-level Config has a ``train`` field: validate ``train:`` separately."""
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-    from pipeline import config as config_mod
-
-    path = Path(source)
-    raw = config_mod.read_yaml(path)
-    file = str(source)
-    if not isinstance(raw, dict):
-        raise UserError("top level must be a mapping", file=file)
-    if overrides:
-        pairs = (
-            dict(config_mod.parse_override(o) for o in overrides)
-            if not isinstance(overrides, dict)
-            else overrides
-        )
-        try:
-            raw = config_mod.apply_overrides(raw, pairs)
-        except UserError as exc:
-            raise exc.located(file=file) from None
-    train_raw = raw.pop("train", None)
-
-    class _TrainSection(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        train: TrainConfig = Field(default_factory=TrainConfig)
-
-    section = {"train": {} if train_raw is None else train_raw}
-    try:
-        cfg = _TrainSection.model_validate(section).train
-    except ValidationError as exc:
-        raise config_mod._first_error(exc, section, _TrainSection, file) from None
-    try:
-        loaded = config_mod.load_config(raw, registry=registry, base_dir=path.parent)
-    except UserError as exc:
-        raise UserError(exc.message, file=file, key=exc.key) from None
-    loaded.file = file
-    return loaded, cfg
+    loaded = load_config(source, overrides, registry=registry)
+    return loaded, loaded.config.train
 
 
 @dataclass
