@@ -55,6 +55,7 @@ __all__ = [
     "register",
     "to_nchw",
     "train_arrays",
+    "train_cell",
     "train_from_config",
 ]
 
@@ -327,8 +328,13 @@ def load_train_config(
     registry: Any = None,
 ) -> tuple[Any, TrainConfig]:
     """The validated run config and its ``train:`` section (defaults when absent)."""
-    from pipeline.config import load_config
+    from pipeline.config import LoadedConfig, load_config
 
+    if isinstance(source, LoadedConfig) and not overrides:
+        return source, source.config.train
+    if isinstance(source, LoadedConfig):
+        source = load_config(source.raw, overrides, registry=registry, base_dir=source.base_dir)
+        return source, source.config.train
     loaded = load_config(source, overrides, registry=registry)
     return loaded, loaded.config.train
 
@@ -425,8 +431,14 @@ def train_from_config(
     registry: Any = None,
     resume: bool = False,
     progress: bool = False,
+    init_weights: str | Path | None = None,
+    out: str | Path | None = None,
+    name: str | None = None,
 ) -> TrainRun:
     """Train the config's model on its dataset as seen through its sensor chain.
+
+    ``init_weights`` starts from those weights instead of a seeded initialisation
+    (fine-tuning); ``out`` and ``name`` override ``run.out`` and ``run.name``.
 
     Training images are the dataset's ``train`` split and validation images its ``val``
     split, both through the configured sensor stages; a dataset without splits (or with
@@ -445,6 +457,8 @@ def train_from_config(
     except UserError as exc:
         raise exc.located(file=loaded.file) from None
     model = Model(spec, init_seed=cfg.seed)
+    if init_weights is not None:
+        model.load_weights(init_weights)
 
     splits = _has_splits(loaded)
     train = chain_arrays(
@@ -464,9 +478,8 @@ def train_from_config(
             val = (v.x, v.y)
 
     run_opts = config.run
-    run_opts = config.run
     stem = Path(loaded.file).stem if str(loaded.file).endswith((".yaml", ".yml")) else "train"
-    name = run_opts.name or f"{stem}-train-{_stamp()}"
+    name = name or run_opts.name or f"{stem}-train-{_stamp()}"
     resolved = config.model_dump(mode="json")
     manifest = {
         "config_file": str(loaded.file),
@@ -492,7 +505,7 @@ def train_from_config(
             y,
             cfg,
             val=val,
-            out=run_opts.out,
+            out=run_opts.out if out is None else out,
             name=name,
             model_yaml=model_path,
             config=resolved,
@@ -502,6 +515,38 @@ def train_from_config(
         )
     except UserError as exc:
         raise exc.located(file=loaded.file) from None
+
+
+def train_cell(
+    loaded: Any, out_dir: str | Path, *, init: str = "scratch", registry: Any = None
+) -> Path:
+    """Train one sweep cell's model (the hook of ``sensorlab sweep`` with ``train:``).
+
+    Parameters
+    ----------
+    loaded : the cell's LoadedConfig (base config with the cell's overrides).
+    out_dir : an empty folder; the training run folder is written inside it.
+    init : ``"scratch"`` (the model graph with fresh seeded weights) or ``"base"``
+        (start from the weights the config's ``model:`` names: fine-tuning).
+    registry : stage registry (default: installed stages).
+
+    Returns
+    -------
+    The trained model's YAML (its weights ``model.npz`` beside it).
+    """
+    if init not in ("scratch", "base"):
+        raise ValueError(f"init must be 'scratch' or 'base', got {init!r}")
+    weights = None
+    if init == "base":
+        ref = loaded.config.model
+        if ref is None:
+            raise UserError("fine-tuning needs a model with weights", file=loaded.file, key="model")
+        model_path = loaded.resolve(ref.path)
+        weights = loaded.resolve(ref.weights) if ref.weights else model_path.with_suffix(".npz")
+    run = train_from_config(
+        loaded, registry=registry, init_weights=weights, out=out_dir, name="train"
+    )
+    return Path(run.path) / "model.yaml"
 
 
 # --------------------------------------------------------------------------- CLI
