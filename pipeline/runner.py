@@ -28,7 +28,7 @@ from pipeline.registry import Registry, default_registry
 from pipeline.stage import Batch, SignalInfo, Stage, StageError
 from pipeline.store import RunWriter
 
-__all__ = ["Chain", "RunResult", "build_chain", "open_config_dataset", "run"]
+__all__ = ["Chain", "RunResult", "batch_for", "build_chain", "open_config_dataset", "run"]
 
 DATASET = "dataset"  # record name of the input images
 
@@ -80,8 +80,16 @@ class Chain:
         upto = len(self.sensor_stages) if sensor_only else None
         for images, labels, index in dataset.batches(batch_size):
             _check_finite(images, index, file)
-            out = self.apply(images, Batch(index), upto=upto)
+            out = self.apply(images, batch_for(dataset, index), upto=upto)
             yield (out[-1] if out else images), labels, index
+
+
+def batch_for(dataset: Dataset, index: np.ndarray) -> Batch:
+    """The Batch of images at positions ``index``: keyed by the dataset's image identities."""
+    keys = getattr(dataset, "image_keys", None)
+    if keys is None or len(index) == 0:
+        return Batch(np.asarray(index, dtype=np.int64))
+    return Batch(keys(int(index[0]), int(index[-1]) + 1))
 
 
 def _check_output(chain: Chain, i: int, x: np.ndarray, n: int) -> None:
@@ -408,7 +416,7 @@ def _stream(
             raise exc.located(file=loaded.file) from None
         read_time += time.perf_counter() - t0
         _check_finite(images, index, loaded.file)
-        outputs = [images, *chain.apply(images, Batch(index), timings=timings)]
+        outputs = [images, *chain.apply(images, batch_for(dataset, index), timings=timings)]
         start = int(index[0])
         if start < n_record:
             stop = min(int(index[-1]) + 1, n_record)

@@ -69,6 +69,16 @@ class Dataset(ABC):
         """Images ``[start, stop)`` as ``(n, H, W, 3)`` in :attr:`dtype`, and labels ``(n,)``
         int64 (``None`` for an unlabelled dataset)."""
 
+    def image_keys(self, start: int, stop: int) -> np.ndarray:
+        """A stable identity (int64 >= 0) for each image ``[start, stop)``.
+
+        Stages key their per-image noise by it, so an image gets the same noise whatever
+        the split, limit or batch it is read in, and two different images of the dataset
+        (say image 0 of train and image 0 of val) never share a noise draw. Default: the
+        position; readers of a stored pool use the position in the store.
+        """
+        return np.arange(start, stop, dtype=np.int64)
+
     def info(self) -> SignalInfo:
         """What the dataset gives the first stage: unit IMAGE, one image's shape and dtype,
         and ``attrs={"encoding": ...}``."""
@@ -123,6 +133,10 @@ class IndexedDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def image_keys(self, start: int, stop: int) -> np.ndarray:
+        """The images' positions in the store (the same image, the same key, in any split)."""
+        return np.asarray(self._index[start:stop], dtype=np.int64)
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
         start, stop = self._check_range(start, stop)

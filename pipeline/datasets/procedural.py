@@ -168,6 +168,11 @@ class ProceduralDataset(Dataset):
             return index // self.n_per_split, index % self.n_per_split
         return np.full(len(index), SPLIT_IDS[self.split], np.int64), index
 
+    def image_keys(self, start: int, stop: int) -> np.ndarray:
+        """``split_id · 2⁴⁰ + index``: unique per generated image, the same in ``all``."""
+        split_ids, index = self._keys(start, stop)
+        return split_ids * (1 << 40) + index
+
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         x, y, _ = self.read_with_coverage(start, stop)
         return x, y

@@ -32,8 +32,7 @@ from typing import Any
 
 from pipeline.config import LoadedConfig
 from pipeline.registry import Registry, default_registry
-from pipeline.runner import build_chain, open_config_dataset, run
-from pipeline.stage import Batch
+from pipeline.runner import batch_for, build_chain, open_config_dataset, run
 from pipeline.store import write_json_atomic
 from pipeline.sweep.check import load_cell, reference_raw, train_hook
 from pipeline.sweep.snr import SnrSums
@@ -161,7 +160,7 @@ def measure_snr(
             break
         keep = index < limit
         x, index = x[keep], index[keep]
-        batch = Batch(index)
+        batch = batch_for(dataset, index)
         out = chain.apply(x, batch, upto=upto)[-1]
         ref = ref_chain.apply(x, batch, upto=upto)[-1]
         sums.add(out, ref)
