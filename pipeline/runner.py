@@ -138,7 +138,7 @@ def build_chain(
     prev_name = DATASET
     for i, row in enumerate(config.sensor):
         cls = registry.get(row.stage)
-        params = cls.Params.model_validate(row.model_dump(exclude={"stage"}))
+        params = cls.Params.model_validate(_resolve_paths(cls, row.model_dump(), loaded))
         stage = cls(params, seed=config.seed, sensor_seed=config.sensor_seed, index=i)
         key = f"sensor[{i}]"
         info = infos[-1]
@@ -163,6 +163,16 @@ def build_chain(
         names.append(_unique(stage.name, names))
         keys.append("model")
     return Chain(stages, names, infos, keys)
+
+
+def _resolve_paths(cls: type[Stage], values: dict[str, Any], loaded: LoadedConfig) -> dict:
+    """Stage parameters with file paths (``param(path=True)``) made relative to the config."""
+    values = {k: v for k, v in values.items() if k != "stage"}
+    for name, field in cls.Params.model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get("path") and isinstance(values.get(name), str):
+            values[name] = str(loaded.resolve(values[name]))
+    return values
 
 
 def _setup(stage: Stage, info: SignalInfo, loaded: LoadedConfig, key: str) -> SignalInfo:

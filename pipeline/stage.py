@@ -75,7 +75,9 @@ class StageParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-def param(default: Any = ..., *, unit: str = "", doc: str = "", **constraints: Any) -> Any:
+def param(
+    default: Any = ..., *, unit: str = "", doc: str = "", path: bool = False, **constraints: Any
+) -> Any:
     """A parameter field with its unit and documentation (shown by ``sensorlab stages``).
 
     Parameters
@@ -83,10 +85,14 @@ def param(default: Any = ..., *, unit: str = "", doc: str = "", **constraints: A
     default : the default value (``...`` for a required parameter).
     unit : the unit, e.g. ``"e-"``, ``"DN"``, ``"px"``, ``"s"``; empty when unitless.
     doc : one sentence saying what the parameter is.
+    path : the value (when a string) is a file path; the runner resolves a relative one
+        against the config file's folder.
     constraints : pydantic constraints such as ``ge=1, le=24``.
     """
-    extra = {"unit": unit} if unit else None
-    return Field(default, description=doc, json_schema_extra=extra, **constraints)
+    extra: dict[str, Any] = {"unit": unit} if unit else {}
+    if path:
+        extra["path"] = True
+    return Field(default, description=doc, json_schema_extra=extra or None, **constraints)
 
 
 @dataclasses.dataclass(frozen=True)

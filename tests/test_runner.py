@@ -130,3 +130,26 @@ def test_nan_in_input_is_a_user_error(toy_registry, tmp_path):
             toy_config(tmp_path / "nan.npz", tmp_path / "runs", batch_size=2), registry=toy_registry
         )
     assert _complete_runs(tmp_path / "runs") == []
+
+
+def test_stage_file_parameters_resolve_against_the_config_folder(tmp_path):
+    """optics.kernel_path is a file path: relative to the config file, not the cwd."""
+    import yaml
+
+    from pipeline.config import load_config
+    from pipeline.runner import build_chain
+    from pipeline.stage import SignalInfo, Unit
+
+    folder = tmp_path / "cfgs"
+    folder.mkdir()
+    kernel = np.zeros((3, 3))
+    kernel[1, 2] = 1.0  # a pure one-pixel shift
+    np.save(folder / "psf.npy", kernel)
+    cfg = {
+        "dataset": {"kind": "npz", "path": "none.npz"},
+        "sensor": [{"stage": "optics", "psf": "kernel", "kernel_path": "psf.npy"}],
+    }
+    (folder / "c.yaml").write_text(yaml.safe_dump(cfg))
+    loaded = load_config(folder / "c.yaml")
+    chain = build_chain(loaded, SignalInfo(Unit.PHOTONS, (8, 8, 3), np.float32))
+    assert chain.stages[0].params.kernel_path == str(folder / "psf.npy")

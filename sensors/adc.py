@@ -1,0 +1,609 @@
+"""The analog-to-digital converter: electrons (or volts) to N-bit integer codes (DN).
+
+Plain functions first, usable alone (a 1-bit ADC, a 3-bit ADC with a 5 V reference):
+
+- :func:`quantize` maps any signal in ``[0, full_scale]`` to codes ``0 .. 2**bits - 1``
+  through a transfer curve (linear, logarithmic or square-root companding, or a table
+  of decision thresholds), and :func:`dequantize` gives the representative signal of
+  each code.
+- :func:`compand` / :func:`expand` are the companding curves and their inverses.
+- :func:`lloyd_max` and :func:`equal_probability_thresholds` fit decision thresholds
+  to sample data, for the ``table`` curve.
+
+Then :class:`ADCStage` ("adc"), which scales electrons (by the system gain) or volts
+(by the ADC's full-scale voltage), adds the black level and quantises.
+
+The transfer equation (linear curve, black level ``b`` in codes)::
+
+    code = clip(floor(2**bits * signal / full_scale + b), 0, 2**bits - 1)      # floor
+    code = clip(floor(2**bits * signal / full_scale + b + 1/2), 0, 2**bits - 1)  # nearest
+
+Companding curves replace ``signal / full_scale`` by ``f(signal / full_scale)``, where
+``f`` maps ``[0, 1]`` onto ``[0, 1]`` and is extended to negative inputs as an odd
+function (so that read noise below the black level keeps its codes, as in μ-law).
+
+References
+----------
+EMVA Standard 1288, Release 4.0 Linear (2021), section 2 (the linear camera model: a
+system gain K in DN/e⁻ and a quantisation noise of 1/12 DN²).
+ITU-T G.711 (1988): μ-law companding, ``f(u) = ln(1 + μu) / ln(1 + μ)``.
+S. P. Lloyd, "Least squares quantization in PCM", IEEE Trans. Inf. Theory 28 (1982) 129;
+J. Max, "Quantizing for minimum distortion", IRE Trans. Inf. Theory 6 (1960) 7.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
+
+__all__ = [
+    "CURVES",
+    "ADCStage",
+    "compand",
+    "default_black_level",
+    "dequantize",
+    "dtype_for_bits",
+    "equal_probability_thresholds",
+    "expand",
+    "lloyd_max",
+    "load_thresholds",
+    "quantize",
+]
+
+CURVES = ("linear", "log", "sqrt", "table")
+ROUNDINGS = ("floor", "nearest")
+MAX_BITS = 24
+
+Curve = Literal["linear", "log", "sqrt", "table"]
+Rounding = Literal["floor", "nearest"]
+
+
+# -- small helpers ---------------------------------------------------------------------
+def dtype_for_bits(bits: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds ``bits``-bit codes (uint8/16/32)."""
+    bits = _check_bits(bits)
+    if bits <= 8:
+        return np.dtype(np.uint8)
+    if bits <= 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint32)
+
+
+def default_black_level(bits: int) -> int:
+    """The default black level: ``2**bits // 16`` codes (64 at 10 bits, 256 at 12 bits).
+
+    That is the pedestal common in CMOS sensors' raw output; it keeps the read noise of a
+    dark pixel above code 0 instead of clipping it.
+    """
+    return (1 << _check_bits(bits)) // 16
+
+
+def _check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or int(bits) != bits or not 1 <= int(bits) <= MAX_BITS:
+        raise ValueError(f"bits must be an integer between 1 and {MAX_BITS}, got {bits!r}")
+    return int(bits)
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _check_black_level(black_level: int, bits: int) -> int:
+    if int(black_level) != black_level or not 0 <= black_level <= (1 << bits) - 1:
+        raise ValueError(
+            f"black_level must be an integer code between 0 and {(1 << bits) - 1}, "
+            f"got {black_level!r}"
+        )
+    return int(black_level)
+
+
+def _check_thresholds(thresholds: ArrayLike | None, bits: int) -> np.ndarray:
+    if thresholds is None:
+        raise ValueError("curve 'table' needs thresholds")
+    t = np.asarray(thresholds, dtype=np.float64)
+    if t.ndim != 1 or t.size == 0:
+        raise ValueError("thresholds must be a non-empty 1-D list of numbers")
+    if t.size > (1 << bits) - 1:
+        raise ValueError(
+            f"a {bits}-bit ADC has {(1 << bits) - 1} decision thresholds at most, got {t.size}"
+        )
+    if not np.all(np.isfinite(t)):
+        raise ValueError("thresholds must be finite numbers")
+    if np.any(np.diff(t) <= 0):
+        raise ValueError("thresholds must be strictly increasing")
+    return t
+
+
+# -- companding curves -----------------------------------------------------------------
+def compand(u: ArrayLike, curve: str = "linear", *, log_compression: float = 255.0) -> np.ndarray:
+    """The companding curve ``f``: maps the fraction of full scale ``u`` onto ``[0, 1]``.
+
+    Parameters
+    ----------
+    u : signal as a fraction of full scale (1 is full scale); any real values.
+    curve : ``"linear"`` (``f(u) = u``), ``"sqrt"`` (``f(u) = sqrt(u)``) or ``"log"``
+        (μ-law, ``f(u) = ln(1 + μu) / ln(1 + μ)``). Each is extended to ``u < 0`` as an
+        odd function, ``f(-u) = -f(u)``, so that ``f`` is monotone on all reals.
+    log_compression : μ of the logarithmic curve (255 in ITU-T G.711); larger compresses
+        bright signals more.
+
+    Returns
+    -------
+    ``f(u)`` as float64; ``f(0) = 0`` and ``f(1) = 1`` for every curve.
+
+    References
+    ----------
+    ITU-T G.711 (1988), μ-law.
+    """
+    _check_choice(curve, ("linear", "log", "sqrt"), "curve")
+    u = np.asarray(u, dtype=np.float64)
+    if curve == "linear":
+        return u.copy()
+    if curve == "sqrt":
+        return np.copysign(np.sqrt(np.abs(u)), u)
+    mu = _check_mu(log_compression)
+    return np.copysign(np.log1p(mu * np.abs(u)) / np.log1p(mu), u)
+
+
+def expand(y: ArrayLike, curve: str = "linear", *, log_compression: float = 255.0) -> np.ndarray:
+    """The inverse of :func:`compand`: the fraction of full scale ``u`` with ``f(u) = y``."""
+    _check_choice(curve, ("linear", "log", "sqrt"), "curve")
+    y = np.asarray(y, dtype=np.float64)
+    if curve == "linear":
+        return y.copy()
+    if curve == "sqrt":
+        return np.copysign(y * y, y)
+    mu = _check_mu(log_compression)
+    return np.copysign(np.expm1(np.abs(y) * np.log1p(mu)) / mu, y)
+
+
+def _check_mu(mu: float) -> float:
+    if not (np.isfinite(mu) and mu > 0):
+        raise ValueError(f"log_compression must be a positive number, got {mu!r}")
+    return float(mu)
+
+
+# -- quantisation ----------------------------------------------------------------------
+def quantize(
+    signal: ArrayLike,
+    bits: int,
+    full_scale: float = 1.0,
+    curve: str = "linear",
+    rounding: str = "floor",
+    *,
+    black_level: int = 0,
+    log_compression: float = 255.0,
+    thresholds: ArrayLike | None = None,
+) -> np.ndarray:
+    """Quantise a signal to ``bits``-bit codes, as an ADC does.
+
+    ``code = clip(floor(2**bits * f(signal / full_scale) + black_level [+ 1/2]),
+    0, 2**bits - 1)``, with ``+ 1/2`` for ``rounding="nearest"``. For the linear curve
+    the code step (LSB) is ``full_scale / 2**bits``: a 3-bit ADC with a 5 V reference
+    gives codes 0..7 with an LSB of 0.625 V, and ``full_scale`` itself maps to the
+    first code past the top, so it clips to ``2**bits - 1``.
+
+    Parameters
+    ----------
+    signal : the input (volts, electrons, or any unit of ``full_scale``); any shape.
+    bits : resolution, 1 to 24.
+    full_scale : the signal that spans all ``2**bits`` codes, in the unit of ``signal``.
+    curve : ``"linear"``, ``"log"``, ``"sqrt"`` (see :func:`compand`), or ``"table"``:
+        ``code = black_level + (number of thresholds <= signal / full_scale)``.
+    rounding : ``"floor"`` (what an ADC's comparators do: a code covers
+        ``[k, k + 1)`` LSB) or ``"nearest"`` (a code covers ``[k - 1/2, k + 1/2)``).
+        The table curve's thresholds are the decision levels themselves, so it takes
+        only ``"floor"``.
+    black_level : code of a zero signal (pedestal), ``0 <= black_level < 2**bits``.
+    log_compression : μ of the ``"log"`` curve.
+    thresholds : for ``curve="table"``: strictly increasing decision thresholds as
+        fractions of full scale, at most ``2**bits - 1`` of them (see :func:`lloyd_max`).
+
+    Returns
+    -------
+    Codes in ``[0, 2**bits - 1]``, same shape as ``signal``, in the smallest unsigned
+    dtype holding ``bits`` bits (:func:`dtype_for_bits`).
+
+    Raises
+    ------
+    ValueError : bad parameters, or NaN in ``signal`` (``±inf`` clips to the ends).
+
+    References
+    ----------
+    EMVA 1288 Release 4.0 Linear, section 2.4 (quantisation noise, 1/12 DN²).
+    """
+    bits = _check_bits(bits)
+    _check_choice(curve, CURVES, "curve")
+    _check_choice(rounding, ROUNDINGS, "rounding")
+    black_level = _check_black_level(black_level, bits)
+    if not (np.isfinite(full_scale) and full_scale > 0):
+        raise ValueError(f"full_scale must be a positive number, got {full_scale!r}")
+    top = (1 << bits) - 1
+    shape = np.shape(signal)
+    u = np.array(signal, dtype=np.float64, ndmin=1)  # a copy, worked on in place
+    u /= full_scale
+    if np.isnan(u).any():
+        raise ValueError("signal contains NaN")
+    if curve == "table":
+        if rounding != "floor":
+            raise ValueError(
+                "curve 'table' takes rounding 'floor' (thresholds are decision levels)"
+            )
+        t = _check_thresholds(thresholds, bits)
+        y = np.searchsorted(t, u, side="right") + black_level
+        return np.minimum(y, top).astype(dtype_for_bits(bits)).reshape(shape)
+    y = compand(u, curve, log_compression=log_compression) if curve != "linear" else u
+    y *= 1 << bits  # a power of two: exact
+    y += black_level + (0.5 if rounding == "nearest" else 0.0)
+    np.floor(y, out=y)
+    np.clip(y, 0, top, out=y)
+    return y.astype(dtype_for_bits(bits)).reshape(shape)
+
+
+def dequantize(
+    codes: ArrayLike,
+    bits: int,
+    full_scale: float = 1.0,
+    curve: str = "linear",
+    rounding: str = "floor",
+    *,
+    black_level: int = 0,
+    log_compression: float = 255.0,
+    thresholds: ArrayLike | None = None,
+    levels: ArrayLike | None = None,
+) -> np.ndarray:
+    """The representative signal of each code: the inverse of :func:`quantize`.
+
+    For the linear, log and sqrt curves the representative value is the centre of the
+    code's interval in the companded domain, ``f⁻¹((k + 1/2) / 2**bits)`` for floor
+    rounding and ``f⁻¹(k / 2**bits)`` for nearest, with ``k = code - black_level``; so
+    ``quantize(dequantize(c)) == c`` and ``dequantize(quantize(s))`` is within half a
+    code of ``s`` (measured in the companded domain). For the table curve it is
+    ``levels[k]`` when given (e.g. the Lloyd–Max reconstruction levels), otherwise the
+    midpoint of the code's decision interval, the outermost intervals being closed at 0
+    and at full scale.
+
+    Parameters
+    ----------
+    codes : integer codes (any shape).
+    bits, full_scale, curve, rounding, black_level, log_compression, thresholds : as
+        given to :func:`quantize`.
+    levels : for ``curve="table"``: ``len(thresholds) + 1`` reconstruction levels as
+        fractions of full scale (optional).
+
+    Returns
+    -------
+    float64 signal values in the unit of ``full_scale``.
+    """
+    bits = _check_bits(bits)
+    _check_choice(curve, CURVES, "curve")
+    _check_choice(rounding, ROUNDINGS, "rounding")
+    black_level = _check_black_level(black_level, bits)
+    k = np.asarray(codes, dtype=np.float64) - black_level
+    if curve == "table":
+        t = _check_thresholds(thresholds, bits)
+        if levels is None:
+            edges = np.concatenate([[min(0.0, t[0])], t, [max(1.0, t[-1])]])
+            rep = (edges[:-1] + edges[1:]) / 2
+        else:
+            rep = np.asarray(levels, dtype=np.float64)
+            if rep.shape != (t.size + 1,):
+                raise ValueError(f"levels must have len(thresholds) + 1 = {t.size + 1} values")
+        cell = np.clip(k, 0, t.size).astype(np.intp)
+        return rep[cell] * full_scale
+    y = (k + (0.5 if rounding == "floor" else 0.0)) / (1 << bits)
+    u = expand(y, curve, log_compression=log_compression) if curve != "linear" else y
+    return u * full_scale
+
+
+# -- fitting a table curve -------------------------------------------------------------
+def _sorted_samples(samples: ArrayLike, bits: int, full_scale: float) -> np.ndarray:
+    bits = _check_bits(bits)
+    x = np.sort(np.asarray(samples, dtype=np.float64).ravel()) / full_scale
+    if x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError("samples must be a non-empty array of finite numbers")
+    n_distinct = np.count_nonzero(np.diff(x)) + 1
+    if n_distinct < (1 << bits):
+        raise ValueError(
+            f"{n_distinct} distinct sample values cannot define {1 << bits} codes ({bits} bits)"
+        )
+    return x
+
+
+def equal_probability_thresholds(
+    samples: ArrayLike, bits: int, *, full_scale: float = 1.0
+) -> np.ndarray:
+    """Decision thresholds that give every code the same probability (a CDF quantiser).
+
+    Parameters
+    ----------
+    samples : sample signal values (any shape, in the unit of ``full_scale``).
+    bits : ADC resolution; ``2**bits - 1`` thresholds are returned.
+    full_scale : the signal that the thresholds are expressed as fractions of.
+
+    Returns
+    -------
+    Strictly increasing thresholds as fractions of full scale (for :func:`quantize`
+    with ``curve="table"``), the ``k / 2**bits`` quantiles of the samples.
+    """
+    x = _sorted_samples(samples, bits, full_scale)
+    n = 1 << bits
+    t = np.quantile(x, np.arange(1, n) / n)
+    if np.any(np.diff(t) <= 0):
+        raise ValueError("samples too concentrated: equal-probability thresholds coincide")
+    return t
+
+
+def lloyd_max(
+    samples: ArrayLike,
+    bits: int,
+    *,
+    full_scale: float = 1.0,
+    max_iter: int = 500,
+    tol: float = 1e-10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit the Lloyd–Max quantiser (minimum mean squared error) to sample data.
+
+    Alternates the two optimality conditions until the levels move less than
+    ``tol`` times the sample range: each threshold is the midpoint of its two
+    neighbouring levels, each level the mean of the samples in its cell.
+
+    Parameters
+    ----------
+    samples : sample signal values (any shape, in the unit of ``full_scale``).
+    bits : resolution; ``2**bits`` levels and ``2**bits - 1`` thresholds.
+    full_scale : the signal that the results are expressed as fractions of.
+    max_iter : iteration limit.
+    tol : convergence tolerance, relative to the range of the samples.
+
+    Returns
+    -------
+    (thresholds, levels) : strictly increasing, as fractions of full scale; pass
+    ``thresholds`` to :func:`quantize` and both to :func:`dequantize` (``curve="table"``).
+
+    References
+    ----------
+    S. P. Lloyd, IEEE Trans. Inf. Theory 28 (1982) 129; J. Max, IRE Trans. Inf. Theory 6
+    (1960) 7 (tables of the optimum quantiser for a Gaussian).
+    """
+    x = _sorted_samples(samples, bits, full_scale)
+    n_levels = 1 << bits
+    prefix = np.concatenate([[0.0], np.cumsum(x)])
+    levels = np.quantile(x, (np.arange(n_levels) + 0.5) / n_levels)
+    span = x[-1] - x[0]
+    for _ in range(max_iter):
+        thresholds = (levels[:-1] + levels[1:]) / 2
+        # cell k holds thresholds[k-1] <= x < thresholds[k], as quantize assigns codes
+        edges = np.concatenate([[0], np.searchsorted(x, thresholds, side="left"), [x.size]])
+        counts = np.diff(edges)
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), levels)
+        moved = np.max(np.abs(new - levels))
+        levels = new
+        if moved <= tol * span:
+            break
+    thresholds = (levels[:-1] + levels[1:]) / 2
+    if np.any(np.diff(thresholds) <= 0):
+        raise ValueError("Lloyd–Max did not give strictly increasing thresholds")
+    return thresholds, levels
+
+
+def load_thresholds(path: str | Path) -> np.ndarray:
+    """Read decision thresholds from a ``.npy`` file or a ``.csv``/``.txt`` file of numbers.
+
+    A CSV file may hold one number per line or comma-separated numbers; ``#`` starts a
+    comment. Returns a flat float64 array (validated by :func:`quantize`).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        data = np.load(path, allow_pickle=False)
+    else:
+        data = np.loadtxt(path, delimiter=",", ndmin=1, comments="#")
+    return np.asarray(data, dtype=np.float64).ravel()
+
+
+# -- the stage -------------------------------------------------------------------------
+class ADCStage(Stage):
+    """The ADC: electrons (or volts) → N-bit codes (DN), after gain and black level.
+
+    Gain, one of (mutually exclusive):
+
+    - ``system_gain_dn_per_e``: the system gain K in DN/e⁻ directly (EMVA 1288's K).
+    - ``conversion_gain_uv_per_e`` with ``full_scale_v``: the pixel's conversion gain
+      (µV/e⁻) and the ADC's input range (V); ``K = 2**bits · CG / FS``.
+    - neither (default): the full well (``full_well_e`` from the photodetector) maps to
+      the top code, ``2**bits - 1``.
+
+    ``analog_gain`` multiplies the signal before the ADC (an ISO gain: at 2 the ADC clips
+    at half the full well). Volts input takes only ``full_scale_v``.
+    ``system_gain_dn_per_e`` in the output attrs is the total linear gain (including the
+    analog gain) before companding, in DN/e⁻; for the log, sqrt and table curves it is
+    the gain of the linear signal the curve is applied to.
+
+    Output attrs: ``bits``, ``black_level_dn``, ``white_level_dn`` (the code of the full
+    well, or of full scale without one), ``curve``, ``system_gain_dn_per_e`` (None for
+    volts input without a known conversion gain), and ``adc_transfer``: the keyword
+    arguments of :func:`quantize` (``full_scale`` in input units), so that
+    ``dequantize(codes, **attrs["adc_transfer"])`` linearises the codes.
+    """
+
+    name = "adc"
+    kind = "adc"
+    takes = (Unit.ELECTRONS, Unit.VOLTS)
+    gives = Unit.DN
+
+    class Params(StageParams):
+        bits: int = param(10, doc="ADC resolution.", ge=1, le=MAX_BITS)
+        system_gain_dn_per_e: float | None = param(
+            None,
+            unit="DN/e-",
+            doc="System gain K; default: the full well maps to the top code.",
+            gt=0,
+        )
+        conversion_gain_uv_per_e: float | None = param(
+            None, unit="uV/e-", doc="Pixel conversion gain (needs full_scale_v).", gt=0
+        )
+        full_scale_v: float | None = param(
+            None, unit="V", doc="ADC input range (with conversion gain, or for volts input).", gt=0
+        )
+        analog_gain: float = param(1.0, doc="Gain before the ADC (ISO gain).", gt=0)
+        black_level_dn: int | None = param(
+            None, unit="DN", doc="Code of a zero signal; default 2**bits // 16.", ge=0
+        )
+        curve: Curve = param("linear", doc="Transfer curve: linear, log, sqrt or table.")
+        log_compression: float = param(255.0, doc="mu of the log (mu-law) curve.", gt=0)
+        thresholds: str | list[float] | None = param(
+            None,
+            doc="Table curve: decision thresholds as fractions of full scale, "
+            "inline or a .npy/.csv file.",
+            path=True,
+        )
+        rounding: Rounding = param("floor", doc="floor (an ADC's comparators) or nearest.")
+
+    def setup(self, info: SignalInfo) -> SignalInfo:
+        p = self.params
+        if info.unit not in self.takes:
+            raise StageError(f"adc takes electrons or volts, got {info.unit}")
+        bits = p.bits
+        top = (1 << bits) - 1
+        black = default_black_level(bits) if p.black_level_dn is None else p.black_level_dn
+        if black >= top:
+            raise StageError(
+                f"must be below the top code {top} of a {bits}-bit ADC, got {black}",
+                key="black_level_dn",
+            )
+        thresholds = self._thresholds(bits)
+        full_scale, gain_dn_per_e = self._full_scale(info, black, thresholds)
+        self._transfer: dict[str, Any] = {
+            "bits": bits,
+            "full_scale": full_scale,
+            "curve": p.curve,
+            "rounding": p.rounding,
+            "black_level": black,
+            "log_compression": p.log_compression,
+            "thresholds": thresholds,
+        }
+        full_well = info.attrs.get("full_well_e")
+        if info.unit == Unit.ELECTRONS and full_well is not None:
+            white = int(quantize(np.array([float(full_well)]), **self._transfer)[0])
+        else:
+            white = top
+        attrs = {
+            "bits": bits,
+            "black_level_dn": black,
+            "white_level_dn": white,
+            "curve": p.curve,
+            "system_gain_dn_per_e": gain_dn_per_e,
+            "adc_transfer": {
+                **self._transfer,
+                "thresholds": None if thresholds is None else tuple(thresholds.tolist()),
+            },
+        }
+        return info.evolve(unit=Unit.DN, dtype=dtype_for_bits(bits), attrs=attrs)
+
+    def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
+        try:
+            return quantize(x, **self._transfer)
+        except ValueError as exc:
+            raise StageError(f"adc input: {exc}") from exc
+
+    # -- setup helpers ----------------------------------------------------------------
+    def _thresholds(self, bits: int) -> np.ndarray | None:
+        p = self.params
+        if p.curve != "table":
+            if p.thresholds is not None:
+                raise StageError("thresholds are used only with curve: table", key="thresholds")
+            return None
+        if p.rounding != "floor":
+            raise StageError(
+                "curve 'table' takes rounding 'floor' (thresholds are decision levels)",
+                key="rounding",
+            )
+        if p.thresholds is None:
+            raise StageError("curve 'table' needs thresholds (a list or a file)", key="thresholds")
+        try:
+            t = load_thresholds(p.thresholds) if isinstance(p.thresholds, str) else p.thresholds
+            return _check_thresholds(t, bits)
+        except FileNotFoundError:
+            raise StageError(f"no such file: {p.thresholds}", key="thresholds") from None
+        except ValueError as exc:
+            raise StageError(str(exc), key="thresholds") from None
+
+    def _full_scale(
+        self, info: SignalInfo, black: int, thresholds: np.ndarray | None
+    ) -> tuple[float, float | None]:
+        """The input signal spanning all codes (input units) and the gain in DN/e⁻."""
+        p = self.params
+        n_codes = 1 << p.bits
+        if info.unit == Unit.VOLTS:
+            for key in ("system_gain_dn_per_e", "conversion_gain_uv_per_e"):
+                if getattr(p, key) is not None:
+                    raise StageError("volts input takes full_scale_v, not a gain", key=key)
+            if p.full_scale_v is None:
+                raise StageError("volts input needs the ADC range full_scale_v", key="full_scale_v")
+            full_scale = p.full_scale_v / p.analog_gain
+            cg = info.attrs.get("conversion_gain_uv_per_e")
+            gain = None if cg is None else n_codes * cg * 1e-6 / full_scale
+            return full_scale, gain
+        if p.system_gain_dn_per_e is not None:
+            for key in ("conversion_gain_uv_per_e", "full_scale_v"):
+                if getattr(p, key) is not None:
+                    raise StageError(
+                        f"give either system_gain_dn_per_e or conversion_gain_uv_per_e with "
+                        f"full_scale_v, not both ({key} is set)",
+                        key=key,
+                    )
+            full_scale = n_codes / (p.system_gain_dn_per_e * p.analog_gain)
+        elif p.conversion_gain_uv_per_e is not None:
+            if p.full_scale_v is None:
+                raise StageError(
+                    "conversion_gain_uv_per_e needs the ADC range full_scale_v", key="full_scale_v"
+                )
+            full_scale = p.full_scale_v / (p.conversion_gain_uv_per_e * 1e-6 * p.analog_gain)
+        else:
+            if p.full_scale_v is not None:
+                raise StageError(
+                    "full_scale_v for electrons input needs conversion_gain_uv_per_e",
+                    key="full_scale_v",
+                )
+            full_well = info.attrs.get("full_well_e")
+            if full_well is None:
+                raise StageError(
+                    "input has no full_well_e to map to the top code; give "
+                    "system_gain_dn_per_e or conversion_gain_uv_per_e",
+                    key="system_gain_dn_per_e",
+                )
+            full_scale = float(full_well) / (self._top_fraction(black, thresholds) * p.analog_gain)
+            if p.analog_gain == 1.0:  # undo round-off of f⁻¹: the full well must reach the top
+                full_scale = self._reach_top(float(full_well), full_scale, black, thresholds)
+        return full_scale, n_codes / full_scale
+
+    def _reach_top(
+        self, full_well: float, full_scale: float, black: int, thresholds: np.ndarray | None
+    ) -> float:
+        p = self.params
+        kw = {"curve": p.curve, "rounding": p.rounding, "black_level": black}
+        kw |= {"log_compression": p.log_compression, "thresholds": thresholds}
+        for _ in range(64):
+            if quantize(full_well, p.bits, full_scale, **kw) == (1 << p.bits) - 1:
+                break
+            full_scale = float(np.nextafter(full_scale, 0.0))
+        return full_scale
+
+    def _top_fraction(self, black: int, thresholds: np.ndarray | None) -> float:
+        """The smallest fraction of full scale that reaches the top code."""
+        p = self.params
+        top = (1 << p.bits) - 1
+        if thresholds is not None:
+            return float(thresholds[min(thresholds.size, top - black) - 1])
+        y_top = (top - black - (0.5 if p.rounding == "nearest" else 0.0)) / (1 << p.bits)
+        if p.curve == "linear":
+            return y_top
+        return float(expand(y_top, p.curve, log_compression=p.log_compression))

@@ -1,0 +1,500 @@
+"""Raw: ADC codes → the normalised RGB image a CNN takes.
+
+Steps, in order:
+
+1. Normalise: ``(DN − black_level_dn) / (white_level_dn − black_level_dn)``, so the code
+   full well maps to is 1.0 (levels from the ADC's attributes, overridable).
+2. White balance: multiply each colour's pixels by its gain (``wb_gains``, R, G, B); done
+   on the mosaic, before demosaicing, as camera pipelines do. Panchromatic (W) pixels
+   keep gain 1.
+3. Assemble RGB planes: demosaic a mosaic, take a stacked sensor's planes as they are,
+   or replicate a mono sensor's plane (``mono_output``). ``output: mosaic`` skips this
+   and passes the normalised mosaic on as one channel (N, H, W, 1).
+4. Optionally clip to [0, 1] and encode (``encode``: linear, srgb, gamma).
+
+Demosaicing methods (all give float32 (N, H, W, 3)):
+
+* ``bilinear``: generic for any CFA tile (Bayer, 2×2 RGBW, larger tiles). Each colour is
+  interpolated by normalised convolution with a separable tent kernel as wide as the
+  tile's period; measured pixels are kept. For Bayer this is the textbook bilinear
+  method. W pixels are not used for colour: R, G, B are interpolated from R, G, B sites
+  only. Borders are mirrored without repeating the edge pixel (which keeps the CFA
+  phase), so a flat colour field comes back exactly everywhere, borders included.
+* ``malvar``: Malvar–He–Cutler (2004) gradient-corrected linear interpolation, Bayer
+  only, borders mirrored as above.
+* ``opencv_ea``: OpenCV's edge-aware Bayer demosaicing, run on 16-bit codes: values are
+  clipped to [0, 1] and quantised to 1/65535 first.
+* ``opencv_vng``: OpenCV's variable number of gradients, which accepts only 8-bit input:
+  values are clipped to [0, 1] and quantised to 1/255 first (a real loss of precision
+  for ADCs with more than 8 bits).
+
+OpenCV names Bayer patterns by the second row's second and third pixels, so its
+``COLOR_BayerBG2RGB`` is the RGGB pattern (top-left 2×2 = R G / G B); the mapping is in
+``_OPENCV_BAYER_CODE`` and tested for every phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
+from sensors.scene import linear_to_srgb
+
+__all__ = [
+    "BAYER_TILES",
+    "RawStage",
+    "bayer_pattern",
+    "channel_map",
+    "demosaic_bilinear",
+    "demosaic_malvar2004",
+    "demosaic_opencv",
+    "normalise_dn",
+]
+
+CfaTile = Sequence[Sequence[str]]
+
+BAYER_TILES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "RGGB": (("R", "G"), ("G", "B")),
+    "BGGR": (("B", "G"), ("G", "R")),
+    "GRBG": (("G", "R"), ("B", "G")),
+    "GBRG": (("G", "B"), ("R", "G")),
+}
+_CHANNEL_INDEX = {"R": 0, "G": 1, "B": 2, "W": 3}
+
+# Top-left 2×2 pattern → OpenCV's legacy code name (second row, second and third pixel).
+# The legacy names exist in OpenCV 4 and 5 alike.
+_OPENCV_BAYER_CODE = {"RGGB": "BG", "BGGR": "RG", "GRBG": "GB", "GBRG": "GR"}
+
+# Mirror without repeating the edge pixel (scipy.ndimage "mirror"): keeps the CFA phase.
+_DEMOSAIC_BORDER = cv2.BORDER_REFLECT_101
+
+# Malvar, He, Cutler (2004), figure 2, in units of 1/8.
+_MALVAR_G_AT_RB = (
+    np.array(
+        [
+            [0, 0, -1, 0, 0],
+            [0, 0, 2, 0, 0],
+            [-1, 2, 4, 2, -1],
+            [0, 0, 2, 0, 0],
+            [0, 0, -1, 0, 0],
+        ],
+        dtype=np.float64,
+    )
+    / 8.0
+)
+# R (or B) at a G pixel whose row holds R (or B): horizontal neighbours carry the colour.
+_MALVAR_RB_AT_G_ROW = (
+    np.array(
+        [
+            [0, 0, 0.5, 0, 0],
+            [0, -1, 0, -1, 0],
+            [-1, 4, 5, 4, -1],
+            [0, -1, 0, -1, 0],
+            [0, 0, 0.5, 0, 0],
+        ],
+        dtype=np.float64,
+    )
+    / 8.0
+)
+_MALVAR_RB_AT_G_COL = _MALVAR_RB_AT_G_ROW.T.copy()
+# R at B (or B at R): diagonal neighbours carry the colour.
+_MALVAR_RB_AT_BR = (
+    np.array(
+        [
+            [0, 0, -1.5, 0, 0],
+            [0, 2, 0, 2, 0],
+            [-1.5, 0, 6, 0, -1.5],
+            [0, 2, 0, 2, 0],
+            [0, 0, -1.5, 0, 0],
+        ],
+        dtype=np.float64,
+    )
+    / 8.0
+)
+
+
+def _check_tile(cfa_tile: CfaTile) -> tuple[tuple[str, ...], ...]:
+    tile = tuple(tuple(str(c).upper() for c in row) for row in cfa_tile)
+    if not tile or not tile[0] or any(len(row) != len(tile[0]) for row in tile):
+        raise ValueError(f"cfa_tile must be a non-empty rectangle of letters, got {cfa_tile!r}")
+    bad = {c for row in tile for c in row} - set(_CHANNEL_INDEX)
+    if bad:
+        raise ValueError(f"cfa_tile letters must be R, G, B or W, got {sorted(bad)}")
+    return tile
+
+
+def channel_map(cfa_tile: CfaTile, height: int, width: int) -> np.ndarray:
+    """(height, width) int8 map of each photosite's channel: 0 R, 1 G, 2 B, 3 W.
+
+    ``cfa_tile`` is row-major, its top-left letter at pixel (0, 0), repeated over the array.
+    """
+    tile = _check_tile(cfa_tile)
+    codes = np.array([[_CHANNEL_INDEX[c] for c in row] for row in tile], dtype=np.int8)
+    reps = (-(-height // codes.shape[0]), -(-width // codes.shape[1]))
+    return np.tile(codes, reps)[:height, :width]
+
+
+def bayer_pattern(cfa_tile: CfaTile) -> str | None:
+    """``"RGGB"``, ``"BGGR"``, ``"GRBG"`` or ``"GBRG"`` for a 2×2 Bayer tile, else None."""
+    tile = _check_tile(cfa_tile)
+    for name, bayer in BAYER_TILES.items():
+        if tile == bayer:
+            return name
+    return None
+
+
+def normalise_dn(
+    dn: np.ndarray, *, black_level_dn: float, white_level_dn: float, dtype: type = np.float32
+) -> np.ndarray:
+    """``(dn − black_level_dn) / (white_level_dn − black_level_dn)``: full well → 1.0.
+
+    Values below black (read noise) stay negative; nothing is clipped.
+    """
+    if not white_level_dn > black_level_dn:
+        raise ValueError(f"white level {white_level_dn} must exceed black level {black_level_dn}")
+    scale = 1.0 / (white_level_dn - black_level_dn)
+    out = np.asarray(dn).astype(dtype)
+    out -= dtype(black_level_dn)
+    out *= dtype(scale)
+    return out
+
+
+def _tent(period: int) -> np.ndarray:
+    """Triangle kernel of half-width ``period``: linear interpolation between samples."""
+    i = np.arange(-(period - 1), period, dtype=np.float64)
+    return 1.0 - np.abs(i) / period
+
+
+class _BilinearDemosaic:
+    """Bilinear demosaicing by normalised convolution, planned for one CFA tile and size."""
+
+    def __init__(self, cfa_tile: CfaTile, height: int, width: int, dtype: type = np.float32):
+        tile = _check_tile(cfa_tile)
+        cmap = channel_map(tile, height, width)
+        missing = [c for c in "RGB" if not (cmap == _CHANNEL_INDEX[c]).any()]
+        if missing:
+            raise ValueError(f"the CFA has no {', '.join(missing)} pixels to interpolate from")
+        self.kernel_y = _tent(len(tile)).astype(dtype)
+        self.kernel_x = _tent(len(tile[0])).astype(dtype)
+        self.masks = np.stack([(cmap == c) for c in range(3)], axis=-1).astype(dtype)
+        weights = self._filter(self.masks)
+        # At measured pixels keep the value; elsewhere divide by the weight of the samples.
+        self.fill = np.where(self.masks > 0, 0.0, 1.0 / np.maximum(weights, 1e-12)).astype(dtype)
+
+    def _filter(self, planes: np.ndarray) -> np.ndarray:
+        return cv2.sepFilter2D(
+            planes, -1, self.kernel_x, self.kernel_y, borderType=_DEMOSAIC_BORDER
+        ).reshape(planes.shape)
+
+    def __call__(self, mosaic: np.ndarray) -> np.ndarray:
+        planes = mosaic[..., None] * self.masks
+        out = np.empty_like(planes)
+        for i in range(planes.shape[0]):
+            out[i] = self._filter(planes[i])
+        out *= self.fill
+        out += planes
+        return out
+
+
+class _MalvarDemosaic:
+    """Malvar–He–Cutler (2004) demosaicing, planned for one Bayer pattern and size."""
+
+    def __init__(self, pattern: str, height: int, width: int, dtype: type = np.float32):
+        cmap = channel_map(BAYER_TILES[pattern], height, width)
+        r_m, g_m, b_m = (cmap == 0), (cmap == 1), (cmap == 2)
+        # On a Bayer array a G pixel's row holds either R or B pixels, never both.
+        r_rows = r_m.any(axis=1)[:, None]
+        b_rows = b_m.any(axis=1)[:, None]
+        self.kernels = [
+            k.astype(dtype)
+            for k in (_MALVAR_G_AT_RB, _MALVAR_RB_AT_G_ROW, _MALVAR_RB_AT_G_COL, _MALVAR_RB_AT_BR)
+        ]
+        # For each output channel, which estimate each pixel takes: -1 the measured value,
+        # else the index of the kernel whose response is used.
+        choice = np.full((3, height, width), -1, dtype=np.int8)
+        choice[0][g_m & r_rows] = 1
+        choice[0][g_m & b_rows] = 2
+        choice[0][b_m] = 3
+        choice[1][r_m | b_m] = 0
+        choice[2][g_m & b_rows] = 1
+        choice[2][g_m & r_rows] = 2
+        choice[2][r_m] = 3
+        self.choice = choice
+
+    def __call__(self, mosaic: np.ndarray) -> np.ndarray:
+        n, height, width = mosaic.shape
+        out = np.empty((n, height, width, 3), dtype=mosaic.dtype)
+        responses = np.empty((len(self.kernels), height, width), dtype=mosaic.dtype)
+        for i in range(n):
+            image = np.ascontiguousarray(mosaic[i])
+            for k, kernel in enumerate(self.kernels):  # symmetric: correlation = convolution
+                responses[k] = cv2.filter2D(image, -1, kernel, borderType=_DEMOSAIC_BORDER)
+            for c in range(3):
+                sel = self.choice[c]
+                plane = image.copy()
+                for k in range(len(self.kernels)):
+                    np.copyto(plane, responses[k], where=sel == k)
+                out[i, ..., c] = plane
+        return out
+
+
+def _batch_mosaic(mosaic: np.ndarray) -> tuple[np.ndarray, bool]:
+    m = np.asarray(mosaic)
+    if m.ndim == 2:
+        return m[None], True
+    if m.ndim != 3:
+        raise ValueError(f"expected a mosaic (H, W) or (N, H, W), got shape {m.shape}")
+    return m, False
+
+
+def _as_float(m: np.ndarray) -> np.ndarray:
+    return m if m.dtype in (np.float32, np.float64) else m.astype(np.float32)
+
+
+def demosaic_bilinear(mosaic: np.ndarray, cfa_tile: CfaTile) -> np.ndarray:
+    """Bilinear demosaicing for any CFA tile (W pixels ignored for colour).
+
+    Parameters
+    ----------
+    mosaic : (H, W) or (N, H, W) float (or integer, converted to float32).
+    cfa_tile : the repeating tile, row-major, e.g. ``(("R", "G"), ("G", "B"))``.
+
+    Returns
+    -------
+    (H, W, 3) or (N, H, W, 3) R, G, B planes, float.
+
+    References
+    ----------
+    R. Ramanath, W. E. Snyder, G. L. Bilbro, W. A. Sander, "Demosaicking methods for
+    Bayer color arrays", J. Electronic Imaging 11(3), 2002, section 3.2.
+    H. Knutsson, C.-F. Westin, "Normalized and differential convolution", CVPR 1993.
+    """
+    m, squeeze = _batch_mosaic(mosaic)
+    m = _as_float(m)
+    out = _BilinearDemosaic(cfa_tile, m.shape[1], m.shape[2], m.dtype.type)(m)
+    return out[0] if squeeze else out
+
+
+def demosaic_malvar2004(mosaic: np.ndarray, pattern: str) -> np.ndarray:
+    """Malvar–He–Cutler gradient-corrected linear demosaicing of a Bayer mosaic.
+
+    Parameters
+    ----------
+    mosaic : (H, W) or (N, H, W) float.
+    pattern : ``"RGGB"``, ``"BGGR"``, ``"GRBG"`` or ``"GBRG"`` (top-left 2×2, row-major).
+
+    Returns
+    -------
+    (H, W, 3) or (N, H, W, 3) R, G, B planes, float. Borders are mirrored
+    (scipy.ndimage ``mode="mirror"``).
+
+    References
+    ----------
+    H. S. Malvar, L.-W. He, R. Cutler, "High-quality linear interpolation for
+    demosaicing of Bayer-patterned color images", ICASSP 2004, vol. 3, pp. 485–488.
+    """
+    if pattern not in BAYER_TILES:
+        raise ValueError(f"pattern must be one of {sorted(BAYER_TILES)}, got {pattern!r}")
+    m, squeeze = _batch_mosaic(mosaic)
+    m = _as_float(m)
+    out = _MalvarDemosaic(pattern, m.shape[1], m.shape[2], m.dtype.type)(m)
+    return out[0] if squeeze else out
+
+
+def demosaic_opencv(
+    mosaic: np.ndarray, pattern: str, *, method: Literal["ea", "vng"] = "ea"
+) -> np.ndarray:
+    """OpenCV's edge-aware (``ea``) or VNG demosaicing of a Bayer mosaic in [0, 1].
+
+    The mosaic is clipped to [0, 1] and quantised, to 16 bits for ``ea`` and to 8 bits
+    for ``vng`` (OpenCV's VNG accepts only 8-bit input), then converted back to float.
+
+    Returns
+    -------
+    (H, W, 3) or (N, H, W, 3) R, G, B planes, float32, on the quantisation grid.
+
+    References
+    ----------
+    OpenCV documentation, "Color conversions: Bayer → RGB" (imgproc, cvtColor).
+    E. Chang, S. Cheung, D. Y. Pan, "Color filter array recovery using a threshold-based
+    variable number of gradients", Proc. SPIE 3650, 1999.
+    """
+    if pattern not in BAYER_TILES:
+        raise ValueError(f"pattern must be one of {sorted(BAYER_TILES)}, got {pattern!r}")
+    m, squeeze = _batch_mosaic(mosaic)
+    dtype, full_scale = (np.uint16, 65535.0) if method == "ea" else (np.uint8, 255.0)
+    suffix = "_EA" if method == "ea" else "_VNG"
+    code = getattr(cv2, f"COLOR_Bayer{_OPENCV_BAYER_CODE[pattern]}2RGB{suffix}")
+    codes = np.rint(np.clip(m, 0.0, 1.0) * full_scale).astype(dtype)
+    out = np.empty((*m.shape, 3), dtype=np.float32)
+    for i in range(m.shape[0]):
+        out[i] = cv2.cvtColor(codes[i], code)
+    out *= np.float32(1.0 / full_scale)
+    return out[0] if squeeze else out
+
+
+class RawStage(Stage):
+    """DN mosaic (or planes) → normalised, white-balanced RGB planes (N, H, W, 3) float32."""
+
+    name = "raw"
+    kind = "raw"
+    takes = (Unit.DN,)
+    gives = Unit.UNITLESS
+
+    class Params(StageParams):
+        demosaic: Literal["bilinear", "malvar", "opencv_ea", "opencv_vng"] = param(
+            "bilinear", doc="Demosaicing method for a mosaic (malvar and opencv_*: Bayer only)."
+        )
+        black_level_dn: float | None = param(
+            None, unit="DN", doc="Black level (default: the ADC's black_level_dn, else 0)."
+        )
+        white_level_dn: float | None = param(
+            None,
+            unit="DN",
+            doc="Code that maps to 1.0 (default: the ADC's white_level_dn, else 2**bits - 1).",
+        )
+        wb_gains: tuple[float, float, float] = param(
+            (1.0, 1.0, 1.0), doc="White-balance gains for R, G, B (applied before demosaicing)."
+        )
+        output: Literal["planes", "mosaic"] = param(
+            "planes",
+            doc="planes: RGB (N, H, W, 3); mosaic: the normalised mosaic as (N, H, W, 1).",
+        )
+        mono_output: Literal["replicate", "single"] = param(
+            "replicate", doc="Mono sensor: replicate to 3 channels or keep 1."
+        )
+        clip: bool = param(False, doc="Clip the result to [0, 1].")
+        encode: Literal["linear", "srgb", "gamma"] = param(
+            "linear", doc="Transfer curve for the CNN input: linear (none), srgb, or gamma."
+        )
+        gamma: float = param(2.2, doc="Exponent for encode: gamma (out = in ** (1/gamma)).", gt=0)
+
+    def setup(self, info: SignalInfo) -> SignalInfo:
+        p = self.params
+        attrs = info.attrs
+        if any(g <= 0 for g in p.wb_gains):
+            raise StageError(f"wb_gains must be positive, got {p.wb_gains}", key="wb_gains")
+        self._black, self._white = self._levels(attrs)
+        cfa = attrs.get("cfa")
+        shape = info.shape
+        if len(shape) == 3 and shape[2] == 1:
+            shape = shape[:2]
+        self._layout = self._resolve_layout(cfa, shape)
+        self._demosaic = None
+        height, width = shape[:2]
+        gains = np.array([*p.wb_gains, 1.0], dtype=np.float64) / (self._white - self._black)
+        if self._layout == "mosaic":
+            tile = attrs.get("cfa_tile")
+            if tile is None and cfa in BAYER_TILES:
+                tile = BAYER_TILES[cfa]
+            if tile is None:
+                raise StageError(
+                    "a mosaic needs the photodetector's cfa_tile (or a Bayer cfa name)", key="stage"
+                )
+            try:
+                cmap = channel_map(tile, height, width)
+            except ValueError as err:
+                raise StageError(str(err), key="cfa_tile") from err
+            # One multiply does normalisation and white balance: gain / (white − black).
+            self._scale = gains[cmap].astype(np.float32)
+            if p.output == "planes":
+                self._demosaic = self._plan_demosaic(tile, height, width)
+        elif self._layout == "stacked":
+            if p.output == "mosaic":
+                raise StageError("output: mosaic needs a mosaic sensor, not stacked", key="output")
+            self._scale = gains[: shape[2]].astype(np.float32)
+        else:  # mono: one plane, no colour
+            self._scale = np.float32(1.0 / (self._white - self._black))
+        channels = self._output_channels(shape)
+        out_attrs = {"black_level_dn": self._black, "white_level_dn": self._white}
+        return info.evolve(
+            unit=Unit.UNITLESS,
+            shape=(height, width, channels),
+            dtype=np.dtype(np.float32),
+            attrs={**out_attrs, "encode": p.encode, "raw_output": p.output},
+        )
+
+    def _levels(self, attrs) -> tuple[float, float]:
+        p = self.params
+        black = (
+            p.black_level_dn if p.black_level_dn is not None else attrs.get("black_level_dn", 0.0)
+        )
+        white = p.white_level_dn
+        if white is None:
+            white = attrs.get("white_level_dn")
+        if white is None and attrs.get("bits") is not None:
+            white = 2 ** int(attrs["bits"]) - 1
+        if white is None:
+            raise StageError(
+                "no white level: the ADC did not set white_level_dn or bits; set white_level_dn",
+                key="white_level_dn",
+            )
+        if not float(white) > float(black):
+            key = "white_level_dn" if p.white_level_dn is not None else "black_level_dn"
+            raise StageError(f"white level {white} must exceed black level {black}", key=key)
+        return float(black), float(white)
+
+    def _resolve_layout(self, cfa, shape: tuple[int, ...]) -> str:
+        if len(shape) == 2:
+            return "mono" if cfa == "mono" else "mosaic"
+        if len(shape) == 3 and shape[2] == 3:
+            return "stacked"
+        raise StageError(
+            f"raw takes a mosaic (H, W), a mono (H, W) plane or stacked (H, W, 3) planes, "
+            f"got {shape}",
+            key="stage",
+        )
+
+    def _plan_demosaic(self, tile, height: int, width: int):
+        method = self.params.demosaic
+        if method == "bilinear":
+            try:
+                return _BilinearDemosaic(tile, height, width)
+            except ValueError as err:
+                raise StageError(str(err), key="cfa_tile") from err
+        pattern = bayer_pattern(tile)
+        if pattern is None:
+            raise StageError(
+                f"demosaic: {method} needs a 2×2 Bayer CFA, got tile {tile}; use bilinear",
+                key="demosaic",
+            )
+        if method == "malvar":
+            return _MalvarDemosaic(pattern, height, width)
+        ocv = "ea" if method == "opencv_ea" else "vng"
+        return lambda m: demosaic_opencv(m, pattern, method=ocv)
+
+    def _output_channels(self, shape: tuple[int, ...]) -> int:
+        if self.params.output == "mosaic":
+            return 1
+        if self._layout == "mono":
+            return 3 if self.params.mono_output == "replicate" else 1
+        return 3
+
+    def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
+        p = self.params
+        if self._layout != "stacked" and x.ndim == 4:
+            x = x[..., 0]
+        y = x.astype(np.float32)  # a copy, normalised in place below
+        y -= np.float32(self._black)
+        y *= self._scale
+        if p.output == "mosaic":
+            out = y[..., None]
+        elif self._layout == "mosaic":
+            out = self._demosaic(y)
+        elif self._layout == "mono":
+            out = y[..., None]
+            if p.mono_output == "replicate":
+                out = np.repeat(out, 3, axis=-1)
+        else:
+            out = y
+        if p.clip:
+            np.clip(out, 0.0, 1.0, out=out)
+        if p.encode == "srgb":
+            out = linear_to_srgb(out)
+        elif p.encode == "gamma":
+            out = np.copysign(np.abs(out) ** np.float32(1.0 / p.gamma), out)
+        return out.astype(np.float32, copy=False)

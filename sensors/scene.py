@@ -1,0 +1,370 @@
+"""Scene: dataset images → linear light → mean photons per sensor pixel per exposure.
+
+The dataset's pixel values are decoded to linear relative radiance (inverse sRGB
+transfer for sRGB-coded images), then scaled to the mean number of photons that
+reach one sensor pixel, per colour channel, during one exposure. The photon level
+is set in one of three ways:
+
+* ``mean_photons`` (the default, 1000): an ideal averaging auto-exposure. Each image
+  is scaled so that its mean over all pixels and channels is ``mean_photons``. The
+  average sensor pixel then receives ``mean_photons`` photons; the relative brightness
+  of different images is not kept.
+* ``photons_at_white``: a fixed exposure. A linear value of 1.0 (diffuse white)
+  gives ``photons_at_white`` photons per sensor pixel per channel; darker images
+  get fewer photons.
+* ``illuminance_lux`` with ``exposure_s``, ``f_number`` and ``pixel_pitch_um``: the
+  fixed exposure ``photons_at_white`` is computed from the camera equation
+  (:func:`photons_from_illuminance`).
+
+Each channel's value is the photon count in that channel's band: a white pixel
+sends the same photon count in R, G and B.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
+
+__all__ = [
+    "PLANCK_J_S",
+    "SPEED_OF_LIGHT_M_PER_S",
+    "SceneStage",
+    "decode_image",
+    "linear_to_srgb",
+    "photons_from_illuminance",
+    "srgb_to_linear",
+    "upsample_photons",
+]
+
+PLANCK_J_S = 6.62607015e-34  # exact (SI 2019)
+SPEED_OF_LIGHT_M_PER_S = 299_792_458.0  # exact
+MAX_LUMINOUS_EFFICACY_LM_PER_W = 683.0  # at 555 nm (540 THz), by definition of the candela
+
+# IEC 61966-2-1 sRGB transfer constants.
+_SRGB_KNEE_ENCODED = 0.04045
+_SRGB_KNEE_LINEAR = 0.0031308
+_SRGB_SLOPE = 12.92
+_SRGB_OFFSET = 0.055
+_SRGB_GAMMA = 2.4
+
+_ENCODING_OF_ATTR = {"srgb8": "srgb", "linear16": "linear", "float": "linear"}
+_INTEGER_FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def srgb_to_linear(encoded: np.ndarray) -> np.ndarray:
+    """Inverse sRGB transfer function (IEC 61966-2-1): encoded [0, 1] → linear [0, 1].
+
+    Parameters
+    ----------
+    encoded : sRGB-encoded values, nominally in [0, 1]. Negative values are mapped
+        sign-symmetrically (``-f(-v)``), as in scRGB, so nothing becomes NaN.
+
+    Returns
+    -------
+    Linear values, same shape, float (float32 input stays float32).
+
+    References
+    ----------
+    IEC 61966-2-1:1999, Multimedia systems and equipment — Colour measurement and
+    management — Part 2-1: Default RGB colour space — sRGB, section 5.2.
+    """
+    v = np.asarray(encoded)
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float64)
+    a = np.abs(v)
+    lin = np.where(
+        a <= _SRGB_KNEE_ENCODED,
+        a / _SRGB_SLOPE,
+        ((a + _SRGB_OFFSET) / (1.0 + _SRGB_OFFSET)) ** _SRGB_GAMMA,
+    )
+    return np.copysign(lin, v).astype(v.dtype, copy=False)
+
+
+def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
+    """sRGB transfer function (IEC 61966-2-1): linear [0, 1] → encoded [0, 1].
+
+    Negative values are mapped sign-symmetrically (``-f(-v)``). Values above 1 follow
+    the same power law (no clipping).
+
+    References
+    ----------
+    IEC 61966-2-1:1999, section 5.3.
+    """
+    v = np.asarray(linear)
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float64)
+    a = np.abs(v)
+    enc = np.where(
+        a <= _SRGB_KNEE_LINEAR,
+        a * _SRGB_SLOPE,
+        (1.0 + _SRGB_OFFSET) * a ** (1.0 / _SRGB_GAMMA) - _SRGB_OFFSET,
+    )
+    return np.copysign(enc, v).astype(v.dtype, copy=False)
+
+
+def decode_image(
+    image: np.ndarray, *, encoding: Literal["srgb", "linear"], dtype: type = np.float32
+) -> np.ndarray:
+    """Dataset pixel values → linear relative radiance (1.0 = diffuse white).
+
+    Parameters
+    ----------
+    image : integer (uint8, uint16) or float array of any shape. Integer images are
+        divided by their dtype's full scale (255 or 65535); float images are taken as
+        already in [0, 1].
+    encoding : ``"srgb"`` applies the inverse sRGB transfer after scaling;
+        ``"linear"`` applies none.
+    dtype : the float dtype of the result.
+
+    Returns
+    -------
+    Linear values in [0, 1] (for in-range input), ``dtype``.
+    """
+    image = np.asarray(image)
+    full_scale = _INTEGER_FULL_SCALE.get(image.dtype)
+    if full_scale is not None:
+        # A 256- or 65536-entry lookup table: exact and faster than the formula.
+        codes = np.arange(int(full_scale) + 1, dtype=np.float64) / full_scale
+        lut = srgb_to_linear(codes) if encoding == "srgb" else codes
+        return lut.astype(dtype)[image]
+    if not np.issubdtype(image.dtype, np.floating):
+        raise TypeError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float")
+    values = np.array(image, dtype=dtype)  # a copy: callers may scale it in place
+    return srgb_to_linear(values) if encoding == "srgb" else values
+
+
+def photons_from_illuminance(
+    illuminance_lux: float,
+    *,
+    exposure_s: float,
+    f_number: float,
+    pixel_pitch_um: float,
+    reflectance: float = 1.0,
+    lens_transmission: float = 1.0,
+    luminous_efficacy_lm_per_w: float = MAX_LUMINOUS_EFFICACY_LM_PER_W,
+    photon_wavelength_nm: float = 555.0,
+) -> float:
+    """Mean photons per pixel per exposure from a Lambertian scene under given illuminance.
+
+    The camera equation for an object far away (magnification ≪ 1), on axis, gives the
+    image-plane illuminance
+
+        E_img = E_scene · R · T / (4 N²)       [lx]
+
+    for a Lambertian surface of reflectance R lit by E_scene (its luminance is
+    E_scene·R/π), through a lens of transmission T and f-number N. Illuminance is
+    converted to irradiance with the luminous efficacy K (683 lm/W for 555 nm light;
+    broadband white light has a lower K and so more photons per lux), and to a photon
+    count with the photon energy h·c/λ (EMVA 1288, eq. 1: μp = A·E·t / (h·ν)):
+
+        μp = E_img / K · A · t · λ / (h·c),   A = pixel_pitch²
+
+    Parameters
+    ----------
+    illuminance_lux : scene illuminance E_scene, lx.
+    exposure_s : exposure time t, s.
+    f_number : the lens's f-number N.
+    pixel_pitch_um : pixel pitch, µm (the pixel's area is its square; the fill factor
+        and quantum efficiency belong to the photodetector).
+    reflectance : R, the reflectance of the surface that a linear value of 1.0 shows.
+    lens_transmission : T, the lens's transmittance.
+    luminous_efficacy_lm_per_w : K, lm/W.
+    photon_wavelength_nm : λ, the wavelength whose photon energy is used, nm.
+
+    Returns
+    -------
+    Photons per pixel per exposure for a surface of reflectance ``reflectance``.
+
+    References
+    ----------
+    EMVA Standard 1288, Release 4.0 (2021), section 2.1, eq. (1).
+    B. Jähne, Digital Image Processing, 6th ed., Springer 2005, section 6.5 (the
+    radiometry of imaging: image irradiance E' = π·L·T/(4 N²) for object distance ≫ f).
+    """
+    image_lux = illuminance_lux * reflectance * lens_transmission / (4.0 * f_number**2)
+    irradiance_w_per_m2 = image_lux / luminous_efficacy_lm_per_w
+    photon_energy_j = PLANCK_J_S * SPEED_OF_LIGHT_M_PER_S / (photon_wavelength_nm * 1e-9)
+    area_m2 = (pixel_pitch_um * 1e-6) ** 2
+    return float(irradiance_w_per_m2 * area_m2 * exposure_s / photon_energy_j)
+
+
+def upsample_photons(photons: np.ndarray, factor: int) -> np.ndarray:
+    """Spread each image pixel's photons evenly over ``factor × factor`` sensor pixels.
+
+    Area-preserving (box) upsampling of (N, H, W, C) planes: every sensor pixel gets
+    ``1/factor²`` of its image pixel's photons, so the total is conserved.
+
+    Returns
+    -------
+    (N, H·factor, W·factor, C) array, same dtype.
+    """
+    if factor == 1:
+        return photons
+    out = np.repeat(np.repeat(photons, factor, axis=1), factor, axis=2)
+    out *= np.asarray(1.0 / factor**2, dtype=out.dtype)
+    return out
+
+
+class SceneStage(Stage):
+    """Dataset images → linear photons per sensor pixel per exposure, (N, H, W, 3) float32."""
+
+    name = "scene"
+    kind = "scene"
+    takes = (Unit.IMAGE,)
+    gives = Unit.PHOTONS
+
+    class Params(StageParams):
+        encoding: Literal["auto", "srgb", "linear"] = param(
+            "auto",
+            doc="How image values are coded: auto reads the dataset's encoding attribute "
+            "(srgb8 → srgb, linear16/float → linear).",
+        )
+        mean_photons: float | None = param(
+            None,
+            unit="photons",
+            doc="Auto-exposure: scale each image so the mean photons per sensor pixel and "
+            "channel is this (the default, 1000, when no other level is set).",
+            gt=0,
+        )
+        photons_at_white: float | None = param(
+            None,
+            unit="photons",
+            doc="Fixed exposure: photons per sensor pixel per channel for a linear value of 1.0.",
+            gt=0,
+        )
+        illuminance_lux: float | None = param(
+            None,
+            unit="lx",
+            doc="Fixed exposure from the camera equation: scene illuminance "
+            "(needs exposure_s, f_number, pixel_pitch_um).",
+            gt=0,
+        )
+        exposure_s: float | None = param(None, unit="s", doc="Exposure time.", gt=0)
+        f_number: float | None = param(None, doc="Lens f-number N.", gt=0)
+        pixel_pitch_um: float | None = param(None, unit="µm", doc="Sensor pixel pitch.", gt=0)
+        reflectance: float = param(
+            1.0, doc="Reflectance that a linear value of 1.0 shows (lux mode).", gt=0, le=1
+        )
+        lens_transmission: float = param(1.0, doc="Lens transmittance (lux mode).", gt=0, le=1)
+        luminous_efficacy_lm_per_w: float = param(
+            MAX_LUMINOUS_EFFICACY_LM_PER_W,
+            unit="lm/W",
+            doc="Lux → W/m² conversion (683 for 555 nm light; lower for white light).",
+            gt=0,
+            le=MAX_LUMINOUS_EFFICACY_LM_PER_W,
+        )
+        photon_wavelength_nm: float = param(
+            555.0, unit="nm", doc="Wavelength whose photon energy converts W to photons/s.", gt=0
+        )
+        wavelength_nm: tuple[float, float, float] = param(
+            (610.0, 550.0, 465.0),
+            unit="nm",
+            doc="Centre wavelengths of the R, G, B channels (for diffraction in optics).",
+        )
+        pixels_per_image_pixel: int = param(
+            1,
+            doc="Sensor pixels per image pixel along each axis (area-preserving upsampling).",
+            ge=1,
+            le=16,
+        )
+
+    DEFAULT_MEAN_PHOTONS = 1000.0
+
+    def setup(self, info: SignalInfo) -> SignalInfo:
+        p = self.params
+        self._transfer = self._resolve_encoding(info)
+        if info.dtype not in _INTEGER_FULL_SCALE and not np.issubdtype(info.dtype, np.floating):
+            raise StageError(
+                f"scene takes uint8, uint16 or float images, got {info.dtype}", key="encoding"
+            )
+        if len(info.shape) == 3 and info.shape[2] in (1, 3):
+            height, width = info.shape[:2]
+        elif len(info.shape) == 2:
+            height, width = info.shape
+        else:
+            raise StageError(
+                f"scene takes (H, W, 3) colour or (H, W)/(H, W, 1) grey images, got {info.shape}",
+                key="dataset",
+            )
+        if any(wl <= 0 for wl in p.wavelength_nm):
+            raise StageError("wavelengths must be positive", key="wavelength_nm")
+
+        levels = [
+            k
+            for k in ("mean_photons", "photons_at_white", "illuminance_lux")
+            if getattr(p, k) is not None
+        ]
+        if len(levels) > 1:
+            raise StageError(
+                f"set only one of mean_photons, photons_at_white, illuminance_lux (got {levels})",
+                key=levels[1],
+            )
+        self._mode = levels[0] if levels else "mean_photons"
+        k = p.pixels_per_image_pixel
+        if self._mode == "illuminance_lux":
+            for key in ("exposure_s", "f_number", "pixel_pitch_um"):
+                if getattr(p, key) is None:
+                    raise StageError(f"illuminance_lux needs {key}", key=key)
+            self._photons_per_sensor_px = photons_from_illuminance(
+                p.illuminance_lux,
+                exposure_s=p.exposure_s,
+                f_number=p.f_number,
+                pixel_pitch_um=p.pixel_pitch_um,
+                reflectance=p.reflectance,
+                lens_transmission=p.lens_transmission,
+                luminous_efficacy_lm_per_w=p.luminous_efficacy_lm_per_w,
+                photon_wavelength_nm=p.photon_wavelength_nm,
+            )
+        elif self._mode == "photons_at_white":
+            self._photons_per_sensor_px = float(p.photons_at_white)
+        else:
+            self._photons_per_sensor_px = float(p.mean_photons or self.DEFAULT_MEAN_PHOTONS)
+
+        attrs: dict[str, object] = {"wavelength_nm": tuple(float(w) for w in p.wavelength_nm)}
+        for key in ("exposure_s", "f_number", "pixel_pitch_um"):
+            if getattr(p, key) is not None:
+                attrs[key] = float(getattr(p, key))
+        if self._mode != "mean_photons":
+            attrs["photons_at_white"] = self._photons_per_sensor_px
+        return info.evolve(
+            unit=Unit.PHOTONS,
+            shape=(height * k, width * k, 3),
+            dtype=np.dtype(np.float32),
+            attrs=attrs,
+        )
+
+    def _resolve_encoding(self, info: SignalInfo) -> str:
+        if self.params.encoding != "auto":
+            return self.params.encoding
+        coded = info.attrs.get("encoding")
+        if coded is None:  # no attribute: infer from the dtype
+            return "srgb" if info.dtype == np.uint8 else "linear"
+        if coded not in _ENCODING_OF_ATTR:
+            raise StageError(
+                f"unknown dataset encoding {coded!r}; expected one of "
+                f"{sorted(_ENCODING_OF_ATTR)} (or set encoding: srgb|linear)",
+                key="encoding",
+            )
+        return _ENCODING_OF_ATTR[coded]
+
+    def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise StageError("image values contain NaN or infinity", key="dataset")
+        linear = decode_image(x, encoding=self._transfer)
+        if linear.ndim == 3:
+            linear = linear[..., None]
+        if linear.shape[-1] == 1:
+            linear = np.repeat(linear, 3, axis=-1)
+        k = self.params.pixels_per_image_pixel
+        # Photons per *image* pixel: k² sensor pixels share it after upsampling.
+        per_image_px = self._photons_per_sensor_px * k * k
+        if self._mode == "mean_photons":
+            means = linear.mean(axis=(1, 2, 3), dtype=np.float64)
+            scale = np.divide(per_image_px, means, out=np.zeros_like(means), where=means > 0)
+            linear *= scale.astype(np.float32)[:, None, None, None]
+        else:
+            linear *= np.float32(per_image_px)
+        return upsample_photons(linear, k)
