@@ -1,0 +1,566 @@
+"""``sensorlab train``: train the configured model on the dataset as the sensor sees it.
+
+The dataset's training split is streamed once through the configured sensor chain (so a
+model can be trained on 4-bit or 12-bit images, in dim light or bright), kept in memory
+as (N, C, H, W) float32, and the model YAML named by ``model.path`` is trained on it from
+random weights, with the ``train:`` section of the config (:class:`TrainConfig`). Each
+image's sensor noise is drawn once (per image, from the run seed), not anew every epoch.
+
+A run folder is written atomically (built under a hidden name, renamed when complete)::
+
+    <run.out>/<name>/
+        model.yaml      the model graph (copied from model.path)
+        model.npz       trained weights (load_model("model.yaml") finds them)
+        config.yaml     the config as resolved (overrides applied, defaults filled)
+        history.csv     one row per epoch: lr, train/val loss and accuracy, seconds
+        curves.png      loss and accuracy per epoch
+        metrics.json    final validation metrics (accuracy with 95 % interval, per-class
+                        accuracy, confusion matrix, loss) and a summary of the training
+        manifest.json   versions, timings, where the data came from
+
+While training, a checkpoint is kept beside the folder (``.<name>.checkpoint.npz``);
+``--resume --name NAME`` continues an interrupted run from it, reproducing the weights of
+an uninterrupted run exactly. It is removed when the run completes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pipeline.cnn.graph import load_graph
+from pipeline.cnn.model import Model
+from pipeline.cnn.training import Callback, FitResult, TrainConfig, evaluate, fit, split_train_val
+from pipeline.errors import UserError
+
+__all__ = [
+    "TrainRun",
+    "chain_arrays",
+    "load_train_config",
+    "register",
+    "to_nchw",
+    "train_arrays",
+    "train_from_config",
+]
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "time_s",
+)
+
+
+@dataclass
+class TrainRun:
+    """What a training run gives back."""
+
+    model: Model
+    result: FitResult
+    metrics: dict[str, Any]  # final validation metrics (metrics.json)
+    path: Path | None  # the run folder
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def to_nchw(x: np.ndarray) -> np.ndarray:
+    """Sensor-chain output (N, H, W, C) planes or (N, H, W) mosaic -> (N, C, H, W) float32
+    (the same conversion the classifier stage applies)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        return x[:, None, :, :]
+    if x.ndim == 4:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    raise ValueError(f"expected (N, H, W) or (N, H, W, C) images, got {x.shape}")
+
+
+class _Progress(Callback):
+    """A tqdm bar over all training steps with the running loss and accuracy; one line per
+    epoch with the validation figures."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def on_train_begin(self, *, start_epoch, epochs, steps_per_epoch):
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        total = None if steps_per_epoch is None else epochs * steps_per_epoch
+        initial = 0 if steps_per_epoch is None else start_epoch * steps_per_epoch
+        self.epochs = epochs
+        self.bar = tqdm(total=total, initial=initial, unit="step", desc="train", leave=False)
+
+    def on_batch_end(self, epoch, step, logs):
+        if self.bar is None:
+            return
+        self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
+        self.bar.set_postfix(
+            loss=f"{logs['epoch_loss']:.4f}", acc=f"{logs['epoch_accuracy']:.3f}", refresh=False
+        )
+        self.bar.update(1)
+
+    def on_epoch_end(self, epoch, record):
+        if self.bar is None:
+            return
+        line = (
+            f"epoch {epoch + 1}/{self.epochs}: loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.3f}"
+        )
+        if "val_loss" in record:
+            line += f" | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f}"
+        self.bar.write(line + f" | {record['time_s']:.1f} s", file=sys.stderr)
+
+    def on_train_end(self, result):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train_arrays(
+    model: Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    out: str | Path | None = None,
+    name: str | None = None,
+    model_yaml: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    manifest: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> TrainRun:
+    """Train ``model`` on arrays and (with ``out``) write the run folder atomically.
+
+    Parameters
+    ----------
+    model : the model to train (its current weights are the start).
+    x, y : images (N, C, H, W) and integer labels (N,); ``cfg.val_fraction`` of them,
+        stratified by class, are held out for validation.
+    cfg : the training settings.
+    out, name : write the run folder ``out/name`` (nothing is written when ``out`` is None).
+    model_yaml : the model file copied into the folder (default: the graph's source).
+    config : the resolved run config written as config.yaml (default: just ``train``).
+    manifest : extra entries for manifest.json.
+    resume : continue from the checkpoint ``out/.<name>.checkpoint.npz`` left by an
+        interrupted run of the same name.
+    progress : show a progress bar on stderr.
+    """
+    from pipeline.metrics import classification_metrics
+    from pipeline.store import RunWriter
+
+    y = np.asarray(y)
+    (x_tr, y_tr), val = split_train_val(x, y, cfg.val_fraction, cfg.seed)
+    writer = checkpoint = None
+    if out is not None:
+        name = name or f"{model.spec.name}-train-{_stamp()}"
+        out = Path(out)
+        checkpoint = out / f".{name}.checkpoint.npz"
+        if resume and not checkpoint.exists():
+            raise UserError(
+                f"nothing to resume: no checkpoint {checkpoint} (resume needs the --name of "
+                "the interrupted run)",
+                key="run.name",
+            )
+        if not resume and checkpoint.exists():
+            checkpoint.unlink()
+        writer = RunWriter(out, name)
+    try:
+        t0 = time.perf_counter()
+        result = fit(
+            model,
+            (x_tr, y_tr),
+            val,
+            cfg,
+            [_Progress(progress)],
+            checkpoint=checkpoint,
+            resume=resume,
+        )
+        train_seconds = time.perf_counter() - t0
+        metrics: dict[str, Any] = {}
+        if val is not None:
+            ev = evaluate(model, val, max(cfg.batch_size, 256))
+            preds = np.concatenate([np.argmax(z, axis=1) for z in model.batches(val[0], 256)])
+            metrics = classification_metrics(val[1], preds, model.class_names)
+            metrics["loss"] = ev["loss"]
+        metrics["training"] = {
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "restored_best_weights": result.restored_best,
+            "train_images": len(y_tr),
+            "val_images": 0 if val is None else len(val[1]),
+            "seconds": round(train_seconds, 3),
+            "final_train_loss": result.history[-1]["train_loss"],
+            "final_train_accuracy": result.history[-1]["train_accuracy"],
+            "model_hash": model.yaml_hash,
+        }
+        run = TrainRun(model, result, metrics, None)
+        if writer is not None:
+            _write_folder(writer, run, cfg, model_yaml, config)
+            run.path = writer.commit(_manifest(run, cfg, manifest))
+            if checkpoint is not None:
+                checkpoint.unlink(missing_ok=True)
+        return run
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _write_folder(writer, run: TrainRun, cfg, model_yaml, config) -> None:
+    from pipeline.store import write_json_atomic
+
+    model = run.model
+    source = Path(model_yaml) if model_yaml is not None else None
+    if source is None and model.spec.source:
+        source = Path(model.spec.source)
+    if source is not None and source.is_file():
+        shutil.copyfile(source, writer.path("model.yaml"))
+    else:
+        text = yaml.safe_dump({"name": model.spec.name, **model.spec.canonical()}, sort_keys=False)
+        writer.path("model.yaml").write_text(text, encoding="utf-8")
+    model.save(writer.path("model.npz"))
+    resolved = dict(config) if config is not None else {}
+    resolved["train"] = cfg.model_dump(mode="json")
+    writer.path("config.yaml").write_text(
+        yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"
+    )
+    writer.path("history.csv").write_text(history_csv(run.result.history), encoding="utf-8")
+    plot_history(run.result.history, writer.path("curves.png"), title=model.spec.name)
+    write_json_atomic(writer.path("metrics.json"), run.metrics)
+
+
+def _manifest(run: TrainRun, cfg: TrainConfig, extra: dict[str, Any] | None) -> dict[str, Any]:
+    import platform
+
+    import pipeline
+
+    return {
+        "sensorlab": pipeline.__version__,
+        "kind": "train",
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "name": run.model.spec.name,
+            "hash": run.model.yaml_hash,
+            "parameters": run.model.n_params,
+            "input_shape": list(run.model.input_shape),
+            "classes": list(run.model.class_names),
+        },
+        "train": cfg.model_dump(mode="json"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "metrics": {k: run.metrics.get(k) for k in ("accuracy", "accuracy_ci95", "loss", "n")},
+        **(extra or {}),
+    }
+
+
+def history_csv(history: Sequence[dict[str, float]]) -> str:
+    """The history as CSV text, one row per epoch (empty cells where no validation ran)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
+    return buf.getvalue()
+
+
+def plot_history(history: Sequence[dict[str, float]], path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch (training and validation) as a PNG (Agg, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch"] + 1 for r in history]
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, what, label in zip(
+        fig.subplots(1, 2), ("loss", "accuracy"), ("cross-entropy", "accuracy"), strict=True
+    ):
+        ax.plot(epochs, [r[f"train_{what}"] for r in history], "o-", ms=3, label="train")
+        if history and f"val_{what}" in history[0]:
+            ax.plot(epochs, [r[f"val_{what}"] for r in history], "s-", ms=3, label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+# --------------------------------------------------------------------------- from a config
+
+
+def load_train_config(
+    source: str | Path,
+    overrides: Sequence[str] | dict[str, Any] | None = None,
+    *,
+    registry: Any = None,
+) -> tuple[Any, TrainConfig]:
+    """The validated run config and its ``train:`` section (defaults when absent)."""
+    from pipeline.config import Config, load_config
+
+    if "train" in Config.model_fields:
+        loaded = load_config(source, overrides, registry=registry)
+        cfg = getattr(loaded.config, "train", None)
+        return loaded, cfg if cfg is not None else TrainConfig()
+    return _load_without_train_field(source, overrides, registry)
+
+
+def _load_without_train_field(source, overrides, registry):
+    """Until the top-level Config has a ``train`` field: validate ``train:`` separately."""
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+    from pipeline import config as config_mod
+
+    path = Path(source)
+    raw = config_mod.read_yaml(path)
+    file = str(source)
+    if not isinstance(raw, dict):
+        raise UserError("top level must be a mapping", file=file)
+    if overrides:
+        pairs = (
+            dict(config_mod.parse_override(o) for o in overrides)
+            if not isinstance(overrides, dict)
+            else overrides
+        )
+        try:
+            raw = config_mod.apply_overrides(raw, pairs)
+        except UserError as exc:
+            raise exc.located(file=file) from None
+    train_raw = raw.pop("train", None)
+
+    class _TrainSection(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        train: TrainConfig = Field(default_factory=TrainConfig)
+
+    section = {"train": {} if train_raw is None else train_raw}
+    try:
+        cfg = _TrainSection.model_validate(section).train
+    except ValidationError as exc:
+        raise config_mod._first_error(exc, section, _TrainSection, file) from None
+    try:
+        loaded = config_mod.load_config(raw, registry=registry, base_dir=path.parent)
+    except UserError as exc:
+        raise UserError(exc.message, file=file, key=exc.key) from None
+    loaded.file = file
+    return loaded, cfg
+
+
+def chain_arrays(
+    loaded: Any, *, split: str | None = "train", registry: Any = None, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """The dataset (``split``) streamed through the sensor chain: images (N, C, H, W)
+    float32, labels (N,), and the chain."""
+    from tqdm.auto import tqdm
+
+    from pipeline.runner import build_chain, open_config_dataset
+
+    dataset = open_config_dataset(loaded, split=split)
+    chain = build_chain(loaded, dataset.info(), registry=registry, with_model=False)
+    xs, ys = [], []
+    with tqdm(
+        total=len(dataset), unit="img", desc="sensor", leave=False, disable=not progress
+    ) as bar:
+        for x, labels, index in chain.stream(
+            dataset, loaded.config.run.batch_size, file=loaded.file
+        ):
+            if labels is None:
+                raise UserError(
+                    "the dataset has no labels to train on", file=loaded.file, key="dataset"
+                )
+            xs.append(to_nchw(x))
+            ys.append(np.asarray(labels, dtype=np.int64))
+            bar.update(len(index))
+    if not xs:
+        raise UserError("the dataset is empty", file=loaded.file, key="dataset")
+    return np.concatenate(xs), np.concatenate(ys), chain
+
+
+def train_from_config(
+    source: str | Path,
+    overrides: Sequence[str] | dict[str, Any] | None = None,
+    *,
+    registry: Any = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> TrainRun:
+    """Train the config's model on its dataset as seen through its sensor chain.
+
+    The run folder goes to ``run.out`` under ``run.name`` (default
+    ``<config stem>-train-<UTC time>``)."""
+    loaded, cfg = load_train_config(source, overrides, registry=registry)
+    config = loaded.config
+    if config.model is None:
+        raise UserError(
+            "train needs a model: add `model: {path: <model YAML>}`", file=loaded.file, key="model"
+        )
+    model_path = loaded.resolve(config.model.path)
+    try:
+        spec = load_graph(model_path)
+    except UserError as exc:
+        raise exc.located(file=loaded.file) from None
+    model = Model(spec, init_seed=cfg.seed)
+
+    x, y, chain = chain_arrays(loaded, registry=registry, progress=progress)
+    if x.shape[1:] != model.input_shape:
+        raise UserError(
+            f"the model {model_path} takes (C,H,W) = {model.input_shape}, the sensor chain "
+            f"gives {x.shape[1:]}",
+            file=loaded.file,
+            key="model.path",
+        )
+    k = len(model.class_names)
+    if y.min() < 0 or y.max() >= k:
+        raise UserError(
+            f"the dataset has labels {int(y.min())}..{int(y.max())}, the model "
+            f"{model_path} has {k} classes",
+            file=loaded.file,
+            key="model.path",
+        )
+    if not np.isfinite(x).all():
+        raise UserError(
+            "the sensor chain gave NaN or inf for some images", file=loaded.file, key="sensor"
+        )
+
+    run_opts = config.run
+    stem = Path(loaded.file).stem if str(loaded.file).endswith((".yaml", ".yml")) else "train"
+    name = run_opts.name or f"{stem}-train-{_stamp()}"
+    resolved = config.model_dump(mode="json")
+    manifest = {
+        "config_file": str(loaded.file),
+        "model_file": str(model_path),
+        "seed": config.seed,
+        "sensor_seed": config.sensor_seed if config.sensor_seed is not None else config.seed,
+        "data": {
+            "images": len(y),
+            "shape": list(x.shape[1:]),
+            "chain": [f"{n} ({i.unit})" for n, i in zip(chain.names, chain.infos[1:], strict=True)],
+            "class_counts": np.bincount(y, minlength=k).tolist(),
+            "min": float(x.min()),
+            "max": float(x.max()),
+        },
+    }
+    try:
+        return train_arrays(
+            model,
+            x,
+            y,
+            cfg,
+            out=run_opts.out,
+            name=name,
+            model_yaml=model_path,
+            config=resolved,
+            manifest=manifest,
+            resume=resume,
+            progress=progress,
+        )
+    except UserError as exc:
+        raise exc.located(file=loaded.file) from None
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def register(sub: Any) -> None:
+    """Add ``sensorlab train`` to the CLI's subparsers."""
+    from pipeline.cli import add_set_option
+
+    p = sub.add_parser(
+        "train",
+        help="train the configured model on the dataset as seen through the sensor chain",
+        description=(__doc__ or "").split("\n\n")[1],
+    )
+    p.add_argument("config", help="run config YAML (with model: and train: sections)")
+    add_set_option(p)
+    p.add_argument("--out", help="folder that receives the run folder (run.out)")
+    p.add_argument("--name", help="run folder name (run.name)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run named --name from its checkpoint",
+    )
+    p.add_argument(
+        "--blas-threads",
+        type=int,
+        metavar="N",
+        help="BLAS threads while training (default: BLAS's own choice); 1 is much faster on "
+        "a busy machine, where multi-threaded GEMMs on small matrices stall",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, summary only")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"run.out={args.out}")
+    if args.name:
+        overrides.append(f"run.name={args.name}")
+    progress = not args.quiet and sys.stderr.isatty()
+    with blas_threads(args.blas_threads):
+        run = train_from_config(args.config, overrides, resume=args.resume, progress=progress)
+    print(summary(run))
+    return 0
+
+
+@contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    """Limit BLAS to ``n`` threads inside the block (threadpoolctl); None leaves it alone."""
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise UserError(f"--blas-threads must be >= 1, got {n}")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise UserError("--blas-threads needs the threadpoolctl package") from None
+    with threadpool_limits(n, user_api="blas"):
+        yield
+
+
+def summary(run: TrainRun) -> str:
+    """A few lines: data, epochs, final validation accuracy, where the run folder is."""
+    t = run.metrics["training"]
+    lines = [
+        f"sensorlab train {run.model.spec.name}: {t['train_images']} training images, "
+        f"{t['val_images']} validation, {t['epochs_run']} epochs in {t['seconds']:.1f} s"
+        + (" (stopped early)" if t["stopped_early"] else "")
+    ]
+    lines.append(
+        f"final train loss {t['final_train_loss']:.4f}, accuracy {t['final_train_accuracy']:.4f}"
+    )
+    if run.metrics.get("accuracy") is not None:
+        lo, hi = run.metrics["accuracy_ci95"]
+        best = t["best_epoch"]
+        lines.append(
+            f"validation accuracy {run.metrics['accuracy']:.4f} (95% CI {lo:.4f}–{hi:.4f}), "
+            f"loss {run.metrics['loss']:.4f}"
+            + (f", weights of epoch {best + 1}" if t["restored_best_weights"] else "")
+        )
+    if run.path is not None:
+        lines.append(f"run folder: {run.path}")
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""`sensorlab train`: training through the sensor chain, the run folder, resume, and the
+one-line errors (also through the real CLI, exit status 2)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from threadpoolctl import threadpool_limits
+
+from pipeline.cnn.graph import parse_graph
+from pipeline.cnn.model import Model, load_model
+from pipeline.cnn.training import Callback, TrainConfig, fit, split_train_val
+from pipeline.errors import UserError
+from pipeline.train import chain_arrays, load_train_config, train_arrays, train_from_config
+from tests.conftest import sensorlab, toy_config
+
+TINY = {
+    "name": "tiny",
+    "input": [3, 8, 8],
+    "classes": ["c0", "c1", "c2", "c3"],
+    "layers": [
+        {"type": "conv2d", "filters": 4, "kernel": 3, "padding": "same"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 4},
+    ],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def setup(tmp_path, npz_dataset):
+    """A toy-chain config (8-bit toy ADC) training the tiny model for 2 epochs."""
+    write(tmp_path / "tiny.yaml", TINY)
+    cfg = toy_config(npz_dataset, tmp_path / "runs")
+    cfg["model"] = {"path": "tiny.yaml"}
+    cfg["train"] = {"epochs": 2, "batch_size": 8, "val_fraction": 0.25, "lr": 0.001}
+    return write(tmp_path / "cfg.yaml", cfg)
+
+
+def test_training_data_is_the_dataset_seen_through_the_sensor_chain(setup, toy_registry):
+    arrays = {}
+    for bits in (4, 12):
+        loaded, _ = load_train_config(setup, [f"sensor.toy_adc.bits={bits}"], registry=toy_registry)
+        x, y, chain = chain_arrays(loaded, registry=toy_registry)
+        assert chain.names == ["toy_scene", "toy_shot", "toy_adc"]
+        assert x.shape == (40, 3, 8, 8) and x.dtype == np.float32
+        assert np.array_equal(y, np.arange(40) % 4)
+        arrays[bits] = x
+    assert arrays[4].max() == 15 and np.all(arrays[4] == np.round(arrays[4]))
+    assert arrays[12].max() > 15
+    # below the 4-bit clip the two agree: same per-image noise, only the ADC differs
+    low = arrays[12] < 15
+    np.testing.assert_array_equal(arrays[4][low], arrays[12][low])
+
+
+def test_run_folder(setup, toy_registry, tmp_path):
+    run = train_from_config(setup, ["run.name=t1"], registry=toy_registry)
+    folder = tmp_path / "runs" / "t1"
+    assert run.path == folder
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.yaml",
+        "curves.png",
+        "history.csv",
+        "manifest.json",
+        "metrics.json",
+        "model.npz",
+        "model.yaml",
+    ]
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")]
+    rows = list(csv.DictReader((folder / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert float(rows[0]["val_loss"]) > 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    n_val = 4 * round(0.25 * 10)  # stratified: round(25 % of 10) images of each of 4 classes
+    assert metrics["n"] == n_val and 0 <= metrics["accuracy"] <= 1
+    assert np.array(metrics["confusion_matrix"]).sum() == n_val
+    assert metrics["training"]["epochs_run"] == 2
+    resolved = yaml.safe_load((folder / "config.yaml").read_text())
+    assert resolved["train"]["epochs"] == 2 and resolved["sensor"][2]["bits"] == 8
+    assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the folder's model loads with its weights, and predicts what training left
+    model = load_model(folder / "model.yaml")
+    loaded, _ = load_train_config(setup, registry=toy_registry)
+    x, y, _ = chain_arrays(loaded, registry=toy_registry)
+    (_, _), (xv, yv) = split_train_val(x, y, 0.25, seed=0)
+    np.testing.assert_array_equal(model.forward(xv), run.model.forward(xv))
+    assert metrics["correct"] == int(np.sum(model.predict(xv) == yv))
+    with pytest.raises(UserError, match="already exists"):
+        train_from_config(setup, ["run.name=t1"], registry=toy_registry)
+
+
+class Interrupt(Callback):
+    def on_epoch_end(self, epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_an_interrupted_run_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((48, 3, 8, 8)).astype(np.float32)
+    y = np.arange(48) % 4
+    cfg = TrainConfig(epochs=4, batch_size=8, val_fraction=0.25, lr=0.003)
+    full = train_arrays(Model(parse_graph(TINY)), x, y, cfg, out=tmp_path, name="full")
+
+    # an interrupted run leaves its checkpoint beside the (absent) folder
+    (xt, yt), val = split_train_val(x, y, 0.25, 0)
+    ckpt = tmp_path / ".again.checkpoint.npz"
+    with pytest.raises(KeyboardInterrupt):
+        fit(Model(parse_graph(TINY)), (xt, yt), val, cfg, [Interrupt()], checkpoint=ckpt)
+    assert ckpt.exists() and not (tmp_path / "again").exists()
+    again = train_arrays(
+        Model(parse_graph(TINY), init_seed=5), x, y, cfg, out=tmp_path, name="again", resume=True
+    )
+    assert not ckpt.exists()
+    for k, v in full.model.state_arrays().items():
+        np.testing.assert_array_equal(again.model.state_arrays()[k], v)
+    with pytest.raises(UserError, match="nothing to resume"):
+        train_arrays(Model(parse_graph(TINY)), x, y, cfg, out=tmp_path, name="new", resume=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"train": {"epoch": 3}}, "cfg.yaml: train.epoch: unknown key (did you mean 'epochs'?)"),
+        ({"train": {"lr": -1}}, "cfg.yaml: train.lr: "),
+        ({"model": None}, "cfg.yaml: model: train needs a model"),
+        ({"model": {"path": "missing.yaml"}}, "missing.yaml: model file not found"),
+    ],
+)
+def test_config_errors(setup, toy_registry, change, expected):
+    data = yaml.safe_load(setup.read_text())
+    data.update(change)
+    if data["model"] is None:
+        del data["model"]
+    write(setup, data)
+    with pytest.raises(UserError) as info:
+        train_from_config(setup, registry=toy_registry)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_model_that_does_not_fit_the_chain(setup, toy_registry, tmp_path):
+    write(tmp_path / "tiny.yaml", dict(TINY, input=[1, 8, 8]))
+    with pytest.raises(UserError, match=r"model\.path: the model .* takes \(C,H,W\) = \(1, 8, 8\)"):
+        train_from_config(setup, registry=toy_registry)
+    three = dict(
+        TINY, classes=["a", "b", "c"], layers=[*TINY["layers"][:-1], {"type": "dense", "units": 3}]
+    )
+    write(tmp_path / "tiny.yaml", three)
+    with pytest.raises(
+        UserError, match=r"the dataset has labels 0\.\.3, the model .* has 3 classes"
+    ):
+        train_from_config(setup, registry=toy_registry)
+
+
+# ------------------------------------------------------------------ the real CLI
+
+
+def cli_setup(tmp_path, npz_dataset, **model):
+    write(tmp_path / "tiny.yaml", dict(TINY, **model))
+    cfg = {
+        "dataset": {"kind": "npz", "path": str(npz_dataset)},
+        "model": {"path": "tiny.yaml"},
+        "train": {"epochs": 1, "batch_size": 8},
+        "run": {"out": str(tmp_path / "runs")},
+    }
+    return write(tmp_path / "cfg.yaml", cfg)
+
+
+def test_cli_trains_and_writes_the_run_folder(tmp_path, npz_dataset):
+    cfg = cli_setup(tmp_path, npz_dataset)
+    res = sensorlab(
+        "train",
+        cfg,
+        "--name",
+        "cli",
+        "-q",
+        "--set",
+        "train.epochs=2",
+        "--blas-threads",
+        "1",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "sensorlab train tiny: 36 training images, 4 validation, 2 epochs" in res.stdout
+    assert (tmp_path / "runs" / "cli" / "model.npz").exists()
+
+
+def test_cli_bad_model_file_is_one_line_and_exit_2(tmp_path, npz_dataset):
+    cfg = cli_setup(tmp_path, npz_dataset, layers=[{"type": "conv2", "filters": 2, "kernel": 3}])
+    res = sensorlab("train", cfg, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().endswith(
+        "tiny.yaml: layers[0] (conv2_0): unknown layer type 'conv2' (did you mean 'conv2d'?)"
+    )
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_cli_bad_train_value_exit_2(tmp_path, npz_dataset):
+    cfg = cli_setup(tmp_path, npz_dataset)
+    res = sensorlab("train", cfg, "--set", "train.batch_size=0", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "cfg.yaml: train.batch_size: " in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
