@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "pipeline.commands",
     "pipeline.train",
     "pipeline.characterize",
+    "pipeline.export",
 )
 
 

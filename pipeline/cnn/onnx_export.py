@@ -69,6 +69,7 @@ __all__ = [
     "export_onnx",
     "ir_version_for",
     "metadata",
+    "read_metadata",
     "save_onnx",
 ]
 
@@ -407,8 +408,9 @@ def _layer_nodes(
             # zeros is the identical undilated convolution.
             w = np.asarray(params["weight"], np.float32)
             dh, dw = dilation
-            wide = np.zeros((*w.shape[:2], dh * (w.shape[2] - 1) + 1, dw * (w.shape[3] - 1) + 1),
-                            np.float32)
+            wide = np.zeros(
+                (*w.shape[:2], dh * (w.shape[2] - 1) + 1, dw * (w.shape[3] - 1) + 1), np.float32
+            )
             wide[:, :, ::dh, ::dw] = w
             inits[0] = _const(f"{name}.weight", wide)
             kernel, dilation = list(wide.shape[2:]), [1, 1]
