@@ -150,10 +150,11 @@ def load_source(
         weights_path = Path(weights) if weights else path / "model.npz"
         if config is None and (path / "config.yaml").is_file():
             loaded = load_run_config(path, registry=registry)
+        model = load_model(yaml_path, weights_path)
     else:
         yaml_path = path
+        model = load_model(yaml_path, weights)  # default <stem>.npz, with a hint when absent
         weights_path = Path(weights) if weights else path.with_suffix(".npz")
-    model = load_model(yaml_path, weights_path)
     if config is not None:
         loaded = load_config(config, registry=registry)
     return ModelSource(model, yaml_path, weights_path, run_dir, loaded)

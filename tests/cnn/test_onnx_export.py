@@ -252,37 +252,6 @@ def make_config(
     return write_yaml(folder / f"{name}.yaml", cfg)
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """A run folder from `sensorlab train` (the tiny net on 240 pattern images seen through
-    a 10-bit RGGB sensor), and an evaluation config of 200 other images, same sensor."""
-    from threadpoolctl import threadpool_limits
-
-    from pipeline.train import train_from_config
-
-    folder = tmp_path_factory.mktemp("trained")
-    for split, n, seed in (("train", 240, 1), ("test", 200, 2)):
-        x, y = pattern_images(n, 16, seed)
-        np.savez(folder / f"{split}.npz", x=x, y=y)
-    write_yaml(folder / "tiny16.yaml", TINY)
-    train_cfg = make_config(
-        folder,
-        "train.npz",
-        name="train",
-        train={
-            "epochs": 12,
-            "batch_size": 16,
-            "lr": 0.01,
-            "optimizer": "adam",
-            "val_fraction": 0.2,
-        },
-    )
-    eval_cfg = make_config(folder, "test.npz", name="eval")
-    with threadpool_limits(1, user_api="blas"):
-        run = train_from_config(train_cfg, ["run.name=tiny"])
-    return {"folder": folder, "run": run.path, "eval": eval_cfg, "train": train_cfg}
-
-
 def chain_for(folder: Path, sensor: list, *, size=(12, 10), n: int = 6, seed: int = 0):
     """A real sensor chain (scene -> photodetector -> adc -> raw) over random images, and one
     batch: (front settings, ADC codes, raw-stage output as NCHW)."""
