@@ -84,7 +84,7 @@ BATCH_DIM = "N"
 FRONT_PREFIX = "front/"  # names of the front end's nodes and constants
 PRODUCER = "sensorlab"
 _RESERVED = {INPUT_NAME, RAW_INPUT_NAME, LOGITS_NAME, PROBS_NAME}
-_ONNX_INT_TYPES = {
+_INPUT_TYPES = {
     "uint8": TensorProto.UINT8,
     "uint16": TensorProto.UINT16,
     "uint32": TensorProto.UINT32,
@@ -256,6 +256,12 @@ def _bilinear_plan(tile: Sequence[Sequence[str]], h: int, w: int):
 
 def _front_nodes(front: SensorFront, input_dtype: str, out: str):
     """Nodes and initializers of the raw front end: ``dn`` codes -> ``out`` (N, C, H, W)."""
+    if input_dtype not in _INPUT_TYPES:
+        raise UserError(
+            f"unsupported front-end input dtype {input_dtype!r} "
+            f"(choose from {', '.join(_INPUT_TYPES)})",
+            key="input_dtype",
+        )
     f = FRONT_PREFIX
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
@@ -377,10 +383,8 @@ def _front_nodes(front: SensorFront, input_dtype: str, out: str):
         )
     else:
         nodes.append(helper.make_node("Identity", [last], [out], name=f + "output"))
-    if input_dtype not in _ONNX_INT_TYPES:
-        raise UserError(f"unsupported front-end input dtype {input_dtype!r}", key="input_dtype")
     dn_shape = [BATCH_DIM, *front.adc_shape]
-    dn = helper.make_tensor_value_info(RAW_INPUT_NAME, _ONNX_INT_TYPES[input_dtype], dn_shape)
+    dn = helper.make_tensor_value_info(RAW_INPUT_NAME, _INPUT_TYPES[input_dtype], dn_shape)
     return dn, nodes, inits
 
 
@@ -412,7 +416,7 @@ def _layer_nodes(
                 (*w.shape[:2], dh * (w.shape[2] - 1) + 1, dw * (w.shape[3] - 1) + 1), np.float32
             )
             wide[:, :, ::dh, ::dw] = w
-            inits[0] = _const(f"{name}.weight", wide)
+            inits = [_const(f"{name}.{k}", wide if k == "weight" else v) for k, v in params.items()]
             kernel, dilation = list(wide.shape[2:]), [1, 1]
         n = helper.make_node(
             "Conv",

@@ -207,7 +207,6 @@ class _Converter:
                 if out.name in n.output and n.op_type == "Softmax" and list(n.input) == [logits]:
                     self.readers[logits] = self.readers.get(logits, 0) + 1
                     self._op_Softmax(n, self._attrs(n))
-                    self.ref[logits] = self.rows[-2]["name"]
                     return
 
     def _constant(self, n: onnx.NodeProto) -> np.ndarray:

@@ -464,6 +464,7 @@ FRONT_CASES = {
     "RGBW": ("RGBW", 10, {}),
     "RGGB-8bit": ("RGGB", 8, {}),
     "RGGB-16bit": ("RGGB", 16, {}),
+    "RGGB-20bit": ("RGGB", 20, {}),
     "RGGB-mosaic-output": ("RGGB", 10, {"output": "mosaic"}),
     "mono": ("mono", 10, {}),
     "mono-single": ("mono", 10, {"mono_output": "single"}),
@@ -491,7 +492,7 @@ def test_raw_front_equals_the_numpy_raw_stage_and_cnn(case, tmp_path):
         {"stage": "raw", **raw},
     ]
     front, dn, nchw = chain_for(tmp_path, sensor, n=4)
-    assert dn.dtype == (np.uint8 if bits <= 8 else np.uint16)
+    assert dn.dtype == (np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32)
     model = case_model(LAYER_CASES["conv2d"], input_shape=nchw.shape[1:])
     proto = export_onnx(model, front=front, with_front=True)
     assert proto.graph.input[0].name == RAW_INPUT_NAME
@@ -702,10 +703,36 @@ def test_compatibility_table_in_the_docs(tmp_path):
                     assert ok[(rt, "int8", front_name, opset)], (rt, front_name, opset)
                 else:
                     assert not ok[(rt, "int8", front_name, opset)]
-    _write_table(rows, ov_run is not None)
+    _write_table(rows, ov_run is not None, _opencv_int8_depthwise_probe(tmp_path))
 
 
-def _write_table(rows, have_openvino: bool) -> None:
+def _opencv_int8_depthwise_probe(tmp: Path) -> str:
+    """OpenCV on a depthwise 5×5 convolution with padding 1 after another convolution (a
+    case found while testing the new engine on int8): each engine's output against
+    onnxruntime's (which onnx.reference confirms). Returns the finding for the docs."""
+    layers = [
+        {"type": "conv2d", "filters": 4, "kernel": 3, "padding": 1},
+        {"type": "conv2d", "filters": 4, "kernel": 5, "groups": 4, "padding": 1},
+        *F,
+    ]
+    model = case_model(layers, seed=4)
+    x = np.random.default_rng(6).random((32, 3, 8, 8), dtype=np.float32)
+    float_proto = export_onnx(model, opset=19)
+    found = []
+    for precision, proto in (
+        ("float", float_proto),
+        ("int8", quantize_int8(float_proto, [x[:16], x[16:]])),
+    ):
+        want = run_onnxruntime(proto, {INPUT_NAME: x[:4]})[0]
+        assert max_diff(run_reference(proto, {INPUT_NAME: x[:4]})[0], want) <= 1e-6 * np.ptp(want)
+        for engine in ("new", "classic"):
+            d = max_diff(run_opencv(proto, {INPUT_NAME: x[:4]}, engine=engine, tmp=tmp)[0], want)
+            verdict = "right" if d <= 1e-3 * float(np.ptp(want)) else f"wrong (max |Δ| {d:.0e})"
+            found.append(f"{engine} engine {precision}: {verdict}")
+    return "; ".join(found)
+
+
+def _write_table(rows, have_openvino: bool, depthwise_probe: str) -> None:
     versions = (
         f"onnx {onnx.__version__}, onnxruntime {ort.__version__}, "
         f"OpenCV {cv2.__version__}"
@@ -734,6 +761,15 @@ def _write_table(rows, have_openvino: bool) -> None:
         "",
         f"Measured with {versions}.",
         "",
+        "```sh",
+        "sensorlab export runs/my-run --out model.onnx                       # float, opset 17",
+        "sensorlab export runs/my-run --out raw.onnx --front raw             # takes ADC codes",
+        "sensorlab export runs/my-run --out int8.onnx --front raw --int8 --opset 19 \\",
+        "    --calibration configs/eval.yaml      # + int8.report.json: float vs int8 accuracy",
+        "sensorlab eval runs/my-run --backend opencv --onnx raw.onnx --config configs/eval.yaml",
+        "sensorlab import model.onnx --out imported/        # model YAML + weights",
+        "```",
+        "",
         head,
         "|" + "---|" * (3 + len(TABLE_OPSETS)),
     ]
@@ -753,6 +789,8 @@ def _write_table(rows, have_openvino: bool) -> None:
         "  tested. The new engine cannot run a quantised bias, so int8 exports keep biases",
         "  in float. The classic engine computes some padded, dilated depthwise convolutions",
         "  wrongly; the exporter writes those as the equivalent undilated kernel.",
+        "- A depthwise 5×5 convolution with padding 1 that follows another convolution,",
+        f"  on OpenCV: {depthwise_probe}.",
         "- OpenVINO (optional) computes in bf16 on CPUs that have it: compare with the",
         "  `INFERENCE_PRECISION_HINT: f32` setting. Its CPU plugin refuses a uint16 input on",
         "  an int8 model: export with `--input-dtype int32`.",
