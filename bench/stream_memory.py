@@ -1,111 +1,78 @@
-"""Memory check: streaming a dataset through the sensor chain keeps memory flat.
+"""Memory benchmark: a run streams its dataset, so peak memory does not grow with its size.
 
-A lazy dataset makes its images on demand (so it holds nothing itself); the default
-sensor chain (scene → optics → photodetector → adc → raw), built by the runner from a
-config, streams it batch by batch with ``Chain.stream``. The peak of traced
-allocations (``tracemalloc``, which sees NumPy's and OpenCV's array buffers) is measured
-for a small and an 8× larger dataset; flat means the larger run's peak is no more than
-10 % (+ 1 MiB) above the smaller one's.
+Runs the real runner (``pipeline.run``: dataset, every configured stage, the classifier
+when the config has one, the zarr store and samples.png) on the same config with a
+small and a 10× larger procedural dataset, each in a fresh subprocess, and compares the
+processes' peak resident memory (``ru_maxrss``, which includes the interpreter and
+libraries: the honest figure a user sees). Target: large ≤ 1.2 × small.
 
 Run from the repository root::
 
-    /work/venv/bin/python -m bench.stream_memory            # 512 vs 4096 images of 64×64
-    /work/venv/bin/python -m bench.stream_memory --quick    # 256 vs 2048 images of 32×32
+    python -m bench.stream_memory                              # 2,000 vs 20,000 images
+    python -m bench.stream_memory --small 500 --large 5000     # quicker
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import subprocess
 import sys
-import time
-import tracemalloc
+import tempfile
 from pathlib import Path
 
-import numpy as np
+ROOT = Path(__file__).resolve().parents[1]
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import load_config
-from pipeline.datasets import Dataset
-from pipeline.runner import build_chain
-
-MIB = 2**20
-
-SENSOR = [
-    {"stage": "scene", "mean_photons": 1000},
-    {"stage": "optics", "psf": "gaussian", "sigma_px": 0.7},
-    {"stage": "photodetector", "cfa": "RGGB", "read_noise_e": 2.0},
-    {"stage": "adc", "bits": 10},
-    {"stage": "raw", "demosaic": "bilinear"},
-]
-
-
-class LazyDataset(Dataset):
-    """``n`` uint8 sRGB images, each made from its index when read: holds no images."""
-
-    def __init__(self, n: int, size: int) -> None:
-        self.n = n
-        self.image_shape = (size, size, 3)
-        self.dtype = np.dtype(np.uint8)
-        self.encoding = "srgb8"
-        self.class_names = ("a", "b")
-
-    def __len__(self) -> int:
-        return self.n
-
-    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        images = np.stack(
-            [
-                np.random.default_rng(i).integers(0, 256, self.image_shape, dtype=np.uint8)
-                for i in range(start, stop)
-            ]
-        )
-        return images, np.arange(start, stop) % 2
+CHILD = """
+import json, resource, sys, time
+import pipeline
+config, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+t0 = time.perf_counter()
+result = pipeline.run(config, set={"dataset.n": n, "dataset.split": "test", "run.out": out},
+                      progress=False)
+seconds = time.perf_counter() - t0
+print(json.dumps({
+    "images": result.manifest["dataset"]["images"],
+    "seconds": seconds,
+    "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "accuracy": (result.metrics or {}).get("accuracy"),
+}))
+"""
 
 
-def stream_peak(n: int, size: int, batch_size: int) -> tuple[float, float, float]:
-    """(peak traced MiB, seconds, mean of the output) for streaming ``n`` images."""
-    loaded = load_config(
-        {"dataset": {"kind": "npz", "path": "unused.npz"}, "sensor": SENSOR, "seed": 0}
+def measure(config: str, n: int, out: str) -> dict:
+    """Run ``config`` on ``n`` test images in a fresh process; its peak RSS and time."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, config, str(n), out],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    dataset = LazyDataset(n, size)
-    chain = build_chain(loaded, dataset.info())
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    start = time.perf_counter()
-    total, count = 0.0, 0
-    for x, _labels, _index in chain.stream(dataset, batch_size):
-        total += float(x.sum(dtype=np.float64))  # use the output, then drop it
-        count += x.size
-    seconds = time.perf_counter() - start
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return peak / MIB, seconds, total / count
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--large", type=int, default=20000)
     args = parser.parse_args(argv)
-    # Several batches even in the small run: steady state holds two batches' arrays at once.
-    size, small, large = (32, 256, 2048) if args.quick else (64, 512, 4096)
-    peaks = {}
-    for n in (small, large):
-        peak, seconds, mean = stream_peak(n, size, args.batch_size)
-        peaks[n] = peak
+    with tempfile.TemporaryDirectory() as out:
+        small = measure(args.config, args.small, out)
+        large = measure(args.config, args.large, out)
+    for r in (small, large):
         print(
-            f"{n:6d} images of {size}×{size}, batch {args.batch_size}: peak traced "
-            f"{peak:7.1f} MiB, {n / seconds:7.0f} images/s, output mean {mean:.4f}"
+            f"{r['images']:7d} images: peak RSS {r['max_rss_mib']:7.1f} MiB, "
+            f"{r['images'] / r['seconds']:7.0f} images/s, accuracy {r['accuracy']}"
         )
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(f"process max RSS: {rss_mib:.0f} MiB")
-    flat = peaks[large] <= 1.10 * peaks[small] + 1.0
-    verdict = "flat" if flat else "NOT flat"
-    growth = peaks[large] / peaks[small]
-    print(f"memory {verdict}: {large // small}× the images, peak ×{growth:.2f}")
-    return 0 if flat else 1
+    ratio = large["max_rss_mib"] / small["max_rss_mib"]
+    ok = ratio <= 1.2
+    print(
+        f"{args.config}: {large['images'] / small['images']:.0f}× the images, peak RSS ×{ratio:.3f}"
+        f" ({'within' if ok else 'OVER'} the 1.2× target)"
+    )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -16,21 +16,21 @@ _CHANNEL = {"R": 0, "G": 1, "B": 2}
 def display_image(x: np.ndarray, unit: str, attrs: Mapping[str, Any]) -> np.ndarray:
     """An (H,W,3) float image in [0,1] for display.
 
-    DN are scaled by the white level (black level removed), dataset images by their
-    coding range, other units by the image's 99.5th percentile. A mosaic is shown as
-    a mosaic: each photosite in the colour of its filter.
+    8-bit sRGB dataset images are shown as they are. Everything else is linear light
+    (photons, electrons, DN less the black level, the raw stage's linear RGB): it is
+    scaled so the image's 99.5th percentile is white, then given the sRGB display curve,
+    so that dim and bright images are both visible; quantisation steps stay visible as
+    posterisation. A mosaic is shown as a mosaic, each photosite in its filter's colour.
     """
     x = np.asarray(x, dtype=np.float64)
-    if unit == "DN":
-        black = float(attrs.get("black_level_dn", 0.0))
-        white = float(attrs.get("white_level_dn", x.max() if x.size else 1.0))
-        x = (x - black) / max(white - black, 1e-12)
-    elif unit == "image":
-        enc = attrs.get("encoding", "float")
-        x = x / {"srgb8": 255.0, "linear16": 65535.0}.get(enc, 1.0)
+    if unit == "image" and attrs.get("encoding") == "srgb8":
+        x = x / 255.0
     else:
+        if unit == "DN":
+            x = x - float(attrs.get("black_level_dn", 0.0))
         top = np.percentile(x, 99.5) if x.size else 1.0
-        x = x / top if top > 0 else x
+        x = np.clip(x / top if top > 0 else x, 0.0, 1.0)
+        x = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
     x = np.clip(x, 0.0, 1.0)
     if x.ndim == 2:
         tile = attrs.get("cfa_tile")
@@ -90,6 +90,10 @@ def samples_figure(
                 ax.set_yticks([])
             if row == 0:
                 ax.set_title(f"{name}\n[{info.unit}]", fontsize=8, loc="left")
+    fig.suptitle(
+        "first images through every stage (linear signals: per-image scaled, sRGB display curve)",
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -43,13 +43,13 @@ __all__ = [
     "FIT_FRACTION",
     "SIGMA_Q2_DN2",
     "PhotonTransfer",
-    "bits",
-    "decibels",
     "fit_mask",
     "fit_through_origin",
     "nonuniformity",
     "pair_statistics",
     "photon_transfer",
+    "ratio_bits",
+    "ratio_db",
     "saturation_index",
     "sensitivity_threshold_e",
     "snr_model",
@@ -210,12 +210,12 @@ def sensitivity_threshold_e(
     return float(np.sqrt(sigma_d_e**2 + var_q_dn2 / system_gain_dn_per_e**2 + 0.25) + 0.5)
 
 
-def decibels(ratio: float) -> float:
+def ratio_db(ratio: float) -> float:
     """``20 log10(ratio)``: an amplitude ratio in dB."""
     return float(20.0 * np.log10(ratio))
 
 
-def bits(ratio: float) -> float:
+def ratio_bits(ratio: float) -> float:
     """``log2(ratio)``: a ratio in bits (stops)."""
     return float(np.log2(ratio))
 

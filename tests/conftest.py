@@ -110,7 +110,7 @@ def npz_dataset(tmp_path) -> Path:
 def toy_config(dataset: Path, out: Path, **run) -> dict:
     return {
         "seed": 7,
-        "dataset": {"kind": "npz", "path": str(dataset)},
+        "dataset": {"kind": "npz", "path": str(dataset), "split": "all"},
         "sensor": [
             {"stage": "toy_scene", "photons": 500},
             {"stage": "toy_shot", "dsnu_e": 2.0},

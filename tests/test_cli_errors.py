@@ -160,7 +160,7 @@ def test_nan_in_input(tmp_path, base, plugin_dir):
     _assert_user_error(
         sensorlab("run", _write(tmp_path, base), cwd=tmp_path, plugin=plugin_dir),
         tmp_path,
-        "cfg.yaml: dataset: image 4 contains inf",
+        "cfg.yaml: dataset.path: x contains inf at image 4",
     )
 
 

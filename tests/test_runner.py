@@ -122,13 +122,17 @@ def test_record_selection_and_overrides(toy_registry, npz_dataset, tmp_path):
 
 
 def test_nan_in_input_is_a_user_error(toy_registry, tmp_path):
+    from pipeline.datasets import ArrayDataset
+
     x = np.full((5, 4, 4, 3), 0.5, np.float32)
     x[3, 1, 1, 0] = np.nan
     np.savez(tmp_path / "nan.npz", x=x, y=np.zeros(5, int))
-    with pytest.raises(UserError, match="dataset: image 3 contains NaN"):
-        run(
-            toy_config(tmp_path / "nan.npz", tmp_path / "runs", batch_size=2), registry=toy_registry
-        )
+    cfg = toy_config(tmp_path / "nan.npz", tmp_path / "runs", batch_size=2)
+    with pytest.raises(UserError, match=r"<dict>: dataset\.path: x contains NaN at image 3"):
+        run(cfg, registry=toy_registry)
+    # arrays handed over through the Python API are checked too
+    with pytest.raises(UserError, match="x contains NaN at image 3"):
+        run(cfg, registry=toy_registry, dataset=ArrayDataset(x, np.zeros(5, int)))
     assert _complete_runs(tmp_path / "runs") == []
 
 

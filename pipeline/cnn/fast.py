@@ -36,15 +36,21 @@ add                —                            —  sum of all inputs (numpy 
 concat             axis=1                       —  inputs joined along ``axis``
 =================  ===========================  ===================================
 
-Semantics are exactly those of :mod:`pipeline.cnn.functional` (ONNX conventions), and
+Semantics are those of :mod:`pipeline.cnn.functional` (ONNX conventions), and
 :func:`run_reference` runs a spec through those functions one op at a time.
 
 :func:`compile_inference(ops, input_shape) <compile_inference>` returns a callable taking
 an (N, C, H, W) batch (any N; ``input_shape`` is one image's (C, H, W)) and returning the
-last op's output as float32.
+last op's output as float32. It agrees with :func:`run_reference` to float32 rounding
+(sums run in another order and batch norm is folded into the convolution before it):
+the tests hold it to 1e-5 of the output's largest magnitude against a float64 reference.
 
-How it is fast (see docs in shared/perf-notes.md)
--------------------------------------------------
+:func:`model_ops` turns a :class:`pipeline.cnn.model.Model` into a spec and
+:func:`fast_forward` runs a float32 model's evaluation pass through a compiled network
+cached per model (``Model.forward(x)`` in evaluation mode calls it).
+
+How it is fast (the measured recipe of the project's performance notes)
+-----------------------------------------------------------------------
 - Feature maps live in NHWC inside, in a *flat padded* buffer: images stacked, each row
   followed by ``pc`` zero pixels and each image by ``pr`` zero rows (shared between
   neighbours), so the buffer is one (rows, C) matrix and a kernel tap is a row offset.
@@ -65,7 +71,7 @@ How it is fast (see docs in shared/perf-notes.md)
   (threadpoolctl), which beats one multi-threaded GEMM between single-threaded copies.
 - Everything else (stride 2, dilation, groups, padding that changes the size, pooling
   elsewhere, add/concat, softmax, ...) runs the plain functional path on NCHW views of
-  the same data, so the result stays exactly the functional semantics.
+  the same data, so every spec keeps the functional semantics.
 
 While a compiled network runs with ``threads > 1`` it limits the process's BLAS to one
 thread (threadpoolctl); other threads calling BLAS at the same moment run single-threaded.
@@ -74,6 +80,7 @@ thread (threadpoolctl); other threads calling BLAS at the same moment run single
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +89,17 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from pipeline.cnn import functional as F
+from pipeline.errors import did_you_mean
 
-__all__ = ["OP_TYPES", "CompiledNet", "Op", "compile_inference", "run_reference"]
+__all__ = [
+    "OP_TYPES",
+    "CompiledNet",
+    "Op",
+    "compile_inference",
+    "fast_forward",
+    "model_ops",
+    "run_reference",
+]
 
 
 @dataclass(frozen=True)
@@ -138,11 +154,8 @@ def _resolve_inputs(ops: Sequence[Op]) -> list[tuple[int, ...]]:
     out = []
     for i, op in enumerate(ops):
         if op.type not in OP_TYPES:
-            hint = F.__name__  # keep names in one place for the message
-            raise ValueError(
-                f"{_op_label(i, op)}: unknown op type; expected one of {', '.join(OP_TYPES)}"
-                f" (semantics as in {hint})"
-            )
+            hint = did_you_mean(op.type, OP_TYPES) or f" (one of {', '.join(OP_TYPES)})"
+            raise ValueError(f"{_op_label(i, op)}: unknown op type{hint}")
         if not op.inputs:
             raise ValueError(f"{_op_label(i, op)}: needs at least one input")
         idx = []
@@ -756,3 +769,103 @@ def compile_inference(
     float32 output, with the semantics of :func:`run_reference`.
     """
     return CompiledNet(ops, tuple(input_shape), threads=threads, chunk_rows=chunk_rows)
+
+
+# ------------------------------------------------------------- pipeline.cnn.model glue
+
+
+def model_ops(model: Any) -> list[Op] | None:
+    """The evaluation graph of a :class:`pipeline.cnn.model.Model` (up to its logits) as
+    a spec, or None when a layer type has no op here (the model then keeps its layers).
+
+    Uses the model's public structure: ``spec.nodes`` (``type``, ``name``, ``args``,
+    ``inputs``, ``layer``), ``spec.output_index``, and ``params`` / ``buffers`` keyed
+    ``"<layer>.<param>"``. Batch norm uses the running statistics; dropout is the identity.
+    """
+    spec = model.spec
+    ops: list[Op] = []
+    where: dict[int, int | str] = {-1: "input"}  # node index -> op index
+    p, bufs = model.params, model.buffers
+    for node in spec.nodes[: spec.output_index + 1]:
+        a, name = node.args, node.name
+        ins = tuple(where[j] for j in node.inputs)
+        t = node.type
+        if t == "conv2d":
+            w = {"w": p[f"{name}.weight"]}
+            if a.bias:
+                w["b"] = p[f"{name}.bias"]
+            attrs = {
+                "stride": a.stride,
+                "padding": node.layer.pads,
+                "dilation": a.dilation,
+                "groups": a.groups,
+            }
+            ops.append(Op("conv", attrs, w, ins, name))
+        elif t == "dense":
+            w = {"w": p[f"{name}.weight"]}
+            if a.bias:
+                w["b"] = p[f"{name}.bias"]
+            ops.append(Op("dense", {}, w, ins, name))
+        elif t in ("maxpool2d", "avgpool2d"):
+            attrs = {"size": a.size, "stride": node.layer.stride, "padding": a.padding}
+            ops.append(Op("max_pool" if t == "maxpool2d" else "avg_pool", attrs, {}, ins, name))
+        elif t == "global_avgpool":  # (N, C), not (N, C, 1, 1)
+            ops.append(Op("global_avg_pool", {}, {}, ins, name))
+            ops.append(Op("flatten", name=name))
+        elif t == "batchnorm2d":
+            w = {
+                "gamma": p[f"{name}.weight"],
+                "beta": p[f"{name}.bias"],
+                "mean": bufs[f"{name}.running_mean"],
+                "var": bufs[f"{name}.running_var"],
+            }
+            ops.append(Op("batch_norm", {"eps": a.eps}, w, ins, name))
+        elif t == "leaky_relu":
+            ops.append(Op("leaky_relu", {"alpha": a.alpha}, {}, ins, name))
+        elif t == "softmax":
+            ops.append(Op("softmax", {"axis": -1}, {}, ins, name))
+        elif t == "concat":
+            ops.append(Op("concat", {"axis": 1}, {}, ins, name))
+        elif t == "dropout":
+            ops.append(Op("identity", {}, {}, ins, name))
+        elif t in ("relu", "sigmoid", "tanh", "flatten", "add"):
+            ops.append(Op(t, {}, {}, ins, name))
+        else:
+            return None
+        where[node.index] = len(ops) - 1
+    return ops
+
+
+_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_compiled_lock = threading.Lock()
+
+
+def _fingerprint(model: Any) -> tuple:
+    """Changes whenever a parameter or buffer array is replaced or any value changes
+    (an integer sum of the float bit patterns: any single changed value shows)."""
+    parts = []
+    for k, a in (*model.params.items(), *model.buffers.items()):
+        bits = np.ascontiguousarray(a).view(np.uint32 if a.itemsize == 4 else np.uint64)
+        parts.append((k, id(a), a.shape, int(bits.sum(dtype=np.uint64))))
+    return (id(model.spec), tuple(parts))
+
+
+def fast_forward(model: Any, x: np.ndarray) -> np.ndarray | None:
+    """Evaluation-mode logits of a float32 :class:`pipeline.cnn.model.Model` through a
+    compiled network, or None when the model cannot use it (float64, an unknown layer).
+
+    The compiled network is cached per model and rebuilt when any parameter or buffer
+    has changed since (training updates them in place)."""
+    if np.dtype(model.dtype) != np.float32:
+        return None
+    key = _fingerprint(model)
+    with _compiled_lock:
+        hit = _compiled.get(model)
+    if hit is None or hit[0] != key:
+        ops = model_ops(model)
+        net = None if ops is None else compile_inference(ops, model.input_shape)
+        hit = (key, net)
+        with _compiled_lock:
+            _compiled[model] = hit
+    net = hit[1]
+    return None if net is None else net(x)

@@ -19,6 +19,11 @@ and returns the gradients with respect to the forward's inputs, in the same dtyp
 Backward functions are checked against central finite differences in
 ``tests/cnn/test_gradients_functional.py``.
 
+Threads: convolutions and dense layers split their rows over one Python thread per
+usable core, each with single-threaded BLAS (the process's BLAS is limited to one thread
+while a split runs; see :class:`single_thread_blas`). Inside :class:`serial_region` they
+run in the calling thread only, for callers that already run one thread per core.
+
 References: ONNX operator specification (Conv, MaxPool, AveragePool, Gemm,
 BatchNormalization, Softmax, Flatten), https://onnx.ai/onnx/operators/ ;
 Goodfellow, Bengio & Courville, *Deep Learning*, ch. 6 and 9.
@@ -61,11 +66,14 @@ __all__ = [
     "relu",
     "relu_backward",
     "resolve_padding",
+    "serial_region",
     "sigmoid",
     "sigmoid_backward",
+    "single_thread_blas",
     "softmax",
     "tanh",
     "tanh_backward",
+    "usable_cpus",
 ]
 
 IntPair: TypeAlias = int | tuple[int, int] | Sequence[int]
@@ -96,6 +104,17 @@ _pool: ThreadPoolExecutor | None = None
 _blas_users = 0
 _blas_limit: Any = None
 _blas_controller: Any = None
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: start afresh."""
+    global _pool, _pool_lock, _blas_users, _blas_limit, _blas_controller, _state
+    _pool, _pool_lock, _state = None, threading.Lock(), threading.local()
+    _blas_users, _blas_limit, _blas_controller = 0, None, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def usable_cpus() -> int:

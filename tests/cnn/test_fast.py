@@ -281,8 +281,12 @@ def test_bench_net_matches_reference_and_onnxruntime():
 
 def test_spec_errors_name_the_op():
     w = {"w": np.zeros((2, 3, 3, 3), np.float32)}
-    with pytest.raises(ValueError, match=r"op 0 \(convolution\): unknown op type"):
-        compile_inference([Op("convolution")], (3, 8, 8))
+    with pytest.raises(
+        ValueError, match=r"op 0 \(conv2d\): unknown op type \(did you mean 'conv'\?\)"
+    ):
+        compile_inference([Op("conv2d")], (3, 8, 8))
+    with pytest.raises(ValueError, match=r"unknown op type \(one of conv, dense, "):
+        compile_inference([Op("lstm")], (3, 8, 8))
     with pytest.raises(ValueError, match="not an earlier op"):
         compile_inference([Op("relu", inputs=(0,))], (3, 8, 8))
     with pytest.raises(ValueError, match=r"op 0 \(relu\): unknown attribute 'alpha'"):
@@ -296,3 +300,105 @@ def test_spec_errors_name_the_op():
         net(np.zeros((1, 3, 9, 8)))
     y = net(np.ones((2, 3, 8, 8)))  # float64 input is accepted, output is float32
     assert y.dtype == np.float32 and y.shape == (2, 2, 8, 8)
+
+
+# --------------------------------------------------------------- Model integration
+
+
+def _model(layers, input_shape=(3, 12, 12), dtype=np.float32, seed=0):
+    from pipeline.cnn.graph import parse_graph
+    from pipeline.cnn.model import Model
+
+    spec = parse_graph({"input": list(input_shape), "classes": ["a", "b", "c"], "layers": layers})
+    model = Model(spec, dtype=dtype, init_seed=seed)
+    rng = np.random.default_rng(seed)
+    for k, v in model.buffers.items():  # non-trivial batch-norm statistics
+        v[...] = rng.random(v.shape) + (0.5 if k.endswith("var") else -0.5)
+    for k, v in model.params.items():
+        if k.endswith("bias"):
+            v[...] = rng.standard_normal(v.shape) * 0.1
+    return model
+
+
+def _eval_both(model, x):
+    fast = model.forward(x)
+    model.fast_eval = False
+    try:
+        slow = model.forward(x)
+    finally:
+        model.fast_eval = True
+    return fast, slow
+
+
+def _close(a, b):
+    assert a.shape == b.shape and a.dtype == b.dtype == np.float32
+    err = float(np.abs(a - b).max() / np.abs(b).max())
+    assert err < TOL, err
+
+
+def test_model_eval_uses_fast_path_for_the_shipped_graph():
+    from pathlib import Path
+
+    from pipeline.cnn import fast
+    from pipeline.cnn.graph import load_graph
+    from pipeline.cnn.model import Model
+
+    yaml_path = Path(__file__).resolve().parents[2] / "configs" / "models" / "rgb32.yaml"
+    model = Model(load_graph(yaml_path), init_seed=3)
+    x = np.random.default_rng(4).random((6, 3, 32, 32), dtype=np.float32)
+    a, b = _eval_both(model, x)
+    _close(a, b)
+    net = fast._compiled[model][1]
+    assert [k for k, _ in net.steps].count("conv") == 4
+    np.testing.assert_array_equal(model.predict(x, batch_size=4), np.argmax(b, axis=1))
+
+
+def test_model_with_every_layer_type_matches_layers():
+    layers = [
+        {"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same", "name": "c1"},
+        {"type": "batchnorm2d"},
+        {"type": "relu", "name": "r1"},
+        {"type": "conv2d", "filters": 8, "kernel": 3, "padding": 2, "dilation": 2},
+        {"type": "leaky_relu", "alpha": 0.2},
+        {"type": "add", "from": [-1, "r1"]},
+        {"type": "conv2d", "filters": 4, "kernel": 1, "from": ["input"], "name": "side"},
+        {"type": "sigmoid"},
+        {"type": "concat", "from": [-3, -1]},
+        {"type": "maxpool2d", "size": 3, "stride": 2, "padding": 1},
+        {"type": "conv2d", "filters": 12, "kernel": 3, "stride": 2, "padding": 1, "groups": 4},
+        {"type": "tanh"},
+        {"type": "avgpool2d", "size": 2, "stride": 1, "padding": 1},
+        {"type": "global_avgpool"},
+        {"type": "dropout", "rate": 0.5},
+        {"type": "dense", "units": 3},
+        {"type": "softmax"},
+    ]
+    model = _model(layers)
+    x = np.random.default_rng(5).random((5, 3, 12, 12), dtype=np.float32)
+    a, b = _eval_both(model, x)
+    _close(a, b)
+
+
+def test_model_fast_path_follows_parameter_changes():
+    from pipeline.cnn import fast
+
+    model = _model(
+        [
+            {"type": "conv2d", "filters": 4, "kernel": 3, "padding": 1},
+            {"type": "relu"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 3},
+        ],
+        input_shape=(2, 6, 6),
+    )
+    x = np.random.default_rng(6).random((3, 2, 6, 6), dtype=np.float32)
+    before = model.forward(x)
+    w = next(v for k, v in model.params.items() if k.endswith("weight"))
+    w[0, 0, 0, 0] += 0.5  # in place, as an optimiser step does
+    a, b = _eval_both(model, x)
+    _close(a, b)
+    assert not np.allclose(a, before)
+    # a float64 model keeps its layers (and its float64 results)
+    m64 = _model([{"type": "flatten"}, {"type": "dense", "units": 3}], (2, 6, 6), np.float64)
+    assert fast.fast_forward(m64, x.astype(np.float64)) is None
+    assert m64.forward(x).dtype == np.float64

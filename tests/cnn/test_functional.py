@@ -482,3 +482,27 @@ def test_conv_split_over_threads_matches_serial_and_scipy(monkeypatch, workers):
         np.testing.assert_allclose(g, g1, rtol=1e-12, atol=1e-12)
     ref = conv_reference(x, w, None, (1, 1), kw["padding"], kw["dilation"], kw["groups"])
     np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-10)
+
+
+def _conv_in_child(x, w, queue):
+    queue.put(F.conv2d(x, w, padding=1))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_threaded_conv_works_in_a_forked_child(monkeypatch):
+    """The worker pool of the parent does not exist in a forked child: no deadlock."""
+    import multiprocessing
+
+    monkeypatch.setattr(F, "usable_cpus", lambda: 2)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 3, 24, 24)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    expected = F.conv2d(x, w, padding=1)  # starts the parent's pool
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_conv_in_child, args=(x, w, queue))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
