@@ -1,10 +1,11 @@
 """``sensorlab train``: train the configured model on the dataset as the sensor sees it.
 
-The dataset's training split is streamed once through the configured sensor chain (so a
-model can be trained on 4-bit or 12-bit images, in dim light or bright), kept in memory
-as (N, C, H, W) float32, and the model YAML named by ``model.path`` is trained on it from
-random weights, with the ``train:`` section of the config (:class:`TrainConfig`). Each
-image's sensor noise is drawn once (per image, from the run seed), not anew every epoch.
+The dataset's ``train`` split (and its ``val`` split, for validation) is streamed once
+through the configured sensor chain (so a model can be trained on 4-bit or 12-bit images,
+in dim light or bright), kept in memory as (N, C, H, W) float32, and the model YAML named
+by ``model.path`` is trained on it from random weights, with the ``train:`` section of
+the config (:class:`TrainConfig`). Each image's sensor noise is drawn once (per image,
+from the run seed), not anew every epoch.
 
 A run folder is written atomically (built under a hidden name, renamed when complete)::
 
@@ -47,6 +48,7 @@ from pipeline.cnn.training import Callback, FitResult, TrainConfig, evaluate, fi
 from pipeline.errors import UserError
 
 __all__ = [
+    "ChainData",
     "TrainRun",
     "chain_arrays",
     "load_train_config",
@@ -140,6 +142,7 @@ def train_arrays(
     y: np.ndarray,
     cfg: TrainConfig,
     *,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
     out: str | Path | None = None,
     name: str | None = None,
     model_yaml: str | Path | None = None,
@@ -153,8 +156,9 @@ def train_arrays(
     Parameters
     ----------
     model : the model to train (its current weights are the start).
-    x, y : images (N, C, H, W) and integer labels (N,); ``cfg.val_fraction`` of them,
-        stratified by class, are held out for validation.
+    x, y : training images (N, C, H, W) and integer labels (N,).
+    val : validation images and labels; when None, ``cfg.val_fraction`` of ``x, y``
+        (stratified by class) are held out for validation.
     cfg : the training settings.
     out, name : write the run folder ``out/name`` (nothing is written when ``out`` is None).
     model_yaml : the model file copied into the folder (default: the graph's source).
@@ -168,7 +172,10 @@ def train_arrays(
     from pipeline.store import RunWriter
 
     y = np.asarray(y)
-    (x_tr, y_tr), val = split_train_val(x, y, cfg.val_fraction, cfg.seed)
+    if val is None:
+        (x_tr, y_tr), val = split_train_val(x, y, cfg.val_fraction, cfg.seed)
+    else:
+        x_tr, y_tr = x, y
     writer = checkpoint = None
     if out is not None:
         name = name or f"{model.spec.name}-train-{_stamp()}"
@@ -198,7 +205,7 @@ def train_arrays(
         metrics: dict[str, Any] = {}
         if val is not None:
             ev = evaluate(model, val, max(cfg.batch_size, 256))
-            preds = np.concatenate([np.argmax(z, axis=1) for z in model.batches(val[0], 256)])
+            preds = np.concatenate([np.argmax(z, axis=1) for z in model.iter_logits(val[0], 256)])
             metrics = classification_metrics(val[1], preds, model.class_names)
             metrics["loss"] = ev["loss"]
         metrics["training"] = {
@@ -369,20 +376,35 @@ def _load_without_train_field(source, overrides, registry):
     return loaded, cfg
 
 
+@dataclass
+class ChainData:
+    """A dataset split as the sensor sees it."""
+
+    x: np.ndarray  # (N, C, H, W) float32, the sensor chain's output
+    y: np.ndarray  # (N,) int64 labels
+    chain: Any  # the pipeline.runner.Chain that made x
+    class_names: tuple[str, ...]  # the dataset's
+
+
 def chain_arrays(
-    loaded: Any, *, split: str | None = "train", registry: Any = None, progress: bool = False
-) -> tuple[np.ndarray, np.ndarray, Any]:
-    """The dataset (``split``) streamed through the sensor chain: images (N, C, H, W)
-    float32, labels (N,), and the chain."""
+    loaded: Any,
+    *,
+    split: str | None = "train",
+    registry: Any = None,
+    progress: bool = False,
+    chain: Any = None,
+) -> ChainData:
+    """The dataset's ``split`` streamed through the sensor chain (built here unless given)."""
     from tqdm.auto import tqdm
 
     from pipeline.runner import build_chain, open_config_dataset
 
     dataset = open_config_dataset(loaded, split=split)
-    chain = build_chain(loaded, dataset.info(), registry=registry, with_model=False)
+    if chain is None:
+        chain = build_chain(loaded, dataset.info(), registry=registry, with_model=False)
     xs, ys = [], []
     with tqdm(
-        total=len(dataset), unit="img", desc="sensor", leave=False, disable=not progress
+        total=len(dataset), unit="img", desc=f"sensor ({split})", leave=False, disable=not progress
     ) as bar:
         for x, labels, index in chain.stream(
             dataset, loaded.config.run.batch_size, file=loaded.file
@@ -395,36 +417,25 @@ def chain_arrays(
             ys.append(np.asarray(labels, dtype=np.int64))
             bar.update(len(index))
     if not xs:
-        raise UserError("the dataset is empty", file=loaded.file, key="dataset")
-    return np.concatenate(xs), np.concatenate(ys), chain
-
-
-def train_from_config(
-    source: str | Path,
-    overrides: Sequence[str] | dict[str, Any] | None = None,
-    *,
-    registry: Any = None,
-    resume: bool = False,
-    progress: bool = False,
-) -> TrainRun:
-    """Train the config's model on its dataset as seen through its sensor chain.
-
-    The run folder goes to ``run.out`` under ``run.name`` (default
-    ``<config stem>-train-<UTC time>``)."""
-    loaded, cfg = load_train_config(source, overrides, registry=registry)
-    config = loaded.config
-    if config.model is None:
+        raise UserError(f"the dataset's {split} split is empty", file=loaded.file, key="dataset")
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if not np.isfinite(x).all():
         raise UserError(
-            "train needs a model: add `model: {path: <model YAML>}`", file=loaded.file, key="model"
+            "the sensor chain gave NaN or inf for some images", file=loaded.file, key="sensor"
         )
-    model_path = loaded.resolve(config.model.path)
-    try:
-        spec = load_graph(model_path)
-    except UserError as exc:
-        raise exc.located(file=loaded.file) from None
-    model = Model(spec, init_seed=cfg.seed)
+    return ChainData(x, y, chain, tuple(dataset.class_names))
 
-    x, y, chain = chain_arrays(loaded, registry=registry, progress=progress)
+
+def _check_fit(model: Model, model_path: Path, data: ChainData, loaded: Any):
+    """The chain's images fit the model's input, the dataset's classes its classes."""
+    x, y = data.x, data.y
+    if data.class_names and data.class_names != model.class_names:
+        raise UserError(
+            f"the model {model_path} has classes ({_names(model.class_names)}), the dataset "
+            f"has ({_names(data.class_names)}); make the model's classes list match",
+            file=loaded.file,
+            key="model.path",
+        )
     if x.shape[1:] != model.input_shape:
         raise UserError(
             f"the model {model_path} takes (C,H,W) = {model.input_shape}, the sensor chain "
@@ -440,11 +451,62 @@ def train_from_config(
             file=loaded.file,
             key="model.path",
         )
-    if not np.isfinite(x).all():
-        raise UserError(
-            "the sensor chain gave NaN or inf for some images", file=loaded.file, key="sensor"
-        )
 
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names[:4]) + (f", ... {len(names)} in all" if len(names) > 4 else "")
+
+
+def _has_splits(loaded: Any) -> bool:
+    return "split" in type(loaded.config.dataset).model_fields
+
+
+def train_from_config(
+    source: str | Path,
+    overrides: Sequence[str] | dict[str, Any] | None = None,
+    *,
+    registry: Any = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> TrainRun:
+    """Train the config's model on its dataset as seen through its sensor chain.
+
+    Training images are the dataset's ``train`` split and validation images its ``val``
+    split, both through the configured sensor stages; a dataset without splits (or with
+    an empty val split) gives its images to training, which then holds out
+    ``train.val_fraction`` of them. The run folder goes to ``run.out`` under ``run.name``
+    (default ``<config stem>-train-<UTC time>``)."""
+    loaded, cfg = load_train_config(source, overrides, registry=registry)
+    config = loaded.config
+    if config.model is None:
+        raise UserError(
+            "train needs a model: add `model: {path: <model YAML>}`", file=loaded.file, key="model"
+        )
+    model_path = loaded.resolve(config.model.path)
+    try:
+        spec = load_graph(model_path)
+    except UserError as exc:
+        raise exc.located(file=loaded.file) from None
+    model = Model(spec, init_seed=cfg.seed)
+
+    splits = _has_splits(loaded)
+    train = chain_arrays(
+        loaded, split="train" if splits else None, registry=registry, progress=progress
+    )
+    _check_fit(model, model_path, train, loaded)
+    x, y, chain = train.x, train.y, train.chain
+    val = None
+    if splits:
+        try:
+            v = chain_arrays(loaded, split="val", progress=progress, chain=chain)
+        except UserError as exc:
+            if exc.key != "dataset.split":  # an empty val split: hold out from train
+                raise
+        else:
+            _check_fit(model, model_path, v, loaded)
+            val = (v.x, v.y)
+
+    run_opts = config.run
     run_opts = config.run
     stem = Path(loaded.file).stem if str(loaded.file).endswith((".yaml", ".yml")) else "train"
     name = run_opts.name or f"{stem}-train-{_stamp()}"
@@ -455,10 +517,13 @@ def train_from_config(
         "seed": config.seed,
         "sensor_seed": config.sensor_seed if config.sensor_seed is not None else config.seed,
         "data": {
+            "train_split": "train" if splits else None,
+            "val_split": "val" if val is not None else None,
             "images": len(y),
+            "val_images": None if val is None else len(val[1]),
             "shape": list(x.shape[1:]),
             "chain": [f"{n} ({i.unit})" for n, i in zip(chain.names, chain.infos[1:], strict=True)],
-            "class_counts": np.bincount(y, minlength=k).tolist(),
+            "class_counts": np.bincount(y, minlength=len(model.class_names)).tolist(),
             "min": float(x.min()),
             "max": float(x.max()),
         },
@@ -469,6 +534,7 @@ def train_from_config(
             x,
             y,
             cfg,
+            val=val,
             out=run_opts.out,
             name=name,
             model_yaml=model_path,

@@ -58,10 +58,12 @@ def test_training_data_is_the_dataset_seen_through_the_sensor_chain(setup, toy_r
     arrays = {}
     for bits in (4, 12):
         loaded, _ = load_train_config(setup, [f"sensor.toy_adc.bits={bits}"], registry=toy_registry)
-        x, y, chain = chain_arrays(loaded, registry=toy_registry)
-        assert chain.names == ["toy_scene", "toy_shot", "toy_adc"]
-        assert x.shape == (40, 3, 8, 8) and x.dtype == np.float32
-        assert np.array_equal(y, np.arange(40) % 4)
+        data = chain_arrays(loaded, registry=toy_registry)
+        x, y = data.x, data.y
+        assert data.chain.names == ["toy_scene", "toy_shot", "toy_adc"]
+        # the train split: 40 images less 10 % (val) and 20 % (test) of each class
+        assert x.shape == (28, 3, 8, 8) and x.dtype == np.float32
+        assert np.bincount(y).tolist() == [7, 7, 7, 7]
         arrays[bits] = x
     assert arrays[4].max() == 15 and np.all(arrays[4] == np.round(arrays[4]))
     assert arrays[12].max() > 15
@@ -88,9 +90,9 @@ def test_run_folder(setup, toy_registry, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert float(rows[0]["val_loss"]) > 0
     metrics = json.loads((folder / "metrics.json").read_text())
-    n_val = 4 * round(0.25 * 10)  # stratified: round(25 % of 10) images of each of 4 classes
-    assert metrics["n"] == n_val and 0 <= metrics["accuracy"] <= 1
-    assert np.array(metrics["confusion_matrix"]).sum() == n_val
+    assert metrics["n"] == 4  # the dataset's val split: 10 % of each class's 10 images
+    assert np.array(metrics["confusion_matrix"]).sum() == 4
+    assert metrics["training"]["train_images"] == 28
     assert metrics["training"]["epochs_run"] == 2
     resolved = yaml.safe_load((folder / "config.yaml").read_text())
     assert resolved["train"]["epochs"] == 2 and resolved["sensor"][2]["bits"] == 8
@@ -98,12 +100,19 @@ def test_run_folder(setup, toy_registry, tmp_path):
     # the folder's model loads with its weights, and predicts what training left
     model = load_model(folder / "model.yaml")
     loaded, _ = load_train_config(setup, registry=toy_registry)
-    x, y, _ = chain_arrays(loaded, registry=toy_registry)
-    (_, _), (xv, yv) = split_train_val(x, y, 0.25, seed=0)
+    val = chain_arrays(loaded, split="val", registry=toy_registry)
+    xv, yv = val.x, val.y
     np.testing.assert_array_equal(model.forward(xv), run.model.forward(xv))
     assert metrics["correct"] == int(np.sum(model.predict(xv) == yv))
     with pytest.raises(UserError, match="already exists"):
         train_from_config(setup, ["run.name=t1"], registry=toy_registry)
+
+
+def test_without_a_val_split_training_holds_out_val_fraction(setup, toy_registry):
+    run = train_from_config(setup, ["dataset.val_fraction=0", "run.name=t2"], registry=toy_registry)
+    # train split: 40 less 20 % test = 8 per class; train.val_fraction 0.25 of them held out
+    assert run.metrics["n"] == 4 * round(0.25 * 8)
+    assert run.metrics["training"]["train_images"] == 4 * (8 - round(0.25 * 8))
 
 
 class Interrupt(Callback):
@@ -160,13 +169,10 @@ def test_model_that_does_not_fit_the_chain(setup, toy_registry, tmp_path):
     write(tmp_path / "tiny.yaml", dict(TINY, input=[1, 8, 8]))
     with pytest.raises(UserError, match=r"model\.path: the model .* takes \(C,H,W\) = \(1, 8, 8\)"):
         train_from_config(setup, registry=toy_registry)
-    three = dict(
-        TINY, classes=["a", "b", "c"], layers=[*TINY["layers"][:-1], {"type": "dense", "units": 3}]
-    )
+    three = dict(TINY, classes=["c0", "c1", "c2"])
+    three["layers"] = [*TINY["layers"][:-1], {"type": "dense", "units": 3}]
     write(tmp_path / "tiny.yaml", three)
-    with pytest.raises(
-        UserError, match=r"the dataset has labels 0\.\.3, the model .* has 3 classes"
-    ):
+    with pytest.raises(UserError, match=r"has classes \(c0, c1, c2\), the dataset has \(c0, c1"):
         train_from_config(setup, registry=toy_registry)
 
 
@@ -199,7 +205,7 @@ def test_cli_trains_and_writes_the_run_folder(tmp_path, npz_dataset):
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr
-    assert "sensorlab train tiny: 36 training images, 4 validation, 2 epochs" in res.stdout
+    assert "sensorlab train tiny: 28 training images, 4 validation, 2 epochs" in res.stdout
     assert (tmp_path / "runs" / "cli" / "model.npz").exists()
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,8 +451,3 @@ def _arg_error(layer_type: str, cls: type[Layer], exc: ValidationError) -> str:
         msg = msg[len("Value error, ") :]
         return f"{layer_type}.{arg}: {msg}"
     return f"{layer_type}.{arg}: {msg[:1].lower()}{msg[1:]}, got {err.get('input')!r}"
-
-
-def param_count(spec: GraphSpec) -> int:
-    """Number of trained parameters in the graph."""
-    return sum(math.prod(s) for n in spec.nodes for s in n.layer.param_shapes().values())

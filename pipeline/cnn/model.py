@@ -270,7 +270,7 @@ class Model:
             return ordered, dys[INPUT]
         return ordered
 
-    def batches(self, x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    def iter_logits(self, x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         """Logits of ``x`` in evaluation mode, one array per batch of ``batch_size``."""
         for start in range(0, len(x), batch_size):
             yield self.forward(x[start : start + batch_size])
@@ -280,12 +280,12 @@ class Model:
         from pipeline.cnn import functional as F
 
         x = self._check_input(x)
-        return np.concatenate([F.softmax(z) for z in self.batches(x, batch_size)])
+        return np.concatenate([F.softmax(z) for z in self.iter_logits(x, batch_size)])
 
     def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
         """Class indices (N,) of the highest score."""
         x = self._check_input(x)
-        return np.concatenate([np.argmax(z, axis=1) for z in self.batches(x, batch_size)])
+        return np.concatenate([np.argmax(z, axis=1) for z in self.iter_logits(x, batch_size)])
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:

@@ -92,7 +92,9 @@ class TrainConfig(BaseModel):
         0.1,
         ge=0.0,
         lt=1.0,
-        description="Fraction of the images held out for validation (stratified by class).",
+        description="Fraction of the training images held out for validation (stratified "
+        "by class) when no validation images are given; `sensorlab train` uses the "
+        "dataset's val split when it has one.",
     )
     seed: int = Field(0, ge=0, description="Seed of initial weights, split, shuffling, dropout.")
     checkpoint_every: int = Field(1, ge=1, description="Epochs between checkpoints.")

@@ -297,3 +297,10 @@ def test_summary_lists_every_layer():
     assert len(text.splitlines()) == len(g.nodes) + 2
     assert "fc1" in text and "1,116,970 parameters" in text
     assert math.prod(g.input_shape) == 3 * 32 * 32
+
+
+def test_shipped_models_name_the_procedural_classes_in_label_order():
+    from pipeline.datasets.procedural import CLASS_NAMES
+
+    for stem in ("rgb32", "raw32"):
+        assert load_graph(MODELS / f"{stem}.yaml").classes == CLASS_NAMES

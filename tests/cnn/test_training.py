@@ -4,6 +4,7 @@ learning a synthetic task, early stopping, and bit-exact resume from a checkpoin
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from pipeline.cnn.model import Model
 from pipeline.cnn.optim import SGD, Adam, AdamW, LRSchedule
 from pipeline.cnn.training import Callback, TrainConfig, evaluate, fit, split_train_val
 from pipeline.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -324,3 +327,67 @@ def test_bad_training_data():
         fit(model, (x, y), cfg=TrainConfig(val_fraction=0, patience=2))
     with pytest.raises(UserError, match=r"takes \(N, 1, 12, 12\)"):
         fit(model, (np.zeros((16, 3, 12, 12)), y), cfg=TrainConfig(epochs=1))
+
+
+# ------------------------------------------------------------------ the shipped rgb32 net
+
+
+def colour_shapes(n: int, size: int = 32, seed: int = 0):
+    """10 classes, label = 5 * colour + shape: colour red or blue, shape disk, square,
+    triangle, cross or ring; random position, size and rotation, on a grey background of
+    random level, with Gaussian noise (standard deviation 0.08) everywhere."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    x = np.empty((n, 3, size, size), np.float32)
+    for i, c in enumerate(labels):
+        colour, shape = divmod(int(c), 5)
+        cx, cy = rng.uniform(size * 0.35, size * 0.65, 2)
+        r = rng.uniform(0.2, 0.3) * size
+        a = rng.uniform(0, 2 * math.pi)
+        u = (xx - cx) * math.cos(a) + (yy - cy) * math.sin(a)
+        v = -(xx - cx) * math.sin(a) + (yy - cy) * math.cos(a)
+        d = np.hypot(u, v)
+        if shape == 0:
+            mask = d < r
+        elif shape == 1:
+            mask = (np.abs(u) < 0.8 * r) & (np.abs(v) < 0.8 * r)
+        elif shape == 2:
+            mask = np.ones_like(u, dtype=bool)
+            for k in range(3):
+                t = a + k * 2 * math.pi / 3
+                mask &= (xx - cx) * math.cos(t) + (yy - cy) * math.sin(t) < 0.5 * r
+        elif shape == 3:
+            arms = (np.abs(u) < 0.3 * r) | (np.abs(v) < 0.3 * r)
+            mask = arms & (np.maximum(np.abs(u), np.abs(v)) < r)
+        else:
+            mask = (d < r) & (d > 0.6 * r)
+        rgb = [0.85, 0.25, 0.2] if colour == 0 else [0.2, 0.35, 0.85]
+        fg = np.array(rgb) * rng.uniform(0.6, 1.1)
+        img = rng.uniform(0.2, 0.6) + rng.normal(0, 0.08, (3, size, size))
+        img[:, mask] = fg[:, None] + rng.normal(0, 0.08, (3, int(mask.sum())))
+        x[i] = img
+    return x, labels
+
+
+@pytest.mark.slow
+def test_rgb32_learns_colour_shapes():
+    """The shipped benchmark net on 2,250 training images, 10 epochs (chance 10 %).
+    Measured: 91.8 % on 500 fresh images, ~290 s with one BLAS thread on a busy 2-core
+    machine (~77 training images/s)."""
+    from pipeline.cnn.model import load_model
+
+    x, y = colour_shapes(2500)
+    model = load_model(ROOT / "configs" / "models" / "rgb32.yaml", init_seed=0)
+    cfg = TrainConfig(
+        epochs=10,
+        batch_size=64,
+        lr=0.002,
+        schedule="cosine",
+        warmup_epochs=1,
+        val_fraction=0.1,
+    )
+    result = fit(model, (x, y), cfg=cfg)
+    assert result.history[-1]["train_accuracy"] > 0.85
+    x_test, y_test = colour_shapes(500, seed=1)
+    assert evaluate(model, (x_test, y_test))["accuracy"] >= 0.85
