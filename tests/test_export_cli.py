@@ -36,27 +36,29 @@ def cli(*args, capsys) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """A run folder from `sensorlab train` (the tiny net on 240 pattern images seen through
-    a 10-bit RGGB sensor), and an evaluation config of 200 other images, same sensor."""
+    """A run folder from `sensorlab train`: the tiny net trained on the train split (60 %,
+    192 images) of 320 pattern images seen through a 10-bit RGGB sensor, validated on the
+    val split (15 %); its config's own split is test (25 %, 80 images). And an evaluation
+    config of 200 other images, same sensor."""
     from threadpoolctl import threadpool_limits
 
     from pipeline.train import train_from_config
 
     folder = tmp_path_factory.mktemp("trained")
-    for split, n, seed in (("train", 240, 1), ("test", 200, 2)):
+    for split, n, seed in (("pool", 320, 1), ("test", 200, 2)):
         x, y = pattern_images(n, 16, seed)
-        np.savez(folder / f"{split}.npz", x=x, y=y)
+        np.savez(folder / f"{split}.npz", x=x, y=y, class_names=np.array(TINY["classes"]))
     write_yaml(folder / "tiny16.yaml", TINY)
     train_cfg = make_config(
         folder,
-        "train.npz",
+        "pool.npz",
         name="train",
+        split={"val_fraction": 0.15, "test_fraction": 0.25},
         train={
             "epochs": 12,
             "batch_size": 16,
             "lr": 0.01,
             "optimizer": "adam",
-            "val_fraction": 0.2,
         },
     )
     eval_cfg = make_config(folder, "test.npz", name="eval")
@@ -185,7 +187,7 @@ def test_eval_prints_the_accuracy(trained, exports, capsys):
 
 def test_eval_defaults_to_the_runs_own_config(trained, capsys):
     code, out, _ = cli("eval", trained["run"], "--backend", "onnxruntime", capsys=capsys)
-    assert code == 0 and "on 240 images" in out  # the training config's dataset
+    assert code == 0 and "on 80 images" in out  # the test split of the training pool
 
 
 def test_import_round_trip(trained, exports, tmp_path, capsys):

@@ -231,12 +231,19 @@ def write_yaml(path: Path, data) -> Path:
 
 
 def make_config(
-    folder: Path, dataset: str, *, sensor=None, name: str = "eval", train: dict | None = None
+    folder: Path,
+    dataset: str,
+    *,
+    sensor=None,
+    name: str = "eval",
+    train: dict | None = None,
+    split: dict | None = None,
 ) -> Path:
-    """A run config in ``folder``: the npz ``dataset`` through ``sensor`` (default SENSOR)."""
+    """A run config in ``folder``: the npz ``dataset`` (all its images, unless ``split``
+    gives the split fields) through ``sensor`` (default SENSOR)."""
     cfg = {
         "seed": 3,
-        "dataset": {"kind": "npz", "path": dataset},
+        "dataset": {"kind": "npz", "path": dataset, **(split or {"split": "all"})},
         "sensor": sensor or SENSOR,
         "model": {"path": "tiny16.yaml"},
         "run": {
@@ -259,7 +266,11 @@ def chain_for(folder: Path, sensor: list, *, size=(12, 10), n: int = 6, seed: in
     x = rng.integers(0, 256, (n, *size, 3), dtype=np.uint8)
     np.savez(folder / "random.npz", x=x, y=np.arange(n) % 3)
     loaded = load_config(
-        {"seed": 1, "dataset": {"kind": "npz", "path": "random.npz"}, "sensor": sensor},
+        {
+            "seed": 1,
+            "dataset": {"kind": "npz", "path": "random.npz", "split": "all"},
+            "sensor": sensor,
+        },
         base_dir=folder,
     )
     dataset = open_config_dataset(loaded)
