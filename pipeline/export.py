@@ -447,6 +447,9 @@ def quantize_int8(float_proto: Any, calibration: list[np.ndarray]) -> Any:
     q.producer_version = float_proto.producer_version
     q.doc_string = float_proto.doc_string
     meta = {p.key: p.value for p in float_proto.metadata_props}
+    tensors = {o for n in q.graph.node for o in n.output}
+    if meta.get("cnn_input") not in tensors:  # pre-processing removed the front's Identity
+        meta.pop("cnn_input", None)
     meta["quantization"] = json.dumps(
         {
             "format": "QDQ",

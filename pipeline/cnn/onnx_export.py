@@ -6,7 +6,8 @@ per layer of the model YAML, named after the layer:
 ============== =========================================================================
 layer          ONNX
 ============== =========================================================================
-conv2d         Conv (explicit pads, strides, dilations, group; bias optional)
+conv2d         Conv (explicit pads, strides, dilations, group; bias optional; a dilated
+               depthwise kernel is written undilated, zeros in its gaps, for OpenCV)
 dense          Gemm (transB=1; no C input without a bias)
 relu, ...      Relu, LeakyRelu(alpha), Sigmoid, Tanh
 softmax        Softmax(axis=-1); a trailing softmax is the second output ``probabilities``
