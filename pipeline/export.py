@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from pipeline.cnn.onnx_export import (
     read_metadata,
     save_onnx,
 )
-from pipeline.errors import UserError
+from pipeline.errors import UserError, did_you_mean
 
 __all__ = [
     "BACKENDS",
@@ -389,14 +389,17 @@ class _ArrayReader:
         self._it = iter(self.batches)
 
 
-def quantize_int8(float_proto: Any, calibration: list[np.ndarray]) -> Any:
+def quantize_int8(
+    float_proto: Any, calibration: list[np.ndarray], *, float_layers: Sequence[str] = ()
+) -> Any:
     """Static QDQ quantisation with onnxruntime's tools.
 
     ``quant_pre_process`` (ORT graph optimisation, ONNX shape inference; symbolic shape
     inference skipped, so sympy is not needed), then ``quantize_static``: per-channel
     symmetric int8 weights, uint8 activations calibrated by min/max on ``calibration`` (the
     model's input batches), biases left in float (OpenCV's new engine cannot run a quantised
-    bias), the operators of :data:`INT8_OP_TYPES` only and never the sensor front end.
+    bias), the operators of :data:`INT8_OP_TYPES` only and never the sensor front end nor
+    the layers named in ``float_layers`` (which stay float, e.g. a sensitive last layer).
 
     Returns the quantised ``ModelProto`` with the float model's opset, IR version and
     metadata (plus a ``quantization`` entry), checked by :func:`check_onnx`.
@@ -421,6 +424,8 @@ def quantize_int8(float_proto: Any, calibration: list[np.ndarray]) -> Any:
         src, pre, out = (Path(tmp) / f for f in ("float.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(float_proto.SerializeToString())
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        names = [n.name for n in onnx.load(str(pre)).graph.node]
+        kept = [n for n in names if any(n == k or n.startswith(f"{k}/") for k in float_layers)]
         front_nodes = [
             n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith(FRONT_PREFIX)
         ]
@@ -433,7 +438,7 @@ def quantize_int8(float_proto: Any, calibration: list[np.ndarray]) -> Any:
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=front_nodes,
+            nodes_to_exclude=front_nodes + kept,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"QuantizeBias": False, "WeightSymmetric": True},
         )
@@ -460,6 +465,7 @@ def quantize_int8(float_proto: Any, calibration: list[np.ndarray]) -> Any:
             "op_types": list(INT8_OP_TYPES),
             "calibration_batches": len(calibration),
             "calibration_images": int(sum(len(b) for b in calibration)),
+            "float_layers": list(float_layers),
         }
     )
     del q.metadata_props[:]
@@ -535,6 +541,7 @@ def export_model(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     held_out_images: int | None = None,
     input_dtype: str | None = None,
+    float_layers: Sequence[str] = (),
     registry: Any = None,
 ) -> ExportResult:
     """Export ``source`` to ONNX at ``out`` (written atomically; nothing is written when
@@ -553,6 +560,7 @@ def export_model(
         images after them (``held_out_images`` of them, default all) are held out for the
         report.
     input_dtype : the raw front end's input dtype (default: the ADC's).
+    float_layers : layers (by name) that the int8 export leaves in float.
     """
     from pipeline.config import load_config
 
@@ -567,6 +575,15 @@ def export_model(
         )
     if calibration is not None and not int8:
         raise UserError("--calibration is used only with --int8", key="calibration")
+    if float_layers and not int8:
+        raise UserError("--float-layers is used only with --int8", key="float_layers")
+    layer_names = [n.name for n in source.model.spec.nodes]
+    for name in float_layers:
+        if name not in layer_names:
+            raise UserError(
+                f"no layer {name!r} in the model{did_you_mean(name, layer_names)}",
+                key="float_layers",
+            )
     if input_dtype is not None and front != "raw":
         raise UserError(
             "--input-dtype applies to the raw front end (--front raw)", key="input_dtype"
@@ -615,7 +632,7 @@ def export_model(
         )
         dtype = _input_dtype(proto)
         calib = [np.ascontiguousarray(x, dtype=dtype) for x, _ in batches]
-        qproto = quantize_int8(proto, calib)
+        qproto = quantize_int8(proto, calib, float_layers=float_layers)
         stop = None if held_out_images is None else calibration_images + held_out_images
         held = list(
             sensor_batches(
@@ -636,7 +653,13 @@ def export_model(
             calibration_images=calibration_images,
             config_file=str(cal.file),
         )
-        report |= {"model": str(source.yaml_path), "onnx": str(out), "opset": opset, "front": front}
+        report |= {
+            "model": str(source.yaml_path),
+            "onnx": str(out),
+            "opset": opset,
+            "front": front,
+            "float_layers": list(float_layers),
+        }
         proto = qproto
     save_onnx(proto, out)
     rpath = None
@@ -809,6 +832,13 @@ def register(sub: Any) -> None:
         f"held out for the report (default {DEFAULT_CALIBRATION_IMAGES})",
     )
     p.add_argument(
+        "--float-layers",
+        nargs="+",
+        default=[],
+        metavar="LAYER",
+        help="layers (by name) that --int8 leaves in float, e.g. the last dense layer",
+    )
+    p.add_argument(
         "--config",
         help="run config whose sensor the model takes (default: the run folder's config.yaml)",
     )
@@ -864,6 +894,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         calibration_images=args.calibration_images,
         input_dtype=args.input_dtype,
+        float_layers=args.float_layers,
     )
     proto = result.proto
     kind = "int8 (QDQ)" if args.int8 else "float32"

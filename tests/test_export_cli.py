@@ -296,6 +296,22 @@ def test_calibration_config_that_does_not_match_the_model(trained, tmp_path, cap
         "the model takes (3, 16, 16)",
     )
     _bad(
+        [
+            "export",
+            trained["run"],
+            "--out",
+            tmp_path / "x.onnx",
+            "--int8",
+            "--calibration",
+            trained["eval"],
+            "--float-layers",
+            "fx",
+        ],
+        capsys,
+        tmp_path,
+        "no layer 'fx' in the model (choose from batchnorm2d_4, c1, c2, fc,",
+    )
+    _bad(
         ["export", trained["run"], "--out", tmp_path / "x.onnx", "--int8"],
         capsys,
         tmp_path,

@@ -626,6 +626,22 @@ def test_int8_runs_alike_on_every_runtime(tmp_path, with_front):
         assert np.array_equal(got.argmax(1), ref.argmax(1)), rt
 
 
+def test_int8_float_layers_stay_float(tmp_path):
+    _, _, nchw = chain_for(tmp_path, SENSOR, size=(16, 16), n=48, seed=5)
+    model = case_model(TINY["layers"], input_shape=(3, 16, 16), seed=2)
+    proto = export_onnx(model, opset=19)
+    q = quantize_int8(proto, [nchw[:16], nchw[16:32]], float_layers=["fc"])
+    producers = {o: n for n in q.graph.node for o in n.output}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
+    by_name = {n.name: n for n in q.graph.node}
+    assert by_name["fc"].input[1] in inits and inits[by_name["fc"].input[1]].dtype == np.float32
+    assert producers[by_name["c1"].input[1]].op_type == "DequantizeLinear"  # the rest is int8
+    assert read_metadata(q)["quantization"]["float_layers"] == ["fc"]
+    got = run_reference(q, {INPUT_NAME: nchw[32:]})[0]
+    assert max_diff(got, run_onnxruntime(q, {INPUT_NAME: nchw[32:]})[0]) <= 1e-4
+    assert max_diff(got, model.forward(nchw[32:])) <= 0.05 * np.ptp(got)
+
+
 def test_onnx_reference_has_no_int8_before_opset_19(tmp_path):
     _, _, q, x, _ = _int8_setup(tmp_path, opset=17, with_front=False)
     with pytest.raises(Exception, match="DequantizeLinear"):
