@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "pipeline.sweep",
     "pipeline.train",
     "pipeline.characterize",
+    "pipeline.export",
 )
 
 

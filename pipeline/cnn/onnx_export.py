@@ -1,0 +1,677 @@
+"""ONNX export of a sensorlab CNN, optionally with the sensor's raw front end in the graph.
+
+The graph is built with the ``onnx.helper`` API, one ONNX node (or a short fixed sequence)
+per layer of the model YAML, named after the layer:
+
+============== =========================================================================
+layer          ONNX
+============== =========================================================================
+conv2d         Conv (explicit pads, strides, dilations, group; bias optional; a dilated
+               depthwise kernel is written undilated, zeros in its gaps, for OpenCV)
+dense          Gemm (transB=1; no C input without a bias)
+relu, ...      Relu, LeakyRelu(alpha), Sigmoid, Tanh
+softmax        Softmax(axis=-1); a trailing softmax is the second output ``probabilities``
+maxpool2d      MaxPool (pads, strides; floor output size)
+avgpool2d      AveragePool (count_include_pad=0)
+global_avgpool GlobalAveragePool, then Flatten(axis=1)
+batchnorm2d    BatchNormalization (running statistics; momentum stored as 1 - ours)
+dropout        Dropout(ratio) (identity at inference)
+flatten        Flatten(axis=1)
+add            Add (a chain of Adds for more than two inputs)
+concat         Concat(axis=1)
+============== =========================================================================
+
+The model takes ``input`` (N, C, H, W) float32 (N dynamic) and gives ``logits`` (N, K);
+weights are initializers named ``<layer>.<param>``. With a :class:`SensorFront` the graph
+takes the ADC's integer codes instead (``dn``: (N, H, W) for a mosaic or mono sensor,
+(N, H, W, 3) for a stacked one) and computes what :class:`sensors.raw.RawStage` does:
+cast to float, black-level subtraction, white-level (and white-balance) scaling, and the
+bilinear demosaic as a fixed reflect-padded depthwise convolution (the normalised
+convolution of :func:`sensors.raw.demosaic_bilinear`), then the CNN.
+
+The IR version is the one that matches the opset (``onnx.helper.VERSION_TABLE``): the
+checker does not catch an IR newer than a runtime accepts.
+
+References
+----------
+ONNX operator specifications, https://onnx.ai/onnx/operators/ (Conv, Gemm, MaxPool,
+AveragePool, BatchNormalization, Pad, Cast, Reshape).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from pipeline.cnn.graph import INPUT, Node
+from pipeline.cnn.model import Model
+from pipeline.errors import UserError
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "FRONT_PREFIX",
+    "INPUT_NAME",
+    "LOGITS_NAME",
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "PROBS_NAME",
+    "RAW_INPUT_NAME",
+    "SensorFront",
+    "check_onnx",
+    "export_onnx",
+    "ir_version_for",
+    "metadata",
+    "read_metadata",
+    "save_onnx",
+]
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13
+MAX_OPSET = 21
+INPUT_NAME = "input"  # the CNN's float input (a graph input without a front end)
+RAW_INPUT_NAME = "dn"  # the ADC codes, the graph input with a raw front end
+LOGITS_NAME = "logits"
+PROBS_NAME = "probabilities"
+BATCH_DIM = "N"
+FRONT_PREFIX = "front/"  # names of the front end's nodes and constants
+PRODUCER = "sensorlab"
+_RESERVED = {INPUT_NAME, RAW_INPUT_NAME, LOGITS_NAME, PROBS_NAME}
+_INPUT_TYPES = {
+    "uint8": TensorProto.UINT8,
+    "uint16": TensorProto.UINT16,
+    "uint32": TensorProto.UINT32,
+    "int32": TensorProto.INT32,
+    "int64": TensorProto.INT64,
+    "float32": TensorProto.FLOAT,
+}
+_CHANNEL_INDEX = {"R": 0, "G": 1, "B": 2, "W": 3}
+
+
+def ir_version_for(opset: int) -> int:
+    """The IR version that goes with ``opset`` of the default domain (8 for 17, 10 for 21)."""
+    return int(helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
+
+
+def check_opset(opset: Any) -> int:
+    """``opset`` as an int in [MIN_OPSET, MAX_OPSET], or a UserError."""
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
+        raise UserError(f"--opset must be an integer, got {opset!r}", key="opset")
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise UserError(
+            f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}", key="opset"
+        )
+    return int(opset)
+
+
+# --------------------------------------------------------------------------- sensor front end
+
+
+@dataclass(frozen=True)
+class SensorFront:
+    """The sensor settings a model was trained on, and the raw stage that fed it.
+
+    Attributes
+    ----------
+    bits : ADC resolution.
+    black_level_dn, white_level_dn : the codes the raw stage maps to 0 and 1.
+    cfa : colour filter ("RGGB", ..., "mono", "stacked").
+    cfa_tile : the repeating CFA tile, row-major (None for stacked).
+    adc_dtype : the ADC output dtype ("uint8", "uint16", "uint32").
+    adc_shape : one image of ADC output: (H, W) or (H, W, 3) for stacked.
+    demosaic : the raw stage's demosaic method.
+    wb_gains : white-balance gains R, G, B.
+    raw_output : "planes" or "mosaic" (the normalised mosaic as one channel).
+    mono_output : "replicate" or "single".
+    clip : the raw stage clips to [0, 1].
+    encode : "linear", "srgb" or "gamma"; gamma : its exponent.
+    """
+
+    bits: int
+    black_level_dn: float
+    white_level_dn: float
+    cfa: str
+    cfa_tile: tuple[tuple[str, ...], ...] | None
+    adc_dtype: str
+    adc_shape: tuple[int, ...]
+    demosaic: str = "bilinear"
+    wb_gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    raw_output: str = "planes"
+    mono_output: str = "replicate"
+    clip: bool = False
+    encode: str = "linear"
+    gamma: float = 2.2
+
+    @property
+    def layout(self) -> str:
+        """ "mosaic", "mono" or "stacked" (how the ADC codes are arranged)."""
+        if len(self.adc_shape) == 3:
+            return "stacked"
+        return "mono" if self.cfa == "mono" else "mosaic"
+
+    @property
+    def cnn_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) the raw stage gives the CNN."""
+        h, w = self.adc_shape[:2]
+        if self.raw_output == "mosaic":
+            return (1, h, w)
+        if self.layout == "mono" and self.mono_output == "single":
+            return (1, h, w)
+        return (3, h, w)
+
+    def input_range(self) -> tuple[float, float]:
+        """The normalised values the raw stage can give: codes 0 and 2**bits - 1 (before clip
+        and encode)."""
+        top = float(2**self.bits - 1)
+        span = self.white_level_dn - self.black_level_dn
+        gains = (1.0,) if self.layout == "mono" else self.wb_gains
+        lo = min(g * (0.0 - self.black_level_dn) / span for g in gains)
+        hi = max(g * (top - self.black_level_dn) / span for g in gains)
+        if self.clip:
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+        return lo, hi
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cfa_tile"] = None if self.cfa_tile is None else ["".join(r) for r in self.cfa_tile]
+        d["adc_shape"] = list(self.adc_shape)
+        d["wb_gains"] = list(self.wb_gains)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SensorFront:
+        d = dict(d)
+        tile = d.get("cfa_tile")
+        d["cfa_tile"] = None if tile is None else tuple(tuple(row) for row in tile)
+        d["adc_shape"] = tuple(d["adc_shape"])
+        d["wb_gains"] = tuple(d.get("wb_gains", (1.0, 1.0, 1.0)))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def from_chain(cls, chain: Any) -> SensorFront | None:
+        """The settings of a runner :class:`~pipeline.runner.Chain` whose last sensor stage
+        is a raw stage after an ADC; None when the chain has no raw stage."""
+        stages = chain.sensor_stages
+        if not stages or stages[-1].kind != "raw":
+            return None
+        r = len(stages) - 1
+        adc_info, raw_info = chain.infos[r], chain.infos[r + 1]
+        a = adc_info.attrs
+        p = stages[r].params
+        bits = a.get("bits")
+        if bits is None:
+            return None
+        tile = a.get("cfa_tile")
+        return cls(
+            bits=int(bits),
+            black_level_dn=float(raw_info.attrs["black_level_dn"]),
+            white_level_dn=float(raw_info.attrs["white_level_dn"]),
+            cfa=str(a.get("cfa", "mono" if len(adc_info.shape) == 2 else "stacked")),
+            cfa_tile=None if tile is None else tuple(tuple(str(c) for c in row) for row in tile),
+            adc_dtype=str(adc_info.dtype),
+            adc_shape=tuple(adc_info.shape),
+            demosaic=str(p.demosaic),
+            wb_gains=tuple(float(g) for g in p.wb_gains),
+            raw_output=str(p.output),
+            mono_output=str(p.mono_output),
+            clip=bool(p.clip),
+            encode=str(p.encode),
+            gamma=float(p.gamma),
+        )
+
+
+def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(value, order="C"), name)
+
+
+def _tent(period: int) -> np.ndarray:
+    i = np.arange(-(period - 1), period, dtype=np.float64)
+    return 1.0 - np.abs(i) / period
+
+
+def _bilinear_plan(tile: Sequence[Sequence[str]], h: int, w: int):
+    """Masks (3, H, W), fill (3, H, W) and the tent kernel (ky, kx) of
+    :class:`sensors.raw._BilinearDemosaic`, computed with reflect-101 borders in float64."""
+    ty, tx = len(tile), len(tile[0])
+    codes = np.array([[_CHANNEL_INDEX[c] for c in row] for row in tile], dtype=np.int8)
+    cmap = np.tile(codes, (-(-h // ty), -(-w // tx)))[:h, :w]
+    masks = np.stack([(cmap == c) for c in range(3)]).astype(np.float64)
+    ky, kx = _tent(ty), _tent(tx)
+    py, px = ty - 1, tx - 1
+    padded = np.pad(masks, ((0, 0), (py, py), (px, px)), mode="reflect")
+    weights = np.zeros_like(masks)
+    for i, a in enumerate(ky):
+        for j, b in enumerate(kx):
+            weights += a * b * padded[:, i : i + h, j : j + w]
+    fill = np.where(masks > 0, 0.0, 1.0 / np.maximum(weights, 1e-12))
+    return masks, fill, np.outer(ky, kx), (py, px)
+
+
+def _front_nodes(front: SensorFront, input_dtype: str, out: str):
+    """Nodes and initializers of the raw front end: ``dn`` codes -> ``out`` (N, C, H, W)."""
+    if input_dtype not in _INPUT_TYPES:
+        raise UserError(
+            f"unsupported front-end input dtype {input_dtype!r} "
+            f"(choose from {', '.join(_INPUT_TYPES)})",
+            key="input_dtype",
+        )
+    f = FRONT_PREFIX
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    h, w = front.adc_shape[:2]
+    layout = front.layout
+    if front.demosaic != "bilinear" and layout == "mosaic" and front.raw_output == "planes":
+        raise UserError(
+            f"the raw front end computes the bilinear demosaic only; the model was trained "
+            f"with demosaic: {front.demosaic} (retrain with bilinear, or export without --front)",
+            key="front",
+        )
+    if front.encode != "linear":
+        raise UserError(
+            f"the raw front end does not compute encode: {front.encode}; export without --front",
+            key="front",
+        )
+    span = front.white_level_dn - front.black_level_dn
+    gains = np.array([*front.wb_gains, 1.0], dtype=np.float64) / span
+    nodes.append(
+        helper.make_node(
+            "Cast", [RAW_INPUT_NAME], [f + "dn_float"], name=f + "cast", to=TensorProto.FLOAT
+        )
+    )
+    inits.append(_const(f + "black_level", np.array(front.black_level_dn, np.float32)))
+    nodes.append(
+        helper.make_node(
+            "Sub", [f + "dn_float", f + "black_level"], [f + "offset"], name=f + "black"
+        )
+    )
+    if layout == "mosaic":
+        tile = front.cfa_tile
+        if tile is None:
+            raise UserError("a mosaic front end needs the CFA tile", key="front")
+        codes = np.array([[_CHANNEL_INDEX[c] for c in row] for row in tile], dtype=np.int8)
+        cmap = np.tile(codes, (-(-h // len(tile)), -(-w // len(tile[0]))))[:h, :w]
+        scale = gains[cmap].astype(np.float32)[None]  # (1, H, W)
+    elif layout == "stacked":
+        scale = gains[:3].astype(np.float32).reshape(1, 1, 1, 3)
+    else:
+        scale = np.array(1.0 / span, np.float32)
+    inits.append(_const(f + "scale", scale))
+    nodes.append(
+        helper.make_node("Mul", [f + "offset", f + "scale"], [f + "normalised"], name=f + "white")
+    )
+    last = f + "normalised"
+
+    def reshape_nchw(src: str, dst: str) -> None:
+        inits.append(_const(f + "nchw_shape", np.array([-1, 1, h, w], np.int64)))
+        nodes.append(
+            helper.make_node("Reshape", [src, f + "nchw_shape"], [dst], name=f + "to_nchw")
+        )
+
+    if layout == "stacked":
+        nodes.append(
+            helper.make_node(
+                "Transpose", [last], [f + "planes"], name=f + "to_nchw", perm=[0, 3, 1, 2]
+            )
+        )
+        last = f + "planes"
+    elif front.raw_output == "mosaic" or (layout == "mono" and front.mono_output == "single"):
+        reshape_nchw(last, f + "planes")
+        last = f + "planes"
+    elif layout == "mono":
+        reshape_nchw(last, f + "mono")
+        nodes.append(
+            helper.make_node(
+                "Concat", [f + "mono"] * 3, [f + "planes"], name=f + "replicate", axis=1
+            )
+        )
+        last = f + "planes"
+    else:  # bilinear demosaic
+        masks, fill, kernel, (py, px) = _bilinear_plan(front.cfa_tile, h, w)
+        reshape_nchw(last, f + "mosaic")
+        inits.append(_const(f + "cfa_masks", masks.astype(np.float32)[None]))
+        nodes.append(
+            helper.make_node(
+                "Mul", [f + "mosaic", f + "cfa_masks"], [f + "sparse"], name=f + "cfa_split"
+            )
+        )
+        inits.append(_const(f + "reflect_pads", np.array([0, 0, py, px, 0, 0, py, px], np.int64)))
+        nodes.append(
+            helper.make_node(
+                "Pad",
+                [f + "sparse", f + "reflect_pads"],
+                [f + "padded"],
+                name=f + "reflect",
+                mode="reflect",
+            )
+        )
+        weight = np.broadcast_to(kernel, (3, 1, *kernel.shape)).astype(np.float32)
+        inits.append(_const(f + "tent", weight))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [f + "padded", f + "tent"],
+                [f + "interp"],
+                name=f + "interpolate",
+                group=3,
+                kernel_shape=list(kernel.shape),
+            )
+        )
+        inits.append(_const(f + "fill", fill.astype(np.float32)[None]))
+        nodes.append(
+            helper.make_node(
+                "Mul", [f + "interp", f + "fill"], [f + "missing"], name=f + "normalise_weights"
+            )
+        )
+        nodes.append(
+            helper.make_node(
+                "Add", [f + "missing", f + "sparse"], [f + "planes"], name=f + "demosaic"
+            )
+        )
+        last = f + "planes"
+    if front.clip:
+        inits.append(_const(f + "zero", np.array(0.0, np.float32)))
+        inits.append(_const(f + "one", np.array(1.0, np.float32)))
+        nodes.append(
+            helper.make_node("Clip", [last, f + "zero", f + "one"], [out], name=f + "clip")
+        )
+    else:
+        nodes.append(helper.make_node("Identity", [last], [out], name=f + "output"))
+    dn_shape = [BATCH_DIM, *front.adc_shape]
+    dn = helper.make_tensor_value_info(RAW_INPUT_NAME, _INPUT_TYPES[input_dtype], dn_shape)
+    return dn, nodes, inits
+
+
+# --------------------------------------------------------------------------- the CNN
+
+
+def _tensor_name(node: Node) -> str:
+    return node.name if node.name not in _RESERVED else f"{node.name}:out"
+
+
+def _layer_nodes(
+    node: Node, inputs: list[str], out: str, params: Mapping[str, np.ndarray]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The ONNX node(s) and initializers of one layer (see the module docstring)."""
+    a, t, name = node.args, node.type, node.name
+    inits = [_const(f"{name}.{k}", np.asarray(v, np.float32)) for k, v in params.items()]
+    if t == "conv2d":
+        (top, bottom), (left, right) = node.layer.pads
+        ins = [inputs[0], f"{name}.weight"] + ([f"{name}.bias"] if a.bias else [])
+        kernel, dilation = list(a.kernel), list(a.dilation)
+        depthwise = a.groups > 1 and a.groups == node.layer.input_shapes[0][0]
+        if depthwise and dilation != [1, 1]:
+            # OpenCV's classic ONNX engine computes some padded, dilated depthwise
+            # convolutions wrongly (OpenCV 5.0); the same kernel with the gaps filled by
+            # zeros is the identical undilated convolution.
+            w = np.asarray(params["weight"], np.float32)
+            dh, dw = dilation
+            wide = np.zeros(
+                (*w.shape[:2], dh * (w.shape[2] - 1) + 1, dw * (w.shape[3] - 1) + 1), np.float32
+            )
+            wide[:, :, ::dh, ::dw] = w
+            inits = [_const(f"{name}.{k}", wide if k == "weight" else v) for k, v in params.items()]
+            kernel, dilation = list(wide.shape[2:]), [1, 1]
+        n = helper.make_node(
+            "Conv",
+            ins,
+            [out],
+            name=name,
+            kernel_shape=kernel,
+            strides=list(a.stride),
+            pads=[top, left, bottom, right],
+            dilations=dilation,
+            group=a.groups,
+        )
+        return [n], inits
+    if t == "dense":
+        ins = [inputs[0], f"{name}.weight"] + ([f"{name}.bias"] if a.bias else [])
+        return [helper.make_node("Gemm", ins, [out], name=name, transB=1)], inits
+    if t == "relu":
+        return [helper.make_node("Relu", inputs, [out], name=name)], []
+    if t == "leaky_relu":
+        return [helper.make_node("LeakyRelu", inputs, [out], name=name, alpha=a.alpha)], []
+    if t == "sigmoid":
+        return [helper.make_node("Sigmoid", inputs, [out], name=name)], []
+    if t == "tanh":
+        return [helper.make_node("Tanh", inputs, [out], name=name)], []
+    if t == "softmax":
+        return [helper.make_node("Softmax", inputs, [out], name=name, axis=-1)], []
+    if t in ("maxpool2d", "avgpool2d"):
+        ph, pw = a.padding
+        kw: dict[str, Any] = {
+            "kernel_shape": list(a.size),
+            "strides": list(node.layer.stride),
+            "pads": [ph, pw, ph, pw],
+        }
+        if t == "avgpool2d":
+            kw["count_include_pad"] = 0
+        op = "MaxPool" if t == "maxpool2d" else "AveragePool"
+        return [helper.make_node(op, inputs, [out], name=name, **kw)], []
+    if t == "global_avgpool":
+        mid = f"{out}/gap"
+        return [
+            helper.make_node("GlobalAveragePool", inputs, [mid], name=name),
+            helper.make_node("Flatten", [mid], [out], name=f"{name}/flatten", axis=1),
+        ], []
+    if t == "batchnorm2d":
+        ins = [
+            inputs[0],
+            *(f"{name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")),
+        ]
+        n = helper.make_node(
+            "BatchNormalization", ins, [out], name=name, epsilon=a.eps, momentum=1.0 - a.momentum
+        )
+        return [n], inits
+    if t == "dropout":
+        ratio = _const(f"{name}.ratio", np.array(a.rate, np.float32))
+        return [helper.make_node("Dropout", [inputs[0], ratio.name], [out], name=name)], [ratio]
+    if t == "flatten":
+        return [helper.make_node("Flatten", inputs, [out], name=name, axis=1)], []
+    if t == "add":
+        nodes, acc = [], inputs[0]
+        for k, other in enumerate(inputs[1:], start=1):
+            dst = out if k == len(inputs) - 1 else f"{out}/sum{k}"
+            nodes.append(
+                helper.make_node(
+                    "Add", [acc, other], [dst], name=name if k == 1 else f"{name}/add{k}"
+                )
+            )
+            acc = dst
+        return nodes, []
+    if t == "concat":
+        return [helper.make_node("Concat", inputs, [out], name=name, axis=1)], []
+    raise UserError(f"layer type {t!r} has no ONNX export", key=node.key)
+
+
+def metadata(
+    model: Model, front: SensorFront | None, *, with_front: bool, input_dtype: str | None = None
+) -> dict[str, str]:
+    """The metadata properties a deployment needs (all values are strings; JSON for lists and
+    mappings): class names, the model YAML's hash, the expected input range, the sensor
+    settings the model was trained on, and how the graph's input and outputs are laid out."""
+    import pipeline
+
+    if with_front:
+        assert front is not None
+        dtype = input_dtype or front.adc_dtype
+        input_range: dict[str, Any] = {
+            "tensor": RAW_INPUT_NAME,
+            "unit": "DN",
+            "dtype": dtype,
+            "min": 0,
+            "max": 2**front.bits - 1,
+            "layout": "NHWC" if front.layout == "stacked" else "NHW",
+        }
+    else:
+        input_range = {
+            "tensor": INPUT_NAME,
+            "unit": "normalised",
+            "dtype": "float32",
+            "nominal": [0.0, 1.0],
+            "formula": "(DN - black_level_dn) * wb_gain / (white_level_dn - black_level_dn)",
+            "layout": "NCHW",
+        }
+        if front is not None:
+            lo, hi = front.input_range()
+            input_range |= {"min": lo, "max": hi}
+    meta = {
+        "model_name": model.spec.name,
+        "class_names": json.dumps(list(model.class_names)),
+        "model_yaml_hash": model.yaml_hash,
+        "input_range": json.dumps(input_range),
+        "front": "raw" if with_front else "none",
+        "cnn_input": INPUT_NAME,
+        "cnn_input_shape": json.dumps(list(model.input_shape)),
+        "outputs": json.dumps(
+            [LOGITS_NAME, PROBS_NAME] if model.spec.has_output_softmax else [LOGITS_NAME]
+        ),
+        "sensor": json.dumps(None if front is None else front.as_dict()),
+        "sensorlab_version": pipeline.__version__,
+    }
+    return meta
+
+
+def export_onnx(
+    model: Model,
+    *,
+    opset: int = DEFAULT_OPSET,
+    front: SensorFront | None = None,
+    with_front: bool = False,
+    input_dtype: str | None = None,
+    extra_metadata: Mapping[str, str] | None = None,
+) -> onnx.ModelProto:
+    """Build the ONNX model of ``model`` (evaluation mode).
+
+    Parameters
+    ----------
+    model : the CNN with its weights.
+    opset : default-domain opset, MIN_OPSET..MAX_OPSET; the IR version follows it.
+    front : the sensor settings the model was trained on (written as metadata).
+    with_front : put the raw front end in the graph (needs ``front``): the input is then
+        the ADC codes ``dn``.
+    input_dtype : the ``dn`` input's dtype (default: the ADC's, e.g. uint16); "int32" suits
+        runtimes that refuse unsigned 16-bit inputs.
+    extra_metadata : more metadata properties.
+
+    Returns
+    -------
+    A checked ``onnx.ModelProto`` (:func:`check_onnx`).
+    """
+    opset = check_opset(opset)
+    spec = model.spec
+    params = model.state_arrays()
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    if with_front:
+        if front is None:
+            raise UserError(
+                "--front raw needs the sensor settings the model was trained on "
+                "(a run folder, or --config)",
+                key="front",
+            )
+        if front.cnn_shape != tuple(model.input_shape):
+            raise UserError(
+                f"the raw stage gives (C,H,W) = {front.cnn_shape}, the model takes "
+                f"{tuple(model.input_shape)}",
+                key="front",
+            )
+        graph_input, fnodes, finits = _front_nodes(
+            front, input_dtype or front.adc_dtype, INPUT_NAME
+        )
+        nodes += fnodes
+        inits += finits
+    else:
+        graph_input = helper.make_tensor_value_info(
+            INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, *model.input_shape]
+        )
+    out_index = spec.output_index
+    names: dict[int, str] = {INPUT: INPUT_NAME}
+    for node in spec.nodes[: out_index + 1]:
+        out = LOGITS_NAME if node.index == out_index else _tensor_name(node)
+        names[node.index] = out
+        local = {
+            k: params[f"{node.name}.{k}"]
+            for k in (*node.layer.param_shapes(), *node.layer.buffer_shapes())
+        }
+        lnodes, linits = _layer_nodes(node, [names[j] for j in node.inputs], out, local)
+        nodes += lnodes
+        inits += linits
+    k = len(model.class_names)
+    outputs = [helper.make_tensor_value_info(LOGITS_NAME, TensorProto.FLOAT, [BATCH_DIM, k])]
+    if spec.has_output_softmax:
+        last = spec.nodes[-1]
+        nodes.append(
+            helper.make_node("Softmax", [LOGITS_NAME], [PROBS_NAME], name=last.name, axis=-1)
+        )
+        outputs.append(helper.make_tensor_value_info(PROBS_NAME, TensorProto.FLOAT, [BATCH_DIM, k]))
+    graph = helper.make_graph(
+        nodes,
+        spec.name,
+        [graph_input],
+        outputs,
+        initializer=inits,
+        doc_string=spec.description or None,
+    )
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        ir_version=ir_version_for(opset),
+        producer_name=PRODUCER,
+        producer_version=_version(),
+        doc_string=f"sensorlab model {spec.name!r}: {spec.description}".strip(),
+    )
+    meta = metadata(model, front, with_front=with_front, input_dtype=input_dtype)
+    meta |= dict(extra_metadata or {})
+    helper.set_model_props(proto, meta)
+    check_onnx(proto)
+    return proto
+
+
+def _version() -> str:
+    import pipeline
+
+    return str(pipeline.__version__)
+
+
+def check_onnx(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.checker.check_model(full_check=True)`` and strict shape inference (types
+    checked, data propagated); returns the model with inferred shapes."""
+    onnx.checker.check_model(proto, full_check=True)
+    return onnx.shape_inference.infer_shapes(
+        proto, check_type=True, strict_mode=True, data_prop=True
+    )
+
+
+def save_onnx(proto: onnx.ModelProto, path: str | Path) -> Path:
+    """Write ``proto`` to ``path`` atomically (a temporary file in the same folder, then a
+    rename): an interrupted export leaves no half-written model."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(proto.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
+    """The metadata properties with JSON values decoded."""
+    out: dict[str, Any] = {}
+    for p in proto.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except (ValueError, TypeError):
+            out[p.key] = p.value
+    return out
