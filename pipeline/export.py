@@ -293,15 +293,15 @@ def sensor_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """``(x, labels)`` per batch of images ``start..stop``: the ADC codes (the input of the
     last, raw, stage) when ``adc_codes``, else the chain's output as (N, C, H, W) float32.
-    Same arrays as the runner's for the same images (noise is keyed by image index)."""
-    from pipeline.stage import Batch
+    Same arrays as the runner's for the same images (noise is keyed by image identity)."""
+    from pipeline.runner import batch_for
 
     stop = len(dataset) if stop is None else min(stop, len(dataset))
     upto = len(chain.sensor_stages) - (1 if adc_codes else 0)
     for lo in range(start, stop, batch_size):
         hi = min(lo + batch_size, stop)
         images, labels = dataset.read(lo, hi)
-        outs = chain.apply(images, Batch(np.arange(lo, hi)), upto=upto)
+        outs = chain.apply(images, batch_for(dataset, np.arange(lo, hi)), upto=upto)
         x = outs[-1] if outs else images
         yield (x if adc_codes else _to_nchw(x)), labels
 

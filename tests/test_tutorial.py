@@ -14,9 +14,26 @@ TUTORIAL = ROOT / "docs" / "tutorial.md"
 MIN_EXAMPLES = 95
 
 
+NUMPY_DEFAULT_PRINT = dict(
+    edgeitems=3,
+    threshold=1000,
+    floatmode="maxprec",
+    precision=8,
+    suppress=False,
+    linewidth=75,
+    nanstr="nan",
+    infstr="inf",
+    sign="-",
+    formatter=None,
+    legacy=False,
+)
+
+
 def test_tutorial_examples_pass(monkeypatch) -> None:
     monkeypatch.chdir(ROOT)  # the page reads configs/models/rgb32.yaml from the repo root
-    with np.printoptions():  # the page sets print options; restore them for other tests
+    # start from NumPy's default print options (another library may have changed them, e.g.
+    # sign=" "); the page then sets its own, and they are restored for the other tests
+    with np.printoptions(**NUMPY_DEFAULT_PRINT):
         failed, attempted = doctest.testfile(
             str(TUTORIAL),
             module_relative=False,
