@@ -20,7 +20,7 @@ class ClassifierStage(Stage):
 
     name = "cnn"
     kind = "classifier"
-    takes = (Unit.UNITLESS, Unit.IMAGE)
+    takes = (Unit.UNITLESS, Unit.IMAGE, Unit.DN)  # DN: a CNN that learns from the codes
     gives = Unit.UNITLESS
 
     def __init__(self, model: Any, *, index: int = 0, seed: int = 0) -> None:

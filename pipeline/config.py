@@ -149,6 +149,32 @@ class LoadedConfig:
     def error(self, message: str, key: str | None = None) -> UserError:
         return UserError(message, file=self.file, key=key)
 
+    def portable(self, registry: Registry | None = None) -> dict[str, Any]:
+        """The resolved config as a plain dict whose file paths are absolute.
+
+        A copy written elsewhere (a training run folder, say) still finds its dataset,
+        model and stage files: ``dataset.path``, ``model.path``/``weights`` and stage
+        parameters declared with ``param(path=True)`` are resolved against this config's
+        folder.
+        """
+        registry = registry or default_registry()
+        out = self.config.model_dump(mode="json")
+        dataset = out.get("dataset") or {}
+        if isinstance(dataset.get("path"), str):
+            dataset["path"] = str(self.resolve(dataset["path"]))
+        model = out.get("model")
+        if model:
+            for key in ("path", "weights"):
+                if isinstance(model.get(key), str):
+                    model[key] = str(self.resolve(model[key]))
+        for row in out.get("sensor") or []:
+            cls = registry.get(row["stage"])
+            for name, field in cls.Params.model_fields.items():
+                extra = field.json_schema_extra
+                if isinstance(extra, dict) and extra.get("path") and isinstance(row.get(name), str):
+                    row[name] = str(self.resolve(row[name]))
+        return out
+
 
 # --------------------------------------------------------------------------- reading
 def read_yaml(path: str | Path) -> Any:

@@ -480,7 +480,9 @@ def train_from_config(
     run_opts = config.run
     stem = Path(loaded.file).stem if str(loaded.file).endswith((".yaml", ".yml")) else "train"
     name = name or run_opts.name or f"{stem}-train-{_stamp()}"
-    resolved = config.model_dump(mode="json")
+    resolved = loaded.portable(registry)
+    # the run folder holds its own copy of the model: its config points there
+    resolved["model"] = {"path": "model.yaml", "weights": "model.npz"}
     manifest = {
         "config_file": str(loaded.file),
         "model_file": str(model_path),

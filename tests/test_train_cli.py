@@ -255,3 +255,17 @@ def test_train_cell_scratch_and_fine_tune(setup, toy_registry, tmp_path):
     assert dist < dist_fresh
     with pytest.raises(ValueError, match="init must be"):
         train_cell(loaded, tmp_path / "d", init="warm")
+
+
+def test_run_folder_config_runs_from_anywhere(setup, toy_registry, tmp_path):
+    """The run folder's config.yaml names its own model copy and absolute data paths."""
+    from pipeline.runner import run as run_config
+
+    train = train_from_config(setup, ["run.name=portable"], registry=toy_registry)
+    saved = yaml.safe_load((train.path / "config.yaml").read_text())
+    assert saved["model"] == {"path": "model.yaml", "weights": "model.npz"}
+    assert Path(saved["dataset"]["path"]).is_absolute()
+    moved = tmp_path / "elsewhere"
+    train.path.rename(moved)
+    result = run_config(moved / "config.yaml", registry=toy_registry, store=False)
+    assert result.metrics["n"] == len(result.labels) > 0
