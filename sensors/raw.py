@@ -47,6 +47,7 @@ from sensors.scene import linear_to_srgb
 __all__ = [
     "BAYER_TILES",
     "RawStage",
+    "auto_gain",
     "bayer_pattern",
     "channel_map",
     "demosaic_bilinear",
@@ -337,6 +338,24 @@ def demosaic_opencv(
     return out[0] if squeeze else out
 
 
+def auto_gain(y: np.ndarray, target: float, max_gain: float) -> np.ndarray:
+    """Per-image digital gain ``target / max(mean, target / max_gain)``, shaped to broadcast.
+
+    Parameters
+    ----------
+    y : normalised images, batch first (any trailing shape).
+    target : the mean each image is scaled to.
+    max_gain : the largest gain (an image whose mean is at or below ``target / max_gain``).
+
+    Returns
+    -------
+    float32 gains of shape ``(n, 1, ..., 1)``.
+    """
+    mean = y.reshape(len(y), -1).mean(axis=1, dtype=np.float64)
+    gain = target / np.maximum(mean, target / max_gain)
+    return gain.astype(np.float32).reshape((len(y),) + (1,) * (y.ndim - 1))
+
+
 class RawStage(Stage):
     """DN mosaic (or planes) → normalised, white-balanced RGB planes (N, H, W, 3) float32."""
 
@@ -366,6 +385,18 @@ class RawStage(Stage):
         )
         mono_output: Literal["replicate", "single"] = param(
             "replicate", doc="Mono sensor: replicate to 3 channels or keep 1."
+        )
+        auto_gain: bool = param(
+            False,
+            doc="Digital gain per image (an ISP's auto-brightness): scale each normalised "
+            "image so its mean is gain_target. Applied to the codes after the ADC, so "
+            "quantisation and noise stay as they are.",
+        )
+        gain_target: float = param(
+            0.18, doc="auto_gain: the mean an image is scaled to.", gt=0, le=1
+        )
+        max_gain: float = param(
+            256.0, doc="auto_gain: the largest gain (for images near black).", ge=1
         )
         clip: bool = param(False, doc="Clip the result to [0, 1].")
         encode: Literal["linear", "srgb", "gamma"] = param(
@@ -481,6 +512,8 @@ class RawStage(Stage):
         y = x.astype(np.float32)  # a copy, normalised in place below
         y -= np.float32(self._black)
         y *= self._scale
+        if p.auto_gain:
+            y *= auto_gain(y, p.gain_target, p.max_gain)
         if p.output == "mosaic":
             out = y[..., None]
         elif self._layout == "mosaic":

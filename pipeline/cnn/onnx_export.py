@@ -133,6 +133,7 @@ class SensorFront:
     mono_output : "replicate" or "single".
     clip : the raw stage clips to [0, 1].
     encode : "linear", "srgb" or "gamma"; gamma : its exponent.
+    auto_gain, gain_target, max_gain : the raw stage's per-image digital gain.
     """
 
     bits: int
@@ -149,6 +150,9 @@ class SensorFront:
     clip: bool = False
     encode: str = "linear"
     gamma: float = 2.2
+    auto_gain: bool = False
+    gain_target: float = 0.18
+    max_gain: float = 256.0
 
     @property
     def layout(self) -> str:
@@ -225,6 +229,9 @@ class SensorFront:
             clip=bool(p.clip),
             encode=str(p.encode),
             gamma=float(p.gamma),
+            auto_gain=bool(getattr(p, "auto_gain", False)),
+            gain_target=float(getattr(p, "gain_target", 0.18)),
+            max_gain=float(getattr(p, "max_gain", 256.0)),
         )
 
 
@@ -253,6 +260,40 @@ def _bilinear_plan(tile: Sequence[Sequence[str]], h: int, w: int):
             weights += a * b * padded[:, i : i + h, j : j + w]
     fill = np.where(masks > 0, 0.0, 1.0 / np.maximum(weights, 1e-12))
     return masks, fill, np.outer(ky, kx), (py, px)
+
+
+def _auto_gain_nodes(front: SensorFront, src: str, nodes: list, inits: list) -> str:
+    """The raw stage's auto gain, ``x * target / max(mean(x), target / max_gain)`` per image,
+    with opset-13 operators (the mean as a GlobalAveragePool over a reshaped copy)."""
+    f = FRONT_PREFIX
+    size = int(np.prod(front.adc_shape))
+    per_image = [-1, *([1] * len(front.adc_shape))]
+    inits.append(_const(f + "gain_flat_shape", np.array([-1, 1, size, 1], np.int64)))
+    inits.append(_const(f + "gain_shape", np.array(per_image, np.int64)))
+    inits.append(_const(f + "gain_floor", np.array(front.gain_target / front.max_gain, np.float32)))
+    inits.append(_const(f + "gain_target", np.array(front.gain_target, np.float32)))
+    nodes += [
+        helper.make_node(
+            "Reshape", [src, f + "gain_flat_shape"], [f + "gain_flat"], name=f + "gain_flatten"
+        ),
+        helper.make_node(
+            "GlobalAveragePool", [f + "gain_flat"], [f + "gain_mean4"], name=f + "gain_mean"
+        ),
+        helper.make_node(
+            "Reshape",
+            [f + "gain_mean4", f + "gain_shape"],
+            [f + "gain_mean_b"],
+            name=f + "gain_broadcast",
+        ),
+        helper.make_node(
+            "Max", [f + "gain_mean_b", f + "gain_floor"], [f + "gain_denom"], name=f + "gain_limit"
+        ),
+        helper.make_node(
+            "Div", [f + "gain_target", f + "gain_denom"], [f + "gain"], name=f + "gain_value"
+        ),
+        helper.make_node("Mul", [src, f + "gain"], [f + "gained"], name=f + "gain_apply"),
+    ]
+    return f + "gained"
 
 
 def _front_nodes(front: SensorFront, input_dtype: str, out: str):
@@ -308,6 +349,8 @@ def _front_nodes(front: SensorFront, input_dtype: str, out: str):
         helper.make_node("Mul", [f + "offset", f + "scale"], [f + "normalised"], name=f + "white")
     )
     last = f + "normalised"
+    if front.auto_gain:
+        last = _auto_gain_nodes(front, last, nodes, inits)
 
     def reshape_nchw(src: str, dst: str) -> None:
         inits.append(_const(f + "nchw_shape", np.array([-1, 1, h, w], np.int64)))
@@ -519,7 +562,12 @@ def metadata(
             "formula": "(DN - black_level_dn) * wb_gain / (white_level_dn - black_level_dn)",
             "layout": "NCHW",
         }
-        if front is not None:
+        if front is not None and front.auto_gain:
+            input_range["formula"] += (
+                f", then times gain_target / max(image mean, gain_target / max_gain) per image "
+                f"(gain_target {front.gain_target}, max_gain {front.max_gain})"
+            )
+        elif front is not None:
             lo, hi = front.input_range()
             input_range |= {"min": lo, "max": hi}
     meta = {

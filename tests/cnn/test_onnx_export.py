@@ -480,6 +480,10 @@ FRONT_CASES = {
     "mono": ("mono", 10, {}),
     "mono-single": ("mono", 10, {"mono_output": "single"}),
     "stacked-wb": ("stacked", 10, {"wb_gains": [1.5, 1.0, 2.0]}),
+    "RGGB-auto-gain": ("RGGB", 10, {"auto_gain": True}),
+    "RGGB-auto-gain-capped": ("RGGB", 6, {"auto_gain": True, "max_gain": 1.5, "clip": True}),
+    "stacked-auto-gain": ("stacked", 12, {"auto_gain": True, "gain_target": 0.3}),
+    "mono-auto-gain": ("mono", 10, {"auto_gain": True, "mono_output": "single"}),
 }
 
 

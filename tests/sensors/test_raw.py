@@ -304,3 +304,28 @@ def test_raw_takes_what_photodetector_and_adc_give(cfa):
         expected = 0.5 * photons / full_well
     lsb = 1.0 / (info.attrs["white_level_dn"] - info.attrs["black_level_dn"])
     np.testing.assert_allclose(x, np.broadcast_to(expected, x.shape), atol=1.5 * lsb)
+
+
+def test_auto_gain_scales_each_image_mean_to_the_target_and_respects_the_cap():
+    from sensors.raw import auto_gain
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0, 1, (3, 8, 8)).astype(np.float32)
+    y[1] *= 0.01  # a dim image
+    y[2] *= 1e-6  # nearly black: the cap applies
+    g = auto_gain(y, 0.18, 256.0)
+    assert g.shape == (3, 1, 1) and g.dtype == np.float32
+    means = (y * g).reshape(3, -1).mean(axis=1)
+    np.testing.assert_allclose(means[:2], 0.18, rtol=1e-6)
+    assert g[2, 0, 0] == np.float32(256.0)
+    # through the stage: the same quantised codes, scaled — quantisation stays visible
+    stage = RawStage(RawStage.Params(auto_gain=True), index=0)
+    info = SignalInfo(Unit.DN, (4, 4), np.uint16, {"bits": 10, "black_level_dn": 64,
+                                                   "white_level_dn": 1023, "cfa": "mono"})
+    stage.setup(info)
+    dn = np.full((1, 4, 4), 64, np.uint16)
+    dn[0, :2] = 66  # two codes above black
+    out = stage.process(dn, Batch(np.arange(1)))
+    assert out.shape == (1, 4, 4, 3)
+    np.testing.assert_allclose(out.mean(), 0.18, rtol=1e-6)
+    assert len(np.unique(out)) == 2  # still two levels
