@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -167,26 +166,25 @@ class Counts(Stage):
 '''
 
 
+def write_plugin(site: Path, package: str, source: str, stages: dict[str, str]) -> Path:
+    """A plugin on disk: ``site/package/__init__.py`` and a dist-info whose
+    ``sensorlab.stages`` entry points map stage names to ``package:Class`` (nothing installed;
+    put ``site`` on sys.path or PYTHONPATH)."""
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(source)
+    info = site / f"{package}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {package}:{cls}\n" for name, cls in stages.items())
+    (info / "entry_points.txt").write_text(f"[sensorlab.stages]\n{lines}")
+    return site
+
+
 @pytest.fixture
 def plugin_dir(tmp_path) -> Path:
     """A plugin package with a dist-info whose entry points name its stages (nothing installed)."""
-    root = tmp_path / "plugin_site"
-    (root / "toyplug").mkdir(parents=True)
-    (root / "toyplug" / "__init__.py").write_text(PLUGIN_SOURCE)
-    info = root / "toyplug-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyplug\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        textwrap.dedent(
-            """\
-            [sensorlab.stages]
-            slow = toyplug:Slow
-            plug_photons = toyplug:Photons
-            plug_counts = toyplug:Counts
-            """
-        )
-    )
-    return root
+    stages = {"slow": "Slow", "plug_photons": "Photons", "plug_counts": "Counts"}
+    return write_plugin(tmp_path / "plugin_site", "toyplug", PLUGIN_SOURCE, stages)
 
 
 def cli_env(plugin: Path | None = None) -> dict:

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import types
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from conftest import ROOT, TOY_STAGES
+from conftest import ROOT, TOY_STAGES, write_plugin
 
 from pipeline.config import load_config
 from pipeline.errors import UserError
@@ -585,20 +584,8 @@ class Quant(Stage):
 @pytest.fixture
 def cli_sweep(tmp_path):
     """A plugin with a noisy, slow stage, a base config and a 6-cell sweep file."""
-    site = tmp_path / "site"
-    (site / "sweepplug").mkdir(parents=True)
-    (site / "sweepplug" / "__init__.py").write_text(PLUGIN)
-    info = site / "sweepplug-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sweepplug\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        textwrap.dedent(
-            """\
-            [sensorlab.stages]
-            sp_noisy = sweepplug:Noisy
-            sp_adc = sweepplug:Quant
-            """
-        )
+    site = write_plugin(
+        tmp_path / "site", "sweepplug", PLUGIN, {"sp_noisy": "Noisy", "sp_adc": "Quant"}
     )
     rng = np.random.default_rng(5)
     np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (8, 4, 4, 3), np.uint8), y=np.arange(8))

@@ -320,8 +320,12 @@ def test_auto_gain_scales_each_image_mean_to_the_target_and_respects_the_cap():
     assert g[2, 0, 0] == np.float32(256.0)
     # through the stage: the same quantised codes, scaled — quantisation stays visible
     stage = RawStage(RawStage.Params(auto_gain=True), index=0)
-    info = SignalInfo(Unit.DN, (4, 4), np.uint16, {"bits": 10, "black_level_dn": 64,
-                                                   "white_level_dn": 1023, "cfa": "mono"})
+    info = SignalInfo(
+        Unit.DN,
+        (4, 4),
+        np.uint16,
+        {"bits": 10, "black_level_dn": 64, "white_level_dn": 1023, "cfa": "mono"},
+    )
     stage.setup(info)
     dn = np.full((1, 4, 4), 64, np.uint16)
     dn[0, :2] = 66  # two codes above black
