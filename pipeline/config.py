@@ -81,6 +81,12 @@ class ModelRef(_Strict):
 class Config(_Strict):
     """A whole run: the base for the registry-specific model built by :func:`config_model`."""
 
+    def plain(self) -> dict[str, Any]:
+        """The config as plain JSON types, each sensor row starting with its ``stage`` name."""
+        out = self.model_dump(mode="json")
+        out["sensor"] = [{"stage": row["stage"], **row} for row in out.get("sensor") or []]
+        return out
+
     seed: int = Field(0, ge=0, lt=2**63, description="Run seed: temporal noise, shuffling.")
     sensor_seed: int | None = Field(
         None,
@@ -158,7 +164,7 @@ class LoadedConfig:
         folder.
         """
         registry = registry or default_registry()
-        out = self.config.model_dump(mode="json")
+        out = self.config.plain()
         dataset = out.get("dataset") or {}
         if isinstance(dataset.get("path"), str):
             dataset["path"] = str(self.resolve(dataset["path"]))

@@ -494,7 +494,7 @@ def _manifest(
         "sensorlab": pipeline.__version__,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_file": loaded.file,
-        "config": config.model_dump(mode="json"),
+        "config": config.plain(),
         "seed": config.seed,
         "sensor_seed": config.sensor_seed if config.sensor_seed is not None else config.seed,
         "versions": _versions(),
