@@ -66,7 +66,11 @@ class Chain:
         outputs = []
         for i, stage in enumerate(self.stages[:upto]):
             t0 = time.perf_counter()
-            x = stage.process(x, batch)
+            try:
+                x = stage.process(x, batch)
+            except StageError as exc:  # input the stage cannot take, met while data flows
+                key = f"{self.keys[i]}.{self.names[i]}"
+                raise UserError(str(exc), key=f"{key}.{exc.key}" if exc.key else key) from None
             if timings is not None:
                 timings[i] += time.perf_counter() - t0
             _check_output(self, i, x, len(batch))
@@ -80,7 +84,10 @@ class Chain:
         upto = len(self.sensor_stages) if sensor_only else None
         for images, labels, index in dataset.batches(batch_size):
             _check_finite(images, index, file)
-            out = self.apply(images, batch_for(dataset, index), upto=upto)
+            try:
+                out = self.apply(images, batch_for(dataset, index), upto=upto)
+            except UserError as exc:
+                raise exc.located(file=file or None) from None
             yield (out[-1] if out else images), labels, index
 
 
@@ -416,7 +423,10 @@ def _stream(
             raise exc.located(file=loaded.file) from None
         read_time += time.perf_counter() - t0
         _check_finite(images, index, loaded.file)
-        outputs = [images, *chain.apply(images, batch_for(dataset, index), timings=timings)]
+        try:
+            outputs = [images, *chain.apply(images, batch_for(dataset, index), timings=timings)]
+        except UserError as exc:
+            raise exc.located(file=loaded.file) from None
         start = int(index[0])
         if start < n_record:
             stop = min(int(index[-1]) + 1, n_record)

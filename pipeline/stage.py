@@ -39,9 +39,11 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "sensorlab.stages"
 
-# Third element of the seed-sequence key for fixed-pattern draws; image draws use
-# three-element keys, so the two can never collide.
-_PATTERN_TAG = 0x5E5
+# Domain tags in the third place of every seed-sequence key. Image and fixed-pattern keys
+# have the same length (4) and differ in the tag: NumPy's SeedSequence pads shorter
+# entropy with zeros, so keys of different lengths could otherwise coincide.
+_IMAGE_DOMAIN = 0
+_PATTERN_DOMAIN = 1
 
 
 class Unit(str, Enum):
@@ -72,7 +74,9 @@ class StageError(ValueError):
 class StageParams(BaseModel):
     """Base class of a stage's parameters: unknown keys are errors, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 def param(
@@ -190,12 +194,13 @@ class Stage(ABC):
 
     # -- randomness -------------------------------------------------------------
     def image_rngs(self, image_index: Sequence[int] | np.ndarray) -> list[np.random.Generator]:
-        """One generator per image, keyed by (seed, stage index, image index)."""
-        return [np.random.default_rng([self.seed, self.index, int(i)]) for i in image_index]
+        """One generator per image, keyed by (seed, stage index, image key)."""
+        seed, index = self.seed, self.index
+        return [np.random.default_rng([seed, index, _IMAGE_DOMAIN, int(i)]) for i in image_index]
 
     def pattern_rng(self, key: int = 0) -> np.random.Generator:
         """A generator for fixed-pattern draws: one pattern per sensor seed and stage."""
-        return np.random.default_rng([self.sensor_seed, self.index, _PATTERN_TAG, int(key)])
+        return np.random.default_rng([self.sensor_seed, self.index, _PATTERN_DOMAIN, int(key)])
 
     # -- description --------------------------------------------------------------
     @classmethod

@@ -386,6 +386,12 @@ class RawStage(Stage):
         mono_output: Literal["replicate", "single"] = param(
             "replicate", doc="Mono sensor: replicate to 3 channels or keep 1."
         )
+        linearize: Literal["auto", "on", "off"] = param(
+            "auto",
+            doc="Undo the ADC's transfer curve (dequantize each code to its signal) before "
+            "normalising: auto does it for log, sqrt and table curves, whose codes are not "
+            "proportional to the light.",
+        )
         auto_gain: bool = param(
             False,
             doc="Digital gain per image (an ISP's auto-brightness): scale each normalised "
@@ -410,6 +416,14 @@ class RawStage(Stage):
         if any(g <= 0 for g in p.wb_gains):
             raise StageError(f"wb_gains must be positive, got {p.wb_gains}", key="wb_gains")
         self._black, self._white = self._levels(attrs)
+        self._transfer = self._linear_transfer(attrs)
+        span = self._white - self._black
+        if self._transfer is not None:  # normalise in signal units: black 0, white 1
+            from sensors.adc import dequantize
+
+            ends = dequantize(np.array([self._black, self._white]), **self._transfer)
+            self._black_signal = float(ends[0])
+            span = float(ends[1] - ends[0])
         cfa = attrs.get("cfa")
         shape = info.shape
         if len(shape) == 3 and shape[2] == 1:
@@ -417,7 +431,7 @@ class RawStage(Stage):
         self._layout = self._resolve_layout(cfa, shape)
         self._demosaic = None
         height, width = shape[:2]
-        gains = np.array([*p.wb_gains, 1.0], dtype=np.float64) / (self._white - self._black)
+        gains = np.array([*p.wb_gains, 1.0], dtype=np.float64) / span
         if self._layout == "mosaic":
             tile = attrs.get("cfa_tile")
             if tile is None and cfa in BAYER_TILES:
@@ -439,15 +453,36 @@ class RawStage(Stage):
                 raise StageError("output: mosaic needs a mosaic sensor, not stacked", key="output")
             self._scale = gains[: shape[2]].astype(np.float32)
         else:  # mono: one plane, no colour
-            self._scale = np.float32(1.0 / (self._white - self._black))
+            self._scale = np.float32(1.0 / span)
         channels = self._output_channels(shape)
         out_attrs = {"black_level_dn": self._black, "white_level_dn": self._white}
         return info.evolve(
             unit=Unit.UNITLESS,
             shape=(height, width, channels),
             dtype=np.dtype(np.float32),
-            attrs={**out_attrs, "encode": p.encode, "raw_output": p.output},
+            attrs={
+                **out_attrs,
+                "encode": p.encode,
+                "raw_output": p.output,
+                "linearized": self._transfer is not None,
+            },
         )
+
+    def _linear_transfer(self, attrs) -> dict | None:
+        """The ADC's quantize() arguments when codes must be linearised, else None."""
+        mode = self.params.linearize
+        curve = attrs.get("curve", "linear")
+        if mode == "off" or (mode == "auto" and curve == "linear"):
+            return None
+        transfer = attrs.get("adc_transfer")
+        if transfer is None:
+            if mode == "on":
+                raise StageError("linearize needs the ADC's adc_transfer attribute", "linearize")
+            return None
+        transfer = dict(transfer)
+        if transfer.get("thresholds") is not None:
+            transfer["thresholds"] = np.asarray(transfer["thresholds"], dtype=np.float64)
+        return transfer
 
     def _levels(self, attrs) -> tuple[float, float]:
         p = self.params
@@ -509,8 +544,14 @@ class RawStage(Stage):
         p = self.params
         if self._layout != "stacked" and x.ndim == 4:
             x = x[..., 0]
-        y = x.astype(np.float32)  # a copy, normalised in place below
-        y -= np.float32(self._black)
+        if self._transfer is not None:
+            from sensors.adc import dequantize
+
+            y = dequantize(x, **self._transfer).astype(np.float32)
+            y -= np.float32(self._black_signal)
+        else:
+            y = x.astype(np.float32)  # a copy, normalised in place below
+            y -= np.float32(self._black)
         y *= self._scale
         if p.auto_gain:
             y *= auto_gain(y, p.gain_target, p.max_gain)

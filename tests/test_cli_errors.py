@@ -198,3 +198,15 @@ def test_top_level_not_a_mapping(tmp_path, plugin_dir):
 def test_unknown_command_is_one_line(tmp_path):
     proc = sensorlab("rnu", cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_infinite_parameter_is_refused(tmp_path, base, plugin_dir):
+    proc = sensorlab(
+        "run",
+        _write(tmp_path, base),
+        "--set",
+        "sensor.slow.seconds=.inf",
+        cwd=tmp_path,
+        plugin=plugin_dir,
+    )
+    _assert_user_error(proc, tmp_path, "cfg.yaml: sensor[1].slow.seconds: ", "finite")

@@ -180,3 +180,23 @@ def test_noise_is_keyed_by_image_identity_not_position(toy_registry, tmp_path):
     assert not np.array_equal(train[0], val[0])
     np.testing.assert_array_equal(everything[:6], train)  # 'all' is train, val, test in order
     np.testing.assert_array_equal(everything[6:12], val)
+
+
+def test_stage_error_while_data_flows_is_a_located_user_error(npz_dataset, tmp_path):
+    from pipeline.registry import Registry
+    from pipeline.stage import Stage, StageError, Unit
+
+    class Refuse(Stage):
+        name = "toy_refuse"
+        takes = ()
+        gives = Unit.DN
+
+        def process(self, x, batch):
+            raise StageError("input out of range", key="limit")
+
+    cfg = toy_config(npz_dataset, tmp_path / "runs")
+    cfg["sensor"] = [{"stage": "toy_refuse"}]
+    with pytest.raises(UserError) as info:
+        run(cfg, registry=Registry([Refuse], entry_points=False))
+    assert str(info.value) == "<dict>: sensor[0].toy_refuse.limit: input out of range"
+    assert _complete_runs(tmp_path / "runs") == []

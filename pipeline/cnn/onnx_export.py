@@ -153,6 +153,7 @@ class SensorFront:
     auto_gain: bool = False
     gain_target: float = 0.18
     max_gain: float = 256.0
+    linearized: bool = False
 
     @property
     def layout(self) -> str:
@@ -232,6 +233,7 @@ class SensorFront:
             auto_gain=bool(getattr(p, "auto_gain", False)),
             gain_target=float(getattr(p, "gain_target", 0.18)),
             max_gain=float(getattr(p, "max_gain", 256.0)),
+            linearized=bool(raw_info.attrs.get("linearized", False)),
         )
 
 
@@ -313,6 +315,12 @@ def _front_nodes(front: SensorFront, input_dtype: str, out: str):
         raise UserError(
             f"the raw front end computes the bilinear demosaic only; the model was trained "
             f"with demosaic: {front.demosaic} (retrain with bilinear, or export without --front)",
+            key="front",
+        )
+    if front.linearized:
+        raise UserError(
+            "the raw front end computes linear ADC curves only; the model was trained on "
+            "linearised log/sqrt/table codes (export without --front)",
             key="front",
         )
     if front.encode != "linear":

@@ -532,10 +532,16 @@ def test_raw_front_accepts_an_int32_input(tmp_path):
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [({"demosaic": "malvar"}, "bilinear demosaic only"), ({"encode": "srgb"}, "encode: srgb")],
+    [
+        ({"demosaic": "malvar"}, "bilinear demosaic only"),
+        ({"encode": "srgb"}, "encode: srgb"),
+        ({"linearize": "auto"}, "linear ADC curves only"),
+    ],
 )
 def test_raw_front_refuses_what_it_does_not_compute(tmp_path, raw, message):
     sensor = [*SENSOR[:3], {"stage": "raw", **raw}]
+    if raw.get("linearize"):
+        sensor[2] = {"stage": "adc", "bits": 10, "curve": "log"}
     front, _, nchw = chain_for(tmp_path, sensor)
     model = case_model(LAYER_CASES["relu"], input_shape=nchw.shape[1:])
     with pytest.raises(UserError, match=message):

@@ -333,3 +333,29 @@ def test_auto_gain_scales_each_image_mean_to_the_target_and_respects_the_cap():
     assert out.shape == (1, 4, 4, 3)
     np.testing.assert_allclose(out.mean(), 0.18, rtol=1e-6)
     assert len(np.unique(out)) == 2  # still two levels
+
+
+@pytest.mark.parametrize("curve", ["log", "sqrt"])
+def test_companded_codes_are_linearised_to_within_a_code(curve):
+    """A log or sqrt ADC's codes are not proportional to light: the raw stage undoes the
+    curve (sensors.adc.dequantize), so the CNN sees linear light whatever the ADC."""
+    from sensors.adc import ADCStage
+
+    adc = ADCStage(ADCStage.Params(bits=8, curve=curve))
+    info = adc.setup(
+        SignalInfo(Unit.ELECTRONS, (16, 16), np.float32, {"cfa": "mono", "full_well_e": 10000.0})
+    )
+    raw = RawStage(RawStage.Params())
+    assert raw.setup(info).attrs["linearized"] is True
+    electrons = np.linspace(0, 10000, 256, dtype=np.float32).reshape(1, 16, 16)
+    codes = adc.process(electrons, Batch(np.arange(1)))
+    out = raw.process(codes, Batch(np.arange(1)))[0, ..., 0]
+    truth = electrons[0] / 10000
+    # the error is at most the width of the code each value fell in, in normalised units
+    step = np.diff(np.unique(out)).max()
+    assert np.abs(out - truth).max() <= step
+    # off: the codes are normalised as if linear — far from the light for a log curve
+    raw_off = RawStage(RawStage.Params(linearize="off"))
+    raw_off.setup(info)
+    off = raw_off.process(codes, Batch(np.arange(1)))[0, ..., 0]
+    assert np.abs(off - truth).max() > 0.1
