@@ -11,11 +11,19 @@ from pipeline.stage import Batch, SignalInfo, Stage, StageError, Unit
 __all__ = ["ClassifierStage"]
 
 
+# Images per CNN call. Each image always sits in the same row of a call of this size
+# (row = image key mod GROUP, empty rows zero), so its logits come from the same GEMM
+# shapes and thread splits, hence bit for bit the same, whatever the run's batch size.
+GROUP = 32
+
+
 class ClassifierStage(Stage):
     """Class scores (logits) of a CNN for each image.
 
-    Takes planes (N,H,W,C) or a mosaic (N,H,W) and feeds the CNN (N,C,H,W) float32.
-    Built by the runner from the config's ``model:`` section, not from a YAML row.
+    Takes planes (N,H,W,C) or a mosaic (N,H,W) and feeds the CNN (N,C,H,W) float32, in
+    calls of :data:`GROUP` images where each image has a fixed row, so that logits do not
+    depend on how the run was batched. Built by the runner from the config's ``model:``
+    section, not from a YAML row.
     """
 
     name = "cnn"
@@ -42,8 +50,19 @@ class ClassifierStage(Stage):
 
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[:, None, :, :]
-        else:
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        return np.asarray(self.model.forward(x, train=False), dtype=np.float32)
+        x = x[:, None, :, :] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        slots = np.asarray(batch.image_index, dtype=np.int64) % GROUP
+        # images that want the same row go to different calls: the k-th of them to call k
+        order = np.argsort(slots, kind="stable")
+        first = np.searchsorted(slots[order], slots[order])
+        call = np.empty(len(x), dtype=np.int64)
+        call[order] = np.arange(len(x)) - first
+        out = np.empty((len(x), len(self.model.class_names)), dtype=np.float32)
+        buf = np.zeros((GROUP, *x.shape[1:]), dtype=np.float32)
+        for k in range(int(call.max()) + 1 if len(x) else 0):
+            members = np.flatnonzero(call == k)
+            buf[...] = 0.0
+            buf[slots[members]] = x[members]
+            logits = np.asarray(self.model.forward(buf, train=False), dtype=np.float32)
+            out[members] = logits[slots[members]]
+        return out

@@ -27,8 +27,9 @@ import numpy as np
 import zarr
 
 from pipeline.errors import UserError
+from pipeline.files import ordinary_mode
 
-__all__ = ["RunWriter", "jsonable", "write_json_atomic"]
+__all__ = ["RunWriter", "jsonable", "ordinary_mode", "write_json_atomic"]
 
 _CHUNK_BYTES = 1 << 20  # aim for ~1 MiB chunks, whole images per chunk
 
@@ -52,9 +53,7 @@ class RunWriter:
         try:
             self.out_root.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=self.out_root))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a run folder is ordinary
+            ordinary_mode(self.tmp, folder=True)  # mkdtemp makes 0700
         except OSError as exc:
             raise UserError(
                 f"cannot write to {self.out_root}: {exc.strerror or exc}", key="run.out"

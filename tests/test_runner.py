@@ -200,3 +200,52 @@ def test_stage_error_while_data_flows_is_a_located_user_error(npz_dataset, tmp_p
         run(cfg, registry=Registry([Refuse], entry_points=False))
     assert str(info.value) == "<dict>: sensor[0].toy_refuse.limit: input out of range"
     assert _complete_runs(tmp_path / "runs") == []
+
+
+def test_logits_are_identical_for_any_batch_size(tmp_path):
+    """The classifier runs fixed-size calls with each image in a fixed row: logits (not
+    only the sensor arrays) are the same bit for bit for batch sizes 1, 7 and 64."""
+    from conftest import ROOT
+
+    from pipeline.cnn.graph import load_graph
+    from pipeline.cnn.model import Model
+
+    graph = ROOT / "configs" / "models" / "procedural32.yaml"
+    (tmp_path / "m.yaml").write_text(graph.read_text())
+    Model(load_graph(tmp_path / "m.yaml"), init_seed=4).save(tmp_path / "m.npz")
+    cfg = {
+        "dataset": {"kind": "procedural", "n": 70, "size": 32},
+        "sensor": [
+            {"stage": "scene"},
+            {"stage": "photodetector"},
+            {"stage": "adc"},
+            {"stage": "raw", "auto_gain": True},
+        ],
+        "model": {"path": str(tmp_path / "m.yaml")},
+        "run": {"out": str(tmp_path), "record": {"stages": ["cnn"], "images": "all"}},
+    }
+    logits = [run(cfg, store=False, set={"run.batch_size": b}).arrays["cnn"] for b in (1, 7, 64)]
+    assert logits[0].shape == (70, 10)
+    np.testing.assert_array_equal(logits[0], logits[1])
+    np.testing.assert_array_equal(logits[0], logits[2])
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    """Weights and run folders are readable like any other file the user writes."""
+    import os
+    import stat
+
+    from conftest import ROOT
+
+    from pipeline.cnn.graph import load_graph
+    from pipeline.cnn.model import Model
+
+    umask = os.umask(0o022)
+    try:
+        Model(load_graph(ROOT / "configs" / "models" / "procedural32.yaml")).save(
+            tmp_path / "w.npz"
+        )
+        mode = stat.S_IMODE((tmp_path / "w.npz").stat().st_mode)
+    finally:
+        os.umask(umask)
+    assert mode == 0o644

@@ -20,6 +20,7 @@ import yaml
 
 from pipeline.cnn.graph import INPUT, GraphSpec, Node, load_graph
 from pipeline.errors import UserError
+from pipeline.files import ordinary_mode
 
 __all__ = ["HASH_KEY", "MODEL_KEY", "Model", "load_model"]
 
@@ -339,6 +340,7 @@ def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
+        ordinary_mode(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

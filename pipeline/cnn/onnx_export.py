@@ -55,6 +55,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline.cnn.graph import INPUT, Node
 from pipeline.cnn.model import Model
 from pipeline.errors import UserError
+from pipeline.files import ordinary_mode
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -715,6 +716,7 @@ def save_onnx(proto: onnx.ModelProto, path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(proto.SerializeToString())
+        ordinary_mode(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

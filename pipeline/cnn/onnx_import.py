@@ -48,6 +48,7 @@ from onnx import numpy_helper
 from pipeline.cnn.graph import parse_graph
 from pipeline.cnn.model import Model
 from pipeline.errors import UserError
+from pipeline.files import ordinary_mode
 
 __all__ = ["SUPPORTED_OPS", "ImportedModel", "import_onnx", "load_onnx", "write_imported"]
 
@@ -662,6 +663,7 @@ def write_imported(imported: ImportedModel, out_dir: str | Path) -> tuple[Path, 
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         imported.model.save(npz_path)
+        ordinary_mode(tmp)  # mkstemp makes 0600
         os.replace(tmp, yaml_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
