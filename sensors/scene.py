@@ -17,7 +17,9 @@ is set in one of three ways:
   (:func:`photons_from_illuminance`).
 
 Each channel's value is the photon count in that channel's band: a white pixel
-sends the same photon count in R, G and B.
+sends the same photon count in R, G and B. In lux mode the camera equation gives the
+photons of all the light; ``band_fractions`` (default a third each) shares them among
+the R, G and B bands, so R + G + B is what the camera equation allows.
 """
 
 from __future__ import annotations
@@ -264,6 +266,10 @@ class SceneStage(Stage):
             unit="nm",
             doc="Centre wavelengths of the R, G, B channels (for diffraction in optics).",
         )
+        band_fractions: tuple[float, float, float] = param(
+            (1 / 3, 1 / 3, 1 / 3),
+            doc="Lux mode: share of the light's photons in the R, G and B bands (sum 1).",
+        )
         pixels_per_image_pixel: int = param(
             1,
             doc="Sensor pixels per image pixel along each axis (area-preserving upsampling).",
@@ -318,6 +324,15 @@ class SceneStage(Stage):
                 luminous_efficacy_lm_per_w=p.luminous_efficacy_lm_per_w,
                 photon_wavelength_nm=p.photon_wavelength_nm,
             )
+            fractions = np.asarray(p.band_fractions, dtype=np.float64)
+            if (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
+                raise StageError(
+                    f"band_fractions must be >= 0 and sum to 1, got {p.band_fractions}",
+                    key="band_fractions",
+                )
+            # per channel: total × fraction; kept as a scalar and a per-band weight
+            self._band_weights = (fractions * 3.0).astype(np.float32)
+            self._photons_per_sensor_px /= 3.0
         elif self._mode == "photons_at_white":
             self._photons_per_sensor_px = float(p.photons_at_white)
         else:
@@ -367,4 +382,6 @@ class SceneStage(Stage):
             linear *= scale.astype(np.float32)[:, None, None, None]
         else:
             linear *= np.float32(per_image_px)
+            if self._mode == "illuminance_lux":
+                linear *= self._band_weights
         return upsample_photons(linear, k)

@@ -192,7 +192,11 @@ def test_stage_lux_mode_sets_attrs_and_levels():
     images = np.full((1, 2, 2, 3), 255, dtype=np.uint8)
     params = dict(illuminance_lux=100.0, exposure_s=0.01, f_number=2.0, pixel_pitch_um=2.0)
     out, info = run_scene(images, {"encoding": "srgb8"}, **params)
-    np.testing.assert_allclose(out, 1022.670, rtol=1e-5)
+    # the camera equation's 1022.670 photons (hand-computed) are the whole light's: R + G + B
+    np.testing.assert_allclose(out.sum(axis=-1), 1022.670, rtol=1e-5)
+    np.testing.assert_allclose(out, 1022.670 / 3, rtol=1e-5)
+    warm, _ = run_scene(images, {"encoding": "srgb8"}, band_fractions=(0.5, 0.3, 0.2), **params)
+    np.testing.assert_allclose(warm[0, 0, 0], [511.335, 306.801, 204.534], rtol=1e-5)
     assert info.attrs["exposure_s"] == 0.01
     assert info.attrs["f_number"] == 2.0
     assert info.attrs["pixel_pitch_um"] == 2.0
@@ -204,6 +208,16 @@ def test_stage_lux_mode_sets_attrs_and_levels():
         ({"mean_photons": 10.0, "photons_at_white": 20.0}, "photons_at_white"),
         ({"illuminance_lux": 10.0, "exposure_s": 0.01, "pixel_pitch_um": 2.0}, "f_number"),
         ({"illuminance_lux": 10.0, "f_number": 2.0, "pixel_pitch_um": 2.0}, "exposure_s"),
+        (
+            {
+                "illuminance_lux": 1.0,
+                "exposure_s": 0.01,
+                "f_number": 2.0,
+                "pixel_pitch_um": 2.0,
+                "band_fractions": (0.5, 0.5, 0.5),
+            },
+            "band_fractions",
+        ),
     ],
 )
 def test_parameter_errors_name_the_key(params, key):
