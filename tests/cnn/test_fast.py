@@ -9,6 +9,8 @@ odd batch sizes and several thread counts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -402,3 +404,21 @@ def test_model_fast_path_follows_parameter_changes():
     m64 = _model([{"type": "flatten"}, {"type": "dense", "units": 3}], (2, 6, 6), np.float64)
     assert fast.fast_forward(m64, x.astype(np.float64)) is None
     assert m64.forward(x).dtype == np.float64
+
+
+def test_compiled_net_follows_weights_moved_in_place():
+    """Swapping two rows of a weight in place (same values, new order) must not serve the
+    previously compiled network."""
+    from pipeline.cnn.graph import load_graph
+    from pipeline.cnn.model import Model
+
+    root = Path(__file__).resolve().parents[2]
+    model = Model(load_graph(root / "configs" / "models" / "procedural32.yaml"), init_seed=1)
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    before = model.forward(x)
+    w = model.params["fc.weight"]
+    w[[0, 1]] = w[[1, 0]]
+    after = model.forward(x)
+    np.testing.assert_allclose(after[:, [1, 0]], before[:, [0, 1]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(after[:, 2:], before[:, 2:], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(after[:, :2], before[:, :2])
