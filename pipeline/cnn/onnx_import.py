@@ -32,7 +32,6 @@ Anything else is refused with one line that names every unsupported operator.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -47,6 +46,7 @@ from onnx import numpy_helper
 
 from pipeline.cnn.graph import parse_graph
 from pipeline.cnn.model import Model
+from pipeline.cnn.onnx_export import read_metadata
 from pipeline.errors import UserError
 from pipeline.files import ordinary_mode
 
@@ -106,23 +106,13 @@ def _f32(value: Any) -> float:
     return float(str(np.float32(value)))
 
 
-def _metadata(proto: onnx.ModelProto) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for p in proto.metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except (ValueError, TypeError):
-            out[p.key] = p.value
-    return out
-
-
 class _Converter:
     """Walks a graph in node order and writes layer rows."""
 
     def __init__(self, proto: onnx.ModelProto, file: str | None):
         self.file = file
         self.graph = proto.graph
-        self.meta = _metadata(proto)
+        self.meta = read_metadata(proto)
         self.consts: dict[str, np.ndarray] = {
             t.name: numpy_helper.to_array(t) for t in self.graph.initializer
         }
