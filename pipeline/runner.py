@@ -539,8 +539,9 @@ def _versions() -> dict[str, str]:
 
 
 def _write_samples(writer: RunWriter, chain: Chain, result: RunResult, n: int) -> None:
-    if n <= 0 or not result.arrays:
-        return
-    from pipeline.samples import samples_figure
+    from pipeline.samples import confusion_figure, samples_figure
 
-    samples_figure(result.arrays, chain, writer.path("samples.png"), n=n)
+    if result.metrics:
+        confusion_figure(result.metrics, writer.path("confusion.png"))
+    if n > 0 and result.arrays:
+        samples_figure(result.arrays, chain, writer.path("samples.png"), n=n)

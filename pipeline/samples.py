@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["display_image", "samples_figure"]
+__all__ = ["confusion_figure", "display_image", "samples_figure"]
 
 _CHANNEL = {"R": 0, "G": 1, "B": 2}
 
@@ -92,6 +92,40 @@ def samples_figure(
                 ax.set_title(f"{name}\n[{info.unit}]", fontsize=8, loc="left")
     fig.suptitle(
         "first images through every stage (linear signals: per-image scaled, sRGB display curve)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def confusion_figure(metrics: Mapping[str, Any], path: str | Path) -> None:
+    """confusion.png: counts of true class (rows) against predicted class (columns), with
+    per-class accuracy on the row labels and the overall accuracy in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(metrics["confusion_matrix"])
+    names = list(metrics["class_names"])
+    per_class = metrics["per_class_accuracy"]
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                colour = "white" if cm[i, j] > cm.max() / 2 else "black"
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=colour)
+    rows = [f"{n} ({per_class[n]:.0%})" if per_class[n] is not None else n for n in names]
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(k), rows, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (per-class accuracy)")
+    lo, hi = metrics["accuracy_ci95"]
+    ax.set_title(
+        f"accuracy {metrics['accuracy']:.3f} (95% CI {lo:.3f}–{hi:.3f}), n = {metrics['n']}",
         fontsize=8,
     )
     fig.tight_layout()

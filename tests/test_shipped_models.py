@@ -49,3 +49,19 @@ def test_fewer_bits_cost_accuracy_in_dim_light():
         for bits in (6, 10)
     )
     assert high > 0.9 and low < 0.7
+
+
+def test_run_with_a_model_writes_the_confusion_matrix_picture(tmp_path):
+    result = run(
+        ROOT / "configs" / "default.yaml",
+        progress=False,
+        set={"dataset.n": 40, "run.out": str(tmp_path), "run.name": "r"},
+    )
+    assert sorted(p.name for p in result.path.iterdir()) == [
+        "arrays.zarr",
+        "confusion.png",
+        "manifest.json",
+        "samples.png",
+    ]
+    assert (result.path / "confusion.png").stat().st_size > 5000
+    assert len(result.metrics["confusion_matrix"]) == 10
