@@ -477,15 +477,12 @@ def _item_model(list_annotation: Any, node: Any) -> Any:
 
 
 def _range_message(err: dict, model: type[BaseModel], loc: list, raw: Any, value: Any) -> str:
-    lo = hi = None
+    """``must be between LO and HI`` for a field bounded inclusively on both sides,
+    else pydantic's own wording (``must be greater than 0``...)."""
     meta = _field_metadata(model, loc, raw)
-    for m in meta:
-        lo = getattr(m, "ge", None) if getattr(m, "ge", None) is not None else lo
-        lo = getattr(m, "gt", None) if getattr(m, "gt", None) is not None else lo
-        hi = getattr(m, "le", None) if getattr(m, "le", None) is not None else hi
-        hi = getattr(m, "lt", None) if getattr(m, "lt", None) is not None else hi
-    strict = {"gt": any(getattr(m, "gt", None) is not None for m in meta)}
-    if lo is not None and hi is not None and not strict["gt"]:
+    lo = next((m.ge for m in meta if getattr(m, "ge", None) is not None), None)
+    hi = next((m.le for m in meta if getattr(m, "le", None) is not None), None)
+    if lo is not None and hi is not None:
         return f"must be between {lo} and {hi}, got {_short(value)}"
     msg = err["msg"].replace("Input should be", "must be")
     return f"{msg}, got {_short(value)}"

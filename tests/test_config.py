@@ -47,7 +47,7 @@ def test_yaml_file_with_overrides_and_relative_paths(tmp_path, toy_registry, npz
 @pytest.mark.parametrize(
     ("patch", "expected"),
     [
-        ({"seed": -1}, "<dict>: seed: must be between 0 and"),
+        ({"seed": -1}, "<dict>: seed: must be greater than or equal to 0, got -1"),
         ({"sensor": "scene"}, "<dict>: sensor: must be a list of stages, got str"),
         ({"sensor": [{"bits": 3}]}, "<dict>: sensor[0]: missing 'stage: NAME'"),
         (
