@@ -20,9 +20,9 @@ import numpy as np
 
 import pipeline
 from pipeline.classifier import ClassifierStage
-from pipeline.config import Config, LoadedConfig, load_config
+from pipeline.config import Config, LoadedConfig, load_config, parse_override
 from pipeline.datasets import Dataset, open_dataset
-from pipeline.errors import UserError
+from pipeline.errors import UserError, did_you_mean
 from pipeline.metrics import classification_metrics
 from pipeline.registry import Registry, default_registry
 from pipeline.stage import Batch, SignalInfo, Stage, StageError
@@ -303,8 +303,6 @@ def run(
 
 
 def _pairs(items: Mapping[str, Any] | Sequence[str]) -> Iterator[tuple[str, Any]]:
-    from pipeline.config import parse_override
-
     if isinstance(items, Mapping):
         yield from items.items()
     else:
@@ -323,8 +321,6 @@ def _record_plan(config: Config, chain: Chain, n_images: int) -> tuple[list[int]
     else:
         for name in rec.stages:
             if name not in all_names:
-                from pipeline.errors import did_you_mean
-
                 raise UserError(
                     f"no stage {name!r} to record{did_you_mean(name, all_names)}",
                     key="run.record.stages",
