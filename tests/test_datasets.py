@@ -638,7 +638,7 @@ def test_digits_reader_with_a_stand_in_sklearn(monkeypatch):
 
 
 def test_digits_with_sklearn():
-    pytest.importorskip("sklearn", reason="scikit-learn is the optional extra 'digits'")
+
     ds = open_dataset({"kind": "digits", "split": "all", "size": 24}, base_dir=Path("."))
     assert len(ds) == 1797 and ds.class_names == tuple("0123456789")
     x, y = ds.read(0, 50)
