@@ -520,7 +520,7 @@ def test_existing_dask_cluster_by_address_gives_the_same_records(sweep_file, reg
     spec["out"] = str(tmp_path / "local")
     local = run_sweep(spec, registry=registry, base_dir=sweep_file.parent, plots=False)
     with LocalCluster(
-        n_workers=1, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR
+        n_workers=1, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.ERROR
     ) as cluster:
         remote = run_sweep(
             {**spec, "out": str(tmp_path / "remote")},

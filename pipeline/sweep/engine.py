@@ -327,7 +327,7 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             n_workers=int(workers or 1),
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: never collides with another cluster
             silence_logs=logging.ERROR,
         ) as cluster,
         distributed.Client(cluster) as client,
