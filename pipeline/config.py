@@ -174,12 +174,19 @@ class LoadedConfig:
                 if isinstance(model.get(key), str):
                     model[key] = str(self.resolve(model[key]))
         for row in out.get("sensor") or []:
-            cls = registry.get(row["stage"])
-            for name, field in cls.Params.model_fields.items():
-                extra = field.json_schema_extra
-                if isinstance(extra, dict) and extra.get("path") and isinstance(row.get(name), str):
+            for name in path_params(registry.get(row["stage"]).Params):
+                if isinstance(row.get(name), str):
                     row[name] = str(self.resolve(row[name]))
         return out
+
+
+def path_params(params: type[BaseModel]) -> list[str]:
+    """The names of the parameters declared as file paths (``param(path=True)``)."""
+    return [
+        name
+        for name, field in params.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("path")
+    ]
 
 
 # --------------------------------------------------------------------------- reading

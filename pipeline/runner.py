@@ -20,7 +20,7 @@ import numpy as np
 
 import pipeline
 from pipeline.classifier import ClassifierStage
-from pipeline.config import Config, LoadedConfig, load_config, parse_override
+from pipeline.config import Config, LoadedConfig, load_config, parse_override, path_params
 from pipeline.datasets import Dataset, open_dataset
 from pipeline.errors import UserError, did_you_mean
 from pipeline.metrics import classification_metrics
@@ -183,9 +183,8 @@ def build_chain(
 def _resolve_paths(cls: type[Stage], values: dict[str, Any], loaded: LoadedConfig) -> dict:
     """Stage parameters with file paths (``param(path=True)``) made relative to the config."""
     values = {k: v for k, v in values.items() if k != "stage"}
-    for name, field in cls.Params.model_fields.items():
-        extra = field.json_schema_extra
-        if isinstance(extra, dict) and extra.get("path") and isinstance(values.get(name), str):
+    for name in path_params(cls.Params):
+        if isinstance(values.get(name), str):
             values[name] = str(loaded.resolve(values[name]))
     return values
 
