@@ -3,10 +3,14 @@
 The photon-transfer method (EMVA 1288 Release 4.0 Linear) run on the simulated
 sensor: flat fields at ``levels`` exposure levels from dark to beyond saturation, two
 frames per level, dark frames, through the config's photodetector and ADC stages;
-then :mod:`sensors.emva` fits the system gain K, the quantum efficiency η, the
+then :mod:`pipeline.emva` fits the system gain K, the quantum efficiency η, the
 temporal dark noise σ_d, the saturation capacity, SNR_max, the dynamic range, DSNU
-and PRNU. A colour sensor is analysed per pixel colour (R, G, B, W pixels of the
-mosaic, or the three layers of a stacked sensor), as the standard asks.
+and PRNU, and splits the non-uniformity into row, column and pixel parts (row/column
+offset and gain FPN) with the row temporal noise. Every noise or non-uniformity figure
+whose size in DN is below the quantisation noise 1/√12 DN carries a note: quantisation
+biases it (a finer ADC, or analog gain, resolves it). A colour sensor is analysed per
+pixel colour (R, G, B, W pixels of the mosaic, or the three layers of a stacked sensor),
+as the standard asks.
 
 Illumination: every frame is a flat field with the same number of photons μ_p in each
 of the R, G and B bands. ``μ_p`` in the datasheet counts the photons that reach one
@@ -30,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import emva
 from pipeline.errors import UserError
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, Unit
-from sensors import emva
 
 __all__ = [
     "characterize_config",
@@ -83,24 +87,39 @@ class _Bench:
 
 
 Selector = Callable[[np.ndarray], np.ndarray]
+#: frames (L, H, W[, 3]) → the (L, M, N) sub-grids of one colour: one per CFA tile phase
+Grids = Callable[[np.ndarray], list[np.ndarray]]
 
 
-def _pixel_classes(info: SignalInfo) -> dict[str, tuple[Selector, int]]:
-    """Per pixel colour: a function picking its pixels from frames, and the bands it sees."""
+def _pixel_classes(info: SignalInfo) -> dict[str, tuple[Selector, int, Grids]]:
+    """Per pixel colour: its pixels from frames (flat), the bands it sees, and its grids.
+
+    The grids keep rows and columns for the row/column decomposition: a stacked layer
+    whole, and for a mosaic every tile phase of that colour (``f[:, i::th, j::tw]``).
+    """
     if len(info.shape) == 3:  # stacked: one layer per colour
-        return {c: (lambda f, i=i: f[..., i], 1) for i, c in enumerate("RGB")}
+        return {
+            c: (lambda f, i=i: f[..., i], 1, lambda f, i=i: [f[..., i]])
+            for i, c in enumerate("RGB")
+        }
     tile = info.attrs.get("cfa_tile")
     if tile is None:
         raise UserError("the photodetector's output has no cfa_tile attr to tell pixel colours")
-    letters = np.array(tile)
+    tile = np.array(tile)
+    th, tw = tile.shape
     h, w = info.shape
-    reps = (-(-h // letters.shape[0]), -(-w // letters.shape[1]))
-    letters = np.tile(letters, reps)[:h, :w]
+    reps = (-(-h // th), -(-w // tw))
+    letters = np.tile(tile, reps)[:h, :w]
     classes = {}
     for letter in ("R", "G", "B", "W"):
         mask = letters == letter
         if mask.any():
-            classes[letter] = (lambda f, m=mask: f[..., m], 3 if letter == "W" else 1)
+            phases = [tuple(ij) for ij in np.argwhere(tile == letter)]
+            classes[letter] = (
+                lambda f, m=mask: f[..., m],
+                3 if letter == "W" else 1,
+                lambda f, ph=phases: [f[:, i::th, j::tw] for i, j in ph],
+            )
     return classes
 
 
@@ -168,11 +187,12 @@ def characterize_stages(
     dark = np.concatenate([bench.frames(0.0, 2) for _ in range(dark_pairs)])
     dark_spatial = bench.frames(0.0, spatial_frames)
     channels = {}
-    for colour, (select, bands) in _pixel_classes(pd_info).items():
+    for colour, (select, bands, grids) in _pixel_classes(pd_info).items():
         channels[colour] = _measure_channel(
             bench,
             select,
             bands,
+            grids,
             dark=dark,
             dark_spatial=dark_spatial,
             nominal_gain=gain,
@@ -233,6 +253,7 @@ def _measure_channel(
     bench: _Bench,
     select: Selector,
     bands: int,
+    grids: Grids,
     *,
     dark: np.ndarray,
     dark_spatial: np.ndarray,
@@ -290,6 +311,8 @@ def _measure_channel(
         select(dark_spatial), select(flat), r.system_gain_dn_per_e
     )
     k = r.system_gain_dn_per_e
+    dark_parts, flat_parts = _decomposition(grids, dark_spatial), _decomposition(grids, flat)
+    lines = emva.line_nonuniformity(dark_parts, flat_parts, k)
     notes = []
     if r.sigma_d_is_upper_bound:
         notes.append(
@@ -326,7 +349,8 @@ def _measure_channel(
         "dynamic_range_bits": emva.ratio_bits(r.dynamic_range),
         "dsnu_e": dsnu_e,
         "prnu_pct": prnu_pct,
-        "notes": notes,
+        **lines,
+        "notes": notes + _floor_notes(dsnu_e, prnu_pct, lines, k, dark_parts, flat_parts),
         "curves": {
             "mu_p_photons": r.mu_p.tolist(),
             "mu_y_dn": r.mu_y.tolist(),
@@ -336,6 +360,72 @@ def _measure_channel(
             "var_y_dark_dn2": var_dark,
         },
     }
+
+
+def _decomposition(grids: Grids, frames: np.ndarray) -> emva.SpatialDecomposition:
+    """Row/column/pixel decomposition of one colour: the mean over its CFA phases."""
+    return emva.mean_decomposition([emva.spatial_decomposition(g) for g in grids(frames)])
+
+
+def _floor_notes(
+    dsnu_e: float,
+    prnu_pct: float,
+    lines: Mapping[str, float],
+    k: float,
+    dark: emva.SpatialDecomposition,
+    flat: emva.SpatialDecomposition,
+) -> list[str]:
+    """Quantisation-floor notes of the non-uniformity figures, each converted to DN.
+
+    Offsets and noise (e⁻) by K; gains (%) at the PRNU flat field's signal.
+    """
+    signal_dn = flat.mean_dn - dark.mean_dn
+
+    def temporal(parts: emva.SpatialDecomposition) -> float:
+        return float(np.sqrt(max(parts.temporal_dn2 - emva.SIGMA_Q2_DN2, 0.0)))
+
+    dark_dn = {
+        "dsnu_e": dsnu_e * k,
+        "row_offset_fpn_e": lines["row_offset_fpn_e"] * k,
+        "col_offset_fpn_e": lines["col_offset_fpn_e"] * k,
+        "row_temporal_noise_e": lines["row_temporal_noise_e"] * k,
+    }
+    flat_dn = {
+        key: lines[key] / 100 * signal_dn if key in lines else prnu_pct / 100 * signal_dn
+        for key in ("prnu_pct", "row_gain_fpn_pct", "col_gain_fpn_pct")
+    }
+    return _quantisation_notes(dark_dn, temporal(dark), frames="dark") + _quantisation_notes(
+        flat_dn, temporal(flat), frames="flat-field"
+    )
+
+
+def _quantisation_notes(
+    figures_dn: Mapping[str, float], temporal_dn: float, *, frames: str
+) -> list[str]:
+    """A note for every figure below the quantisation floor.
+
+    A pattern or noise smaller than the quantiser's own noise ``σ_q = 1/√12 DN`` is
+    distorted by the rounding (it moves whole codes or none), unless the temporal noise
+    of the frames dithers the quantiser: below ``QUANTISATION_LIMITED_DN`` of temporal
+    noise (before quantisation) it does not, and the figure is below the floor.
+
+    Parameters
+    ----------
+    figures_dn : datasheet key → the figure's size in DN.
+    temporal_dn : temporal noise of the frames the figures come from, quantisation
+        removed (DN).
+    frames : which frames, for the note (``"dark"``, ``"flat-field"``).
+    """
+    sigma_q = float(np.sqrt(emva.SIGMA_Q2_DN2))
+    if temporal_dn >= QUANTISATION_LIMITED_DN:
+        return []
+    return [
+        f"{name} is {value:.3g} DN, below the quantisation noise 1/√12 DN = {sigma_q:.2f} DN "
+        f"in {frames} frames whose temporal noise ({temporal_dn:.2g} DN) does not dither the "
+        "quantiser: it is unreliable (a finer ADC, or analog gain, resolves it)"
+        for name, value in figures_dn.items()
+        if value < sigma_q
+    ]
 
 
 # --------------------------------------------------------------------------- writing
@@ -531,7 +621,7 @@ def cmd_characterize(args: argparse.Namespace) -> int:
 
 
 def summary(sheet: Mapping[str, Any], folder: Path) -> str:
-    """One line per channel with the headline EMVA 1288 figures."""
+    """Two lines per channel with the headline EMVA 1288 figures (and the FPN figures)."""
     lines = [f"EMVA 1288 datasheet of {sheet['sensor']['cfa']} sensor: {folder}"]
     for colour, ch in sheet["channels"].items():
         bound = "<" if ch["temporal_dark_noise_is_upper_bound"] else ""
@@ -541,6 +631,12 @@ def summary(sheet: Mapping[str, Any], folder: Path) -> str:
             f"sigma_d {bound}{ch['temporal_dark_noise_e']:.3g} e-, "
             f"sat {ch['saturation_capacity_e']:.4g} e-, "
             f"SNR_max {ch['snr_max_db']:.1f} dB, DR {ch['dynamic_range_db']:.1f} dB"
+        )
+        lines.append(
+            f"     DSNU {ch['dsnu_e']:.3g} e- (row {ch['row_offset_fpn_e']:.3g}, "
+            f"col {ch['col_offset_fpn_e']:.3g}), PRNU {ch['prnu_pct']:.3g} % "
+            f"(row {ch['row_gain_fpn_pct']:.3g}, col {ch['col_gain_fpn_pct']:.3g}), "
+            f"row noise {ch['row_temporal_noise_e']:.3g} e-"
         )
         lines.extend(f"     note: {note}" for note in ch["notes"])
     return "\n".join(lines)
