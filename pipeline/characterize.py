@@ -402,7 +402,7 @@ def _floor_notes(
 def _quantisation_notes(
     figures_dn: Mapping[str, float], temporal_dn: float, *, frames: str
 ) -> list[str]:
-    """A note for every figure below the quantisation floor.
+    """One note naming every figure below the quantisation floor (or none).
 
     A pattern or noise smaller than the quantiser's own noise ``σ_q = 1/√12 DN`` is
     distorted by the rounding (it moves whole codes or none), unless the temporal noise
@@ -417,14 +417,13 @@ def _quantisation_notes(
     frames : which frames, for the note (``"dark"``, ``"flat-field"``).
     """
     sigma_q = float(np.sqrt(emva.SIGMA_Q2_DN2))
-    if temporal_dn >= QUANTISATION_LIMITED_DN:
+    below = [f"{name} ({value:.2g} DN)" for name, value in figures_dn.items() if value < sigma_q]
+    if temporal_dn >= QUANTISATION_LIMITED_DN or not below:
         return []
     return [
-        f"{name} is {value:.3g} DN, below the quantisation noise 1/√12 DN = {sigma_q:.2f} DN "
-        f"in {frames} frames whose temporal noise ({temporal_dn:.2g} DN) does not dither the "
-        "quantiser: it is unreliable (a finer ADC, or analog gain, resolves it)"
-        for name, value in figures_dn.items()
-        if value < sigma_q
+        f"{', '.join(below)} below the quantisation noise 1/√12 DN = {sigma_q:.2f} DN, in "
+        f"{frames} frames whose temporal noise ({temporal_dn:.2g} DN) does not dither the "
+        "quantiser: unreliable (a finer ADC, or analog gain, resolves it)"
     ]
 
 

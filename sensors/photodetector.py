@@ -307,9 +307,11 @@ class PhotodetectorStage(Stage):
 
     Output: ``(N, H, W)`` for a mosaic CFA, ``(N, H, W, 3)`` for ``stacked``, in
     ``output_dtype`` (float32 by default: exact to < 0.01 e⁻ up to 1e5 e⁻, the ADC then
-    works in float64). Temporal noise comes from :meth:`image_rngs` (the same arrays for
-    any batch split); the PRNU and DSNU patterns from :meth:`pattern_rng`, drawn once in
-    :meth:`setup`, so one sensor seed is one physical sensor.
+    works in float64). Temporal noise (shot, read, row) comes from :meth:`image_rngs` (the
+    same arrays for any batch split); the fixed patterns (PRNU, DSNU, row/column offsets
+    and gains, dark-current non-uniformity) from :meth:`pattern_rng`, one tag each, drawn
+    once in :meth:`setup`, so one sensor seed is one physical sensor. The equations and
+    their order are in the module docstring.
 
     Output attrs: ``cfa``, ``cfa_tile`` (absent for stacked), ``full_well_e``,
     ``exposure_s``. The exposure time is the parameter if given, else the scene's
