@@ -12,7 +12,7 @@ Per pixel x = (row y, column c), in the order the code runs::
 ``z, r, k, d, a, b`` are fixed patterns of the sensor (standard normal, drawn once from
 the sensor seed, one tag each, not per image); ``n`` (the read-noise distribution, unit
 variance: :mod:`sensors.noise`) and ``m(y)`` (standard normal, one value per row) are
-drawn per image. Each gain factor is clipped at 0. ``o(x)`` is the dark-signal
+drawn per image. Each factor ``(1 + …)`` is clipped at 0. ``o(x)`` is the dark-signal
 non-uniformity (a fixed offset, e⁻ rms), independent of the exposure; the dark-current
 non-uniformity DCNU instead scales the dark rate, so its spatial variance
 ``(D · t · DCNU)²`` grows with t², and its electrons carry shot noise. Photon and dark
