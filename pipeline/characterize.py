@@ -19,12 +19,11 @@ pixel (which collects all three bands).
 
 Python API: :func:`characterize_stages` (stage objects → datasheet dict),
 :func:`write_datasheet` (dict → folder, atomically), :func:`characterize_config`
-(config → folder). The command line: :func:`register`.
+(config → folder). The command line: :mod:`pipeline.cli.characterize`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -42,7 +41,6 @@ __all__ = [
     "characterize_config",
     "characterize_stages",
     "plot_datasheet",
-    "register",
     "write_datasheet",
 ]
 
@@ -102,7 +100,7 @@ def _pixel_classes(info: SignalInfo) -> dict[str, tuple[Selector, int, Grids]]:
             c: (lambda f, i=i: f[..., i], 1, lambda f, i=i: [f[..., i]])
             for i, c in enumerate("RGB")
         }
-    tile = info.attrs.get("cfa_tile")
+    tile = info.attr("cfa_tile")
     if tile is None:
         raise UserError("the photodetector's output has no cfa_tile attr to tell pixel colours")
     tile = np.array(tile)
@@ -170,18 +168,19 @@ def characterize_stages(
         photodetector, SignalInfo(Unit.PHOTONS, (h, w, 3), np.float64, input_attrs or {}), keys[0]
     )
     adc_info = _setup(adc, pd_info, keys[1])
-    a = adc_info.attrs
-    if a.get("curve", "linear") != "linear":
+    curve = adc_info.attr("curve", "linear")
+    if curve != "linear":
         raise UserError(
-            f"the EMVA 1288 linear method needs a linear ADC curve, got {a['curve']!r}",
+            f"the EMVA 1288 linear method needs a linear ADC curve, got {curve!r}",
             key=f"{keys[1]}.curve",
         )
-    gain = a.get("system_gain_dn_per_e")
-    if gain is None or "bits" not in a:
+    gain = adc_info.attr("system_gain_dn_per_e")
+    bits = adc_info.attr("bits")
+    if gain is None or bits is None:
         raise UserError("the ADC gives no system_gain_dn_per_e and bits attrs", key=keys[1])
-    top = (1 << int(a["bits"])) - 1
-    black = int(a.get("black_level_dn", 0))
-    e_sat = min(float(pd_info.attrs.get("full_well_e", np.inf)), (top - black) / gain)
+    top = (1 << int(bits)) - 1
+    black = int(adc_info.attr("black_level_dn", 0))
+    e_sat = min(float(pd_info.attr("full_well_e", np.inf)), (top - black) / gain)
 
     bench = _Bench(photodetector, adc, (h, w))
     dark = np.concatenate([bench.frames(0.0, 2) for _ in range(dark_pairs)])
@@ -200,18 +199,18 @@ def characterize_stages(
             levels=levels,
             refine=refine,
             spatial_frames=spatial_frames,
-            zero_code=_zero_code(a),
+            zero_code=_zero_code(adc_info),
         )
     return {
         "standard": "EMVA 1288 Release 4.0 Linear, photon-transfer method (simulated sensor)",
         "sensor": {
             "photodetector": photodetector.name,
             "adc": adc.name,
-            "cfa": pd_info.attrs.get("cfa"),
-            "bits": int(a["bits"]),
+            "cfa": pd_info.attr("cfa"),
+            "bits": int(bits),
             "black_level_dn": black,
-            "white_level_dn": a.get("white_level_dn"),
-            "exposure_s": pd_info.attrs.get("exposure_s"),
+            "white_level_dn": adc_info.attr("white_level_dn"),
+            "exposure_s": pd_info.attr("exposure_s"),
             "seed": photodetector.seed,
             "sensor_seed": photodetector.sensor_seed,
         },
@@ -236,12 +235,13 @@ def _setup(stage: Stage, info: SignalInfo, key: str) -> SignalInfo:
         raise UserError(str(exc), key=f"{key}.{exc.key}" if exc.key else key) from None
 
 
-def _zero_code(adc_attrs: Mapping[str, Any]) -> float | None:
+def _zero_code(adc_info: SignalInfo) -> float | None:
     """The mean code of a zero signal: the black level, less 1/2 DN for floor rounding."""
-    transfer = adc_attrs.get("adc_transfer")
-    if not transfer or "black_level_dn" not in adc_attrs:
+    transfer = adc_info.attr("adc_transfer")
+    black = adc_info.attr("black_level_dn")
+    if not transfer or black is None:
         return None
-    return adc_attrs["black_level_dn"] - (0.5 if transfer.get("rounding") == "floor" else 0.0)
+    return black - (0.5 if transfer.get("rounding") == "floor" else 0.0)
 
 
 def _pair(select: Selector, frames: np.ndarray) -> tuple[float, float]:
@@ -579,63 +579,3 @@ def characterize_config(
         stem = Path(loaded.file).stem if loaded.file.endswith((".yaml", ".yml")) else "sensor"
         out = Path(loaded.config.run.out) / f"characterize-{stem}"
     return write_datasheet(sheet, out), sheet
-
-
-# --------------------------------------------------------------------------- command line
-def register(sub: Any) -> None:
-    """Add ``sensorlab characterize CONFIG [--out DIR]`` to the CLI's subparsers."""
-    from pipeline.cli import add_set_option
-
-    p = sub.add_parser(
-        "characterize",
-        help="EMVA 1288 datasheet of the configured sensor (photon-transfer method)",
-        description="Run the EMVA 1288 photon-transfer method on the config's photodetector "
-        "and ADC: flat fields from dark to beyond saturation, two frames per level. Writes "
-        "datasheet.json, photon_transfer.png and snr.png.",
-    )
-    p.add_argument("config", help="run config YAML")
-    add_set_option(p)
-    p.add_argument("--out", help="datasheet folder (default: <run.out>/characterize-<stem>)")
-    p.add_argument(
-        "--levels",
-        type=int,
-        default=DEFAULT_LEVELS,
-        help=f"exposure levels, at least {MIN_LEVELS} (default {DEFAULT_LEVELS})",
-    )
-    p.add_argument(
-        "--size",
-        type=int,
-        default=DEFAULT_SIZE,
-        help=f"flat-field frame size in pixels, square (default {DEFAULT_SIZE})",
-    )
-    p.set_defaults(func=cmd_characterize)
-
-
-def cmd_characterize(args: argparse.Namespace) -> int:
-    folder, sheet = characterize_config(
-        args.config, args.overrides, out=args.out, levels=args.levels, size=args.size
-    )
-    print(summary(sheet, folder))
-    return 0
-
-
-def summary(sheet: Mapping[str, Any], folder: Path) -> str:
-    """Two lines per channel with the headline EMVA 1288 figures (and the FPN figures)."""
-    lines = [f"EMVA 1288 datasheet of {sheet['sensor']['cfa']} sensor: {folder}"]
-    for colour, ch in sheet["channels"].items():
-        bound = "<" if ch["temporal_dark_noise_is_upper_bound"] else ""
-        lines.append(
-            f"  {colour}: K {ch['system_gain_dn_per_e']:.4g} DN/e-, "
-            f"QE {ch['quantum_efficiency_pct']:.1f} %, "
-            f"sigma_d {bound}{ch['temporal_dark_noise_e']:.3g} e-, "
-            f"sat {ch['saturation_capacity_e']:.4g} e-, "
-            f"SNR_max {ch['snr_max_db']:.1f} dB, DR {ch['dynamic_range_db']:.1f} dB"
-        )
-        lines.append(
-            f"     DSNU {ch['dsnu_e']:.3g} e- (row {ch['row_offset_fpn_e']:.3g}, "
-            f"col {ch['col_offset_fpn_e']:.3g}), PRNU {ch['prnu_pct']:.3g} % "
-            f"(row {ch['row_gain_fpn_pct']:.3g}, col {ch['col_gain_fpn_pct']:.3g}), "
-            f"row noise {ch['row_temporal_noise_e']:.3g} e-"
-        )
-        lines.extend(f"     note: {note}" for note in ch["notes"])
-    return "\n".join(lines)

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.stage import read_attr
+
 __all__ = ["confusion_figure", "display_image", "samples_figure"]
 
 _CHANNEL = {"R": 0, "G": 1, "B": 2}
@@ -23,17 +25,17 @@ def display_image(x: np.ndarray, unit: str, attrs: Mapping[str, Any]) -> np.ndar
     posterisation. A mosaic is shown as a mosaic, each photosite in its filter's colour.
     """
     x = np.asarray(x, dtype=np.float64)
-    if unit == "image" and attrs.get("encoding") == "srgb8":
+    if unit == "image" and read_attr(attrs, "encoding") == "srgb8":
         x = x / 255.0
     else:
         if unit == "DN":
-            x = x - float(attrs.get("black_level_dn", 0.0))
+            x = x - float(read_attr(attrs, "black_level_dn", 0.0))
         top = np.percentile(x, 99.5) if x.size else 1.0
         x = np.clip(x / top if top > 0 else x, 0.0, 1.0)
         x = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
     x = np.clip(x, 0.0, 1.0)
     if x.ndim == 2:
-        tile = attrs.get("cfa_tile")
+        tile = read_attr(attrs, "cfa_tile")
         if tile:
             rgb = np.zeros((*x.shape, 3))
             th, tw = len(tile), len(tile[0])
@@ -75,7 +77,7 @@ def samples_figure(
         for row in range(rows):
             ax = axes[row][col]
             value = arrays[name][row]
-            if info.attrs.get("logits"):
+            if info.attr("logits"):
                 z = value.astype(np.float64) - value.max()
                 p = np.exp(z) / np.exp(z).sum()
                 ax.barh(np.arange(len(p)), p, color="tab:blue")

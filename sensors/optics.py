@@ -469,7 +469,7 @@ class OpticsStage(Stage):
         for key in ("f_number", "pixel_pitch_um", "wavelength_nm"):
             value = getattr(p, key)
             if value is None:
-                value = info.attrs.get(key)
+                value = info.attr(key)
             if value is None:
                 raise StageError(
                     f"psf: airy needs {key}: set it here or in the scene stage", key=key

@@ -390,7 +390,7 @@ class PhotodetectorStage(Stage):
             raise StageError(problem, key="read_noise_shape")
         h, w = info.shape[:2]
         stacked = p.cfa == "stacked"
-        self._exposure_s = float(p.exposure_s or info.attrs.get("exposure_s") or DEFAULT_EXPOSURE_S)
+        self._exposure_s = float(p.exposure_s or info.attr("exposure_s") or DEFAULT_EXPOSURE_S)
         pattern_shape = (h, w, 3) if stacked else (h, w)
         gain, self._dsnu = fixed_pattern(
             pattern_shape,

@@ -26,9 +26,9 @@ from pipeline.characterize import (
     SNR_PNG,
     characterize_config,
     characterize_stages,
-    summary,
 )
 from pipeline.cli import main
+from pipeline.cli.characterize import summary
 from pipeline.errors import UserError
 from pipeline.registry import Registry
 from sensors.adc import ADCStage

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import yaml
-from conftest import sensorlab
+from conftest import cli_env, sensorlab
 
 
 def _write(tmp_path, cfg, name="cfg.yaml"):
@@ -210,3 +213,34 @@ def test_infinite_parameter_is_refused(tmp_path, base, plugin_dir):
         plugin=plugin_dir,
     )
     _assert_user_error(proc, tmp_path, "cfg.yaml: sensor[1].slow.seconds: ", "finite")
+
+
+def test_every_command_is_listed():
+    from pipeline.cli import COMMANDS, build_parser
+
+    help_text = build_parser().format_help()
+    commands = ("run", "schema", "stages", "sweep", "train", "characterize", "export", "eval")
+    for name in (*commands, "import"):
+        assert f"    {name} " in help_text or f"    {name}\n" in help_text, name
+    assert len(COMMANDS) == 9
+
+
+def test_a_command_module_that_fails_to_import_is_an_error(tmp_path):
+    """A feature that cannot be imported stops the command line; it is not silently left out
+    of it (the old CLI skipped a command module whose import raised ModuleNotFoundError)."""
+    code = (
+        "import sys\n"
+        "sys.modules['pipeline.train'] = None  # importing it now raises ModuleNotFoundError\n"
+        "from pipeline.cli import main\n"
+        "raise SystemExit(main(['--help']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert "ModuleNotFoundError" in proc.stderr and "pipeline.train" in proc.stderr

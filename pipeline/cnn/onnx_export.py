@@ -204,38 +204,72 @@ class SensorFront:
     @classmethod
     def from_chain(cls, chain: Any) -> SensorFront | None:
         """The settings of a runner :class:`~pipeline.runner.Chain` whose last sensor stage
-        is a raw stage after an ADC; None when the chain has no raw stage."""
+        is a raw stage after an ADC; None when the chain has no raw stage.
+
+        The raw stage's settings are read from its own resolved parameter model (its
+        ``Params``, defaults included), the ADC's and the levels from the signal attrs
+        the stages declared: the front end keeps no copy of a stage default.
+
+        Raises UserError when the raw stage's parameter model lacks a field the front end
+        needs (a plugin raw stage with other parameters)."""
         stages = chain.sensor_stages
         if not stages or stages[-1].kind != "raw":
             return None
         r = len(stages) - 1
         adc_info, raw_info = chain.infos[r], chain.infos[r + 1]
-        a = adc_info.attrs
-        p = stages[r].params
-        bits = a.get("bits")
+        bits = adc_info.attr("bits")
         if bits is None:
             return None
-        tile = a.get("cfa_tile")
+        tile = adc_info.attr("cfa_tile")
         return cls(
             bits=int(bits),
-            black_level_dn=float(raw_info.attrs["black_level_dn"]),
-            white_level_dn=float(raw_info.attrs["white_level_dn"]),
-            cfa=str(a.get("cfa", "mono" if len(adc_info.shape) == 2 else "stacked")),
+            black_level_dn=float(raw_info.attr("black_level_dn")),
+            white_level_dn=float(raw_info.attr("white_level_dn")),
+            cfa=str(adc_info.attr("cfa", "mono" if len(adc_info.shape) == 2 else "stacked")),
             cfa_tile=None if tile is None else tuple(tuple(str(c) for c in row) for row in tile),
             adc_dtype=str(adc_info.dtype),
             adc_shape=tuple(adc_info.shape),
-            demosaic=str(p.demosaic),
-            wb_gains=tuple(float(g) for g in p.wb_gains),
-            raw_output=str(p.output),
-            mono_output=str(p.mono_output),
-            clip=bool(p.clip),
-            encode=str(p.encode),
-            gamma=float(p.gamma),
-            auto_gain=bool(getattr(p, "auto_gain", False)),
-            gain_target=float(getattr(p, "gain_target", 0.18)),
-            max_gain=float(getattr(p, "max_gain", 256.0)),
-            linearized=bool(raw_info.attrs.get("linearized", False)),
+            linearized=bool(raw_info.attr("linearized", False)),
+            **_raw_settings(stages[r], chain.keys[r]),
         )
+
+
+# SensorFront field -> the raw stage's parameter it is read from.
+_RAW_PARAMS = {
+    "demosaic": "demosaic",
+    "wb_gains": "wb_gains",
+    "raw_output": "output",
+    "mono_output": "mono_output",
+    "clip": "clip",
+    "encode": "encode",
+    "gamma": "gamma",
+    "auto_gain": "auto_gain",
+    "gain_target": "gain_target",
+    "max_gain": "max_gain",
+}
+
+
+def _raw_settings(stage: Any, key: str) -> dict[str, Any]:
+    """The front-end fields of a raw stage, from its parameters validated by its own
+    ``Params`` model (so every value, given or default, is the stage's)."""
+    params_model = type(stage).Params
+    missing = [name for name in _RAW_PARAMS.values() if name not in params_model.model_fields]
+    if missing:
+        raise UserError(
+            f"the raw stage {stage.name!r} has no parameter {', '.join(missing)}; an ONNX "
+            "front end reproduces sensorlab's raw stage only",
+            key=key,
+        )
+    p = params_model.model_validate(stage.params.model_dump())
+    values = {field: getattr(p, name) for field, name in _RAW_PARAMS.items()}
+    values["wb_gains"] = tuple(float(g) for g in values["wb_gains"])
+    for field in ("demosaic", "raw_output", "mono_output", "encode"):
+        values[field] = str(values[field])
+    for field in ("gamma", "gain_target", "max_gain"):
+        values[field] = float(values[field])
+    values["clip"] = bool(values["clip"])
+    values["auto_gain"] = bool(values["auto_gain"])
+    return values
 
 
 def _const(name: str, value: np.ndarray) -> onnx.TensorProto:

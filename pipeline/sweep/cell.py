@@ -32,7 +32,7 @@ from typing import Any
 
 from pipeline.config import LoadedConfig
 from pipeline.registry import Registry, default_registry
-from pipeline.runner import batch_for, build_chain, open_config_dataset, run
+from pipeline.runner import batch_for, build_chain, open_config_dataset, run, stream
 from pipeline.store import write_json_atomic
 from pipeline.sweep.check import load_cell, reference_raw, train_hook
 from pipeline.sweep.snr import SnrSums
@@ -155,15 +155,12 @@ def measure_snr(
     upto = chain.names.index(stage) + 1
     limit = len(dataset) if images == "all" else min(int(images), len(dataset))
     sums = SnrSums()
-    for x, _, index in dataset.batches(loaded.config.run.batch_size):
-        if int(index[0]) >= limit:
-            break
-        keep = index < limit
-        x, index = x[keep], index[keep]
-        batch = batch_for(dataset, index)
-        out = chain.apply(x, batch, upto=upto)[-1]
-        ref = ref_chain.apply(x, batch, upto=upto)[-1]
-        sums.add(out, ref)
+    batches = stream(
+        chain, dataset, loaded.config.run.batch_size, upto=upto, stop=limit, file=loaded.file
+    )
+    for b in batches:
+        ref = ref_chain.apply(b.images, batch_for(dataset, b.index), upto=upto)[-1]
+        sums.add(b.last, ref)
     return sums, stage
 
 
