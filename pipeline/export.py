@@ -38,6 +38,7 @@ from pipeline.cnn.onnx_export import (
     DEFAULT_OPSET,
     FRONT_PREFIX,
     INPUT_NAME,
+    INT8_OP_TYPES,
     LOGITS_NAME,
     MAX_OPSET,
     MIN_OPSET,
@@ -70,22 +71,6 @@ BACKENDS = ("numpy", "onnxruntime", "opencv")
 OPENCV_ENGINES = ("auto", "new", "classic")
 INPUT_DTYPES = ("uint8", "uint16", "uint32", "int32", "float32")
 RUN_FILES = ("model.yaml", "model.npz")
-# Operator types the int8 export quantises (the CNN's); the sensor front end is excluded
-# by name as well, since it also holds a Conv, Mul and Add that must stay exact.
-INT8_OP_TYPES = (
-    "Conv",
-    "Gemm",
-    "MatMul",
-    "Add",
-    "Concat",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "Relu",
-    "LeakyRelu",
-    "Sigmoid",
-    "Tanh",
-)
 DEFAULT_CALIBRATION_IMAGES = 128
 
 
