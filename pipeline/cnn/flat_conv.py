@@ -108,7 +108,7 @@ def corr_chunk(
         return
     s = taps(src, start, rows + (kh - 1) * row_step, (kw,), (col_step,), buf)
     np.matmul(s[:rows], wr[0], out=out)
-    acc = tmp[: rows * n_f].reshape(rows, n_f)
+    acc = tmp.reshape(-1)[: rows * n_f].reshape(rows, n_f)
     for i in range(1, kh):
         np.matmul(s[i * row_step : i * row_step + rows], wr[i], out=acc)
         out += acc

@@ -47,7 +47,7 @@ class Model:
     """
 
     fast_eval: bool = True
-    """Evaluation of a float32 model uses the compiled fast path (pipeline.cnn.fast)."""
+    """Evaluation of a float32 model uses the compiled evaluator (pipeline.cnn.fast)."""
 
     def __init__(self, spec: GraphSpec, *, dtype: Any = np.float32, init_seed: int = 0):
         self.spec = spec
@@ -162,7 +162,9 @@ class Model:
             target[...] = value
 
     # ------------------------------------------------------------------ computation
-    def _local(self, node: Node) -> dict[str, np.ndarray]:
+    def layer_params(self, node: Node) -> dict[str, np.ndarray]:
+        """The parameters and buffers of ``node``'s layer, by short name (the arrays
+        themselves, not copies)."""
         slots = self._slots.get(node.index)
         if not slots:
             return {}
@@ -216,7 +218,7 @@ class Model:
         uses = list(self._uses)
         for node in self.spec.nodes[: self._out + 1]:
             y, _ = node.layer.forward(
-                [outs[j] for j in node.inputs], self._local(node), train=False
+                [outs[j] for j in node.inputs], self.layer_params(node), train=False
             )
             for j in node.inputs:
                 if j != INPUT:
@@ -232,7 +234,7 @@ class Model:
         tape: list[Any] = [None] * (self._out + 1)
         for node in self.spec.nodes[: self._out + 1]:
             y, cache = node.layer.forward(
-                [outs[j] for j in node.inputs], self._local(node), train=True, rng=rng
+                [outs[j] for j in node.inputs], self.layer_params(node), train=True, rng=rng
             )
             tape[node.index] = cache
             for j in node.inputs:
@@ -258,7 +260,7 @@ class Model:
         grads: dict[str, np.ndarray] = {}
         for node in reversed(self.spec.nodes[: self._out + 1]):
             dy = dys.pop(node.index)
-            dxs, dps = node.layer.backward(dy, tape[node.index], self._local(node))
+            dxs, dps = node.layer.backward(dy, tape[node.index], self.layer_params(node))
             tape[node.index] = None
             for short, g in dps.items():
                 grads[f"{node.name}.{short}"] = g
