@@ -113,6 +113,38 @@ class OnnxReader:
         start, in_shape = self._start(nodes)
         needed = self._ancestors(nodes, output, stop=start)
         nodes = [n for n in nodes if id(n) in needed and n.op_type != "Constant"]
+        self._check_supported(nodes)
+        for n in nodes:
+            for t in n.input:
+                self.readers[t] = self.readers.get(t, 0) + 1
+        self.ref[start] = _INPUT
+        self.shape[start] = in_shape
+        for n in nodes:
+            self._convert(n)
+        self._check_output(output)
+        self._output_softmax(output)
+        classes = self._classes(output)
+        model_name = name or self.meta.get("model_name") or graph.name or "imported"
+        return {
+            "name": str(model_name),
+            "description": f"imported from ONNX ({Path(self.file).name if self.file else 'model'})",
+            "input": list(in_shape),
+            "classes": [str(c) for c in classes],
+            "layers": self.rows,
+        }
+
+    def _classes(self, output: str) -> list[str]:
+        """Class names from the metadata, or c0, c1, ... when they do not fit the output."""
+        k = self.shape[output]
+        if len(k) != 1:
+            raise self.fail(f"the output must be (N, classes), got one sample of shape {k}")
+        classes = self.meta.get("class_names")
+        if not (isinstance(classes, list) and len(classes) == k[0]):
+            classes = [f"c{i}" for i in range(k[0])]
+        return classes
+
+    def _check_supported(self, nodes: list[onnx.NodeProto]) -> None:
+        """One error naming every operator no layer class imports."""
         unsupported = sorted(
             {
                 n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
@@ -126,13 +158,10 @@ class OnnxReader:
                 f"{', '.join(unsupported)} (sensorlab imports "
                 f"{', '.join(sorted(set(SUPPORTED_OPS) - {'Constant'}))})"
             )
-        for n in nodes:
-            for t in n.input:
-                self.readers[t] = self.readers.get(t, 0) + 1
-        self.ref[start] = _INPUT
-        self.shape[start] = in_shape
-        for n in nodes:
-            self._convert(n)
+
+    def _check_output(self, output: str) -> None:
+        """The graph's first output is the last layer's output (or the input of a trailing
+        softmax)."""
         if output not in self.ref:
             raise self.fail(f"the output {output!r} is not computed from the input")
         if self.ref[output] == _INPUT:
@@ -144,21 +173,6 @@ class OnnxReader:
             and self.rows[-2]["name"] == self.ref[output]
         ):
             raise self.fail(f"the output {output!r} is not the last layer's output")
-        self._output_softmax(output)
-        k = self.shape[output]
-        if len(k) != 1:
-            raise self.fail(f"the output must be (N, classes), got one sample of shape {k}")
-        classes = self.meta.get("class_names")
-        if not (isinstance(classes, list) and len(classes) == k[0]):
-            classes = [f"c{i}" for i in range(k[0])]
-        model_name = name or self.meta.get("model_name") or graph.name or "imported"
-        return {
-            "name": str(model_name),
-            "description": f"imported from ONNX ({Path(self.file).name if self.file else 'model'})",
-            "input": list(in_shape),
-            "classes": [str(c) for c in classes],
-            "layers": self.rows,
-        }
 
     def _output_softmax(self, logits: str) -> None:
         """A further graph output that is Softmax(first output) (how a model with an output
