@@ -16,10 +16,11 @@ from pipeline.cnn.layers.base import (
     register,
 )
 
-BN_MOMENTUM_OPSET = 14
-"""Below this opset BatchNormalization is written without its momentum attribute: in
-BatchNormalization-9 a momentum means "training" to some runtimes (onnx.reference then
-normalises with batch statistics), and momentum only matters for training."""
+BN_NODE_OPSET = 14
+"""From this opset batch norm is written as BatchNormalization. Below it, as Mul + Add
+with the folded scale and shift: BatchNormalization-9 (opsets 9-13) has a momentum
+attribute with a schema default, which onnx.reference takes as training mode (it blends
+the batch's statistics into the running ones, up to 0.36 relative off)."""
 
 
 class BatchNormArgs(LayerArgs):
@@ -41,7 +42,7 @@ class BatchNorm2d(Layer):
     type = "batchnorm2d"
     Args = BatchNormArgs
     args: BatchNormArgs
-    onnx_ops = ("BatchNormalization",)
+    onnx_ops = ("BatchNormalization", "Mul")
 
     def fused(self, p):
         scale = np.asarray(p["weight"], np.float64) / np.sqrt(
@@ -54,16 +55,41 @@ class BatchNorm2d(Layer):
     def to_onnx(self, name, inputs, out, params, opset):
         from onnx import helper
 
+        if opset < BN_NODE_OPSET:
+            return self._mul_add(name, inputs[0], out, params)
         keys = ("weight", "bias", "running_mean", "running_var")
         ins = [inputs[0], *(f"{name}.{k}" for k in keys)]
-        attrs = {"epsilon": self.args.eps}
-        if opset >= BN_MOMENTUM_OPSET:
-            attrs["momentum"] = 1.0 - self.args.momentum  # ONNX weighs the running value
-        node = helper.make_node("BatchNormalization", ins, [out], name=name, **attrs)
+        momentum = 1.0 - self.args.momentum  # ONNX weighs the running value
+        node = helper.make_node(
+            "BatchNormalization", ins, [out], name=name, epsilon=self.args.eps, momentum=momentum
+        )
         return [node], self._inits(name, params)
+
+    def _mul_add(self, name, src, out, params):
+        """y = x * scale + shift, scale = gamma / sqrt(var + eps), shift = beta - mean *
+        scale (float64, stored as float32 (C, 1, 1))."""
+        from onnx import helper
+
+        affine = self.fused(params)
+        scale = affine.scale.reshape(-1, 1, 1)
+        shift = (affine.offset - affine.center * affine.scale).reshape(-1, 1, 1)
+        inits = [
+            onnx_const(f"{name}.scale", scale.astype(np.float32)),
+            onnx_const(f"{name}.shift", shift.astype(np.float32)),
+        ]
+        nodes = [
+            helper.make_node("Mul", [src, f"{name}.scale"], [f"{out}/scaled"], name=name),
+            helper.make_node(
+                "Add", [f"{out}/scaled", f"{name}.shift"], [out], name=f"{name}/shift"
+            ),
+        ]
+        return nodes, inits
 
     @classmethod
     def from_onnx(cls, reader, n, a):
+        if n.op_type == "Mul":
+            cls._from_mul(reader, n)
+            return
         shape = reader.spatial(n)
         if a.get("training_mode", 0):
             raise reader.fail("training_mode=1 is not supported", n)
@@ -120,6 +146,35 @@ class BatchNorm2d(Layer):
             raise RuntimeError("batchnorm2d: backward needs a forward pass in training mode")
         dx, dgamma, dbeta = F.batch_norm_backward(dy, cache)
         return [dx], {"weight": dgamma, "bias": dbeta}
+
+    @classmethod
+    def _from_mul(cls, reader, n) -> None:
+        """Mul of a (C, H, W) map by a per-channel constant (how batch norm is written below
+        opset 14): a batch norm with that scale and a zero shift; the Add of a per-channel
+        constant that follows becomes its shift (``Add.from_onnx``)."""
+        x, k = n.input[0], n.input[1]
+        if x in reader.consts:
+            x, k = k, x
+        if k not in reader.consts:
+            raise reader.fail("only a Mul by a per-channel constant (a batch norm) is supported", n)
+        shape = reader.shape.get(x)
+        scale = np.asarray(reader.consts[k], np.float32)
+        reader.src(n, x)
+        if shape is None or len(shape) != 3 or scale.shape not in ((shape[0], 1, 1), (shape[0],)):
+            raise reader.fail(
+                f"only a Mul of (N, C, H, W) by a (C, 1, 1) constant is supported, got input "
+                f"{shape} and constant {scale.shape}",
+                n,
+            )
+        c = shape[0]
+        eps = BatchNormArgs.model_fields["eps"].default
+        weights = {
+            "weight": scale.reshape(c),
+            "bias": np.zeros(c, np.float32),
+            "running_mean": np.zeros(c, np.float32),
+            "running_var": np.full(c, 1.0 - eps, np.float32),
+        }
+        reader.add(n, "batchnorm2d", [x], shape, {}, weights)
 
 
 class DropoutArgs(LayerArgs):

@@ -71,6 +71,20 @@ class Add(Layer):
     onnx_ops = ("Add", "Sum")
     int8_ops = ("Add",)
 
+    def infer_shape(self, shapes):
+        if any(s != shapes[0] for s in shapes[1:]):
+            raise ShapeError("add expects inputs of one shape")
+        return shapes[0]
+
+    def forward(self, xs, p, *, train=False, rng=None):
+        y = xs[0] + xs[1]
+        for x in xs[2:]:
+            y += x
+        return y, len(xs)
+
+    def backward(self, dy, cache, p):
+        return [dy] * cache, {}
+
     def to_onnx(self, name, inputs, out, params, opset):
         from onnx import helper
 
@@ -117,37 +131,36 @@ class Add(Layer):
 
     @staticmethod
     def _dense_bias(reader, n) -> None:
+        """An Add of a constant is the bias of the layer before it: a dense layer without
+        one (MatMul + Add) or a batch norm read from a Mul (below opset 14)."""
         x, y = n.input[0], n.input[1]
         const, src = (y, x) if y in reader.consts else (x, y)
         last = reader.rows[-1] if reader.rows else None
         c = np.asarray(reader.consts[const], np.float32)
-        if (
-            last is None
-            or last["type"] != "dense"
-            or last["bias"]
-            or reader.ref.get(src) != last["name"]
-            or reader.readers.get(src, 0) != 1
-            or c.size != last["units"]
-        ):
-            raise reader.fail("an Add of a constant is supported only as a MatMul's bias", n)
-        last["bias"] = True
-        reader.weights[f"{last['name']}.bias"] = c.reshape(-1)
-        reader.ref[n.output[0]] = last["name"]
+        name = last["name"] if last is not None else None
+        bias = reader.weights.get(f"{name}.bias")
+        if last is None or reader.ref.get(src) != name or reader.readers.get(src, 0) != 1:
+            open_bias = False
+        elif last["type"] == "dense":
+            open_bias = not last["bias"] and c.size == last["units"]
+        else:
+            open_bias = (
+                last["type"] == "batchnorm2d"
+                and not np.any(bias)
+                and not np.any(reader.weights[f"{name}.running_mean"])
+                and c.shape in ((bias.size, 1, 1), (bias.size,))
+            )
+        if not open_bias:
+            raise reader.fail(
+                "an Add of a constant is supported only as a MatMul's bias or a batch norm's "
+                "shift (Mul + Add)",
+                n,
+            )
+        if last["type"] == "dense":
+            last["bias"] = True
+        reader.weights[f"{name}.bias"] = c.reshape(-1)
+        reader.ref[n.output[0]] = name
         reader.shape[n.output[0]] = reader.shape[src]
-
-    def infer_shape(self, shapes):
-        if any(s != shapes[0] for s in shapes[1:]):
-            raise ShapeError("add expects inputs of one shape")
-        return shapes[0]
-
-    def forward(self, xs, p, *, train=False, rng=None):
-        y = xs[0] + xs[1]
-        for x in xs[2:]:
-            y += x
-        return y, len(xs)
-
-    def backward(self, dy, cache, p):
-        return [dy] * cache, {}
 
 
 @register
