@@ -2,7 +2,7 @@
 
 The graph is built with the ``onnx.helper`` API; each layer class writes its own nodes
 (:meth:`pipeline.cnn.layers.Layer.to_onnx`, named after the layer; the table of layer ->
-ONNX operators is in docs/models.md). A trailing softmax is the second output
+ONNX operators is in docs/layers.md). A trailing softmax is the second output
 ``probabilities``.
 
 The model takes ``input`` (N, C, H, W) float32 (N dynamic) and gives ``logits`` (N, K);

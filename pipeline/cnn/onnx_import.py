@@ -3,7 +3,7 @@
 Each ONNX node becomes one layer row (named after the node when it can be), its constant
 inputs (initializers or ``Constant`` nodes) the layer's weights. The layer class that
 lists the node's operator in its ``onnx_ops`` reads it (``Layer.from_onnx``); the table of
-ONNX operators -> layers is in docs/models.md. Identity nodes are skipped.
+ONNX operators -> layers is in docs/layers.md. Identity nodes are skipped.
 
 A graph exported by :mod:`pipeline.cnn.onnx_export` with the raw sensor front end is
 imported from its CNN input on (the front end is fixed by the sensor, not trained). The

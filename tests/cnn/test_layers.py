@@ -240,3 +240,18 @@ def test_dropout_is_identity_in_eval_and_inverted_in_training():
     np.testing.assert_allclose(y[~zero], 1 / 0.7)
     y2, _ = layer.forward([x], {}, train=True, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(y, y2)  # the mask comes from the generator only
+
+
+def test_every_layer_type_has_its_row_in_the_docs():
+    """docs/layers.md: one row per registered type, naming the ONNX operators it imports
+    from and its module."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "layers.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines() if "| `" in line}
+    assert set(rows) == set(LAYERS)
+    for name, cls in LAYERS.items():
+        cells = [c.strip() for c in rows[name].split("|")]
+        assert all(op in cells[4] for op in cls.onnx_ops), name
+        assert cells[5] == ("yes" if cls.int8_ops else "no"), name
+        assert cells[6] == cls.__module__.rsplit(".", 1)[-1], name

@@ -1,4 +1,4 @@
-"""Activation layers: ReLU, LeakyReLU, HardSigmoid, Sigmoid, Tanh and Softmax."""
+"""Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh, and Softmax."""
 
 from __future__ import annotations
 
@@ -121,3 +121,4 @@ class Softmax(Layer):
         if shape is None or len(shape) != 1 or int(a.get("axis", -1)) not in (-1, 1):
             raise reader.fail("only a softmax over the features of (N, D) is supported", n)
         reader.activation(n, "softmax")
+

@@ -31,7 +31,7 @@ Parameters live outside the layer, in the model's ordered dict (``"<layer>.<para
 layer receives its own slice as a dict keyed by the short names.
 
 Adding a layer type is one module in this package (every module here is imported by the
-package, so ``@register`` is all it takes) plus its tests and its row in docs/models.md.
+package, so ``@register`` is all it takes) plus its tests and its row in docs/layers.md.
 """
 
 from __future__ import annotations
