@@ -84,6 +84,11 @@ LAYER_CASES = {
     ],
     "sigmoid": [{"type": "conv2d", "filters": 2, "kernel": 3}, {"type": "sigmoid"}, *F],
     "tanh": [{"type": "conv2d", "filters": 2, "kernel": 3}, {"type": "tanh"}, *F],
+    "hard_sigmoid": [
+        {"type": "conv2d", "filters": 2, "kernel": 3},
+        {"type": "hard_sigmoid", "alpha": 0.25, "beta": 0.4},
+        *F,
+    ],
     "softmax_hidden": [
         {"type": "flatten"},
         {"type": "dense", "units": 5},

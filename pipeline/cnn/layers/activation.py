@@ -1,4 +1,4 @@
-"""Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh, and Softmax."""
+"""Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh, Softmax and HardSigmoid."""
 
 from __future__ import annotations
 
@@ -122,3 +122,38 @@ class Softmax(Layer):
             raise reader.fail("only a softmax over the features of (N, D) is supported", n)
         reader.activation(n, "softmax")
 
+
+class HardSigmoidArgs(LayerArgs):
+    alpha: float = Field(0.2, gt=0.0, le=10.0, description="Slope of the linear part.")
+    beta: float = Field(0.5, ge=0.0, le=1.0, description="Value at x = 0.")
+
+
+@register
+class HardSigmoid(Elementwise):
+    """max(0, min(1, alpha * x + beta)), a piecewise-linear sigmoid (ONNX HardSigmoid;
+    Courbariaux et al. 2015). The gradient is alpha inside (0, 1), zero outside."""
+
+    type = "hard_sigmoid"
+    Args = HardSigmoidArgs
+    args: HardSigmoidArgs
+    onnx_ops = ("HardSigmoid",)
+
+    def forward(self, xs, p, *, train=False, rng=None):
+        (x,) = xs
+        a = self.args
+        z = x * x.dtype.type(a.alpha) + x.dtype.type(a.beta)
+        return np.clip(z, 0, 1), z
+
+    def backward(self, dy, cache, p):
+        inside = (cache > 0) & (cache < 1)
+        return [np.where(inside, dy * dy.dtype.type(self.args.alpha), 0).astype(dy.dtype)], {}
+
+    def onnx_attrs(self):
+        return {"alpha": self.args.alpha, "beta": self.args.beta}
+
+    @classmethod
+    def args_from_onnx(cls, attrs):
+        return {
+            "alpha": f32_attr(attrs.get("alpha", 0.2)),
+            "beta": f32_attr(attrs.get("beta", 0.5)),
+        }
