@@ -282,8 +282,10 @@ class CompiledNet:
     def fused_kernels(self) -> dict[str, int]:
         """How many fused convolutions and dense layers the plan runs (the rest run their
         layer's forward)."""
-        kinds = [type(s).__name__.strip("_").lower() for s in self.steps]
-        return {"conv": kinds.count("conv"), "dense": kinds.count("dense")}
+        return {
+            "conv": sum(isinstance(s, _Conv) for s in self.steps),
+            "dense": sum(isinstance(s, _Dense) for s in self.steps),
+        }
 
     # -------------------------------------------------------------------- planning
 
@@ -476,10 +478,8 @@ class CompiledNet:
 
 def _pool_fuses(form: MaxPoolWindow) -> bool:
     """A max-pool the fused convolution applies: square, stride == size, no padding."""
-    return form.size[0] == form.size[1] == form.stride[0] == form.stride[1] and form.padding == (
-        0,
-        0,
-    )
+    k, st = form.size, form.stride
+    return k[0] == k[1] == st[0] == st[1] and form.padding == (0, 0)
 
 
 # ---------------------------------------------------------------- pipeline.cnn.model glue

@@ -20,9 +20,10 @@ Backward functions are checked against central finite differences in
 ``tests/cnn/test_gradients_functional.py``.
 
 Threads: convolutions and dense layers split their rows over one Python thread per
-usable core, each with single-threaded BLAS (the process's BLAS is limited to one thread
-while a split runs; see :class:`single_thread_blas`). Inside :class:`serial_region` they
-run in the calling thread only, for callers that already run one thread per core.
+usable core, each with single-threaded BLAS (:mod:`pipeline.cnn.threads`, shared with
+the compiled evaluator; ``serial_region``, ``single_thread_blas`` and ``usable_cpus`` are
+re-exported here). A stride-1 convolution runs the flat padded kernel of
+:mod:`pipeline.cnn.flat_conv`.
 
 References: ONNX operator specification (Conv, MaxPool, AveragePool, Gemm,
 BatchNormalization, Softmax, Flatten), https://onnx.ai/onnx/operators/ ;

@@ -36,6 +36,6 @@ def onnx_importers() -> dict[str, type[Layer]]:
 
 
 def int8_op_types() -> tuple[str, ...]:
-    """ONNX operators the int8 export quantises: the union of the layers' ``int8_ops``, in
-    registration order."""
-    return tuple(dict.fromkeys(op for cls in LAYERS.values() for op in cls.int8_ops))
+    """ONNX operators the int8 export quantises: the union of the layers' ``int8_ops``,
+    sorted."""
+    return tuple(sorted({op for cls in LAYERS.values() for op in cls.int8_ops}))
