@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.cnn.fast import fast_forward
 from pipeline.cnn.graph import INPUT, GraphSpec, Node, load_graph
 from pipeline.errors import UserError
 from pipeline.files import ordinary_mode
@@ -209,8 +210,6 @@ class Model:
         A float32 model runs through :func:`pipeline.cnn.fast.fast_forward` (same
         results to float32 rounding, several times faster) unless ``fast_eval`` is False."""
         if self.fast_eval:
-            from pipeline.cnn.fast import fast_forward
-
             y = fast_forward(self, x)
             if y is not None:
                 return y
