@@ -262,6 +262,8 @@ class CompiledNet:
         chunk_rows: int = 4096,
     ):
         self.nodes = list(nodes)
+        if [n.index for n in self.nodes] != list(range(len(self.nodes))):
+            raise ValueError("nodes must be a graph's first nodes, in file order")
         self.params = {node.index: dict(params.get(node.index, {})) for node in self.nodes}
         self.input_shape = tuple(int(a) for a in input_shape)
         self.out = self.nodes[-1].index
