@@ -13,7 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cnn.onnx_export import FRONT_PREFIX, check_onnx, ir_version_for, save_onnx
+# INT8_OP_TYPES: the operator types the int8 export quantises, derived from the layer
+# classes (each declares its own); the sensor front end is excluded by name as well, since
+# it also holds a Conv, Mul and Add that must stay exact.
+from pipeline.cnn.onnx_export import (
+    FRONT_PREFIX,
+    INT8_OP_TYPES,
+    check_onnx,
+    ir_version_for,
+    save_onnx,
+)
 from pipeline.export.runtimes import OnnxRunner
 from pipeline.files import ordinary_mode
 
@@ -24,23 +33,6 @@ __all__ = [
     "report_path_for",
     "write_model_and_report",
 ]
-
-# Operator types the int8 export quantises (the CNN's); the sensor front end is excluded
-# by name as well, since it also holds a Conv, Mul and Add that must stay exact.
-INT8_OP_TYPES = (
-    "Conv",
-    "Gemm",
-    "MatMul",
-    "Add",
-    "Concat",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "Relu",
-    "LeakyRelu",
-    "Sigmoid",
-    "Tanh",
-)
 
 
 class _ArrayReader:
