@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import yaml
-from conftest import sensorlab
+from conftest import ROOT, sensorlab
 
 
 def _write(tmp_path, cfg, name="cfg.yaml"):
@@ -210,3 +212,35 @@ def test_infinite_parameter_is_refused(tmp_path, base, plugin_dir):
         plugin=plugin_dir,
     )
     _assert_user_error(proc, tmp_path, "cfg.yaml: sensor[1].slow.seconds: ", "finite")
+
+
+def _default_config(tmp_path, **sensor_overrides):
+    """configs/default.yaml on a 4-image dataset with no model, written to ``tmp_path``."""
+    cfg = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    cfg["dataset"]["n"] = 4
+    cfg["model"] = None
+    cfg["run"] = {"out": "runs", "batch_size": 4}
+    for stage, values in sensor_overrides.items():
+        next(row for row in cfg["sensor"] if row["stage"] == stage).update(values)
+    return _write(tmp_path, cfg)
+
+
+def test_exposure_set_on_scene_and_photodetector_differently_is_refused(tmp_path):
+    path = _default_config(tmp_path, photodetector={"exposure_s": 0.01})
+    proc = sensorlab("run", path, "--set", "sensor.scene.exposure_s=0.033", cwd=tmp_path)
+    _assert_user_error(
+        proc,
+        tmp_path,
+        "cfg.yaml: sensor[2].photodetector.exposure_s: 0.01 s disagrees with the scene's "
+        "exposure_s 0.033 s; set it once, on the scene",
+    )
+
+
+def test_exposure_set_on_the_scene_reaches_the_photodetector(tmp_path):
+    path = _default_config(tmp_path)
+    proc = sensorlab("run", path, "--quiet", "--set", "sensor.scene.exposure_s=0.033", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    pd = next(s for s in stages if s["name"] == "photodetector")
+    assert pd["attrs"]["exposure_s"] == 0.033
