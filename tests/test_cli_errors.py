@@ -244,3 +244,15 @@ def test_exposure_set_on_the_scene_reaches_the_photodetector(tmp_path):
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     pd = next(s for s in stages if s["name"] == "photodetector")
     assert pd["attrs"]["exposure_s"] == 0.033
+
+
+def test_absurd_psf_size_is_refused_in_one_line(tmp_path):
+    proc = sensorlab(
+        "run", _default_config(tmp_path), "--set", "sensor.optics.sigma_px=1e6", cwd=tmp_path
+    )
+    _assert_user_error(
+        proc,
+        tmp_path,
+        "cfg.yaml: sensor[1].optics.sigma_px: the PSF needs a kernel half-width of 4000000 px, "
+        "more than 512 px",
+    )
