@@ -7,7 +7,7 @@ PSFs (``sensors/psf.py``; each integrated over the pixel's square aperture exact
 normalised to sum 1, so the blur conserves photons):
 
 * ``gaussian``: Gaussian of ``sigma_px``, pixel-integrated (taps are differences of erf),
-  truncated at ``4·sigma_px + ½`` px, applied separably.
+  kernel half-width ``round(4·sigma_px)`` px, applied separably.
 * ``gaussian_point``: the Gaussian point-sampled at pixel centres (scipy.ndimage's
   ``gaussian_filter``; sensorlab's ``gaussian`` before pixel integration). Its MTF at
   Nyquist is 0.338 at σ = 0.6 px, where the pixel-integrated one gives 0.216.
@@ -21,8 +21,8 @@ The Airy PSF keeps 0.1 % of its energy beyond ≈ 200·λN (hundreds of px), far
 image. Under ``reflect`` and ``wrap`` borders a convolution is a circular one on the
 (mirrored, for reflect) image, so the stage multiplies the image's DCT-II (reflect) or
 DFT (wrap) by the PSF's aliased transfer function (:func:`sensors.psf.airy_transfer`):
-the untruncated PSF, exactly, at the cost of two small transforms. ``constant`` uses
-``constant`` convolves with the exact taps within the image's span (taps farther out
+the untruncated PSF, exactly, at the cost of two small transforms. ``constant``
+convolves with the exact taps within the image's span (taps farther out
 never meet the image; light they carry leaves it, as zero borders say). ``nearest``
 pads the image with its edge values by the 99.9 %-energy radius and convolves
 periodically (error < 0.1 % of the edge contrast; slow: a ~1000² FFT per image).
@@ -58,6 +58,7 @@ __all__ = [
     "gaussian_blur",
     "load_kernel",
     "relative_illumination",
+    "separable_blur",
     "transfer_grid",
 ]
 
@@ -68,6 +69,13 @@ EdgeMode = Literal["reflect", "constant", "wrap", "nearest"]
 # kernels and switches to its own DFT from about 11×11; measured on the 2-core
 # development machine, scipy.signal.fftconvolve overtakes it near 101–151 px.
 FFT_MIN_KERNEL_SIDE = 127
+
+# The most an Airy PSF under nearest borders may pad the image by, px.
+_MAX_PAD_PX = 1024
+
+# Below this λN the Airy transfer needs more than ~(2/λN)² alias orders; the spot is
+# then a small fraction of a pixel (f/1 at 500 nm on 32 µm pixels).
+_MIN_LAMBDA_N_PX = 1.0 / 64
 
 # Border modes, named as scipy.ndimage names them: reflect = (d c b a | a b c d),
 # constant = zeros, wrap = periodic, nearest = edge value repeated.
@@ -366,8 +374,9 @@ class OpticsStage(Stage):
     class Params(StageParams):
         psf: Literal["none", "gaussian", "gaussian_point", "airy", "defocus", "kernel"] = param(
             "gaussian",
-            doc="Point spread function, integrated over the pixel (gaussian_point: the "
-            "Gaussian sampled at pixel centres, as scipy.ndimage and sensorlab < issue 10).",
+            doc="Point spread function, integrated over the pixel's area (gaussian_point: "
+            "the Gaussian sampled at pixel centres, as scipy.ndimage.gaussian_filter; its "
+            "MTF at Nyquist is 0.338 at σ 0.6 px, the pixel-integrated one's 0.216).",
         )
         sigma_px: float = param(0.7, unit="px", doc="Gaussian PSF standard deviation.", ge=0)
         defocus_radius_px: float = param(1.0, unit="px", doc="Defocus blur disk radius.", ge=0)
@@ -388,7 +397,7 @@ class OpticsStage(Stage):
         psf_radius_px: int | None = param(
             None,
             unit="px",
-            doc="Truncate the kernel at this half-width and renormalise (default: 4σ + ½ "
+            doc="Truncate the kernel at this half-width and renormalise (default: round(4σ) "
             "Gaussian, the disk, the untruncated Airy PSF).",
             ge=0,
             le=MAX_KERNEL_RADIUS_PX,
@@ -474,7 +483,7 @@ class OpticsStage(Stage):
         lambda_n = [w * 1e-3 * values["f_number"] / values["pixel_pitch_um"] for w in wavelengths]
         if min(lambda_n) < _MIN_LAMBDA_N_PX:
             raise StageError(
-                f"psf: airy: λN = {min(lambda_n):.3g} px is below {_MIN_LAMBDA_N_PX} px (the "
+                f"psf: airy: λN = {min(lambda_n):.3g} px is below 1/64 px (the "
                 "diffraction spot is far smaller than a pixel); use psf: none",
                 key="f_number",
             )
@@ -493,10 +502,10 @@ class OpticsStage(Stage):
             # Pad with edge values, then convolve periodically: light from the periodic
             # copies travels at least the pad (the 99.9 %-energy radius) to the image.
             self._pad_px = airy_energy_radius_px(max(lambda_n))
-            if self._pad_px > MAX_PAD_PX:
+            if self._pad_px > _MAX_PAD_PX:
                 raise StageError(
                     f"psf: airy with edge: nearest pads the image by {self._pad_px} px "
-                    f"(99.9 % of the energy), more than {MAX_PAD_PX}; use edge: reflect, "
+                    f"(99.9 % of the energy), more than {_MAX_PAD_PX}; use edge: reflect, "
                     "wrap or constant (exact at any size)",
                     key="edge",
                 )
@@ -525,14 +534,6 @@ class OpticsStage(Stage):
         if self._vignetting is not None:
             out *= self._vignetting
         return out
-
-
-# The most an Airy PSF under nearest borders may pad the image by, px.
-MAX_PAD_PX = 1024
-
-# Below this λN the Airy transfer needs more than ~(2/λN)² alias orders; the spot is
-# then a small fraction of a pixel (f/1 at 500 nm on 32 µm pixels).
-_MIN_LAMBDA_N_PX = 1.0 / 64
 
 
 def _check_radius(radius_px: int, key: str) -> None:

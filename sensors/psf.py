@@ -225,10 +225,8 @@ def airy_psf(
 ) -> np.ndarray:
     """Diffraction-limited PSF of a circular aperture, integrated over pixels, as a kernel.
 
-    I(r) ∝ [2·J1(x)/x]², x = π·r/(λN), first dark ring at r = 1.22·λN. The taps are the
-    inverse FFT of :func:`airy_transfer` on a grid of P ≥ 2·(2·radius + 1) and ≥ 200·λN
-    points, so the taps carry the tails of neighbouring periods only at ~λN/(π³P³) each.
-    The kernel is truncated at ``radius_px`` (default :func:`airy_energy_radius_px`:
+    I(r) ∝ [2·J1(x)/x]², x = π·r/(λN), first dark ring at r = 1.22·λN; the taps are its
+    integrals over pixels (:func:`airy_taps`). The kernel is truncated at ``radius_px`` (default :func:`airy_energy_radius_px`:
     ≥ 99.9 % of the energy) and renormalised to sum 1.
 
     Parameters
