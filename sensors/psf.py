@@ -226,8 +226,8 @@ def airy_psf(
     """Diffraction-limited PSF of a circular aperture, integrated over pixels, as a kernel.
 
     I(r) ∝ [2·J1(x)/x]², x = π·r/(λN), first dark ring at r = 1.22·λN; the taps are its
-    integrals over pixels (:func:`airy_taps`). The kernel is truncated at ``radius_px`` (default :func:`airy_energy_radius_px`:
-    ≥ 99.9 % of the energy) and renormalised to sum 1.
+    integrals over pixels (:func:`airy_taps`). The kernel is truncated at ``radius_px``
+    (default :func:`airy_energy_radius_px`: ≥ 99.9 % of the energy) and renormalised.
 
     Parameters
     ----------
