@@ -22,10 +22,10 @@ image. Under ``reflect`` and ``wrap`` borders a convolution is a circular one on
 (mirrored, for reflect) image, so the stage multiplies the image's DCT-II (reflect) or
 DFT (wrap) by the PSF's aliased transfer function (:func:`sensors.psf.airy_transfer`):
 the untruncated PSF, exactly, at the cost of two small transforms. ``constant``
-convolves with the exact taps within the image's span (taps farther out
-never meet the image; light they carry leaves it, as zero borders say). ``nearest``
-pads the image with its edge values by the 99.9 %-energy radius and convolves
-periodically (error < 0.1 % of the edge contrast; slow: a ~1000² FFT per image).
+convolves with the exact taps within the image's span (taps farther out never meet the
+image; the light they carry leaves it, as zero borders say); ``nearest`` adds to that
+the half-planes and quadrants of PSF that edge and corner pixels gather
+(:func:`convolve_nearest`). All four are exact, whatever the PSF's size.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import scipy.fft
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
 from sensors.psf import (
     MAX_KERNEL_RADIUS_PX,
-    airy_energy_radius_px,
+    airy_line_spread,
     airy_taps,
     airy_transfer,
     defocus_psf,
@@ -55,6 +55,7 @@ __all__ = [
     "OpticsStage",
     "apply_psf",
     "apply_transfer",
+    "convolve_nearest",
     "gaussian_blur",
     "load_kernel",
     "relative_illumination",
@@ -69,9 +70,6 @@ EdgeMode = Literal["reflect", "constant", "wrap", "nearest"]
 # kernels and switches to its own DFT from about 11×11; measured on the 2-core
 # development machine, scipy.signal.fftconvolve overtakes it near 101–151 px.
 FFT_MIN_KERNEL_SIDE = 127
-
-# The most an Airy PSF under nearest borders may pad the image by, px.
-_MAX_PAD_PX = 1024
 
 # Below this λN the Airy transfer needs more than ~(2/λN)² alias orders; the spot is
 # then a small fraction of a pixel (f/1 at 500 nm on 32 µm pixels).
@@ -363,6 +361,98 @@ def apply_transfer(
     return out.astype(x.dtype, copy=False)
 
 
+def convolve_nearest(planes: np.ndarray, taps: np.ndarray, line_spread: np.ndarray) -> np.ndarray:
+    """Convolve planes with an even PSF under ``nearest`` borders, exactly, at any PSF size.
+
+    Beyond the border the edge values repeat for ever, so an edge pixel gathers the PSF
+    over a half-plane and a corner pixel over a quadrant. For a PSF even in both axes
+    whose line spread is the same along both (an isotropic PSF), those infinite sums
+    follow from its taps within the image's span and its line spread
+    (:func:`_quadrant_tails`). The result is the zero-border convolution plus, for each
+    edge pixel, the weight it gathers beyond its single tap.
+
+    Parameters
+    ----------
+    planes : (N, H, W, C) float array.
+    taps : (C, 2M+1, 2M+1) pixel taps of the untruncated PSF, M ≥ max(H, W).
+    line_spread : (C, 2M+1), L[t] = Σ_e k[t, e] over all e (the whole PSF sums to 1).
+
+    Returns
+    -------
+    Blurred planes, same shape and float dtype.
+    """
+    x = np.asarray(planes)
+    height, width, channels = x.shape[1:]
+    m = taps.shape[-1] // 2
+    out = apply_psf(x, taps, edge="constant").astype(np.float64)
+    rows_y, rows_x = _clamp_intervals(height, m), _clamp_intervals(width, m)
+    edge_rows, inner_rows = sorted({0, height - 1}), list(range(1, height - 1))
+    edge_cols = sorted({0, width - 1})
+    for c in range(channels):
+        u = _quadrant_tails(taps[c], line_spread[c])
+        for rows, cols in ((edge_rows, list(range(width))), (inner_rows, edge_cols)):
+            if rows:
+                extra = _extra_weights(u, taps[c], rows_y, rows_x, rows, cols)
+                out[..., c] += np.einsum("ijab,nab->nij", extra, x[:, rows][:, :, cols, c])
+    return out.astype(x.dtype, copy=False)
+
+
+def _extra_weights(
+    u: np.ndarray,
+    taps: np.ndarray,
+    rows_y: tuple[np.ndarray, np.ndarray],
+    rows_x: tuple[np.ndarray, np.ndarray],
+    rows: list[int],
+    cols: list[int],
+) -> np.ndarray:
+    """(i, j, a, b): what source pixel (a, b) adds to output (i, j) beyond its single tap."""
+    m = taps.shape[0] // 2
+    ly, hy = (r[:, rows][:, None, :, None] for r in rows_y)
+    lx, hx = (r[:, cols][None, :, None, :] for r in rows_x)
+    box = u[ly, lx] - u[hy, lx] - u[ly, hx] + u[hy, hx]
+    dy = np.arange(rows_y[0].shape[0])[:, None] - np.asarray(rows)[None, :] + m
+    dx = np.arange(rows_x[0].shape[0])[:, None] - np.asarray(cols)[None, :] + m
+    return box - taps[dy[:, None, :, None], dx[None, :, None, :]]
+
+
+def _quadrant_tails(taps: np.ndarray, line_spread: np.ndarray) -> np.ndarray:
+    """U[d, e] = Σ_{d' ≥ d, e' ≥ e} k[d', e'] over the whole PSF, as a lookup table.
+
+    Rows and columns 0 … 2M+1 hold d, e = −M … M+1; index 2M+2 stands for −∞ and 2M+3
+    for +∞. From evenness: Σ_{d',e' ≥ 1} k = (1 − 2·L[0] + k[0,0])/4, a strip
+    Σ_{d' ≥ 1} k[d', c] = (L[c] − k[0, c])/2, G[t] = Σ_{t' ≥ t} L[t'] with G[1] = (1 − L[0])/2,
+    and U[d ≤ 0, e] = G[e] − U[1 − d, e], U[d, e ≤ 0] = G[d] − U[d, 1 − e].
+    """
+    m = taps.shape[0] // 2
+    k, half = taps[m:, m:], line_spread[m:]  # d, e, t = 0 … M
+    g_pos = (1.0 - half[0]) / 2.0 - np.concatenate([[0.0], np.cumsum(half[1:])])  # t = 1 … M+1
+    strip = np.concatenate([[0.0], np.cumsum((half[1:] - k[1:, 0]) / 2.0)])
+    block = np.zeros((m + 1, m + 1))
+    block[1:, 1:] = np.cumsum(np.cumsum(k[1:, 1:], axis=0), axis=1)
+    u_pos = (1.0 - 2.0 * half[0] + k[0, 0]) / 4.0 - strip[:, None] - strip[None, :] + block
+    size = 2 * m + 2
+    g = np.concatenate([1.0 - g_pos[::-1], g_pos])  # t = −M … M+1
+    table = np.zeros((size + 2, size + 2))
+    u = table[:size, :size]
+    u[m + 1 :, m + 1 :] = u_pos
+    u[: m + 1, m + 1 :] = g[None, m + 1 :] - u_pos[::-1, :]
+    u[:, : m + 1] = g[:, None] - u[:, m + 1 :][:, ::-1]
+    table[size, :size] = g  # d = −∞
+    table[:size, size] = g  # e = −∞
+    table[size, size] = 1.0
+    return table
+
+
+def _clamp_intervals(size: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Table rows of the first offset and one past the last, d = i − i', of the source
+    positions i' that ``nearest`` clamps to pixel a, for every (i, a): (size, size) each."""
+    offset = np.arange(size)[:, None] - np.arange(size)[None, :] + m
+    lo, hi = offset.copy(), offset + 1
+    lo[:, -1] = 2 * m + 2  # a = size − 1 gathers i' ≥ a: d down to −∞
+    hi[:, 0] = 2 * m + 3  # a = 0 gathers i' ≤ 0: d up to +∞
+    return lo, hi
+
+
 class OpticsStage(Stage):
     """Photon planes → photon planes blurred by a PSF, with optional cos⁴ vignetting."""
 
@@ -429,7 +519,7 @@ class OpticsStage(Stage):
         self._kernel: np.ndarray | None = None  # a 2-D kernel (or one per channel)
         self._kernel1d: np.ndarray | None = None  # a separable kernel
         self._transfer: np.ndarray | None = None  # (C, fy, fx) on transfer_grid
-        self._pad_px = 0  # edge padding before a periodic transfer (nearest)
+        self._line_spread: np.ndarray | None = None  # (C, 2M+1) for exact nearest borders
         if p.psf in ("gaussian", "gaussian_point"):
             self._gaussian(p.psf == "gaussian")
         elif p.psf == "defocus":
@@ -494,24 +584,13 @@ class OpticsStage(Stage):
         if p.psf_radius_px is not None:  # the user's truncation, renormalised
             self._kernel = np.stack([_airy_kernel(ln, p.psf_radius_px) for ln in lambda_n])
             return
-        if p.edge == "constant":  # taps beyond the image's span never meet it: exact
-            radius = max(height, width) - 1
+        if p.edge in ("constant", "nearest"):  # taps beyond the image's span: exact
+            radius = max(height, width)
             self._kernel = np.stack([_airy_kernel(ln, radius, normalise=False) for ln in lambda_n])
+            if p.edge == "nearest":
+                self._line_spread = np.stack([airy_line_spread(ln, radius) for ln in lambda_n])
             return
-        if p.edge == "nearest":
-            # Pad with edge values, then convolve periodically: light from the periodic
-            # copies travels at least the pad (the 99.9 %-energy radius) to the image.
-            self._pad_px = airy_energy_radius_px(max(lambda_n))
-            if self._pad_px > _MAX_PAD_PX:
-                raise StageError(
-                    f"psf: airy with edge: nearest pads the image by {self._pad_px} px "
-                    f"(99.9 % of the energy), more than {_MAX_PAD_PX}; use edge: reflect, "
-                    "wrap or constant (exact at any size)",
-                    key="edge",
-                )
-        pad = 2 * self._pad_px
-        edge = "reflect" if p.edge == "reflect" else "wrap"
-        fy, fx = transfer_grid(height + pad, width + pad, edge)
+        fy, fx = transfer_grid(height, width, p.edge)
         self._transfer = np.stack([airy_transfer(fy, fx, ln) for ln in lambda_n])
 
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
@@ -519,14 +598,10 @@ class OpticsStage(Stage):
         p = self.params
         if self._kernel1d is not None:
             out = separable_blur(x, self._kernel1d, edge=p.edge)
+        elif self._line_spread is not None:
+            out = convolve_nearest(x, self._kernel, self._line_spread)
         elif self._kernel is not None:
             out = apply_psf(x, self._kernel, edge=p.edge, method=p.convolution)
-        elif self._transfer is not None and self._pad_px:
-            out = np.empty_like(x)
-            r, mode = self._pad_px, _NP_PAD_MODE[p.edge]
-            for i in range(len(x)):  # one padded image at a time: memory stays small
-                padded = np.pad(x[i : i + 1], ((0, 0), (r, r), (r, r), (0, 0)), mode=mode)
-                out[i] = apply_transfer(padded, self._transfer, edge="wrap")[0, r:-r, r:-r]
         elif self._transfer is not None:
             out = apply_transfer(x, self._transfer, edge=p.edge)
         else:
@@ -551,7 +626,11 @@ def _airy_kernel(lambda_n_px: float, radius_px: int, *, normalise: bool = True) 
     try:
         kernel = airy_taps(lambda_n_px, radius_px)
     except ValueError as err:
-        raise StageError(str(err), key="psf_radius_px" if normalise else "edge") from None
+        if normalise:
+            raise StageError(str(err), key="psf_radius_px") from None
+        raise StageError(
+            f"{err}; use edge: reflect or wrap (exact at any size)", key="edge"
+        ) from None
     return kernel / kernel.sum() if normalise else kernel
 
 

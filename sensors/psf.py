@@ -39,6 +39,7 @@ __all__ = [
     "MAX_KERNEL_RADIUS_PX",
     "airy_encircled_energy",
     "airy_energy_radius_px",
+    "airy_line_spread",
     "airy_psf",
     "airy_taps",
     "airy_transfer",
@@ -264,3 +265,16 @@ def airy_taps(lambda_n_px: float, radius_px: int) -> np.ndarray:
     taps = np.fft.fftshift(scipy.fft.ifft2(airy_transfer(freqs, freqs, lambda_n_px)).real)
     c = period // 2
     return np.maximum(taps[c - radius : c + radius + 1, c - radius : c + radius + 1], 0.0)
+
+
+def airy_line_spread(lambda_n_px: float, radius_px: int) -> np.ndarray:
+    """The pixel-integrated Airy PSF summed along one axis, L[t] = Σ_e k[t, e], |t| ≤ radius.
+
+    The inverse DFT of :func:`airy_transfer` on the fx = 0 line, on ≥ 2^16 points (the
+    line spread falls as 1/t², so its folded tails add < 1e-9 to a tap). Σ_t L[t] = 1
+    over all t.
+    """
+    radius = int(radius_px)
+    period = scipy.fft.next_fast_len(max(4 * (2 * radius + 1), 1 << 16))
+    line = scipy.fft.ifft(airy_transfer(np.fft.fftfreq(period), [0.0], lambda_n_px)[:, 0]).real
+    return np.concatenate([line[-radius:], line[: radius + 1]]) if radius else line[:1]

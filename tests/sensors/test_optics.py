@@ -17,6 +17,7 @@ from pipeline.stage import Batch, SignalInfo, StageError, Unit
 from sensors.optics import (
     OpticsStage,
     apply_psf,
+    convolve_nearest,
     gaussian_blur,
     load_kernel,
     relative_illumination,
@@ -182,6 +183,26 @@ def test_airy_user_truncation_is_renormalised():
     taps = airy_taps(2.2, 3)
     np.testing.assert_allclose(out[0, 7:14, 7:14, 1], taps / taps.sum(), atol=1e-12)
     assert out[0, ..., 1].sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (1, 4), (3, 1), (7, 7)])
+def test_convolve_nearest_equals_scipy_nearest_for_a_kernel_larger_than_the_image(shape):
+    # A compact even kernel (pixel-integrated Gaussian, σ 2 px, 17×17) and its line spread:
+    # the half-plane and quadrant sums are then known exactly, so scipy must agree to 1e-12.
+    rng = np.random.default_rng(14)
+    planes = rng.random((2, *shape, 3))
+    k1 = gaussian_kernel1d(2.0)
+    r, m = len(k1) // 2, max(*shape, len(k1) // 2)
+    taps = np.stack([np.pad(np.outer(k1, k1), m - r)] * 3)
+    line = np.stack([np.pad(k1, m - r)] * 3)
+    ref = scipy.ndimage.convolve(planes, np.outer(k1, k1)[None, :, :, None], mode="nearest")
+    np.testing.assert_allclose(convolve_nearest(planes, taps, line), ref, rtol=1e-12, atol=1e-13)
+
+
+def test_airy_nearest_keeps_a_flat_field_flat():
+    attrs = {"wavelength_nm": (610.0, 550.0, 465.0), "f_number": 4.0, "pixel_pitch_um": 1.0}
+    flat = np.full((1, 9, 12, 3), 100.0)
+    np.testing.assert_allclose(run_optics(flat, attrs, psf="airy", edge="nearest"), flat, rtol=1e-6)
 
 
 # -- defocus, Gaussian, user kernel ------------------------------------------------------
