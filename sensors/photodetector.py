@@ -301,6 +301,23 @@ def _gain(pattern: np.ndarray) -> np.ndarray:
     return np.maximum(1.0 + pattern, 0.0)
 
 
+def _exposure_s(own_s: float | None, scene_s: float | None) -> float:
+    """The one exposure time, s: the scene's, else this stage's, else the default.
+
+    Raises StageError (key ``exposure_s``) when both are set and differ.
+    """
+    if own_s is not None and scene_s is not None and float(own_s) != float(scene_s):
+        raise StageError(
+            f"{own_s:g} s disagrees with the scene's exposure_s {scene_s:g} s; "
+            "set it once, on the scene",
+            key="exposure_s",
+        )
+    for value in (scene_s, own_s):
+        if value is not None:
+            return float(value)
+    return DEFAULT_EXPOSURE_S
+
+
 # -- the stage -------------------------------------------------------------------------
 class PhotodetectorStage(Stage):
     """The photodetector array: photons ``(N, H, W, 3)`` → electrons.
@@ -314,9 +331,10 @@ class PhotodetectorStage(Stage):
     their order are in the module docstring.
 
     Output attrs: ``cfa``, ``cfa_tile`` (absent for stacked), ``full_well_e``,
-    ``exposure_s``. The exposure time is the parameter if given, else the scene's
-    ``exposure_s`` attr, else :data:`DEFAULT_EXPOSURE_S`; it only scales the dark current
-    (the input photons are already counted per exposure).
+    ``exposure_s``. The exposure time is set once: the scene's ``exposure_s`` attr, else
+    the parameter (a chain with no scene), else :data:`DEFAULT_EXPOSURE_S`; both set and
+    different is an error. It only scales the dark current (the input photons are already
+    counted per exposure).
     """
 
     name = "photodetector"
@@ -361,7 +379,11 @@ class PhotodetectorStage(Stage):
         )
         dark_current_e_per_s: float = param(5.0, unit="e-/s", doc="Mean dark current.", ge=0)
         exposure_s: float | None = param(
-            None, unit="s", doc="Exposure time; default: the scene's, else 0.01 s.", gt=0
+            None,
+            unit="s",
+            doc="Exposure time, for a chain without a scene; default: the scene's "
+            "exposure_s, else 0.01 s (setting both to different values is an error).",
+            gt=0,
         )
         prnu_pct: float = param(
             0.5, unit="%", doc="Photo-response non-uniformity (gain rms).", ge=0
@@ -390,7 +412,7 @@ class PhotodetectorStage(Stage):
             raise StageError(problem, key="read_noise_shape")
         h, w = info.shape[:2]
         stacked = p.cfa == "stacked"
-        self._exposure_s = float(p.exposure_s or info.attr("exposure_s") or DEFAULT_EXPOSURE_S)
+        self._exposure_s = _exposure_s(p.exposure_s, info.attr("exposure_s"))
         pattern_shape = (h, w, 3) if stacked else (h, w)
         gain, self._dsnu = fixed_pattern(
             pattern_shape,
