@@ -42,7 +42,8 @@ import cv2
 import numpy as np
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
-from sensors.scene import linear_to_srgb
+from sensors.colour import linear_to_srgb
+from sensors.curves import dequantize
 
 __all__ = [
     "BAYER_TILES",
@@ -419,8 +420,6 @@ class RawStage(Stage):
         self._transfer = self._linear_transfer(attrs)
         span = self._white - self._black
         if self._transfer is not None:  # normalise in signal units: black 0, white 1
-            from sensors.adc import dequantize
-
             ends = dequantize(np.array([self._black, self._white]), **self._transfer)
             self._black_signal = float(ends[0])
             span = float(ends[1] - ends[0])
@@ -545,8 +544,6 @@ class RawStage(Stage):
         if self._layout != "stacked" and x.ndim == 4:
             x = x[..., 0]
         if self._transfer is not None:
-            from sensors.adc import dequantize
-
             y = dequantize(x, **self._transfer).astype(np.float32)
             y -= np.float32(self._black_signal)
         else:

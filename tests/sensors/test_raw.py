@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.stage import Batch, SignalInfo, StageError, Unit
+from sensors.colour import linear_to_srgb
 from sensors.raw import (
     BAYER_TILES,
     RawStage,
@@ -26,7 +27,6 @@ from sensors.raw import (
     demosaic_opencv,
     normalise_dn,
 )
-from sensors.scene import linear_to_srgb
 
 PHASES = sorted(BAYER_TILES)
 RGBW_TILE = (("R", "G"), ("B", "W"))
