@@ -217,11 +217,10 @@ def _setup(stage: Stage, info: SignalInfo, key: str) -> SignalInfo:
 
 
 def _zero_code(adc_attrs: Mapping[str, Any]) -> float | None:
-    """The mean code of a zero signal: the black level, less 1/2 DN for floor rounding."""
-    transfer = adc_attrs.get("adc_transfer")
-    if not transfer or "black_level_dn" not in adc_attrs:
+    """The mean code of a zero signal: the black level (the ADC centres it in its code)."""
+    if not adc_attrs.get("adc_transfer") or "black_level_dn" not in adc_attrs:
         return None
-    return adc_attrs["black_level_dn"] - (0.5 if transfer.get("rounding") == "floor" else 0.0)
+    return float(adc_attrs["black_level_dn"])
 
 
 def _pair(select: Selector, frames: np.ndarray) -> tuple[float, float]:

@@ -38,10 +38,12 @@ from sensors.curves import (
     dtype_for_bits,
     expand,
     quantize,
+    transition_levels,
 )
 
 __all__ = [
     "CURVES",
+    "DNL_PATTERN_KEY",
     "ADCStage",
     "compand",
     "default_black_level",
@@ -53,6 +55,8 @@ __all__ = [
     "load_thresholds",
     "quantize",
 ]
+
+DNL_PATTERN_KEY = 1  # pattern_rng tag of the DNL code widths (one pattern per sensor seed)
 
 
 def default_black_level(bits: int) -> int:
@@ -193,6 +197,28 @@ class ADCStage(Stage):
     volts input without a known conversion gain), and ``adc_transfer``: the keyword
     arguments of :func:`quantize` (``full_scale`` in input units), so that
     ``dequantize(codes, **attrs["adc_transfer"])`` linearises the codes.
+
+    The pedestal sits at the centre of code ``black_level_dn`` (see
+    :func:`sensors.curves.quantize`), so a dark pixel's mean code is the black level.
+
+    Non-idealities (all 0 by default: an ideal ADC), in LSB of the comparators' input,
+    applied in this order after the transfer curve and before the comparators::
+
+        a = 2**bits · f(signal / full_scale) + black_level + 1/2 + offset_lsb + noise_lsb · z
+        code = #{k : T_k <= a}, clipped to [0, 2**bits - 1]
+
+    - ``offset_lsb``: a fixed offset o; the mean code of a signal moves by o.
+    - ``noise_lsb``: comparator and thermal noise, z ~ N(0, 1) per pixel and image (keyed
+      per image); it adds ``noise_lsb**2`` to the code variance (on top of the 1/12 LSB²
+      of quantisation when the signal is spread over many codes).
+    - ``dnl_rms_lsb`` / ``dnl_table``: differential non-linearity. Inner code k
+      (``1 .. 2**bits - 2``) has width ``w_k = 1 + DNL_k`` LSB, with ``DNL_k ~ N(0,
+      dnl_rms_lsb²)`` drawn once per sensor seed, or ``w_k`` taken from ``dnl_table``;
+      the transitions T_k are the cumulative sum, rescaled so full scale is kept
+      (:func:`sensors.curves.transition_levels`). A width <= 0 is a missing code; the
+      integral non-linearity is the cumulative DNL.
+
+    None of them apply to the table curve, whose thresholds are the transitions.
     """
 
     name = "adc"
@@ -216,7 +242,11 @@ class ADCStage(Stage):
         )
         analog_gain: float = param(1.0, doc="Gain before the ADC (ISO gain).", gt=0)
         black_level_dn: int | None = param(
-            None, unit="DN", doc="Code of a zero signal; default 2**bits // 16.", ge=0
+            None,
+            unit="DN",
+            doc="Code of a zero signal, which sits at the centre of that code (the dark "
+            "mean code); default 2**bits // 16.",
+            ge=0,
         )
         curve: Curve = param("linear", doc="Transfer curve: linear, log, sqrt or table.")
         log_compression: float = param(255.0, doc="mu of the log (mu-law) curve.", gt=0)
@@ -226,7 +256,40 @@ class ADCStage(Stage):
             "inline or a .npy/.csv file.",
             path=True,
         )
-        rounding: Rounding = param("floor", doc="floor (an ADC's comparators) or nearest.")
+        rounding: Rounding = param(
+            "floor",
+            doc="floor (an ADC's comparators, with 1/2 LSB of analog offset) or nearest: "
+            "either way a zero signal sits at the centre of the black-level code, so both "
+            "give the same codes.",
+        )
+        offset_lsb: float = param(
+            0.0,
+            unit="LSB",
+            doc="ADC offset error: a fixed analog offset added before the comparators; "
+            "shifts every code's mean by this much (the raw stage still subtracts the "
+            "nominal black level).",
+        )
+        noise_lsb: float = param(
+            0.0,
+            unit="LSB rms",
+            doc="ADC temporal noise (comparator and thermal): Gaussian, new for every "
+            "pixel and image, added before the comparators; adds noise_lsb**2 to the "
+            "code variance.",
+            ge=0,
+        )
+        dnl_rms_lsb: float = param(
+            0.0,
+            unit="LSB rms",
+            doc="Differential non-linearity: each inner code's width is 1 + DNL, DNL "
+            "Gaussian with this rms, fixed per sensor seed; widths <= 0 are missing codes.",
+            ge=0,
+        )
+        dnl_table: list[float] | None = param(
+            None,
+            unit="LSB",
+            doc="Code widths of the 2**bits - 2 inner codes (1 .. 2**bits - 2), given "
+            "directly instead of dnl_rms_lsb; rescaled so full scale is kept.",
+        )
 
     def setup(self, info: SignalInfo) -> SignalInfo:
         p = self.params
@@ -242,6 +305,7 @@ class ADCStage(Stage):
             )
         thresholds = self._thresholds(bits)
         full_scale, gain_dn_per_e = self._full_scale(info, black, thresholds)
+        self._transitions = self._dnl_transitions(bits)
         self._transfer: dict[str, Any] = {
             "bits": bits,
             "full_scale": full_scale,
@@ -270,12 +334,47 @@ class ADCStage(Stage):
         return info.evolve(unit=Unit.DN, dtype=dtype_for_bits(bits), attrs=attrs)
 
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
+        p = self.params
+        offset: float | np.ndarray = p.offset_lsb
+        if p.noise_lsb > 0:  # temporal: one generator per image key
+            z = np.empty(x.shape, dtype=np.float64)
+            for i, rng in enumerate(self.image_rngs(batch.image_index)):
+                z[i] = rng.standard_normal(x.shape[1:])
+            offset = p.offset_lsb + p.noise_lsb * z
         try:
-            return quantize(x, **self._transfer)
+            return quantize(x, **self._transfer, offset_lsb=offset, transitions=self._transitions)
         except ValueError as exc:
             raise StageError(f"adc input: {exc}") from exc
 
     # -- setup helpers ----------------------------------------------------------------
+    def _dnl_transitions(self, bits: int) -> np.ndarray | None:
+        """The comparators' transitions with DNL (None: ideal), fixed per sensor seed."""
+        p = self.params
+        nonideal = {"offset_lsb": p.offset_lsb, "noise_lsb": p.noise_lsb}
+        nonideal |= {"dnl_rms_lsb": p.dnl_rms_lsb, "dnl_table": p.dnl_table}
+        if p.curve == "table":
+            for key, value in nonideal.items():
+                if value:
+                    raise StageError(
+                        f"the table curve's thresholds are its transitions; it takes no {key}",
+                        key=key,
+                    )
+            return None
+        if p.dnl_table is not None:
+            if p.dnl_rms_lsb > 0:
+                raise StageError("give dnl_rms_lsb or dnl_table, not both", key="dnl_table")
+            widths = np.asarray(p.dnl_table, dtype=np.float64)
+        elif p.dnl_rms_lsb > 0:
+            rng = self.pattern_rng(DNL_PATTERN_KEY)
+            widths = 1.0 + p.dnl_rms_lsb * rng.standard_normal((1 << bits) - 2)
+        else:
+            return None
+        try:
+            return transition_levels(widths, bits)
+        except ValueError as exc:
+            key = "dnl_table" if p.dnl_table is not None else "dnl_rms_lsb"
+            raise StageError(str(exc), key=key) from None
+
     def _thresholds(self, bits: int) -> np.ndarray | None:
         p = self.params
         if p.curve != "table":
@@ -291,11 +390,12 @@ class ADCStage(Stage):
             raise StageError("curve 'table' needs thresholds (a list or a file)", key="thresholds")
         try:
             t = load_thresholds(p.thresholds) if isinstance(p.thresholds, str) else p.thresholds
-            return check_thresholds(t, bits)
+            t = check_thresholds(t, bits)
         except FileNotFoundError:
             raise StageError(f"no such file: {p.thresholds}", key="thresholds") from None
         except ValueError as exc:
             raise StageError(str(exc), key="thresholds") from None
+        return t
 
     def _full_scale(
         self, info: SignalInfo, black: int, thresholds: np.ndarray | None
@@ -359,12 +459,14 @@ class ADCStage(Stage):
         return full_scale
 
     def _top_fraction(self, black: int, thresholds: np.ndarray | None) -> float:
-        """The smallest fraction of full scale that reaches the top code."""
+        """The fraction of full scale that the full well maps to: the centre of the top
+        code (so raw's (DN - black) / (white - black) is unbiased), or for a table the
+        last threshold."""
         p = self.params
         top = (1 << p.bits) - 1
         if thresholds is not None:
             return float(thresholds[min(thresholds.size, top - black) - 1])
-        y_top = (top - black - (0.5 if p.rounding == "nearest" else 0.0)) / (1 << p.bits)
+        y_top = (top - black) / (1 << p.bits)  # the centre of the top code
         if p.curve == "linear":
             return y_top
         return float(expand(y_top, p.curve, log_compression=p.log_compression))

@@ -3,7 +3,12 @@
 Steps, in order:
 
 1. Normalise: ``(DN − black_level_dn) / (white_level_dn − black_level_dn)``, so the code
-   full well maps to is 1.0 (levels from the ADC's attributes, overridable).
+   full well maps to is 1.0 (levels from the ADC's attributes, overridable). The ADC puts
+   a zero signal at the centre of the black-level code and each code at the centre of
+   its interval, so a dark pixel's mean code is the black level and signal − dark is
+   unbiased. For log, sqrt and table curves (``linearize``) each code is first mapped to
+   the centre of its interval, ``sensors.curves.dequantize``, which maps the black level
+   to exactly 0.
 2. White balance: multiply each colour's pixels by its gain (``wb_gains``, R, G, B); done
    on the mosaic, before demosaicing, as camera pipelines do. Panchromatic (W) pixels
    keep gain 1.

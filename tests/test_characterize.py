@@ -247,3 +247,16 @@ def test_cli_characterize(plugin_dir, npz_dataset, tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "missing.yaml: file not found" in err
+
+
+def test_default_sensors_dark_signal_is_the_black_level(tmp_path):
+    # configs/default.yaml: 10 bits, black level 64, K ≈ 0.096 DN/e-, dark signal
+    # 5 e-/s × 10 ms = 0.05 e- = 0.005 DN. The ADC centres the pedestal in its code, so the
+    # dark frames' mean code is 64.005; it was 63.51 while the pedestal sat on a code edge.
+    from conftest import ROOT
+
+    _, sheet = characterize_config(
+        ROOT / "configs" / "default.yaml", out=tmp_path / "sheet", size=32, levels=10
+    )
+    for name, ch in sheet["channels"].items():
+        assert ch["dark_signal_dn"] == pytest.approx(64.0, abs=0.05), name
