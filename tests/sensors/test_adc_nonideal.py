@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
 from pipeline.stage import Batch, SignalInfo, StageError, Unit
@@ -114,6 +115,14 @@ def test_transition_levels_are_the_cumulative_widths_rescaled_to_full_scale():
     assert inl[1:] == pytest.approx(np.cumsum(dnl))  # INL = cumulative DNL
     assert np.array_equal(transition_levels(None, bits), np.arange(1.0, 8.0))
     assert np.array_equal(transition_levels(np.ones(6), bits), np.arange(1.0, 8.0))
+    # ideal transitions reproduce the ideal quantiser code for code, every curve
+    v = np.linspace(-0.2, 1.2, 5001)
+    for curve in ("linear", "log", "sqrt"):
+        ideal = quantize(v, bits, curve=curve, black_level=1)
+        assert np.array_equal(
+            quantize(v, bits, curve=curve, black_level=1, transitions=np.arange(1.0, 8.0)),
+            ideal,
+        )
 
 
 def test_missing_codes_appear_exactly_where_widths_are_not_positive():
@@ -196,3 +205,20 @@ def test_describe_says_what_each_nonideality_models():
     assert "missing codes" in docs["dnl_rms_lsb"]["doc"]
     assert "sensor seed" in docs["dnl_rms_lsb"]["doc"]
     assert all(docs[k]["default"] in (0.0, None) for k in ("noise_lsb", "offset_lsb"))
+
+
+def test_bad_dnl_table_in_a_config_is_one_line_naming_file_and_key(tmp_path):
+    from conftest import ROOT, sensorlab
+
+    config = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    adc = next(s for s in config["sensor"] if s["stage"] == "adc")
+    adc["dnl_table"] = [1.0, 1.0]  # a 10-bit ADC has 1022 inner codes
+    config["run"] = {**config.get("run", {}), "out": str(tmp_path / "runs")}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = sensorlab("run", path, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "bad.yaml" in lines[0] and "dnl_table" in lines[0] and "1022 inner codes" in lines[0]
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
