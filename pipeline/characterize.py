@@ -236,12 +236,11 @@ def _setup(stage: Stage, info: SignalInfo, key: str) -> SignalInfo:
 
 
 def _zero_code(adc_info: SignalInfo) -> float | None:
-    """The mean code of a zero signal: the black level, less 1/2 DN for floor rounding."""
-    transfer = adc_info.attr("adc_transfer")
+    """The mean code of a zero signal: the black level (the ADC centres it in its code)."""
     black = adc_info.attr("black_level_dn")
-    if not transfer or black is None:
+    if not adc_info.attr("adc_transfer") or black is None:
         return None
-    return black - (0.5 if transfer.get("rounding") == "floor" else 0.0)
+    return float(black)
 
 
 def _pair(select: Selector, frames: np.ndarray) -> tuple[float, float]:

@@ -1,32 +1,18 @@
 """The analog-to-digital converter: electrons (or volts) to N-bit integer codes (DN).
 
-Plain functions first, usable alone (a 1-bit ADC, a 3-bit ADC with a 5 V reference):
+The transfer curves themselves (:func:`quantize`, :func:`dequantize`, :func:`compand`,
+:func:`expand`) live in :mod:`sensors.curves`, which the raw stage shares; they are
+re-exported here, so ``from sensors.adc import quantize`` works. This module adds:
 
-- :func:`quantize` maps any signal in ``[0, full_scale]`` to codes ``0 .. 2**bits - 1``
-  through a transfer curve (linear, logarithmic or square-root companding, or a table
-  of decision thresholds), and :func:`dequantize` gives the representative signal of
-  each code.
-- :func:`compand` / :func:`expand` are the companding curves and their inverses.
-- :func:`lloyd_max` and :func:`equal_probability_thresholds` fit decision thresholds
-  to sample data, for the ``table`` curve.
-
-Then :class:`ADCStage` ("adc"), which scales electrons (by the system gain) or volts
-(by the ADC's full-scale voltage), adds the black level and quantises.
-
-The transfer equation (linear curve, black level ``b`` in codes)::
-
-    code = clip(floor(2**bits * signal / full_scale + b), 0, 2**bits - 1)      # floor
-    code = clip(floor(2**bits * signal / full_scale + b + 1/2), 0, 2**bits - 1)  # nearest
-
-Companding curves replace ``signal / full_scale`` by ``f(signal / full_scale)``, where
-``f`` maps ``[0, 1]`` onto ``[0, 1]`` and is extended to negative inputs as an odd
-function (so that read noise below the black level keeps its codes, as in μ-law).
+- :func:`lloyd_max` and :func:`equal_probability_thresholds`, which fit decision
+  thresholds to sample data for the ``table`` curve, and :func:`load_thresholds`.
+- :class:`ADCStage` ("adc"), which scales electrons (by the system gain) or volts (by the
+  ADC's full-scale voltage), adds the black level and quantises.
 
 References
 ----------
 EMVA Standard 1288, Release 4.0 Linear (2021), section 2 (the linear camera model: a
 system gain K in DN/e⁻ and a quantisation noise of 1/12 DN²).
-ITU-T G.711 (1988): μ-law companding, ``f(u) = ln(1 + μu) / ln(1 + μ)``.
 S. P. Lloyd, "Least squares quantization in PCM", IEEE Trans. Inf. Theory 28 (1982) 129;
 J. Max, "Quantizing for minimum distortion", IRE Trans. Inf. Theory 6 (1960) 7.
 """
@@ -34,15 +20,30 @@ J. Max, "Quantizing for minimum distortion", IRE Trans. Inf. Theory 6 (1960) 7.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
+from sensors.curves import (
+    CURVES,
+    MAX_BITS,
+    Curve,
+    Rounding,
+    check_bits,
+    check_thresholds,
+    compand,
+    dequantize,
+    dtype_for_bits,
+    expand,
+    quantize,
+    transition_levels,
+)
 
 __all__ = [
     "CURVES",
+    "DNL_PATTERN_KEY",
     "ADCStage",
     "compand",
     "default_black_level",
@@ -55,23 +56,7 @@ __all__ = [
     "quantize",
 ]
 
-CURVES = ("linear", "log", "sqrt", "table")
-ROUNDINGS = ("floor", "nearest")
-MAX_BITS = 24
-
-Curve = Literal["linear", "log", "sqrt", "table"]
-Rounding = Literal["floor", "nearest"]
-
-
-# -- small helpers ---------------------------------------------------------------------
-def dtype_for_bits(bits: int) -> np.dtype:
-    """The smallest unsigned integer dtype that holds ``bits``-bit codes (uint8/16/32)."""
-    bits = _check_bits(bits)
-    if bits <= 8:
-        return np.dtype(np.uint8)
-    if bits <= 16:
-        return np.dtype(np.uint16)
-    return np.dtype(np.uint32)
+DNL_PATTERN_KEY = 1  # pattern_rng tag of the DNL code widths (one pattern per sensor seed)
 
 
 def default_black_level(bits: int) -> int:
@@ -80,232 +65,12 @@ def default_black_level(bits: int) -> int:
     That is the pedestal common in CMOS sensors' raw output; it keeps the read noise of a
     dark pixel above code 0 instead of clipping it.
     """
-    return (1 << _check_bits(bits)) // 16
-
-
-def _check_bits(bits: int) -> int:
-    if isinstance(bits, bool) or int(bits) != bits or not 1 <= int(bits) <= MAX_BITS:
-        raise ValueError(f"bits must be an integer between 1 and {MAX_BITS}, got {bits!r}")
-    return int(bits)
-
-
-def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _check_black_level(black_level: int, bits: int) -> int:
-    if int(black_level) != black_level or not 0 <= black_level <= (1 << bits) - 1:
-        raise ValueError(
-            f"black_level must be an integer code between 0 and {(1 << bits) - 1}, "
-            f"got {black_level!r}"
-        )
-    return int(black_level)
-
-
-def _check_thresholds(thresholds: ArrayLike | None, bits: int) -> np.ndarray:
-    if thresholds is None:
-        raise ValueError("curve 'table' needs thresholds")
-    t = np.asarray(thresholds, dtype=np.float64)
-    if t.ndim != 1 or t.size == 0:
-        raise ValueError("thresholds must be a non-empty 1-D list of numbers")
-    if t.size > (1 << bits) - 1:
-        raise ValueError(
-            f"a {bits}-bit ADC has {(1 << bits) - 1} decision thresholds at most, got {t.size}"
-        )
-    if not np.all(np.isfinite(t)):
-        raise ValueError("thresholds must be finite numbers")
-    if np.any(np.diff(t) <= 0):
-        raise ValueError("thresholds must be strictly increasing")
-    return t
-
-
-# -- companding curves -----------------------------------------------------------------
-def compand(u: ArrayLike, curve: str = "linear", *, log_compression: float = 255.0) -> np.ndarray:
-    """The companding curve ``f``: maps the fraction of full scale ``u`` onto ``[0, 1]``.
-
-    Parameters
-    ----------
-    u : signal as a fraction of full scale (1 is full scale); any real values.
-    curve : ``"linear"`` (``f(u) = u``), ``"sqrt"`` (``f(u) = sqrt(u)``) or ``"log"``
-        (μ-law, ``f(u) = ln(1 + μu) / ln(1 + μ)``). Each is extended to ``u < 0`` as an
-        odd function, ``f(-u) = -f(u)``, so that ``f`` is monotone on all reals.
-    log_compression : μ of the logarithmic curve (255 in ITU-T G.711); larger compresses
-        bright signals more.
-
-    Returns
-    -------
-    ``f(u)`` as float64; ``f(0) = 0`` and ``f(1) = 1`` for every curve.
-
-    References
-    ----------
-    ITU-T G.711 (1988), μ-law.
-    """
-    _check_choice(curve, ("linear", "log", "sqrt"), "curve")
-    u = np.asarray(u, dtype=np.float64)
-    if curve == "linear":
-        return u.copy()
-    if curve == "sqrt":
-        return np.copysign(np.sqrt(np.abs(u)), u)
-    mu = _check_mu(log_compression)
-    return np.copysign(np.log1p(mu * np.abs(u)) / np.log1p(mu), u)
-
-
-def expand(y: ArrayLike, curve: str = "linear", *, log_compression: float = 255.0) -> np.ndarray:
-    """The inverse of :func:`compand`: the fraction of full scale ``u`` with ``f(u) = y``."""
-    _check_choice(curve, ("linear", "log", "sqrt"), "curve")
-    y = np.asarray(y, dtype=np.float64)
-    if curve == "linear":
-        return y.copy()
-    if curve == "sqrt":
-        return np.copysign(y * y, y)
-    mu = _check_mu(log_compression)
-    return np.copysign(np.expm1(np.abs(y) * np.log1p(mu)) / mu, y)
-
-
-def _check_mu(mu: float) -> float:
-    if not (np.isfinite(mu) and mu > 0):
-        raise ValueError(f"log_compression must be a positive number, got {mu!r}")
-    return float(mu)
-
-
-# -- quantisation ----------------------------------------------------------------------
-def quantize(
-    signal: ArrayLike,
-    bits: int,
-    full_scale: float = 1.0,
-    curve: str = "linear",
-    rounding: str = "floor",
-    *,
-    black_level: int = 0,
-    log_compression: float = 255.0,
-    thresholds: ArrayLike | None = None,
-) -> np.ndarray:
-    """Quantise a signal to ``bits``-bit codes, as an ADC does.
-
-    ``code = clip(floor(2**bits * f(signal / full_scale) + black_level [+ 1/2]),
-    0, 2**bits - 1)``, with ``+ 1/2`` for ``rounding="nearest"``. For the linear curve
-    the code step (LSB) is ``full_scale / 2**bits``: a 3-bit ADC with a 5 V reference
-    gives codes 0..7 with an LSB of 0.625 V, and ``full_scale`` itself maps to the
-    first code past the top, so it clips to ``2**bits - 1``.
-
-    Parameters
-    ----------
-    signal : the input (volts, electrons, or any unit of ``full_scale``); any shape.
-    bits : resolution, 1 to 24.
-    full_scale : the signal that spans all ``2**bits`` codes, in the unit of ``signal``.
-    curve : ``"linear"``, ``"log"``, ``"sqrt"`` (see :func:`compand`), or ``"table"``:
-        ``code = black_level + (number of thresholds <= signal / full_scale)``.
-    rounding : ``"floor"`` (what an ADC's comparators do: a code covers
-        ``[k, k + 1)`` LSB) or ``"nearest"`` (a code covers ``[k - 1/2, k + 1/2)``).
-        The table curve's thresholds are the decision levels themselves, so it takes
-        only ``"floor"``.
-    black_level : code of a zero signal (pedestal), ``0 <= black_level < 2**bits``.
-    log_compression : μ of the ``"log"`` curve.
-    thresholds : for ``curve="table"``: strictly increasing decision thresholds as
-        fractions of full scale, at most ``2**bits - 1`` of them (see :func:`lloyd_max`).
-
-    Returns
-    -------
-    Codes in ``[0, 2**bits - 1]``, same shape as ``signal``, in the smallest unsigned
-    dtype holding ``bits`` bits (:func:`dtype_for_bits`).
-
-    Raises
-    ------
-    ValueError : bad parameters, or NaN in ``signal`` (``±inf`` clips to the ends).
-
-    References
-    ----------
-    EMVA 1288 Release 4.0 Linear, section 2.4 (quantisation noise, 1/12 DN²).
-    """
-    bits = _check_bits(bits)
-    _check_choice(curve, CURVES, "curve")
-    _check_choice(rounding, ROUNDINGS, "rounding")
-    black_level = _check_black_level(black_level, bits)
-    if not (np.isfinite(full_scale) and full_scale > 0):
-        raise ValueError(f"full_scale must be a positive number, got {full_scale!r}")
-    top = (1 << bits) - 1
-    shape = np.shape(signal)
-    u = np.array(signal, dtype=np.float64, ndmin=1)  # a copy, worked on in place
-    u /= full_scale
-    if np.isnan(u).any():
-        raise ValueError("signal contains NaN")
-    if curve == "table":
-        if rounding != "floor":
-            raise ValueError(
-                "curve 'table' takes rounding 'floor' (thresholds are decision levels)"
-            )
-        t = _check_thresholds(thresholds, bits)
-        y = np.searchsorted(t, u, side="right") + black_level
-        return np.minimum(y, top).astype(dtype_for_bits(bits)).reshape(shape)
-    y = compand(u, curve, log_compression=log_compression) if curve != "linear" else u
-    y *= 1 << bits  # a power of two: exact
-    y += black_level + (0.5 if rounding == "nearest" else 0.0)
-    np.floor(y, out=y)
-    np.clip(y, 0, top, out=y)
-    return y.astype(dtype_for_bits(bits)).reshape(shape)
-
-
-def dequantize(
-    codes: ArrayLike,
-    bits: int,
-    full_scale: float = 1.0,
-    curve: str = "linear",
-    rounding: str = "floor",
-    *,
-    black_level: int = 0,
-    log_compression: float = 255.0,
-    thresholds: ArrayLike | None = None,
-    levels: ArrayLike | None = None,
-) -> np.ndarray:
-    """The representative signal of each code: the inverse of :func:`quantize`.
-
-    For the linear, log and sqrt curves the representative value is the centre of the
-    code's interval in the companded domain, ``f⁻¹((k + 1/2) / 2**bits)`` for floor
-    rounding and ``f⁻¹(k / 2**bits)`` for nearest, with ``k = code - black_level``; so
-    ``quantize(dequantize(c)) == c`` and ``dequantize(quantize(s))`` is within half a
-    code of ``s`` (measured in the companded domain). For the table curve it is
-    ``levels[k]`` when given (e.g. the Lloyd–Max reconstruction levels), otherwise the
-    midpoint of the code's decision interval, the outermost intervals being closed at 0
-    and at full scale.
-
-    Parameters
-    ----------
-    codes : integer codes (any shape).
-    bits, full_scale, curve, rounding, black_level, log_compression, thresholds : as
-        given to :func:`quantize`.
-    levels : for ``curve="table"``: ``len(thresholds) + 1`` reconstruction levels as
-        fractions of full scale (optional).
-
-    Returns
-    -------
-    float64 signal values in the unit of ``full_scale``.
-    """
-    bits = _check_bits(bits)
-    _check_choice(curve, CURVES, "curve")
-    _check_choice(rounding, ROUNDINGS, "rounding")
-    black_level = _check_black_level(black_level, bits)
-    k = np.asarray(codes, dtype=np.float64) - black_level
-    if curve == "table":
-        t = _check_thresholds(thresholds, bits)
-        if levels is None:
-            edges = np.concatenate([[min(0.0, t[0])], t, [max(1.0, t[-1])]])
-            rep = (edges[:-1] + edges[1:]) / 2
-        else:
-            rep = np.asarray(levels, dtype=np.float64)
-            if rep.shape != (t.size + 1,):
-                raise ValueError(f"levels must have len(thresholds) + 1 = {t.size + 1} values")
-        cell = np.clip(k, 0, t.size).astype(np.intp)
-        return rep[cell] * full_scale
-    y = (k + (0.5 if rounding == "floor" else 0.0)) / (1 << bits)
-    u = expand(y, curve, log_compression=log_compression) if curve != "linear" else y
-    return u * full_scale
+    return (1 << check_bits(bits)) // 16
 
 
 # -- fitting a table curve -------------------------------------------------------------
 def _sorted_samples(samples: ArrayLike, bits: int, full_scale: float) -> np.ndarray:
-    bits = _check_bits(bits)
+    bits = check_bits(bits)
     x = np.sort(np.asarray(samples, dtype=np.float64).ravel()) / full_scale
     if x.size == 0 or not np.all(np.isfinite(x)):
         raise ValueError("samples must be a non-empty array of finite numbers")
@@ -432,6 +197,28 @@ class ADCStage(Stage):
     volts input without a known conversion gain), and ``adc_transfer``: the keyword
     arguments of :func:`quantize` (``full_scale`` in input units), so that
     ``dequantize(codes, **attrs["adc_transfer"])`` linearises the codes.
+
+    The pedestal sits at the centre of code ``black_level_dn`` (see
+    :func:`sensors.curves.quantize`), so a dark pixel's mean code is the black level.
+
+    Non-idealities (all 0 by default: an ideal ADC), in LSB of the comparators' input,
+    applied in this order after the transfer curve and before the comparators::
+
+        a = 2**bits · f(signal / full_scale) + black_level + 1/2 + offset_lsb + noise_lsb · z
+        code = #{k : T_k <= a}, clipped to [0, 2**bits - 1]
+
+    - ``offset_lsb``: a fixed offset o; the mean code of a signal moves by o.
+    - ``noise_lsb``: comparator and thermal noise, z ~ N(0, 1) per pixel and image (keyed
+      per image); it adds ``noise_lsb**2`` to the code variance (on top of the 1/12 LSB²
+      of quantisation when the signal is spread over many codes).
+    - ``dnl_rms_lsb`` / ``dnl_table``: differential non-linearity. Inner code k
+      (``1 .. 2**bits - 2``) has width ``w_k = 1 + DNL_k`` LSB, with ``DNL_k ~ N(0,
+      dnl_rms_lsb²)`` drawn once per sensor seed, or ``w_k`` taken from ``dnl_table``;
+      the transitions T_k are the cumulative sum, rescaled so full scale is kept
+      (:func:`sensors.curves.transition_levels`). A width <= 0 is a missing code; the
+      integral non-linearity is the cumulative DNL.
+
+    None of them apply to the table curve, whose thresholds are the transitions.
     """
 
     name = "adc"
@@ -455,7 +242,11 @@ class ADCStage(Stage):
         )
         analog_gain: float = param(1.0, doc="Gain before the ADC (ISO gain).", gt=0)
         black_level_dn: int | None = param(
-            None, unit="DN", doc="Code of a zero signal; default 2**bits // 16.", ge=0
+            None,
+            unit="DN",
+            doc="Code of a zero signal, which sits at the centre of that code (the dark "
+            "mean code); default 2**bits // 16.",
+            ge=0,
         )
         curve: Curve = param("linear", doc="Transfer curve: linear, log, sqrt or table.")
         log_compression: float = param(255.0, doc="mu of the log (mu-law) curve.", gt=0)
@@ -465,7 +256,40 @@ class ADCStage(Stage):
             "inline or a .npy/.csv file.",
             path=True,
         )
-        rounding: Rounding = param("floor", doc="floor (an ADC's comparators) or nearest.")
+        rounding: Rounding = param(
+            "floor",
+            doc="floor (an ADC's comparators, with 1/2 LSB of analog offset) or nearest: "
+            "either way a zero signal sits at the centre of the black-level code, so both "
+            "give the same codes.",
+        )
+        offset_lsb: float = param(
+            0.0,
+            unit="LSB",
+            doc="ADC offset error: a fixed analog offset added before the comparators; "
+            "shifts every code's mean by this much (the raw stage still subtracts the "
+            "nominal black level).",
+        )
+        noise_lsb: float = param(
+            0.0,
+            unit="LSB rms",
+            doc="ADC temporal noise (comparator and thermal): Gaussian, new for every "
+            "pixel and image, added before the comparators; adds noise_lsb**2 to the "
+            "code variance.",
+            ge=0,
+        )
+        dnl_rms_lsb: float = param(
+            0.0,
+            unit="LSB rms",
+            doc="Differential non-linearity: each inner code's width is 1 + DNL, DNL "
+            "Gaussian with this rms, fixed per sensor seed; widths <= 0 are missing codes.",
+            ge=0,
+        )
+        dnl_table: list[float] | None = param(
+            None,
+            unit="LSB",
+            doc="Code widths of the 2**bits - 2 inner codes (1 .. 2**bits - 2), given "
+            "directly instead of dnl_rms_lsb; rescaled so full scale is kept.",
+        )
 
     def setup(self, info: SignalInfo) -> SignalInfo:
         p = self.params
@@ -481,6 +305,7 @@ class ADCStage(Stage):
             )
         thresholds = self._thresholds(bits)
         full_scale, gain_dn_per_e = self._full_scale(info, black, thresholds)
+        self._transitions = self._dnl_transitions(bits)
         self._transfer: dict[str, Any] = {
             "bits": bits,
             "full_scale": full_scale,
@@ -509,12 +334,47 @@ class ADCStage(Stage):
         return info.evolve(unit=Unit.DN, dtype=dtype_for_bits(bits), attrs=attrs)
 
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
+        p = self.params
+        offset: float | np.ndarray = p.offset_lsb
+        if p.noise_lsb > 0:  # temporal: one generator per image key
+            z = np.empty(x.shape, dtype=np.float64)
+            for i, rng in enumerate(self.image_rngs(batch.image_index)):
+                z[i] = rng.standard_normal(x.shape[1:])
+            offset = p.offset_lsb + p.noise_lsb * z
         try:
-            return quantize(x, **self._transfer)
+            return quantize(x, **self._transfer, offset_lsb=offset, transitions=self._transitions)
         except ValueError as exc:
             raise StageError(f"adc input: {exc}") from exc
 
     # -- setup helpers ----------------------------------------------------------------
+    def _dnl_transitions(self, bits: int) -> np.ndarray | None:
+        """The comparators' transitions with DNL (None: ideal), fixed per sensor seed."""
+        p = self.params
+        nonideal = {"offset_lsb": p.offset_lsb, "noise_lsb": p.noise_lsb}
+        nonideal |= {"dnl_rms_lsb": p.dnl_rms_lsb, "dnl_table": p.dnl_table}
+        if p.curve == "table":
+            for key, value in nonideal.items():
+                if value:
+                    raise StageError(
+                        f"the table curve's thresholds are its transitions; it takes no {key}",
+                        key=key,
+                    )
+            return None
+        if p.dnl_table is not None:
+            if p.dnl_rms_lsb > 0:
+                raise StageError("give dnl_rms_lsb or dnl_table, not both", key="dnl_table")
+            widths = np.asarray(p.dnl_table, dtype=np.float64)
+        elif p.dnl_rms_lsb > 0:
+            rng = self.pattern_rng(DNL_PATTERN_KEY)
+            widths = 1.0 + p.dnl_rms_lsb * rng.standard_normal((1 << bits) - 2)
+        else:
+            return None
+        try:
+            return transition_levels(widths, bits)
+        except ValueError as exc:
+            key = "dnl_table" if p.dnl_table is not None else "dnl_rms_lsb"
+            raise StageError(str(exc), key=key) from None
+
     def _thresholds(self, bits: int) -> np.ndarray | None:
         p = self.params
         if p.curve != "table":
@@ -530,11 +390,12 @@ class ADCStage(Stage):
             raise StageError("curve 'table' needs thresholds (a list or a file)", key="thresholds")
         try:
             t = load_thresholds(p.thresholds) if isinstance(p.thresholds, str) else p.thresholds
-            return _check_thresholds(t, bits)
+            t = check_thresholds(t, bits)
         except FileNotFoundError:
             raise StageError(f"no such file: {p.thresholds}", key="thresholds") from None
         except ValueError as exc:
             raise StageError(str(exc), key="thresholds") from None
+        return t
 
     def _full_scale(
         self, info: SignalInfo, black: int, thresholds: np.ndarray | None
@@ -598,12 +459,14 @@ class ADCStage(Stage):
         return full_scale
 
     def _top_fraction(self, black: int, thresholds: np.ndarray | None) -> float:
-        """The smallest fraction of full scale that reaches the top code."""
+        """The fraction of full scale that the full well maps to: the centre of the top
+        code (so raw's (DN - black) / (white - black) is unbiased), or for a table the
+        last threshold."""
         p = self.params
         top = (1 << p.bits) - 1
         if thresholds is not None:
             return float(thresholds[min(thresholds.size, top - black) - 1])
-        y_top = (top - black - (0.5 if p.rounding == "nearest" else 0.0)) / (1 << p.bits)
+        y_top = (top - black) / (1 << p.bits)  # the centre of the top code
         if p.curve == "linear":
             return y_top
         return float(expand(y_top, p.curve, log_compression=p.log_compression))

@@ -3,7 +3,12 @@
 Steps, in order:
 
 1. Normalise: ``(DN − black_level_dn) / (white_level_dn − black_level_dn)``, so the code
-   full well maps to is 1.0 (levels from the ADC's attributes, overridable).
+   full well maps to is 1.0 (levels from the ADC's attributes, overridable). The ADC puts
+   a zero signal at the centre of the black-level code and each code at the centre of
+   its interval, so a dark pixel's mean code is the black level and signal − dark is
+   unbiased. For log, sqrt and table curves (``linearize``) each code is first mapped to
+   the centre of its interval, ``sensors.curves.dequantize``, which maps the black level
+   to exactly 0.
 2. White balance: multiply each colour's pixels by its gain (``wb_gains``, R, G, B); done
    on the mosaic, before demosaicing, as camera pipelines do. Panchromatic (W) pixels
    keep gain 1.
@@ -42,7 +47,8 @@ import cv2
 import numpy as np
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
-from sensors.scene import linear_to_srgb
+from sensors.colour import linear_to_srgb
+from sensors.curves import dequantize
 
 __all__ = [
     "BAYER_TILES",
@@ -419,8 +425,6 @@ class RawStage(Stage):
         self._transfer = self._linear_transfer(attrs)
         span = self._white - self._black
         if self._transfer is not None:  # normalise in signal units: black 0, white 1
-            from sensors.adc import dequantize
-
             ends = dequantize(np.array([self._black, self._white]), **self._transfer)
             self._black_signal = float(ends[0])
             span = float(ends[1] - ends[0])
@@ -545,8 +549,6 @@ class RawStage(Stage):
         if self._layout != "stacked" and x.ndim == 4:
             x = x[..., 0]
         if self._transfer is not None:
-            from sensors.adc import dequantize
-
             y = dequantize(x, **self._transfer).astype(np.float32)
             y -= np.float32(self._black_signal)
         else:

@@ -29,15 +29,14 @@ from typing import Literal
 import numpy as np
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
+from sensors.colour import srgb_to_linear
 
 __all__ = [
     "PLANCK_J_S",
     "SPEED_OF_LIGHT_M_PER_S",
     "SceneStage",
     "decode_image",
-    "linear_to_srgb",
     "photons_from_illuminance",
-    "srgb_to_linear",
     "upsample_photons",
 ]
 
@@ -45,66 +44,8 @@ PLANCK_J_S = 6.62607015e-34  # exact (SI 2019)
 SPEED_OF_LIGHT_M_PER_S = 299_792_458.0  # exact
 MAX_LUMINOUS_EFFICACY_LM_PER_W = 683.0  # at 555 nm (540 THz), by definition of the candela
 
-# IEC 61966-2-1 sRGB transfer constants.
-_SRGB_KNEE_ENCODED = 0.04045
-_SRGB_KNEE_LINEAR = 0.0031308
-_SRGB_SLOPE = 12.92
-_SRGB_OFFSET = 0.055
-_SRGB_GAMMA = 2.4
-
 _ENCODING_OF_ATTR = {"srgb8": "srgb", "linear16": "linear", "float": "linear"}
 _INTEGER_FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-
-
-def srgb_to_linear(encoded: np.ndarray) -> np.ndarray:
-    """Inverse sRGB transfer function (IEC 61966-2-1): encoded [0, 1] → linear [0, 1].
-
-    Parameters
-    ----------
-    encoded : sRGB-encoded values, nominally in [0, 1]. Negative values are mapped
-        sign-symmetrically (``-f(-v)``), as in scRGB, so nothing becomes NaN.
-
-    Returns
-    -------
-    Linear values, same shape, float (float32 input stays float32).
-
-    References
-    ----------
-    IEC 61966-2-1:1999, Multimedia systems and equipment — Colour measurement and
-    management — Part 2-1: Default RGB colour space — sRGB, section 5.2.
-    """
-    v = np.asarray(encoded)
-    if not np.issubdtype(v.dtype, np.floating):
-        v = v.astype(np.float64)
-    a = np.abs(v)
-    lin = np.where(
-        a <= _SRGB_KNEE_ENCODED,
-        a / _SRGB_SLOPE,
-        ((a + _SRGB_OFFSET) / (1.0 + _SRGB_OFFSET)) ** _SRGB_GAMMA,
-    )
-    return np.copysign(lin, v).astype(v.dtype, copy=False)
-
-
-def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
-    """sRGB transfer function (IEC 61966-2-1): linear [0, 1] → encoded [0, 1].
-
-    Negative values are mapped sign-symmetrically (``-f(-v)``). Values above 1 follow
-    the same power law (no clipping).
-
-    References
-    ----------
-    IEC 61966-2-1:1999, section 5.3.
-    """
-    v = np.asarray(linear)
-    if not np.issubdtype(v.dtype, np.floating):
-        v = v.astype(np.float64)
-    a = np.abs(v)
-    enc = np.where(
-        a <= _SRGB_KNEE_LINEAR,
-        a * _SRGB_SLOPE,
-        (1.0 + _SRGB_OFFSET) * a ** (1.0 / _SRGB_GAMMA) - _SRGB_OFFSET,
-    )
-    return np.copysign(enc, v).astype(v.dtype, copy=False)
 
 
 def decode_image(

@@ -149,10 +149,12 @@ def test_quantisation_limited_dark_noise_is_noted():
     pd, _ = _stages(read_noise_e=2.0, dark_current_e_per_s=0.0, dsnu_e=0.0)
     adc = ADCStage(ADCStage.Params(bits=10, system_gain_dn_per_e=0.05), index=1)
     ch = characterize_stages(pd, adc, size=32, levels=12)["channels"]["W"]
-    # a zero signal sits on the floor ADC's code edge (mean code b - 1/2): the codes flip
-    # between b - 1 and b, a variance near 1/4 DN² that is not the 1/12 DN² model's
-    assert "temporal_dark_noise_e is unreliable" in ch["notes"][0]
-    assert ch["temporal_dark_noise_e"] > 3 * 2.0  # what the note warns about
+    # a zero signal sits at the centre of the black code, so 0.1 DN of noise never flips
+    # it: the dark variance is ~0, below EMVA's 0.24 DN², and σ_d is reported as the
+    # standard's upper bound 0.40/K = 8 e- (not a measurement of the 2 e- configured)
+    assert ch["temporal_dark_noise_is_upper_bound"]
+    assert "EMVA upper bound 0.40/K" in ch["notes"][0]
+    assert ch["temporal_dark_noise_e"] == pytest.approx(0.40 / 0.05, rel=0.01)
     # every dark figure is then below the quantisation floor too, and says so
     (floor,) = [note for note in ch["notes"] if "below the quantisation noise" in note]
     for key in ("dsnu_e", "row_offset_fpn_e", "col_offset_fpn_e", "row_temporal_noise_e"):
@@ -317,3 +319,16 @@ def test_cli_characterize(plugin_dir, npz_dataset, tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "missing.yaml: file not found" in err
+
+
+def test_default_sensors_dark_signal_is_the_black_level(tmp_path):
+    # configs/default.yaml: 10 bits, black level 64, K ≈ 0.096 DN/e-, dark signal
+    # 5 e-/s × 10 ms = 0.05 e- = 0.005 DN. The ADC centres the pedestal in its code, so the
+    # dark frames' mean code is 64.005; it was 63.51 while the pedestal sat on a code edge.
+    from conftest import ROOT
+
+    _, sheet = characterize_config(
+        ROOT / "configs" / "default.yaml", out=tmp_path / "sheet", size=32, levels=10
+    )
+    for name, ch in sheet["channels"].items():
+        assert ch["dark_signal_dn"] == pytest.approx(64.0, abs=0.05), name

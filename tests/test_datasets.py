@@ -29,14 +29,13 @@ from pipeline.datasets import (
     NpzConfig,
     ProceduralConfig,
     ProceduralDataset,
-    linear_to_srgb,
     open_dataset,
-    srgb_to_linear,
 )
 from pipeline.datasets.procedural import CLASS_NAMES, COLOURS, SHAPES, encode
 from pipeline.datasets.splits import split_indices
 from pipeline.errors import UserError
 from pipeline.stage import SignalInfo, Unit
+from sensors.colour import linear_to_srgb, srgb_to_linear
 
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 
@@ -288,11 +287,13 @@ def test_procedural_encodings_agree():
     assert ProceduralDataset(encoding="linear16", **kw).info().attrs["encoding"] == "linear16"
 
 
-def test_srgb_curves_are_inverse():
+def test_srgb8_encoding_clips_and_uses_the_one_srgb_curve():
     v = np.linspace(0, 1, 1001, dtype=np.float32)
     np.testing.assert_allclose(srgb_to_linear(linear_to_srgb(v)), v, atol=2e-6)
     assert linear_to_srgb(np.float32(0.18)) == pytest.approx(0.4614, abs=2e-4)  # mid-grey
     np.testing.assert_array_equal(encode(np.array([0.0, 1.0], np.float32), "srgb8"), [0, 255])
+    # out-of-range light clips to the ends of the 8-bit code range at the call site
+    np.testing.assert_array_equal(encode(np.array([-0.2, 1.5], np.float32), "srgb8"), [0, 255])
 
 
 def test_procedural_generates_a_reasonable_size_and_any_resolution():

@@ -33,8 +33,6 @@ from pipeline.datasets.base import (
     ArrayDataset,
     Dataset,
     IndexedDataset,
-    linear_to_srgb,
-    srgb_to_linear,
 )
 from pipeline.datasets.cifar10 import Cifar10Config, Cifar10Dataset
 from pipeline.datasets.digits import DigitsConfig, DigitsDataset
@@ -58,9 +56,7 @@ __all__ = [
     "NpzConfig",
     "ProceduralConfig",
     "ProceduralDataset",
-    "linear_to_srgb",
     "open_dataset",
-    "srgb_to_linear",
 ]
 
 DatasetConfig = Annotated[

@@ -30,8 +30,6 @@ __all__ = [
     "check_labels",
     "default_class_names",
     "encoding_for_dtype",
-    "linear_to_srgb",
-    "srgb_to_linear",
 ]
 
 ENCODINGS = ("srgb8", "linear16", "float")
@@ -293,16 +291,3 @@ def check_labels(
         allowed = "labels must be >= 0" if n_classes is None else f"outside 0..{n_classes - 1}"
         raise UserError(f"y has label {int(y[i])} at image {i}: {allowed}", key=key)
     return y
-
-
-def srgb_to_linear(v: np.ndarray) -> np.ndarray:
-    """The sRGB decoding curve (IEC 61966-2-1): code values in [0, 1] → linear light."""
-    v = np.asarray(v, dtype=np.float32)
-    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(v: np.ndarray) -> np.ndarray:
-    """The sRGB encoding curve (IEC 61966-2-1): linear light in [0, 1] → code values in [0, 1]."""
-    v = np.clip(np.asarray(v, dtype=np.float32), 0.0, 1.0)
-    hi = 1.055 * np.power(np.maximum(v, 0.0031308), 1 / 2.4) - 0.055
-    return np.where(v <= 0.0031308, 12.92 * v, hi).astype(np.float32)

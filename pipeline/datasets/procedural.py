@@ -40,8 +40,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from pipeline.datasets.base import Dataset, linear_to_srgb
+from pipeline.datasets.base import Dataset
 from pipeline.datasets.splits import SPLIT_IDS, SPLITS, CommonFields
+from sensors.colour import linear_to_srgb, srgb_to_linear
 
 __all__ = ["CLASS_NAMES", "COLOURS", "SHAPES", "ProceduralConfig", "ProceduralDataset", "render"]
 
@@ -193,7 +194,8 @@ class ProceduralDataset(Dataset):
 def encode(linear: np.ndarray, encoding: str) -> np.ndarray:
     """Linear light in [0, 1] as stored: ``srgb8``, ``linear16`` or ``float`` (float32)."""
     if encoding == "srgb8":
-        return np.rint(linear_to_srgb(linear) * 255.0).astype(np.uint8)
+        in_range = np.clip(np.asarray(linear, dtype=np.float32), 0.0, 1.0)  # 8-bit codes: clip
+        return np.rint(linear_to_srgb(in_range) * 255.0).astype(np.uint8)
     if encoding == "linear16":
         return np.rint(np.clip(linear, 0.0, 1.0) * 65535.0).astype(np.uint16)
     if encoding == "float":
@@ -354,7 +356,7 @@ def _unit_luminance_rgb(hue_deg: np.ndarray, saturation: np.ndarray) -> np.ndarr
     k = np.array([5.0, 3.0, 1.0])
     m = (k[None, :] + h[:, None]) % 6.0
     srgb = 1.0 - s[:, None] * np.clip(np.minimum(m, 4.0 - m), 0.0, 1.0)
-    lin = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    lin = srgb_to_linear(srgb)
     return (lin / (lin @ _LUMA.astype(np.float64))[:, None]).astype(np.float32)
 
 

@@ -26,40 +26,116 @@ from sensors.adc import (
 
 # -- quantize: the transfer equation ---------------------------------------------------
 def test_three_bit_adc_with_five_volt_reference():
-    # LSB = 5 V / 2**3 = 0.625 V; code k covers [k, k+1) LSB; full scale clips to 7.
+    # LSB = 5 V / 2**3 = 0.625 V; code = floor(V / LSB + 1/2): code k covers
+    # [k - 1/2, k + 1/2) LSB, centred on k LSB; everything from 6.5 LSB up clips to 7.
     lsb = 0.625
-    volts = np.array([0.0, 0.624, 0.625, 1.3, 2.5, 4.374, 4.375, 4.9999, 5.0, 7.0, -0.1])
-    expected = [0, 0, 1, 2, 4, 6, 7, 7, 7, 7, 0]
+    volts = np.array([0.0, 0.3124, 0.3125, 0.9374, 0.9375, 2.5, 4.0624, 4.0625, 5.0, 7.0, -0.1])
+    expected = [0, 0, 1, 1, 2, 4, 6, 7, 7, 7, 0]
     codes = quantize(volts, 3, 5.0)
     assert codes.tolist() == expected
     assert codes.dtype == np.uint8
-    assert np.allclose(dequantize(np.arange(8), 3, 5.0), (np.arange(8) + 0.5) * lsb)
+    assert np.allclose(dequantize(np.arange(8), 3, 5.0), np.arange(8) * lsb)
 
 
 def test_one_bit_adc_is_a_comparator_at_half_scale():
-    v = np.array([-1.0, 0.0, 0.49, 0.5, 0.51, 1.0, 3.0])
-    assert quantize(v, 1, 1.0).tolist() == [0, 0, 0, 1, 1, 1, 1]
-    # nearest rounding: the threshold moves to a quarter of full scale
-    assert quantize(v, 1, 1.0, rounding="nearest").tolist() == [0, 0, 1, 1, 1, 1, 1]
+    # the one transition is half an LSB (a quarter of full scale) above the centre of code 0
+    v = np.array([-1.0, 0.0, 0.24, 0.25, 0.26, 1.0, 3.0])
+    for rounding in ("floor", "nearest"):
+        assert quantize(v, 1, 1.0, rounding=rounding).tolist() == [0, 0, 0, 1, 1, 1, 1]
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6])
 @pytest.mark.parametrize("rounding", ["floor", "nearest"])
 @pytest.mark.parametrize("black_level", [0, 1])
 def test_exhaustive_codes_against_the_transfer_equation(bits, rounding, black_level):
+    # code = clip(floor(2**bits * v / FS + black_level + 1/2), 0, 2**bits - 1) for both
+    # roundings: the pedestal sits at the centre of code black_level (floor rounding adds
+    # 1/2 LSB of analog offset, nearest rounding is its own 1/2)
     full_scale = 5.0
     top = (1 << bits) - 1
     # every eighth of an LSB from -2 LSB to full scale + 2 LSB; v = 5 j / 2**(bits+3) is
     # exact in binary, so v / FS * 2**bits = j / 8 exactly and the reference is integer maths
     j = np.arange(-16, 8 * (1 << bits) + 17)
     v = full_scale * j / (1 << (bits + 3))
-    shift = 4 if rounding == "nearest" else 0  # + 1/2 LSB = 4 eighths
-    expected = np.clip((j + shift) // 8 + black_level, 0, top)
+    expected = np.clip((j + 4) // 8 + black_level, 0, top)  # + 1/2 LSB = 4 eighths
     codes = quantize(v, bits, full_scale, rounding=rounding, black_level=black_level)
     assert codes.tolist() == expected.tolist()
     # every code from 2 LSB below the black level to the top is reached, monotonically
     assert set(codes.tolist()) == set(range(max(0, black_level - 2), top + 1))
     assert np.all(np.diff(codes.astype(int)) >= 0)
+
+
+def _signal_at_lsb(level_lsb, bits, curve, full_scale=1.0):
+    """The signal whose curve output is ``level_lsb`` LSB above the black level."""
+    if curve == "table":
+        return full_scale * np.asarray(level_lsb, dtype=np.float64) / (1 << bits)
+    return full_scale * expand(np.asarray(level_lsb, dtype=np.float64) / (1 << bits), curve)
+
+
+def _uniform_table(bits):
+    """The table of the linear curve: thresholds t_k = (k - 1/2) / 2**bits."""
+    black = default_black_level(bits)
+    return (np.arange(1, (1 << bits) - black) - 0.5) / (1 << bits)
+
+
+ALL_CURVES = ["linear", "log", "sqrt", "table"]
+# the table curve takes only floor rounding (its thresholds are decision levels)
+CURVE_ROUNDINGS = [(c, r) for c in ALL_CURVES for r in ("floor", "nearest")][:-1]
+
+
+@pytest.mark.parametrize("bits", range(1, 25))
+@pytest.mark.parametrize(("curve", "rounding"), CURVE_ROUNDINGS)
+def test_the_default_pedestal_sits_at_a_code_centre(bits, curve, rounding):
+    # a zero signal is half an LSB from both edges of the black code, for every
+    # configuration; so a signal below 1/2 LSB (no noise) gives the code of a dark pixel
+    black = default_black_level(bits)
+    kw = {"curve": curve, "rounding": rounding, "black_level": black}
+    if curve == "table":
+        kw["thresholds"] = _uniform_table(bits)
+    inside = _signal_at_lsb([-0.49, -0.3, 0.0, 0.3, 0.49], bits, curve)
+    assert quantize(inside, bits, **kw).tolist() == [black] * 5
+    outside = _signal_at_lsb([-0.51, 0.51], bits, curve)
+    assert quantize(outside, bits, **kw).tolist() == [max(black - 1, 0), black + 1]
+    assert dequantize(black, bits, **kw) == 0.0  # the black code stands for a zero signal
+
+
+@pytest.mark.parametrize("bits", [4, 8, 12])
+@pytest.mark.parametrize("curve", ALL_CURVES)
+def test_a_sub_half_lsb_signal_does_not_change_a_dark_pixels_codes(bits, curve):
+    # The ablation behind the old "light detector": read noise << 1 LSB, a dark pixel vs a
+    # pixel at 0.3 LSB. With the pedestal on a code edge, noise flipped half the dark
+    # pixels one code down and none of the lit ones; centred, both give the black code.
+    black = default_black_level(bits)
+    kw = {"curve": curve, "black_level": black}
+    if curve == "table":
+        kw["thresholds"] = _uniform_table(bits)
+    noise = 0.02 * np.random.default_rng(8).standard_normal(100_000)  # 0.02 LSB rms
+    dark = quantize(_signal_at_lsb(noise, bits, curve), bits, **kw)
+    lit = quantize(_signal_at_lsb(0.3 + noise, bits, curve), bits, **kw)
+    assert np.array_equal(np.bincount(dark), np.bincount(lit))
+    # noise-free quantiser: identical codes
+    assert quantize(_signal_at_lsb(0.0, bits, curve), bits, **kw) == quantize(
+        _signal_at_lsb(0.3, bits, curve), bits, **kw
+    )
+
+
+@pytest.mark.parametrize(
+    ("bits", "sigma_lsb"), [(4, 0.1), (4, 0.25), (8, 0.3), (8, 2.0), (12, 1.0)]
+)
+@pytest.mark.parametrize("curve", ALL_CURVES)
+def test_a_dark_pixels_mean_code_is_the_black_level(bits, curve, sigma_lsb):
+    # symmetric noise around the centre of code B gives a code distribution symmetric
+    # around B, so E[code] = B exactly while no code is clipped at 0 (checked)
+    black = default_black_level(bits)
+    kw = {"curve": curve, "black_level": black}
+    if curve == "table":
+        kw["thresholds"] = _uniform_table(bits)
+    n = 200_000
+    noise = sigma_lsb * np.random.default_rng(bits).standard_normal(n)
+    assert np.abs(noise).max() < black + 0.5  # no code clipped at 0
+    codes = quantize(_signal_at_lsb(noise, bits, curve), bits, **kw).astype(np.float64)
+    var = sigma_lsb**2 + 1 / 12  # an upper bound of the code variance
+    assert codes.mean() == pytest.approx(black, abs=5 * np.sqrt(var / n))
 
 
 def test_black_level_keeps_negative_noise():
@@ -71,10 +147,14 @@ def test_twenty_four_bits_use_uint32_and_resolve_every_code():
     bits = 24
     rng = np.random.default_rng(0)
     k = rng.integers(0, 1 << bits, size=1000)
-    centres = (k + 0.5) / (1 << bits)
+    centres = k / (1 << bits)  # code k is centred on k LSB
     codes = quantize(centres, bits, 1.0)
     assert codes.dtype == np.uint32
     assert np.array_equal(codes, k)
+    transitions = (np.array([1, (1 << 24) - 1]) - 0.5) / (1 << bits)
+    below = transitions - 2.0**-40  # 2**-16 LSB below: adding the 1/2 LSB keeps it below
+    assert quantize(below, bits).tolist() == [0, (1 << 24) - 2]
+    assert quantize(transitions, bits).tolist() == [1, (1 << 24) - 1]
     assert quantize(np.array([0.0, 1.0 - 2.0**-24, 1.0, np.inf, -np.inf]), bits).tolist() == [
         0,
         (1 << 24) - 1,
@@ -95,7 +175,7 @@ def test_dtype_is_the_smallest_unsigned_type(bits, dtype):
 
 def test_scalar_and_shape_are_kept():
     assert quantize(0.3, 4).shape == ()
-    assert int(quantize(0.3, 4)) == math.floor(0.3 * 16)
+    assert int(quantize(0.3, 4)) == math.floor(0.3 * 16 + 0.5)
     assert quantize(np.zeros((2, 3, 4)), 4).shape == (2, 3, 4)
 
 
@@ -111,6 +191,10 @@ def test_scalar_and_shape_are_kept():
         ({"bits": 8, "curve": "table"}, "thresholds"),
         ({"bits": 2, "curve": "table", "thresholds": [0.1, 0.2, 0.3, 0.4]}, "thresholds"),
         ({"bits": 2, "curve": "table", "thresholds": [0.2, 0.1]}, "increasing"),
+        ({"bits": 2, "curve": "table", "thresholds": [0.0, 0.1]}, "above 0"),
+        ({"bits": 8, "transitions": [1.0, 2.0]}, "transitions"),
+        ({"bits": 2, "transitions": [1.0, 3.0, 2.0]}, "non-decreasing"),
+        ({"bits": 2, "curve": "table", "thresholds": [0.2], "offset_lsb": 0.5}, "offset"),
     ],
 )
 def test_bad_parameters_raise(kwargs, match):
@@ -155,21 +239,29 @@ def test_companded_codes_invert_to_within_half_a_code(curve, bits, rounding):
 
 
 def test_sqrt_companding_codes_follow_the_square_root():
-    # 8-bit sqrt ADC: code = floor(256 * sqrt(s / FS)); s = FS (k/256)**2 is code k exactly
-    k = np.arange(256)
-    s = 1000.0 * (k / 256.0) ** 2
+    # 8-bit sqrt ADC: code = floor(256 * sqrt(s / FS) + 1/2); s = FS ((k - 1/2)/256)**2 is
+    # the transition into code k (k >= 1)
+    k = np.arange(1, 256)
+    s = 1000.0 * ((k - 0.5) / 256.0) ** 2
     assert np.array_equal(quantize(s, 8, 1000.0, curve="sqrt"), k)
-    assert np.array_equal(quantize(s * (1 - 1e-9), 8, 1000.0, curve="sqrt")[1:], k[1:] - 1)
+    assert np.array_equal(quantize(s * (1 - 1e-9), 8, 1000.0, curve="sqrt"), k - 1)
 
 
 # -- table curve and fitted quantisers -------------------------------------------------
 def test_table_curve_counts_thresholds_below_the_signal():
+    # code = clip(black + sign(u) #{t_k <= |u|}, 0, 7): odd, so the black code is (-t0, t0)
     t = np.array([0.1, 0.15, 0.5, 0.9])
     u = np.random.default_rng(2).uniform(-0.2, 1.2, 5000)
     u[:4] = t  # exactly on a threshold: the upper code
-    expected = (u[:, None] >= t[None, :]).sum(axis=1) + 3
+    u[4:8] = -t  # mirrored: the lower code
+    steps = (np.abs(u)[:, None] >= t[None, :]).sum(axis=1)
+    expected = np.clip(3 + np.sign(u) * steps, 0, 7)
     codes = quantize(u * 2.0, 3, 2.0, curve="table", thresholds=t, black_level=3)
-    assert np.array_equal(codes, np.minimum(expected, 7))
+    assert np.array_equal(codes, expected)
+    assert codes[4:8].tolist() == [2, 1, 0, 0]
+    rep = dequantize(np.arange(8), 3, 2.0, curve="table", thresholds=t, black_level=3)
+    mid = np.array([0.0, 0.125, 0.325, 0.7, 0.95]) * 2.0  # black: 0; then interval midpoints
+    assert np.allclose(rep, [-mid[3], -mid[2], -mid[1], 0.0, *mid[1:]])
     with pytest.raises(ValueError, match="floor"):
         quantize(u, 3, curve="table", thresholds=t, rounding="nearest")
 
@@ -194,9 +286,11 @@ def test_lloyd_max_and_cdf_thresholds_of_uniform_data_are_uniform():
     assert t == pytest.approx(ideal, abs=0.01)
     assert levels == pytest.approx((np.arange(8) + 0.5) / 8, abs=0.01)
     assert equal_probability_thresholds(x, 3, full_scale=4.0) == pytest.approx(ideal, abs=0.01)
-    # the fitted table quantises like the uniform 3-bit ADC almost everywhere
+    # the fitted table quantises like the uniform 3-bit ADC almost everywhere, once the
+    # ADC's pedestal centring (half a code, 0.25 here) is undone: a table's black code
+    # covers [0, t_0), the linear curve's [-1/2, 1/2) LSB
     codes = quantize(x, 3, 4.0, curve="table", thresholds=t)
-    assert np.mean(codes == quantize(x, 3, 4.0)) > 0.97
+    assert np.mean(codes == quantize(x - 0.25, 3, 4.0)) > 0.97
     rep = dequantize(codes, 3, 4.0, curve="table", thresholds=t, levels=levels)
     assert np.mean((rep - x) ** 2) == pytest.approx((4.0 / 8) ** 2 / 12, rel=0.05)
 
@@ -234,13 +328,14 @@ def test_codes_are_in_range_monotone_and_smallest_dtype(
 @settings(max_examples=100, deadline=None)
 @given(
     bits=st.integers(1, 12),
-    t=hnp.arrays(np.float64, st.integers(1, 40), elements=st.floats(-0.5, 1.5), unique=True),
+    t=hnp.arrays(np.float64, st.integers(1, 40), elements=st.floats(1e-3, 1.5), unique=True),
     x=hnp.arrays(np.float64, st.integers(1, 64), elements=st.floats(-2, 2)),
 )
 def test_table_codes_are_in_range_and_monotone(bits, t, x):
     t = np.sort(t)[: (1 << bits) - 1]
-    codes = quantize(np.sort(x), bits, 1.0, curve="table", thresholds=t)
-    assert codes.max() <= min(t.size, (1 << bits) - 1)
+    black = (1 << bits) // 16
+    codes = quantize(np.sort(x), bits, 1.0, curve="table", thresholds=t, black_level=black)
+    assert codes.max() <= min(black + t.size, (1 << bits) - 1)
     assert np.all(np.diff(codes.astype(np.int64)) >= 0)
 
 
@@ -268,7 +363,7 @@ def test_stage_default_gain_maps_the_full_well_to_the_top_code():
     assert a["bits"] == 10 and a["black_level_dn"] == black and a["curve"] == "linear"
     assert a["white_level_dn"] == 1023
     assert a["system_gain_dn_per_e"] == pytest.approx(k)
-    expected = np.clip(np.floor(k * e.astype(np.float64) + black), 0, 1023)
+    expected = np.clip(np.floor(k * e.astype(np.float64) + black + 0.5), 0, 1023)
     assert np.array_equal(out, expected)
     assert out.dtype == np.uint16
 
@@ -390,3 +485,17 @@ def test_params_validate_ranges():
         ADCStage.Params(bits=25)
     with pytest.raises(ValueError):
         ADCStage.Params(system_gain_dn_per_e=-1.0)
+
+
+def test_stage_read_noise_does_not_tell_35_electrons_from_dark_at_4_bits():
+    # The issue's case: 4 bits, full well 10 000 e-, so 1 LSB = 10 000 / 14 = 714 e-;
+    # read noise 2 e-. A dark pixel and one with 35 e- (0.05 LSB) must give the same codes.
+    stage = ADCStage(ADCStage.Params(bits=4))
+    info = stage.setup(_electrons((100, 100), full_well=10_000.0))
+    assert 1 / info.attrs["system_gain_dn_per_e"] == pytest.approx(10_000 / 14)
+    read = 2.0 * np.random.default_rng(9).standard_normal((2, 100, 100)).astype(np.float32)
+    batch = Batch(np.arange(2))
+    dark = stage.process(read, batch)
+    lit = stage.process(read + np.float32(35.0), batch)
+    assert np.array_equal(np.bincount(dark.ravel()), np.bincount(lit.ravel()))
+    assert set(dark.ravel().tolist()) == {info.attrs["black_level_dn"]}

@@ -174,8 +174,9 @@ def test_emva_linear_model_mean_variance_and_snr():
         mu_y = (y_a.mean() + y_b.mean()) / 2
         var_y = np.var(y_a - y_b) / 2
         signal_e = QE * mu_p
-        # EMVA: mu_y = K (mu_d + eta mu_p) (+ black level - 1/2 DN: floor rounding's mean)
-        expected_mu = BLACK - 0.5 + K * (mu_d + signal_e)
+        # EMVA: mu_y = K (mu_d + eta mu_p) + black level (the ADC centres the pedestal in
+        # its code; the old "- 1/2 DN" was floor rounding's bias, now removed)
+        expected_mu = BLACK + K * (mu_d + signal_e)
         # EMVA: sigma_y² = K² sigma_d² + sigma_q² + K (mu_y - mu_y.dark), sigma_q² = 1/12
         expected_var = K**2 * sigma_d2 + 1 / 12 + K**2 * signal_e
         # tolerance of the mean: temporal noise over 2n values + the patterns' sample means
@@ -202,7 +203,8 @@ def test_full_well_clips_charge_and_read_noise_remains():
     expected_var = K**2 * READ**2 + 1 / 12  # shot noise, dark noise, DSNU clipped away
     assert var == pytest.approx(expected_var, abs=5 * expected_var * np.sqrt(2 / (n - 1)))
     mean = (y_a.mean() + y_b.mean()) / 2
-    assert mean == pytest.approx(BLACK - 0.5 + K * FW, abs=5 * np.sqrt(expected_var / (2 * n)))
+    # (no "- 1/2 DN" any more: the ADC centres the pedestal in its code, see test above)
+    assert mean == pytest.approx(BLACK + K * FW, abs=5 * np.sqrt(expected_var / (2 * n)))
     # electrons never exceed the full well before read noise
     pd = PhotodetectorStage(PhotodetectorStage.Params(full_well_e=FW, read_noise_e=0.0))
     pd.setup(_photons_info(16, 16))

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.stage import Batch, SignalInfo, StageError, Unit
+from sensors.colour import linear_to_srgb
 from sensors.raw import (
     BAYER_TILES,
     RawStage,
@@ -26,7 +27,6 @@ from sensors.raw import (
     demosaic_opencv,
     normalise_dn,
 )
-from sensors.scene import linear_to_srgb
 
 PHASES = sorted(BAYER_TILES)
 RGBW_TILE = (("R", "G"), ("B", "W"))
@@ -359,3 +359,62 @@ def test_companded_codes_are_linearised_to_within_a_code(curve):
     raw_off.setup(info)
     off = raw_off.process(codes, Batch(np.arange(1)))[0, ..., 0]
     assert np.abs(off - truth).max() > 0.1
+
+
+# -- black level: the ADC's pedestal and the raw stage agree ------------------------------
+def _sensor_chain(bits: int, curve: str, rounding: str, shape=(128, 128)):
+    """Default photodetector (mono) → ADC → raw, set up; the table curve is the linear
+    curve's (thresholds (k - 1/2) / 2**bits), as a table."""
+    from sensors.adc import ADCStage, default_black_level
+    from sensors.photodetector import PhotodetectorStage
+
+    pd = PhotodetectorStage(PhotodetectorStage.Params(cfa="mono"), seed=1, index=2)
+    extra = {}
+    if curve == "table":
+        n = (1 << bits) - default_black_level(bits) - 1
+        extra["thresholds"] = ((np.arange(1, n + 1) - 0.5) / (1 << bits)).tolist()
+    adc = ADCStage(ADCStage.Params(bits=bits, curve=curve, rounding=rounding, **extra), index=3)
+    raw = RawStage(RawStage.Params(), index=4)
+    info = pd.setup(SignalInfo(Unit.PHOTONS, (*shape, 3), np.float32))
+    info = raw.setup(adc.setup(info))
+    return pd, adc, raw, info
+
+
+def _through(chain, photons: np.ndarray) -> np.ndarray:
+    pd, adc, raw, _ = chain
+    batch = Batch(np.arange(len(photons)))
+    return raw.process(adc.process(pd.process(photons, batch), batch), batch)[..., 0]
+
+
+@pytest.mark.parametrize("bits", [4, 8, 12])
+@pytest.mark.parametrize(
+    ("curve", "rounding"),
+    [(c, r) for c in ("linear", "log", "sqrt") for r in ("floor", "nearest")]
+    + [("table", "floor")],
+)
+def test_a_dark_frame_reads_zero_after_the_raw_stage(bits, curve, rounding):
+    # Default photodetector (read noise 2 e-, dark current 5 e-/s for 10 ms, DSNU 0.5 e-),
+    # no light. The raw output is signal / full well; in LSB of the ADC (full well /
+    # (2**bits - 1 - black) electrons per LSB at the default gain) it must be 0 ± 0.1.
+    chain = _sensor_chain(bits, curve, rounding)
+    adc_info = chain[1].setup(chain[0].setup(SignalInfo(Unit.PHOTONS, (128, 128, 3), np.float32)))
+    black = adc_info.attrs["black_level_dn"]
+    lsb_per_full_well = (1 << bits) - 1 - black
+    out = _through(chain, np.zeros((4, 128, 128, 3), np.float32))
+    assert out.mean(dtype=np.float64) * lsb_per_full_well == pytest.approx(0.0, abs=0.1)
+
+
+@pytest.mark.parametrize("bits", [8, 12])
+def test_signal_minus_dark_is_unbiased_after_the_raw_stage(bits):
+    # (at 8 and 12 bits the shot noise, 55 e-, dithers the codes: 1 LSB = 42 or 2.6 e-; at
+    # 4 bits, 714 e-/LSB, it does not, and every pixel gets the nearest code)
+    # 3000 e- (30 % of the full well; a mono pixel collects QE_W (R + G + B) electrons):
+    # light - dark reads 0.3 of the full well within its statistical error
+    chain = _sensor_chain(bits, "linear", "floor")
+    photons = np.full((4, 128, 128, 3), 1000.0 / chain[0].params.qe_w, np.float32)
+    light = _through(chain, photons).mean(dtype=np.float64)
+    dark = _through(chain, np.zeros_like(photons)).mean(dtype=np.float64)
+    # shot noise sd sqrt(3000) e- over 65536 pixels, plus the codes' uniform error
+    lsb = 10_000.0 / ((1 << bits) - 1 - (1 << bits) // 16)
+    sd_e = np.sqrt(3000 + 4 + lsb**2 / 12) / np.sqrt(photons[..., 0].size)
+    assert (light - dark) * 10_000.0 == pytest.approx(3000.0, abs=5 * sd_e)

@@ -8,14 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.stage import Batch, SignalInfo, StageError, Unit
-from sensors.scene import (
-    SceneStage,
-    decode_image,
-    linear_to_srgb,
-    photons_from_illuminance,
-    srgb_to_linear,
-    upsample_photons,
-)
+from sensors.colour import linear_to_srgb, srgb_to_linear
+from sensors.scene import SceneStage, decode_image, photons_from_illuminance, upsample_photons
 
 
 def iec_srgb_to_linear(v: np.ndarray) -> np.ndarray:
