@@ -15,7 +15,7 @@ from pipeline.runner import run
 MODELS = ROOT / "data" / "models"
 
 
-@pytest.mark.parametrize("name", ["procedural32-default", "procedural32-clean"])
+@pytest.mark.parametrize("name", ["procedural32-default", "procedural32-clean", "digits32"])
 def test_shipped_model_folder_is_complete_and_loads(name):
     folder = MODELS / name
     for part in ("model.yaml", "model.npz", "config.yaml", "metrics.json", "history.csv"):
