@@ -1,4 +1,4 @@
-"""The core subcommands: ``run``, ``schema`` and ``stages``."""
+"""The core subcommands: ``run``, ``report``, ``schema`` and ``stages``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,15 @@ def register(sub: Any) -> None:
     p.add_argument("--name", help="run folder name (run.name)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, summary only")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "report",
+        help="write report.html for a run, sweep, training or characterisation folder",
+        description="Write one self-contained HTML page (figures embedded, no network) "
+        "into a result folder; open it in any browser.",
+    )
+    p.add_argument("folder", help="a run, sweep, training or characterize folder")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("schema", help="print the JSON Schema of config files")
     p.set_defaults(func=cmd_schema)
@@ -68,6 +77,13 @@ def summary(result: Any) -> str:
     if result.path is not None:
         lines.append(f"records: {result.path}")
     return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
+    print(f"report: {write_report(args.folder)}")
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
