@@ -523,10 +523,13 @@ def register(sub: Any) -> None:
 
 
 def cmd_characterize(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
     folder, sheet = characterize_config(
         args.config, args.overrides, out=args.out, levels=args.levels, size=args.size
     )
     print(summary(sheet, folder))
+    print(f"report: {write_report(folder)}")
     return 0
 
 

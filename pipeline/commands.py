@@ -49,11 +49,13 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
+    from pipeline.report import write_report
     from pipeline.runner import run
 
     loaded = load_config(args.config, _overrides(args))
     result = run(loaded, progress=False if args.quiet else None)
     print(summary(result))
+    print(f"report: {write_report(result.path)}")
     return 0
 
 

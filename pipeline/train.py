@@ -584,6 +584,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.out={args.out}")
@@ -593,6 +595,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with blas_threads(args.blas_threads):
         run = train_from_config(args.config, overrides, resume=args.resume, progress=progress)
     print(summary(run))
+    print(f"report: {write_report(run.path)}")
     return 0
 
 

@@ -207,6 +207,8 @@ def test_cli_trains_and_writes_the_run_folder(tmp_path, npz_dataset):
     assert res.returncode == 0, res.stderr
     assert "sensorlab train tiny: 28 training images, 4 validation, 2 epochs" in res.stdout
     assert (tmp_path / "runs" / "cli" / "model.npz").exists()
+    assert (tmp_path / "runs" / "cli" / "report.html").is_file()
+    assert res.stdout.splitlines()[-1].endswith(str(Path("runs") / "cli" / "report.html"))
 
 
 def test_cli_bad_model_file_is_one_line_and_exit_2(tmp_path, npz_dataset):

@@ -48,6 +48,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
     from pipeline.sweep.engine import run_sweep
 
     try:
@@ -66,6 +67,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return 130
     print(summary(result))
+    print(f"report: {write_report(result.path)}")
     return 0
 
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chromium import Browser, chromium_or_skip
 
 from pipeline.report import write_report
+from report.chromium import Browser, chromium_or_skip
 
 KINDS = ("run_folder", "sweep_folder", "train_folder", "characterize_folder")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import sensorlab
 
 from pipeline.cli import main
 
@@ -19,14 +19,33 @@ def test_report_command_writes_the_page(characterize_folder: Path, capsys) -> No
 
 
 def test_report_of_a_plain_folder_is_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "report", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    proc = sensorlab("report", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"sensorlab: error: {tmp_path}: not a sensorlab result folder "
         "(none of sweep.json, datasheet.json, history.csv, manifest.json)"
     )
+
+
+def test_run_sweep_and_characterize_write_their_report(tmp_path: Path) -> None:
+    config = str(ROOT / "configs" / "default.yaml")
+    small = ["--set", "dataset.n=4", "--set", "run.batch_size=4"]
+    res = sensorlab("run", config, *small, "--out", "runs", "--name", "r", "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1] == f"report: {Path('runs') / 'r' / 'report.html'}"
+    assert (tmp_path / "runs" / "r" / "report.html").is_file()
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        f"base: {config}\naxes:\n  sensor.adc.bits: [2, 4]\nout: {tmp_path}\nname: sw\n",
+        encoding="utf-8",
+    )
+    res = sensorlab("sweep", str(sweep), *small, "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1] == f"report: {tmp_path / 'sw' / 'report.html'}"
+
+    res = sensorlab(
+        "characterize", config, "--out", "sheet", "--levels", "10", "--size", "32", cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1] == f"report: {Path('sheet') / 'report.html'}"
