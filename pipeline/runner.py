@@ -539,4 +539,4 @@ def _write_samples(writer: RunWriter, chain: Chain, result: RunResult, n: int) -
     if result.metrics:
         confusion_figure(result.metrics, writer.path("confusion.png"))
     if n > 0 and result.arrays:
-        samples_figure(result.arrays, chain, writer.path("samples.png"), n=n)
+        samples_figure(result.arrays, chain, writer.path("samples.png"), n=n, labels=result.labels)
