@@ -81,7 +81,12 @@ class PlotOptions(_Strict):
         None, description="Recorded stage shown in the sample grid; default the last sensor stage."
     )
     sample: int = Field(0, ge=0, description="Image index shown in the sample grid.")
-    max_rows: int = Field(8, ge=1, le=64, description="At most this many rows in the grid.")
+    max_rows: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many rows in the sample grid (default: every row); "
+        "a capped grid says so in its title.",
+    )
 
 
 class SweepSpec(_Strict):
