@@ -6,8 +6,8 @@ Columns of ``results.csv``:
 - one column per axis (the dotted config key), the cell's value;
 - ``n``: images evaluated; ``correct``; ``accuracy`` with its Wilson 95 % score interval
   ``accuracy_lo``, ``accuracy_hi`` (from the run's metrics; empty without a model or labels);
-- ``snr_db``: see :mod:`pipeline.sweep.snr` (empty when no SNR is measured; ``-inf`` when
-  the noise-free output is all zero, e.g. signal below one code; ``nan`` when both are);
+- ``snr_db``: see :mod:`pipeline.sweep.snr` (empty when no SNR is measured, or when the
+  noise-free, 24-bit reference is all zero: a black scene has no signal to compare with);
 - ``wall_seconds``: the cell's wall time (training, SNR and run) where it was computed;
 - ``trained_model``: the model the cell was evaluated with (``train`` modes only).
 
@@ -100,7 +100,7 @@ def _text(value: Any) -> str:
 
 
 def _snr_db(snr: dict[str, Any]) -> float | None:
-    """The SNR in dB from the recorded sums (exact, and NaN/inf survive the JSON)."""
+    """The SNR in dB from the recorded sums (exact; +inf survives the JSON)."""
     if not snr:
         return None
     return SnrSums(float(snr["signal_sq"]), float(snr["noise_sq"])).db
