@@ -24,11 +24,22 @@ from pipeline.config import Config, LoadedConfig, load_config, parse_override, p
 from pipeline.datasets import Dataset, open_dataset
 from pipeline.errors import UserError, did_you_mean
 from pipeline.metrics import classification_metrics
+from pipeline.quality import QUALITY_IMAGES, QualitySums
+from pipeline.reference import default_reference
 from pipeline.registry import Registry, default_registry
-from pipeline.stage import Batch, SignalInfo, Stage, StageError
+from pipeline.stage import Batch, SignalInfo, Stage, StageError, Unit
 from pipeline.store import RunWriter
 
-__all__ = ["Chain", "RunResult", "batch_for", "build_chain", "open_config_dataset", "run"]
+__all__ = [
+    "Chain",
+    "RunResult",
+    "batch_for",
+    "build_chain",
+    "compare_chains",
+    "image_quality",
+    "open_config_dataset",
+    "run",
+]
 
 DATASET = "dataset"  # record name of the input images
 
@@ -298,7 +309,68 @@ def run(
         loaded = load_config(config, pairs, registry=registry)
     ds = dataset if dataset is not None else open_config_dataset(loaded)
     chain = build_chain(loaded, ds.info(), registry=registry)
-    return _execute(loaded, ds, chain, store=store, progress=progress)
+    quality = image_quality(loaded, ds, chain, registry=registry)
+    return _execute(loaded, ds, chain, store=store, progress=progress, extra_metrics=quality)
+
+
+def compare_chains(
+    dataset: Dataset,
+    chain: Chain,
+    reference: Chain,
+    stage: str | None,
+    images: int | str,
+    batch_size: int,
+    sinks: Sequence[Any],
+) -> str:
+    """Stream the same images through a chain and its reference chain, stage by stage.
+
+    Each sink's ``add(out, ref)`` gets every batch of ``stage``'s output (default the last
+    sensor stage) for the first ``images`` images (or "all"). Returns the compared stage.
+    """
+    stage = stage or chain.names[len(chain.sensor_stages) - 1]
+    upto = chain.names.index(stage) + 1
+    limit = len(dataset) if images == "all" else min(int(images), len(dataset))
+    for x, _, index in dataset.batches(batch_size):
+        if int(index[0]) >= limit:
+            break
+        keep = index < limit
+        x, index = x[keep], index[keep]
+        batch = batch_for(dataset, index)
+        out = chain.apply(x, batch, upto=upto)[-1]
+        ref = reference.apply(x, batch, upto=upto)[-1]
+        for sink in sinks:
+            sink.add(out, ref)
+    return stage
+
+
+def image_quality(
+    loaded: LoadedConfig,
+    dataset: Dataset,
+    chain: Chain,
+    *,
+    registry: Registry,
+    images: int | str = QUALITY_IMAGES,
+) -> dict[str, Any]:
+    """PSNR and SSIM of the raw stage against the ideal sensor (see :mod:`pipeline.quality`).
+
+    A second pass of the sensor stages over the first ``images`` images, through the
+    config with :func:`pipeline.reference.default_reference` applied. Returns ``{}`` when
+    the chain has no photodetector or its last sensor stage is not unitless.
+    """
+    overrides = default_reference(loaded.raw)
+    n = len(chain.sensor_stages)
+    if not overrides or n == 0 or chain.infos[n].unit is not Unit.UNITLESS:
+        return {}
+    reference = load_config(loaded.raw, overrides, registry=registry, base_dir=loaded.base_dir)
+    ref_chain = build_chain(reference, dataset.info(), registry=registry, with_model=False)
+    sums = QualitySums()
+    try:
+        compare_chains(
+            dataset, chain, ref_chain, None, images, loaded.config.run.batch_size, [sums]
+        )
+    except UserError as exc:
+        raise exc.located(file=loaded.file) from None
+    return sums.metrics
 
 
 def _pairs(items: Mapping[str, Any] | Sequence[str]) -> Iterator[tuple[str, Any]]:
@@ -338,7 +410,13 @@ def _run_name(loaded: LoadedConfig) -> str:
 
 
 def _execute(
-    loaded: LoadedConfig, dataset: Dataset, chain: Chain, *, store: bool, progress: bool | None
+    loaded: LoadedConfig,
+    dataset: Dataset,
+    chain: Chain,
+    *,
+    store: bool,
+    progress: bool | None,
+    extra_metrics: Mapping[str, Any] | None = None,
 ) -> RunResult:
     config = loaded.config
     n_images = len(dataset)
@@ -357,6 +435,7 @@ def _execute(
         result = _stream(
             loaded, dataset, chain, positions, record_names, n_record, writer, progress
         )
+        result.metrics.update(extra_metrics or {})  # the manifest holds the same dict
         if writer is not None:
             _write_samples(writer, chain, result, config.run.samples)
             result.path = writer.commit(result.manifest)
