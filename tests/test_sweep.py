@@ -739,6 +739,10 @@ def test_real_sensor_sweep_with_the_default_noise_free_reference(tmp_path):
 
     # the 24-bit reference is never black for a lit scene: every cell has a finite SNR
     assert all(math.isfinite(v) for v in snr.values())
+    # PSNR and SSIM columns (the cells' run metrics): more bits, closer to the ideal sensor
+    quality = {(r["sensor.scene.mean_photons"], r["sensor.adc.bits"]): r for r in res.table}
+    for metric in ("psnr_db", "ssim"):
+        assert quality[(5000, 4)][metric] < quality[(5000, 8)][metric]
     # physics: at 12 bits (quantisation negligible) the noise is mostly shot noise, so 50×
     # the light gives about 10·log10(50) = 17 dB more; at high light more bits help
     assert 16.0 < snr[(5000, 12)] - snr[(100, 12)] < 19.0

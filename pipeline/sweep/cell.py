@@ -32,7 +32,7 @@ from typing import Any
 
 from pipeline.config import LoadedConfig
 from pipeline.registry import Registry, default_registry
-from pipeline.runner import batch_for, build_chain, open_config_dataset, run
+from pipeline.runner import build_chain, compare_chains, open_config_dataset, run
 from pipeline.store import write_json_atomic
 from pipeline.sweep.check import load_cell, reference_raw, train_hook
 from pipeline.sweep.snr import SnrSums
@@ -151,19 +151,9 @@ def measure_snr(
     info = dataset.info()
     chain = build_chain(loaded, info, registry=registry, with_model=False)
     ref_chain = build_chain(reference, info, registry=registry, with_model=False)
-    stage = stage or chain.names[-1]
-    upto = chain.names.index(stage) + 1
-    limit = len(dataset) if images == "all" else min(int(images), len(dataset))
     sums = SnrSums()
-    for x, _, index in dataset.batches(loaded.config.run.batch_size):
-        if int(index[0]) >= limit:
-            break
-        keep = index < limit
-        x, index = x[keep], index[keep]
-        batch = batch_for(dataset, index)
-        out = chain.apply(x, batch, upto=upto)[-1]
-        ref = ref_chain.apply(x, batch, upto=upto)[-1]
-        sums.add(out, ref)
+    batch_size = loaded.config.run.batch_size
+    stage = compare_chains(dataset, chain, ref_chain, stage, images, batch_size, [sums])
     return sums, stage
 
 

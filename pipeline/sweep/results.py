@@ -8,6 +8,8 @@ Columns of ``results.csv``:
   ``accuracy_lo``, ``accuracy_hi`` (from the run's metrics; empty without a model or labels);
 - ``snr_db``: see :mod:`pipeline.sweep.snr` (empty when no SNR is measured, or when the
   noise-free, 24-bit reference is all zero: a black scene has no signal to compare with);
+- ``psnr_db``, ``ssim``: the raw image's PSNR and SSIM against the ideal sensor (the
+  cell run's metrics, see :mod:`pipeline.quality`; empty without a raw stage);
 - ``wall_seconds``: the cell's wall time (training, SNR and run) where it was computed;
 - ``trained_model``: the model the cell was evaluated with (``train`` modes only).
 
@@ -30,7 +32,16 @@ from pipeline.sweep.spec import SweepPlan
 
 __all__ = ["METRIC_COLUMNS", "collect_rows", "write_csv_atomic"]
 
-METRIC_COLUMNS = ("n", "correct", "accuracy", "accuracy_lo", "accuracy_hi", "snr_db")
+METRIC_COLUMNS = (
+    "n",
+    "correct",
+    "accuracy",
+    "accuracy_lo",
+    "accuracy_hi",
+    "snr_db",
+    "psnr_db",
+    "ssim",
+)
 
 
 def collect_rows(
@@ -62,6 +73,8 @@ def collect_rows(
             accuracy_lo=lo,
             accuracy_hi=hi,
             snr_db=_snr_db(snr),
+            psnr_db=metrics.get("psnr_db"),
+            ssim=metrics.get("ssim"),
             wall_seconds=record.get("wall_seconds"),
         )
         if plan.spec.train != "none":
