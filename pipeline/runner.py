@@ -615,7 +615,7 @@ def _versions() -> dict[str, str]:
 def _write_samples(writer: RunWriter, chain: Chain, result: RunResult, n: int) -> None:
     from pipeline.samples import confusion_figure, samples_figure
 
-    if result.metrics:
+    if "confusion_matrix" in result.metrics:
         confusion_figure(result.metrics, writer.path("confusion.png"))
     if n > 0 and result.arrays:
         samples_figure(result.arrays, chain, writer.path("samples.png"), n=n, labels=result.labels)
