@@ -71,10 +71,15 @@ def summary(result: Any) -> str:
         name, unit, dtype = st["name"], st["unit"], st["dtype"]
         lines.append(f"  {name:<14} {unit:<9} {shape:<12} {dtype:<8} {st['seconds']:8.3f} s")
     met = result.metrics
-    if met:
+    if met.get("accuracy") is not None:
         lo, hi = met["accuracy_ci95"]
         lines.append(
             f"accuracy {met['accuracy']:.4f} (95% CI {lo:.4f}–{hi:.4f}) on {met['n']} images"
+        )
+    if met.get("psnr_db") is not None:
+        lines.append(
+            f"raw image against the ideal sensor: PSNR {met['psnr_db']:.2f} dB, "
+            f"SSIM {met['ssim']:.4f} ({met['quality_images']} images)"
         )
     if result.path is not None:
         lines.append(f"records: {result.path}")
