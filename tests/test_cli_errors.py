@@ -48,6 +48,7 @@ def test_good_config_runs(tmp_path, base, plugin_dir):
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "arrays.zarr",
         "manifest.json",
+        "report.html",
         "samples.png",
     ]
 
