@@ -45,9 +45,14 @@ def run_summary(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     if met.get("accuracy") is not None:
         lo, hi = met["accuracy_ci95"]
         rows.append(("accuracy", f"{met['accuracy']:.4f} (Wilson 95 % {lo:.4f}–{hi:.4f})"))
-    for key, label in (("psnr_db", "PSNR (raw)"), ("ssim", "SSIM (raw)")):
-        if met.get(key) is not None:
-            rows.append((label, f"{met[key]:.4g}"))
+    if met.get("psnr_db") is not None:
+        rows.append(
+            (
+                "raw image vs ideal sensor",
+                f"PSNR {float(met['psnr_db']):.2f} dB, SSIM {float(met['ssim']):.4f} "
+                f"(first {met.get('quality_images')} images; no noise, 24-bit linear ADC)",
+            )
+        )
     versions = manifest.get("versions", {})
     rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
     return rows

@@ -30,7 +30,7 @@ def context(folder: Path) -> dict[str, Any]:
             ("axes", ", ".join(f"{a} ({_count(sweep, a)} values)" for a in axes)),
             ("cells", f"{done} finished of {len(sweep.get('cells', []))}"),
             ("training", str(spec.get("train", "none"))),
-            ("SNR reference", json.dumps((spec.get("snr") or {}).get("reference"))),
+            ("SNR reference", _reference_text(spec.get("snr"))),
             ("last engine", json.dumps(sweep.get("last_engine"))),
         ],
         "figures": [
@@ -83,6 +83,16 @@ def format_db(text: str | None) -> str:
         return ""
     value = float(text)
     return f"{value:.2f}" if math.isfinite(value) else text
+
+
+def _reference_text(snr: Any) -> str:
+    """What the SNR was measured against, in words."""
+    if snr is False:
+        return "not measured (snr: false)"
+    reference = snr.get("reference") if isinstance(snr, dict) else None
+    if reference is None:
+        return "the default ideal sensor: no shot, read or fixed-pattern noise, 24-bit linear ADC"
+    return json.dumps(reference)
 
 
 def _default_x(axes: list[str]) -> str:

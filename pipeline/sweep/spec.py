@@ -61,7 +61,7 @@ class SnrOptions(_Strict):
         None,
         description="Overrides (dotted keys, as --set) that make a cell's config noise-free; "
         "default: switch off the noise of every photodetector stage (shot noise, read noise, "
-        "PRNU, DSNU).",
+        "PRNU, DSNU) and digitise with a 24-bit linear ADC.",
     )
     stage: str | None = Field(
         None, description="Stage whose output is compared; default the last sensor stage."

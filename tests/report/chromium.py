@@ -55,18 +55,24 @@ class Browser:
         import websocket
 
         profile.mkdir(parents=True, exist_ok=True)
+        marker = profile / "DevToolsActivePort"
+        marker.unlink(missing_ok=True)  # a reused profile keeps the last run's port
         self.process = subprocess.Popen(
             [executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        port = self._port(profile / "DevToolsActivePort")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as resp:
-            targets = json.load(resp)
-        page = next(t for t in targets if t.get("type") == "page")
-        self.ws = websocket.create_connection(
-            page["webSocketDebuggerUrl"], suppress_origin=True, timeout=START_TIMEOUT_S
-        )
+        try:
+            port = self._port(marker)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as resp:
+                targets = json.load(resp)
+            page = next(t for t in targets if t.get("type") == "page")
+            self.ws = websocket.create_connection(
+                page["webSocketDebuggerUrl"], suppress_origin=True, timeout=START_TIMEOUT_S
+            )
+        except BaseException:
+            self.close()
+            raise
         self.events: list[dict[str, Any]] = []
         self._next_id = 0
         for domain in ("Page", "Runtime", "Log"):
@@ -83,7 +89,6 @@ class Browser:
         waited = 0.0
         while not (marker.is_file() and marker.read_text().strip()):
             if self.process.poll() is not None or waited > START_TIMEOUT_S:
-                self.close()
                 raise RuntimeError(f"Chromium did not start (exit {self.process.returncode})")
             time.sleep(0.1)
             waited += 0.1
