@@ -48,7 +48,11 @@ class RunWriter:
         self.out_root = Path(out_root)
         self.final = self.out_root / name
         if self.final.exists() and not overwrite:
-            raise UserError(f"run folder {self.final} already exists", key="run.name")
+            raise UserError(
+                f"run folder {self.final} already exists; pick another name "
+                "(--name, run.name) or folder (--out, run.out), or remove it",
+                key="run.name",
+            )
         self.overwrite = overwrite
         try:
             self.out_root.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -211,3 +213,14 @@ def test_infinite_parameter_is_refused(tmp_path, base, plugin_dir):
         plugin=plugin_dir,
     )
     _assert_user_error(proc, tmp_path, "cfg.yaml: sensor[1].slow.seconds: ", "finite")
+
+
+def test_an_existing_run_folder_says_how_to_go_on(tmp_path, base, plugin_dir):
+    path = _write(tmp_path, base)
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    proc = sensorlab("run", path, "--name", "taken", cwd=tmp_path, plugin=plugin_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith(
+        f"run.name: run folder {Path('runs') / 'taken'} already exists; pick another name "
+        "(--name, run.name) or folder (--out, run.out), or remove it"
+    )
