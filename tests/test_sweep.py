@@ -201,6 +201,8 @@ def test_grid_sweep_writes_cells_table_and_plots(sweep_file, registry, tmp_path)
         "accuracy_lo",
         "accuracy_hi",
         "snr_db",
+        "psnr_db",
+        "ssim",
         "wall_seconds",
     ]
     assert [r["cell"] for r in rows] == ids
