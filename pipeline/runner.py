@@ -361,8 +361,15 @@ def image_quality(
     n = len(chain.sensor_stages)
     if not overrides or n == 0 or chain.infos[n].unit is not Unit.UNITLESS:
         return {}
-    reference = load_config(loaded.raw, overrides, registry=registry, base_dir=loaded.base_dir)
-    ref_chain = build_chain(reference, dataset.info(), registry=registry, with_model=False)
+    try:
+        reference = load_config(loaded.raw, overrides, registry=registry, base_dir=loaded.base_dir)
+        ref_chain = build_chain(reference, dataset.info(), registry=registry, with_model=False)
+    except UserError as exc:
+        raise UserError(
+            f"the ideal-sensor reference for PSNR/SSIM ({', '.join(overrides)}): {exc.message}",
+            file=loaded.file,
+            key=exc.key,
+        ) from None
     sums = QualitySums()
     try:
         compare_chains(

@@ -73,3 +73,20 @@ def test_no_metrics_without_a_photodetector() -> None:
     }
     result = run(raw, store=False, progress=False)
     assert "psnr_db" not in result.metrics
+
+
+def test_reference_keeps_the_full_scale_of_an_adc_given_a_system_gain() -> None:
+    from pipeline.reference import default_reference
+
+    raw = {
+        "sensor": [
+            {"stage": "scene"},
+            {"stage": "photodetector"},
+            {"stage": "adc", "bits": 8, "system_gain_dn_per_e": 0.05, "curve": "table"},
+        ]
+    }
+    ref = default_reference(raw)
+    assert ref["sensor[2].bits"] == 24 and ref["sensor[2].curve"] == "linear"
+    assert ref["sensor[2].thresholds"] is None
+    # full scale 2^bits / K electrons at 8 bits equals 2^24 / K' at 24 bits
+    assert 2**8 / 0.05 == pytest.approx(2**24 / ref["sensor[2].system_gain_dn_per_e"])
