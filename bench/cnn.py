@@ -5,8 +5,8 @@ conv3x3 64->64, relu, maxpool 2, flatten, dense 4096->256, relu, dense 256->10
 (padding 1 everywhere), 13.1 GFLOP per batch of 256.
 
 Measured in one process, as ratios (the machine is shared and timings are noisy):
-- inference images/s at batch 256: the fast path (pipeline.cnn.fast), the plain
-  functional path (pipeline.cnn.fast.run_reference) and onnxruntime
+- inference images/s at batch 256: the compiled evaluator (pipeline.cnn.fast), the
+  layers' own forward (pipeline.cnn.functional, ``Model.fast_eval = False``) and onnxruntime
   (intra_op_num_threads=2), with the outputs checked to agree (< 1e-4 relative);
 - a training step (forward + backward through pipeline.cnn.functional + SGD update) in
   images/s, and PyTorch's CPU training step if torch is importable.
@@ -39,7 +39,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.cnn import functional as F
-from pipeline.cnn.fast import Op, compile_inference, run_reference
+from pipeline.cnn.fast import compile_model
+from pipeline.cnn.graph import parse_graph
+from pipeline.cnn.model import Model
 
 CHANNELS = (3, 32, 32, 64, 64)
 HIDDEN, CLASSES, SIZE_PX = 256, 10, 32
@@ -64,20 +66,49 @@ def make_weights(seed: int = 0) -> dict[str, np.ndarray]:
     return wts
 
 
-def make_ops(wts: dict[str, np.ndarray]) -> list[Op]:
-    """The benchmark net as a pipeline.cnn.fast spec."""
-    ops: list[Op] = []
+def make_model(wts: dict[str, np.ndarray]) -> Model:
+    """The benchmark net as a layer graph (a float32 :class:`pipeline.cnn.model.Model`)."""
+    layers: list[dict] = []
     for k in range(4):
-        w = {"w": wts[f"conv{k}.w"], "b": wts[f"conv{k}.b"]}
-        ops.append(Op("conv", {"padding": 1}, w, name=f"conv{k}"))
-        ops.append(Op("relu"))
+        layers.append(
+            {
+                "type": "conv2d",
+                "filters": CHANNELS[k + 1],
+                "kernel": 3,
+                "padding": 1,
+                "name": f"conv{k}",
+            }
+        )
+        layers.append({"type": "relu"})
         if k in (1, 3):
-            ops.append(Op("max_pool", {"size": 2}))
-    ops.append(Op("flatten"))
-    ops.append(Op("dense", {}, {"w": wts["fc0.w"], "b": wts["fc0.b"]}, name="fc0"))
-    ops.append(Op("relu"))
-    ops.append(Op("dense", {}, {"w": wts["fc1.w"], "b": wts["fc1.b"]}, name="fc1"))
-    return ops
+            layers.append({"type": "maxpool2d", "size": 2})
+    layers += [
+        {"type": "flatten"},
+        {"type": "dense", "units": HIDDEN, "name": "fc0"},
+        {"type": "relu"},
+        {"type": "dense", "units": CLASSES, "name": "fc1"},
+    ]
+    spec = parse_graph(
+        {
+            "input": [3, SIZE_PX, SIZE_PX],
+            "classes": [str(c) for c in range(CLASSES)],
+            "layers": layers,
+        }
+    )
+    model = Model(spec)
+    model.set_state_arrays(
+        {k.replace(".w", ".weight").replace(".b", ".bias"): v for k, v in wts.items()}
+    )
+    return model
+
+
+def layers_forward(model: Model, x: np.ndarray) -> np.ndarray:
+    """The model through each layer's own forward (pipeline.cnn.functional), not compiled."""
+    model.fast_eval = False
+    try:
+        return model.forward(x)
+    finally:
+        model.fast_eval = True
 
 
 def make_onnx(wts: dict[str, np.ndarray]) -> bytes:
@@ -228,12 +259,12 @@ def run(batch: int, reps: int, train_batch: int, seed: int) -> dict:
     opts.intra_op_num_threads = 2
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(make_onnx(wts), opts, providers=["CPUExecutionProvider"])
-    fast = compile_inference(make_ops(wts), (3, SIZE_PX, SIZE_PX))
-    ops = make_ops(wts)
+    model = make_model(wts)
+    fast = compile_model(model)
 
     y_ort = sess.run(None, {"x": x})[0]
     y_fast = fast(x)
-    y_ref = run_reference(ops, x)
+    y_ref = layers_forward(model, x)
     scale = float(np.abs(y_ort).max())
     err_fast = float(np.abs(y_fast - y_ort).max() / scale)
     err_ref = float(np.abs(y_ref - y_ort).max() / scale)
@@ -243,7 +274,7 @@ def run(batch: int, reps: int, train_batch: int, seed: int) -> dict:
     for _ in range(reps):
         t_ort.append(time_best(lambda: sess.run(None, {"x": x}), 1))
         t_fast.append(time_best(lambda: fast(x), 1))
-    t_ref = time_best(lambda: run_reference(ops, x), max(1, reps // 5))
+    t_ref = time_best(lambda: layers_forward(model, x), max(1, reps // 5))
     ratios = sorted(o / f for o, f in zip(t_ort, t_fast, strict=True))
 
     xt = x[:train_batch]

@@ -3,10 +3,14 @@
 The photon-transfer method (EMVA 1288 Release 4.0 Linear) run on the simulated
 sensor: flat fields at ``levels`` exposure levels from dark to beyond saturation, two
 frames per level, dark frames, through the config's photodetector and ADC stages;
-then :mod:`sensors.emva` fits the system gain K, the quantum efficiency η, the
+then :mod:`pipeline.emva` fits the system gain K, the quantum efficiency η, the
 temporal dark noise σ_d, the saturation capacity, SNR_max, the dynamic range, DSNU
-and PRNU. A colour sensor is analysed per pixel colour (R, G, B, W pixels of the
-mosaic, or the three layers of a stacked sensor), as the standard asks.
+and PRNU, and splits the non-uniformity into row, column and pixel parts (row/column
+offset and gain FPN) with the row temporal noise. Every noise or non-uniformity figure
+whose size in DN is below the quantisation noise 1/√12 DN carries a note: quantisation
+biases it (a finer ADC, or analog gain, resolves it). A colour sensor is analysed per
+pixel colour (R, G, B, W pixels of the mosaic, or the three layers of a stacked sensor),
+as the standard asks.
 
 Illumination: every frame is a flat field with the same number of photons μ_p in each
 of the R, G and B bands. ``μ_p`` in the datasheet counts the photons that reach one
@@ -15,12 +19,11 @@ pixel (which collects all three bands).
 
 Python API: :func:`characterize_stages` (stage objects → datasheet dict),
 :func:`write_datasheet` (dict → folder, atomically), :func:`characterize_config`
-(config → folder). The command line: :func:`register`.
+(config → folder). The command line: :mod:`pipeline.cli.characterize`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -30,15 +33,14 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import emva
 from pipeline.errors import UserError
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, Unit
-from sensors import emva
 
 __all__ = [
     "characterize_config",
     "characterize_stages",
     "plot_datasheet",
-    "register",
     "write_datasheet",
 ]
 
@@ -83,24 +85,39 @@ class _Bench:
 
 
 Selector = Callable[[np.ndarray], np.ndarray]
+#: frames (L, H, W[, 3]) → the (L, M, N) sub-grids of one colour: one per CFA tile phase
+Grids = Callable[[np.ndarray], list[np.ndarray]]
 
 
-def _pixel_classes(info: SignalInfo) -> dict[str, tuple[Selector, int]]:
-    """Per pixel colour: a function picking its pixels from frames, and the bands it sees."""
+def _pixel_classes(info: SignalInfo) -> dict[str, tuple[Selector, int, Grids]]:
+    """Per pixel colour: its pixels from frames (flat), the bands it sees, and its grids.
+
+    The grids keep rows and columns for the row/column decomposition: a stacked layer
+    whole, and for a mosaic every tile phase of that colour (``f[:, i::th, j::tw]``).
+    """
     if len(info.shape) == 3:  # stacked: one layer per colour
-        return {c: (lambda f, i=i: f[..., i], 1) for i, c in enumerate("RGB")}
-    tile = info.attrs.get("cfa_tile")
+        return {
+            c: (lambda f, i=i: f[..., i], 1, lambda f, i=i: [f[..., i]])
+            for i, c in enumerate("RGB")
+        }
+    tile = info.attr("cfa_tile")
     if tile is None:
         raise UserError("the photodetector's output has no cfa_tile attr to tell pixel colours")
-    letters = np.array(tile)
+    tile = np.array(tile)
+    th, tw = tile.shape
     h, w = info.shape
-    reps = (-(-h // letters.shape[0]), -(-w // letters.shape[1]))
-    letters = np.tile(letters, reps)[:h, :w]
+    reps = (-(-h // th), -(-w // tw))
+    letters = np.tile(tile, reps)[:h, :w]
     classes = {}
     for letter in ("R", "G", "B", "W"):
         mask = letters == letter
         if mask.any():
-            classes[letter] = (lambda f, m=mask: f[..., m], 3 if letter == "W" else 1)
+            phases = [tuple(ij) for ij in np.argwhere(tile == letter)]
+            classes[letter] = (
+                lambda f, m=mask: f[..., m],
+                3 if letter == "W" else 1,
+                lambda f, ph=phases: [f[:, i::th, j::tw] for i, j in ph],
+            )
     return classes
 
 
@@ -151,28 +168,30 @@ def characterize_stages(
         photodetector, SignalInfo(Unit.PHOTONS, (h, w, 3), np.float64, input_attrs or {}), keys[0]
     )
     adc_info = _setup(adc, pd_info, keys[1])
-    a = adc_info.attrs
-    if a.get("curve", "linear") != "linear":
+    curve = adc_info.attr("curve", "linear")
+    if curve != "linear":
         raise UserError(
-            f"the EMVA 1288 linear method needs a linear ADC curve, got {a['curve']!r}",
+            f"the EMVA 1288 linear method needs a linear ADC curve, got {curve!r}",
             key=f"{keys[1]}.curve",
         )
-    gain = a.get("system_gain_dn_per_e")
-    if gain is None or "bits" not in a:
+    gain = adc_info.attr("system_gain_dn_per_e")
+    bits = adc_info.attr("bits")
+    if gain is None or bits is None:
         raise UserError("the ADC gives no system_gain_dn_per_e and bits attrs", key=keys[1])
-    top = (1 << int(a["bits"])) - 1
-    black = int(a.get("black_level_dn", 0))
-    e_sat = min(float(pd_info.attrs.get("full_well_e", np.inf)), (top - black) / gain)
+    top = (1 << int(bits)) - 1
+    black = int(adc_info.attr("black_level_dn", 0))
+    e_sat = min(float(pd_info.attr("full_well_e", np.inf)), (top - black) / gain)
 
     bench = _Bench(photodetector, adc, (h, w))
     dark = np.concatenate([bench.frames(0.0, 2) for _ in range(dark_pairs)])
     dark_spatial = bench.frames(0.0, spatial_frames)
     channels = {}
-    for colour, (select, bands) in _pixel_classes(pd_info).items():
+    for colour, (select, bands, grids) in _pixel_classes(pd_info).items():
         channels[colour] = _measure_channel(
             bench,
             select,
             bands,
+            grids,
             dark=dark,
             dark_spatial=dark_spatial,
             nominal_gain=gain,
@@ -180,18 +199,18 @@ def characterize_stages(
             levels=levels,
             refine=refine,
             spatial_frames=spatial_frames,
-            zero_code=_zero_code(a),
+            zero_code=_zero_code(adc_info),
         )
     return {
         "standard": "EMVA 1288 Release 4.0 Linear, photon-transfer method (simulated sensor)",
         "sensor": {
             "photodetector": photodetector.name,
             "adc": adc.name,
-            "cfa": pd_info.attrs.get("cfa"),
-            "bits": int(a["bits"]),
+            "cfa": pd_info.attr("cfa"),
+            "bits": int(bits),
             "black_level_dn": black,
-            "white_level_dn": a.get("white_level_dn"),
-            "exposure_s": pd_info.attrs.get("exposure_s"),
+            "white_level_dn": adc_info.attr("white_level_dn"),
+            "exposure_s": pd_info.attr("exposure_s"),
             "seed": photodetector.seed,
             "sensor_seed": photodetector.sensor_seed,
         },
@@ -216,12 +235,13 @@ def _setup(stage: Stage, info: SignalInfo, key: str) -> SignalInfo:
         raise UserError(str(exc), key=f"{key}.{exc.key}" if exc.key else key) from None
 
 
-def _zero_code(adc_attrs: Mapping[str, Any]) -> float | None:
+def _zero_code(adc_info: SignalInfo) -> float | None:
     """The mean code of a zero signal: the black level, less 1/2 DN for floor rounding."""
-    transfer = adc_attrs.get("adc_transfer")
-    if not transfer or "black_level_dn" not in adc_attrs:
+    transfer = adc_info.attr("adc_transfer")
+    black = adc_info.attr("black_level_dn")
+    if not transfer or black is None:
         return None
-    return adc_attrs["black_level_dn"] - (0.5 if transfer.get("rounding") == "floor" else 0.0)
+    return black - (0.5 if transfer.get("rounding") == "floor" else 0.0)
 
 
 def _pair(select: Selector, frames: np.ndarray) -> tuple[float, float]:
@@ -233,6 +253,7 @@ def _measure_channel(
     bench: _Bench,
     select: Selector,
     bands: int,
+    grids: Grids,
     *,
     dark: np.ndarray,
     dark_spatial: np.ndarray,
@@ -290,6 +311,8 @@ def _measure_channel(
         select(dark_spatial), select(flat), r.system_gain_dn_per_e
     )
     k = r.system_gain_dn_per_e
+    dark_parts, flat_parts = _decomposition(grids, dark_spatial), _decomposition(grids, flat)
+    lines = emva.line_nonuniformity(dark_parts, flat_parts, k)
     notes = []
     if r.sigma_d_is_upper_bound:
         notes.append(
@@ -326,7 +349,8 @@ def _measure_channel(
         "dynamic_range_bits": emva.ratio_bits(r.dynamic_range),
         "dsnu_e": dsnu_e,
         "prnu_pct": prnu_pct,
-        "notes": notes,
+        **lines,
+        "notes": notes + _floor_notes(dsnu_e, prnu_pct, lines, k, dark_parts, flat_parts),
         "curves": {
             "mu_p_photons": r.mu_p.tolist(),
             "mu_y_dn": r.mu_y.tolist(),
@@ -336,6 +360,71 @@ def _measure_channel(
             "var_y_dark_dn2": var_dark,
         },
     }
+
+
+def _decomposition(grids: Grids, frames: np.ndarray) -> emva.SpatialDecomposition:
+    """Row/column/pixel decomposition of one colour: the mean over its CFA phases."""
+    return emva.mean_decomposition([emva.spatial_decomposition(g) for g in grids(frames)])
+
+
+def _floor_notes(
+    dsnu_e: float,
+    prnu_pct: float,
+    lines: Mapping[str, float],
+    k: float,
+    dark: emva.SpatialDecomposition,
+    flat: emva.SpatialDecomposition,
+) -> list[str]:
+    """Quantisation-floor notes of the non-uniformity figures, each converted to DN.
+
+    Offsets and noise (e⁻) by K; gains (%) at the PRNU flat field's signal.
+    """
+    signal_dn = flat.mean_dn - dark.mean_dn
+
+    def temporal(parts: emva.SpatialDecomposition) -> float:
+        return float(np.sqrt(max(parts.temporal_dn2 - emva.SIGMA_Q2_DN2, 0.0)))
+
+    dark_dn = {
+        "dsnu_e": dsnu_e * k,
+        "row_offset_fpn_e": lines["row_offset_fpn_e"] * k,
+        "col_offset_fpn_e": lines["col_offset_fpn_e"] * k,
+        "row_temporal_noise_e": lines["row_temporal_noise_e"] * k,
+    }
+    flat_dn = {
+        key: lines[key] / 100 * signal_dn if key in lines else prnu_pct / 100 * signal_dn
+        for key in ("prnu_pct", "row_gain_fpn_pct", "col_gain_fpn_pct")
+    }
+    return _quantisation_notes(dark_dn, temporal(dark), frames="dark") + _quantisation_notes(
+        flat_dn, temporal(flat), frames="flat-field"
+    )
+
+
+def _quantisation_notes(
+    figures_dn: Mapping[str, float], temporal_dn: float, *, frames: str
+) -> list[str]:
+    """One note naming every figure below the quantisation floor (or none).
+
+    A pattern or noise smaller than the quantiser's own noise ``σ_q = 1/√12 DN`` is
+    distorted by the rounding (it moves whole codes or none), unless the temporal noise
+    of the frames dithers the quantiser: below ``QUANTISATION_LIMITED_DN`` of temporal
+    noise (before quantisation) it does not, and the figure is below the floor.
+
+    Parameters
+    ----------
+    figures_dn : datasheet key → the figure's size in DN.
+    temporal_dn : temporal noise of the frames the figures come from, quantisation
+        removed (DN).
+    frames : which frames, for the note (``"dark"``, ``"flat-field"``).
+    """
+    sigma_q = float(np.sqrt(emva.SIGMA_Q2_DN2))
+    below = [f"{name} ({value:.2g} DN)" for name, value in figures_dn.items() if value < sigma_q]
+    if temporal_dn >= QUANTISATION_LIMITED_DN or not below:
+        return []
+    return [
+        f"{', '.join(below)} below the quantisation noise 1/√12 DN = {sigma_q:.2f} DN, in "
+        f"{frames} frames whose temporal noise ({temporal_dn:.2g} DN) does not dither the "
+        "quantiser: unreliable (a finer ADC, or analog gain, resolves it)"
+    ]
 
 
 # --------------------------------------------------------------------------- writing
@@ -490,60 +579,3 @@ def characterize_config(
         stem = Path(loaded.file).stem if loaded.file.endswith((".yaml", ".yml")) else "sensor"
         out = Path(loaded.config.run.out) / f"characterize-{stem}"
     return write_datasheet(sheet, out), sheet
-
-
-# --------------------------------------------------------------------------- command line
-def register(sub: Any) -> None:
-    """Add ``sensorlab characterize CONFIG [--out DIR]`` to the CLI's subparsers."""
-    from pipeline.cli import add_set_option
-
-    p = sub.add_parser(
-        "characterize",
-        help="EMVA 1288 datasheet of the configured sensor (photon-transfer method)",
-        description="Run the EMVA 1288 photon-transfer method on the config's photodetector "
-        "and ADC: flat fields from dark to beyond saturation, two frames per level. Writes "
-        "datasheet.json, photon_transfer.png and snr.png.",
-    )
-    p.add_argument("config", help="run config YAML")
-    add_set_option(p)
-    p.add_argument("--out", help="datasheet folder (default: <run.out>/characterize-<stem>)")
-    p.add_argument(
-        "--levels",
-        type=int,
-        default=DEFAULT_LEVELS,
-        help=f"exposure levels, at least {MIN_LEVELS} (default {DEFAULT_LEVELS})",
-    )
-    p.add_argument(
-        "--size",
-        type=int,
-        default=DEFAULT_SIZE,
-        help=f"flat-field frame size in pixels, square (default {DEFAULT_SIZE})",
-    )
-    p.set_defaults(func=cmd_characterize)
-
-
-def cmd_characterize(args: argparse.Namespace) -> int:
-    from pipeline.report import write_report
-
-    folder, sheet = characterize_config(
-        args.config, args.overrides, out=args.out, levels=args.levels, size=args.size
-    )
-    print(summary(sheet, folder))
-    print(f"report: {write_report(folder)}")
-    return 0
-
-
-def summary(sheet: Mapping[str, Any], folder: Path) -> str:
-    """One line per channel with the headline EMVA 1288 figures."""
-    lines = [f"EMVA 1288 datasheet of {sheet['sensor']['cfa']} sensor: {folder}"]
-    for colour, ch in sheet["channels"].items():
-        bound = "<" if ch["temporal_dark_noise_is_upper_bound"] else ""
-        lines.append(
-            f"  {colour}: K {ch['system_gain_dn_per_e']:.4g} DN/e-, "
-            f"QE {ch['quantum_efficiency_pct']:.1f} %, "
-            f"sigma_d {bound}{ch['temporal_dark_noise_e']:.3g} e-, "
-            f"sat {ch['saturation_capacity_e']:.4g} e-, "
-            f"SNR_max {ch['snr_max_db']:.1f} dB, DR {ch['dynamic_range_db']:.1f} dB"
-        )
-        lines.extend(f"     note: {note}" for note in ch["notes"])
-    return "\n".join(lines)

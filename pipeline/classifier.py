@@ -8,13 +8,25 @@ import numpy as np
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, Unit
 
-__all__ = ["ClassifierStage"]
+__all__ = ["ClassifierStage", "to_nchw"]
 
 
 # Images per CNN call. Each image always sits in the same row of a call of this size
 # (row = image key mod GROUP, empty rows zero), so its logits come from the same GEMM
 # shapes and thread splits, hence bit for bit the same, whatever the run's batch size.
 GROUP = 32
+
+
+def to_nchw(x: np.ndarray) -> np.ndarray:
+    """Sensor-chain output, (N, H, W, C) planes or an (N, H, W) mosaic, as the CNN's
+    (N, C, H, W) float32 (C-contiguous). The one conversion of the sensor's layout to the
+    CNN's: the classifier stage, training and export use it."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        return x[:, None, :, :]
+    if x.ndim == 4:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    raise ValueError(f"expected (N, H, W) or (N, H, W, C) images, got {x.shape}")
 
 
 class ClassifierStage(Stage):
@@ -49,8 +61,7 @@ class ClassifierStage(Stage):
         return SignalInfo(Unit.UNITLESS, (k,), np.float32, {**info.attrs, "logits": True})
 
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        x = x[:, None, :, :] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        x = to_nchw(x)
         slots = np.asarray(batch.image_index, dtype=np.int64) % GROUP
         # images that want the same row go to different calls: the k-th of them to call k
         order = np.argsort(slots, kind="stable")

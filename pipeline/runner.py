@@ -3,6 +3,10 @@
 Memory stays flat whatever the dataset's size: images are read, processed and
 written batch by batch; only the recorded images (``run.record.images``), the
 labels and the predictions are kept.
+
+:func:`stream` is the one batch loop of sensorlab (read, NaN/inf check, every stage,
+errors located in the config file): ``run`` records from it, ``train`` and ``eval``
+collect from it, export's int8 calibration and the sweep's SNR pass read from it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-import pipeline
+from pipeline._version import __version__
 from pipeline.classifier import ClassifierStage
 from pipeline.config import Config, LoadedConfig, load_config, parse_override, path_params
 from pipeline.datasets import Dataset, open_dataset
@@ -33,12 +37,14 @@ from pipeline.store import RunWriter
 __all__ = [
     "Chain",
     "RunResult",
+    "StreamClock",
+    "StreamedBatch",
     "batch_for",
     "build_chain",
     "compare_chains",
-    "image_quality",
     "open_config_dataset",
     "run",
+    "stream",
 ]
 
 DATASET = "dataset"  # record name of the input images
@@ -91,15 +97,95 @@ class Chain:
     def stream(
         self, dataset: Dataset, batch_size: int, *, sensor_only: bool = True, file: str = ""
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
-        """``(x, labels, image_index)`` per batch after the sensor stages (or the whole chain)."""
+        """``(x, labels, image_index)`` per batch after the sensor stages (or the whole chain);
+        see :func:`stream`."""
         upto = len(self.sensor_stages) if sensor_only else None
-        for images, labels, index in dataset.batches(batch_size):
-            _check_finite(images, index, file)
-            try:
-                out = self.apply(images, batch_for(dataset, index), upto=upto)
-            except UserError as exc:
-                raise exc.located(file=file or None) from None
-            yield (out[-1] if out else images), labels, index
+        for b in stream(self, dataset, batch_size, upto=upto, file=file):
+            yield b.last, b.labels, b.index
+
+
+@dataclasses.dataclass
+class StreamedBatch:
+    """One batch of images after the chain's stages.
+
+    Attributes
+    ----------
+    images : the dataset's images.
+    labels : their labels (None when the dataset has none).
+    index : their positions in the dataset (int64).
+    outputs : each applied stage's output, in chain order.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    index: np.ndarray
+    outputs: list[np.ndarray]
+
+    @property
+    def last(self) -> np.ndarray:
+        """The last applied stage's output (the images when no stage was applied)."""
+        return self.outputs[-1] if self.outputs else self.images
+
+
+@dataclasses.dataclass
+class StreamClock:
+    """Seconds spent reading the dataset and in each stage, summed over batches."""
+
+    read_s: float
+    stage_s: list[float]
+
+    @classmethod
+    def for_chain(cls, chain: Chain) -> StreamClock:
+        return cls(0.0, [0.0] * len(chain.stages))
+
+
+def stream(
+    chain: Chain,
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    upto: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    file: str = "",
+    clock: StreamClock | None = None,
+) -> Iterator[StreamedBatch]:
+    """Stream images ``start..stop`` of ``dataset`` through the chain's first ``upto`` stages.
+
+    Each batch is read, checked for NaN and inf (a float dataset), and passed through the
+    stages keyed by the images' identities (:func:`batch_for`), so every image gives the
+    same arrays whatever the batch size or the range. Errors are located in ``file``.
+
+    Parameters
+    ----------
+    chain : the stages.
+    dataset : the images.
+    batch_size : images per batch (at least 1).
+    upto : apply the first ``upto`` stages (default: all).
+    start, stop : the range of image positions (default: the whole dataset).
+    file : the config file named in errors.
+    clock : when given, reading and stage seconds are added to it.
+    """
+    stop = len(dataset) if stop is None else min(stop, len(dataset))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for lo in range(start, stop, batch_size):
+        hi = min(lo + batch_size, stop)
+        t0 = time.perf_counter()
+        try:
+            images, labels = dataset.read(lo, hi)
+        except UserError as exc:
+            raise exc.located(file=file or None) from None
+        if clock is not None:
+            clock.read_s += time.perf_counter() - t0
+        index = np.arange(lo, hi, dtype=np.int64)
+        _check_finite(images, index, file)
+        timings = clock.stage_s if clock is not None else None
+        try:
+            outputs = chain.apply(images, batch_for(dataset, index), upto=upto, timings=timings)
+        except UserError as exc:
+            raise exc.located(file=file or None) from None
+        yield StreamedBatch(images, labels, index, outputs)
 
 
 def batch_for(dataset: Dataset, index: np.ndarray) -> Batch:
@@ -309,58 +395,96 @@ def run(
         loaded = load_config(config, pairs, registry=registry)
     ds = dataset if dataset is not None else open_config_dataset(loaded)
     chain = build_chain(loaded, ds.info(), registry=registry)
-    quality = image_quality(loaded, ds, chain, registry=registry)
-    return _execute(loaded, ds, chain, store=store, progress=progress, extra_metrics=quality)
+    quality = _quality_probe(loaded, ds, chain, registry=registry)
+    return _execute(loaded, ds, chain, store=store, progress=progress, quality=quality)
 
 
 def compare_chains(
-    dataset: Dataset,
     chain: Chain,
     reference: Chain,
-    stage: str | None,
-    images: int | str,
+    dataset: Dataset,
     batch_size: int,
-    sinks: Sequence[Any],
-) -> str:
-    """Stream the same images through a chain and its reference chain, stage by stage.
+    *,
+    stage: str | None = None,
+    images: int | str = "all",
+    file: str = "",
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The same images through a chain and its reference chain: ``(out, ref)`` per batch.
 
-    Each sink's ``add(out, ref)`` gets every batch of ``stage``'s output (default the last
-    sensor stage) for the first ``images`` images (or "all"). Returns the compared stage.
+    The chain streams through :func:`stream`; each batch's dataset images then go through
+    the reference chain, keyed by the same image identities (so both see the same seeds).
+
+    Parameters
+    ----------
+    chain, reference : two chains over the same dataset with the same stage names.
+    dataset : the images.
+    batch_size : images per batch.
+    stage : record name of the compared stage (default: the last sensor stage).
+    images : how many images (the first ones), or "all".
+    file : the config file named in errors.
     """
-    stage = stage or chain.names[len(chain.sensor_stages) - 1]
-    upto = chain.names.index(stage) + 1
-    limit = len(dataset) if images == "all" else min(int(images), len(dataset))
-    for x, _, index in dataset.batches(batch_size):
-        if int(index[0]) >= limit:
-            break
-        keep = index < limit
-        x, index = x[keep], index[keep]
-        batch = batch_for(dataset, index)
-        out = chain.apply(x, batch, upto=upto)[-1]
-        ref = reference.apply(x, batch, upto=upto)[-1]
-        for sink in sinks:
-            sink.add(out, ref)
-    return stage
+    upto = _stage_count(chain, stage)
+    stop = None if images == "all" else int(images)
+    for batch in stream(chain, dataset, batch_size, upto=upto, stop=stop, file=file):
+        ref = _reference_output(reference, dataset, batch.images, batch.index, upto, file)
+        yield batch.last, ref
 
 
-def image_quality(
+def _stage_count(chain: Chain, stage: str | None) -> int:
+    """How many stages lead up to ``stage`` (default: the last sensor stage)."""
+    if stage is None:
+        return len(chain.sensor_stages)
+    return chain.names.index(stage) + 1
+
+
+def _reference_output(
+    reference: Chain, dataset: Dataset, images: np.ndarray, index: np.ndarray, upto: int, file: str
+) -> np.ndarray:
+    """Dataset images (at positions ``index``) through the reference chain's first ``upto``
+    stages."""
+    try:
+        return reference.apply(images, batch_for(dataset, index), upto=upto)[-1]
+    except UserError as exc:
+        raise exc.located(file=file or None) from None
+
+
+@dataclasses.dataclass
+class _QualityProbe:
+    """PSNR and SSIM of the raw stage against the ideal sensor, summed while a run streams:
+    the first ``images`` images of each batch also go through the reference chain."""
+
+    reference: Chain
+    upto: int
+    images: int
+    file: str
+    sums: QualitySums = dataclasses.field(default_factory=QualitySums)
+
+    def add(self, dataset: Dataset, batch: StreamedBatch) -> None:
+        keep = int(np.count_nonzero(batch.index < self.images))
+        if keep == 0:
+            return
+        images, index = batch.images[:keep], batch.index[:keep]
+        ref = _reference_output(self.reference, dataset, images, index, self.upto, self.file)
+        self.sums.add(batch.outputs[self.upto - 1][:keep], ref)
+
+
+def _quality_probe(
     loaded: LoadedConfig,
     dataset: Dataset,
     chain: Chain,
     *,
     registry: Registry,
-    images: int | str = QUALITY_IMAGES,
-) -> dict[str, Any]:
-    """PSNR and SSIM of the raw stage against the ideal sensor (see :mod:`pipeline.quality`).
-
-    A second pass of the sensor stages over the first ``images`` images, through the
-    config with :func:`pipeline.reference.default_reference` applied. Returns ``{}`` when
-    the chain has no photodetector or its last sensor stage is not unitless.
+    images: int = QUALITY_IMAGES,
+) -> _QualityProbe | None:
+    """The run's PSNR/SSIM probe (see :mod:`pipeline.quality`): the config with
+    :func:`pipeline.reference.default_reference` applied, compared on the first ``images``
+    images. None when the chain has no photodetector or its last sensor stage is not
+    unitless.
     """
     overrides = default_reference(loaded.raw)
     n = len(chain.sensor_stages)
     if not overrides or n == 0 or chain.infos[n].unit is not Unit.UNITLESS:
-        return {}
+        return None
     try:
         reference = load_config(loaded.raw, overrides, registry=registry, base_dir=loaded.base_dir)
         ref_chain = build_chain(reference, dataset.info(), registry=registry, with_model=False)
@@ -370,14 +494,7 @@ def image_quality(
             file=loaded.file,
             key=exc.key,
         ) from None
-    sums = QualitySums()
-    try:
-        compare_chains(
-            dataset, chain, ref_chain, None, images, loaded.config.run.batch_size, [sums]
-        )
-    except UserError as exc:
-        raise exc.located(file=loaded.file) from None
-    return sums.metrics
+    return _QualityProbe(ref_chain, n, images, loaded.file)
 
 
 def _pairs(items: Mapping[str, Any] | Sequence[str]) -> Iterator[tuple[str, Any]]:
@@ -423,15 +540,13 @@ def _execute(
     *,
     store: bool,
     progress: bool | None,
-    extra_metrics: Mapping[str, Any] | None = None,
+    quality: _QualityProbe | None = None,
 ) -> RunResult:
     config = loaded.config
-    n_images = len(dataset)
     try:
-        positions, n_record = _record_plan(config, chain, n_images)
+        positions, n_record = _record_plan(config, chain, len(dataset))
     except UserError as exc:
         raise exc.located(file=loaded.file) from None
-    record_names = [DATASET if p < 0 else chain.names[p] for p in positions]
     writer = None
     if store:
         try:
@@ -439,10 +554,8 @@ def _execute(
         except UserError as exc:
             raise exc.located(file=loaded.file) from None
     try:
-        result = _stream(
-            loaded, dataset, chain, positions, record_names, n_record, writer, progress
-        )
-        result.metrics.update(extra_metrics or {})  # the manifest holds the same dict
+        recorder = _Recorder(chain, positions, n_record, writer)
+        result = _run_stream(loaded, dataset, chain, recorder, progress, quality)
         if writer is not None:
             _write_samples(writer, chain, result, config.run.samples)
             result.path = writer.commit(result.manifest)
@@ -453,100 +566,144 @@ def _execute(
         raise
 
 
-def _stream(
-    loaded: LoadedConfig,
-    dataset: Dataset,
-    chain: Chain,
-    positions: list[int],
-    record_names: list[str],
-    n_record: int,
-    writer: RunWriter | None,
-    progress: bool | None,
-) -> RunResult:
+class _Recorder:
+    """The recorded stages' first ``n_record`` images: kept in memory and, with a writer,
+    written to the run's array store as they stream by."""
+
+    def __init__(
+        self, chain: Chain, positions: list[int], n_record: int, writer: RunWriter | None
+    ) -> None:
+        self.positions = positions
+        self.names = [DATASET if p < 0 else chain.names[p] for p in positions]
+        self.n_record = n_record
+        self.writer = writer
+        self.infos = [chain.infos[p + 1] for p in positions]
+        self.arrays: dict[str, np.ndarray] = {}
+        for pos, name, info in zip(positions, self.names, self.infos, strict=True):
+            self.arrays[name] = np.zeros((n_record, *info.shape), dtype=info.dtype)
+            if writer is not None:
+                attrs = {
+                    "stage": name,
+                    "unit": str(info.unit),
+                    "index": pos,
+                    "signal_attrs": dict(info.attrs),
+                }
+                writer.create_array(name, (n_record, *info.shape), info.dtype, attrs)
+
+    def add(self, batch: StreamedBatch) -> None:
+        """Keep the part of ``batch`` that falls among the first ``n_record`` images."""
+        start = int(batch.index[0])
+        if start >= self.n_record:
+            return
+        stop = min(int(batch.index[-1]) + 1, self.n_record)
+        outputs = [batch.images, *batch.outputs]
+        for pos, name in zip(self.positions, self.names, strict=True):
+            part = outputs[pos + 1][: stop - start]
+            self.arrays[name][start:stop] = part
+            if self.writer is not None:
+                self.writer.write(name, start, part)
+
+    def manifest_entries(self) -> dict[str, dict[str, Any]]:
+        """The manifest's ``arrays`` section."""
+        return {
+            name: {
+                "path": f"arrays.zarr/{name}",
+                "shape": [self.n_record, *info.shape],
+                "dtype": str(info.dtype),
+                "unit": str(info.unit),
+            }
+            for name, info in zip(self.names, self.infos, strict=True)
+        }
+
+
+def _progress_bar(config: Config, progress: bool | None, total: int) -> Any:
+    """A tqdm bar over images: on when asked, else as the config says and only on a terminal."""
     from tqdm.auto import tqdm
 
-    config = loaded.config
-    n_images = len(dataset)
-    infos = chain.infos
-    memory: dict[str, np.ndarray] = {}
-    for pos, name in zip(positions, record_names, strict=True):
-        info = infos[pos + 1]
-        memory[name] = np.zeros((n_record, *info.shape), dtype=info.dtype)
-        if writer is not None:
-            attrs = {
-                "stage": name,
-                "unit": str(info.unit),
-                "index": pos,
-                "signal_attrs": dict(info.attrs),
-            }
-            writer.create_array(name, (n_record, *info.shape), info.dtype, attrs)
-    timings = [0.0] * len(chain.stages)
-    read_time = 0.0
-    labels_all: list[np.ndarray] = []
-    preds_all: list[np.ndarray] = []
     show = config.run.progress if progress is None else progress
-    bar = tqdm(
-        total=n_images,
+    return tqdm(
+        total=total,
         unit="img",
         desc="run",
         leave=False,
         disable=not (show and (progress or sys.stderr.isatty())),
     )
+
+
+def _run_stream(
+    loaded: LoadedConfig,
+    dataset: Dataset,
+    chain: Chain,
+    recorder: _Recorder,
+    progress: bool | None,
+    quality: _QualityProbe | None = None,
+) -> RunResult:
+    """Stream the whole dataset through the chain: record, collect labels and predictions,
+    feed the PSNR/SSIM probe, time, then measure and describe the run."""
+    clock = StreamClock.for_chain(chain)
+    labels_all: list[np.ndarray] = []
+    preds_all: list[np.ndarray] = []
+    bar = _progress_bar(loaded.config, progress, len(dataset))
     t_start = time.perf_counter()
-    batch_iter = iter(dataset.batches(config.run.batch_size))
-    while True:
-        t0 = time.perf_counter()
-        try:
-            images, labels, index = next(batch_iter)
-        except StopIteration:
-            break
-        except UserError as exc:
-            raise exc.located(file=loaded.file) from None
-        read_time += time.perf_counter() - t0
-        _check_finite(images, index, loaded.file)
-        try:
-            outputs = [images, *chain.apply(images, batch_for(dataset, index), timings=timings)]
-        except UserError as exc:
-            raise exc.located(file=loaded.file) from None
-        start = int(index[0])
-        if start < n_record:
-            stop = min(int(index[-1]) + 1, n_record)
-            for pos, name in zip(positions, record_names, strict=True):
-                part = outputs[pos + 1][: stop - start]
-                memory[name][start:stop] = part
-                if writer is not None:
-                    writer.write(name, start, part)
-        if labels is not None:
-            labels_all.append(np.asarray(labels))
+    for batch in stream(
+        chain, dataset, loaded.config.run.batch_size, file=loaded.file, clock=clock
+    ):
+        recorder.add(batch)
+        if quality is not None:
+            quality.add(dataset, batch)
+        if batch.labels is not None:
+            labels_all.append(np.asarray(batch.labels))
         if chain.classifier is not None:
-            preds_all.append(np.argmax(outputs[-1], axis=1))
-        bar.update(len(index))
+            preds_all.append(np.argmax(batch.last, axis=1))
+        bar.update(len(batch.index))
     bar.close()
     wall = time.perf_counter() - t_start
-    labels_arr = np.concatenate(labels_all) if labels_all else None
-    preds_arr = np.concatenate(preds_all) if preds_all else None
+    labels = np.concatenate(labels_all) if labels_all else None
+    preds = np.concatenate(preds_all) if preds_all else None
     metrics: dict[str, Any] = {}
-    if labels_arr is not None and preds_arr is not None:
-        metrics = classification_metrics(labels_arr, preds_arr, chain.classifier.model.class_names)
-    manifest = _manifest(
-        loaded, dataset, chain, positions, record_names, n_record, timings, read_time, wall, metrics
-    )
-    return RunResult(memory, metrics, manifest, None, preds_arr, labels_arr)
+    if labels is not None and preds is not None:
+        metrics = classification_metrics(labels, preds, chain.classifier.model.class_names)
+    if quality is not None:
+        metrics.update(quality.sums.metrics)
+    manifest = _manifest(loaded, dataset, chain, recorder, clock, wall, metrics)
+    return RunResult(recorder.arrays, metrics, manifest, None, preds, labels)
 
 
 def _manifest(
     loaded: LoadedConfig,
     dataset: Dataset,
     chain: Chain,
-    positions: list[int],
-    record_names: list[str],
-    n_record: int,
-    timings: list[float],
-    read_time: float,
+    recorder: _Recorder,
+    clock: StreamClock,
     wall: float,
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
     config = loaded.config
+    return {
+        "sensorlab": __version__,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_file": loaded.file,
+        "config": config.plain(),
+        "seed": config.seed,
+        "sensor_seed": config.sensor_seed if config.sensor_seed is not None else config.seed,
+        "versions": _versions(),
+        "dataset": {
+            "images": len(dataset),
+            "image_shape": list(dataset.image_shape),
+            "dtype": str(dataset.dtype),
+            "encoding": dataset.encoding,
+            "classes": list(dataset.class_names),
+        },
+        "stages": _stage_entries(chain, clock),
+        "arrays": recorder.manifest_entries(),
+        "wall_seconds": round(wall, 6),
+        "images_per_second": round(len(dataset) / wall, 3) if wall > 0 else None,
+        "metrics": metrics,
+    }
+
+
+def _stage_entries(chain: Chain, clock: StreamClock) -> list[dict[str, Any]]:
+    """The manifest's ``stages`` section: the dataset, then each stage with its timing."""
     stages = [
         {
             "name": DATASET,
@@ -554,7 +711,7 @@ def _manifest(
             "unit": str(chain.infos[0].unit),
             "shape": list(chain.infos[0].shape),
             "dtype": str(chain.infos[0].dtype),
-            "seconds": round(read_time, 6),
+            "seconds": round(clock.read_s, 6),
         }
     ]
     for i, stage in enumerate(chain.stages):
@@ -569,39 +726,10 @@ def _manifest(
                 "shape": list(info.shape),
                 "dtype": str(info.dtype),
                 "attrs": dict(info.attrs),
-                "seconds": round(timings[i], 6),
+                "seconds": round(clock.stage_s[i], 6),
             }
         )
-    arrays = {}
-    for pos, name in zip(positions, record_names, strict=True):
-        info = chain.infos[pos + 1]
-        arrays[name] = {
-            "path": f"arrays.zarr/{name}",
-            "shape": [n_record, *info.shape],
-            "dtype": str(info.dtype),
-            "unit": str(info.unit),
-        }
-    return {
-        "sensorlab": pipeline.__version__,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config_file": loaded.file,
-        "config": config.plain(),
-        "seed": config.seed,
-        "sensor_seed": config.sensor_seed if config.sensor_seed is not None else config.seed,
-        "versions": _versions(),
-        "dataset": {
-            "images": len(dataset),
-            "image_shape": list(dataset.image_shape),
-            "dtype": str(dataset.dtype),
-            "encoding": dataset.encoding,
-            "classes": list(dataset.class_names),
-        },
-        "stages": stages,
-        "arrays": arrays,
-        "wall_seconds": round(wall, 6),
-        "images_per_second": round(len(dataset) / wall, 3) if wall > 0 else None,
-        "metrics": metrics,
-    }
+    return stages
 
 
 def _versions() -> dict[str, str]:
@@ -612,7 +740,7 @@ def _versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "numpy": numpy.__version__,
-        "sensorlab": pipeline.__version__,
+        "sensorlab": __version__,
         "zarr": zarr.__version__,
         "pydantic": pydantic.__version__,
         "platform": platform.platform(),

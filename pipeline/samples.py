@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.stage import read_attr
+
 __all__ = [
     "MAX_DISPLAY_PX",
     "confusion_figure",
@@ -40,7 +42,7 @@ def display_levels(x: np.ndarray, unit: str, attrs: Mapping[str, Any]) -> tuple[
 
 def offset_note(x: np.ndarray, unit: str, attrs: Mapping[str, Any]) -> str | None:
     """Where zero sits in an offset display (``"min -0.03 black, 0 = grey 0.21"``), or None."""
-    if unit == "image" and attrs.get("encoding") == "srgb8":
+    if unit == "image" and read_attr(attrs, "encoding") == "srgb8":
         return None
     lo, hi = display_levels(x, unit, attrs)
     if lo >= 0.0:
@@ -66,13 +68,13 @@ def display_image(
     moiré; the average is taken in linear light.
     """
     x = np.asarray(x, dtype=np.float64)
-    srgb8 = unit == "image" and attrs.get("encoding") == "srgb8"
+    srgb8 = unit == "image" and read_attr(attrs, "encoding") == "srgb8"
     if srgb8:
         x = x / 255.0
     else:
         lo, hi = display_levels(x, unit, attrs)
         x = np.clip((_linear(x, unit, attrs) - lo) / (hi - lo), 0.0, 1.0)
-    tile = attrs.get("cfa_tile") if x.ndim == 2 else None
+    tile = read_attr(attrs, "cfa_tile") if x.ndim == 2 else None
     if tile:
         rgb, weight = _mosaic_planes(x, tile)
         step = (len(tile), len(tile[0]))
@@ -88,7 +90,7 @@ def display_image(
 
 def _linear(x: np.ndarray, unit: str, attrs: Mapping[str, Any]) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    return x - float(attrs.get("black_level_dn", 0.0)) if unit == "DN" else x
+    return x - float(read_attr(attrs, "black_level_dn", 0.0)) if unit == "DN" else x
 
 
 def _srgb(x: np.ndarray) -> np.ndarray:
@@ -172,7 +174,7 @@ def samples_grid(
         for row in range(rows):
             ax = axes[row][col]
             value = arrays[name][row]
-            if info.attrs.get("logits"):
+            if info.attr("logits"):
                 true = None if labels is None or row >= len(labels) else int(labels[row])
                 _logit_panel(ax, value, true, class_names)
             else:

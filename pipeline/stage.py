@@ -28,13 +28,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "SIGNAL_ATTRS",
     "Batch",
+    "SignalAttr",
     "SignalInfo",
     "Stage",
     "StageError",
     "StageParams",
     "Unit",
     "param",
+    "read_attr",
+    "signal_attr",
 ]
 
 ENTRY_POINT_GROUP = "sensorlab.stages"
@@ -100,6 +104,151 @@ def param(
 
 
 @dataclasses.dataclass(frozen=True)
+class SignalAttr:
+    """One key of :attr:`SignalInfo.attrs`: what it holds, in which unit, who sets it.
+
+    Attributes
+    ----------
+    key : the key.
+    unit : the unit of the value ("" for a name, a flag or a structure).
+    set_by : the stage (or dataset) that sets it.
+    meaning : what the value is and who reads it.
+    """
+
+    key: str
+    unit: str
+    set_by: str
+    meaning: str
+
+
+# The one declaration of the facts a stage passes to later ones in SignalInfo.attrs. A stage
+# sets only keys declared here and a reader reads them through SignalInfo.attr, so a
+# misspelt or undocumented key fails at once (tests/test_stage.py checks the shipped chain).
+SIGNAL_ATTRS: Mapping[str, SignalAttr] = MappingProxyType(
+    {
+        a.key: a
+        for a in (
+            SignalAttr(
+                "encoding",
+                "",
+                "dataset",
+                "How the image values encode light: srgb8, linear16 or float; the scene "
+                "stage linearises by it.",
+            ),
+            SignalAttr(
+                "wavelength_nm",
+                "nm",
+                "scene",
+                "Centre wavelengths of the R, G, B bands; the optics' Airy PSF per channel.",
+            ),
+            SignalAttr(
+                "exposure_s",
+                "s",
+                "scene (lux mode), photodetector",
+                "Exposure time; the photodetector's dark current integrates over it.",
+            ),
+            SignalAttr("f_number", "", "scene (lux mode)", "Lens f-number; the optics' Airy PSF."),
+            SignalAttr(
+                "pixel_pitch_um", "µm", "scene (lux mode)", "Pixel pitch; the optics' Airy PSF."
+            ),
+            SignalAttr(
+                "photons_at_white",
+                "photons",
+                "scene (unless mean_photons)",
+                "Mean photons per sensor pixel per exposure that a white input pixel gives.",
+            ),
+            SignalAttr(
+                "cfa",
+                "",
+                "photodetector",
+                "Colour filter array: a 2×2 Bayer name (RGGB, ...), a named tile, mono or "
+                "stacked; the raw stage demosaics by it.",
+            ),
+            SignalAttr(
+                "cfa_tile",
+                "",
+                "photodetector (mosaic only)",
+                "The CFA's repeating tile, rows of channel letters (R, G, B, W).",
+            ),
+            SignalAttr(
+                "full_well_e",
+                "e⁻",
+                "photodetector",
+                "Full-well capacity; the ADC maps it to its top code by default.",
+            ),
+            SignalAttr(
+                "conversion_gain_uv_per_e",
+                "µV/e⁻",
+                "a stage that gives volts (none shipped)",
+                "Pixel conversion gain; the ADC's system gain for volts input.",
+            ),
+            SignalAttr("bits", "bits", "adc", "ADC resolution: codes 0 .. 2**bits - 1."),
+            SignalAttr(
+                "black_level_dn",
+                "DN",
+                "adc, raw",
+                "Code of zero signal (the raw stage passes on the level it subtracted).",
+            ),
+            SignalAttr(
+                "white_level_dn",
+                "DN",
+                "adc, raw",
+                "Code that the raw stage normalises to 1.0 (the ADC: the full well's code).",
+            ),
+            SignalAttr("curve", "", "adc", "ADC transfer curve: linear, log, sqrt or table."),
+            SignalAttr(
+                "system_gain_dn_per_e",
+                "DN/e⁻",
+                "adc",
+                "Total linear gain before companding (None for volts without a conversion "
+                "gain); EMVA 1288's K.",
+            ),
+            SignalAttr(
+                "adc_transfer",
+                "",
+                "adc",
+                "Keyword arguments of sensors.adc.quantize, so dequantize(codes, **value) "
+                "linearises the codes.",
+            ),
+            SignalAttr(
+                "encode", "", "raw", "Transfer curve of the CNN input: linear, srgb or gamma."
+            ),
+            SignalAttr("raw_output", "", "raw", "planes (RGB) or mosaic."),
+            SignalAttr(
+                "linearized",
+                "",
+                "raw",
+                "True when the raw stage undid the ADC's curve (dequantised the codes).",
+            ),
+            SignalAttr("logits", "", "cnn (classifier)", "True: the values are class scores."),
+        )
+    }
+)
+
+
+def signal_attr(key: str) -> SignalAttr:
+    """The declaration of attrs key ``key``; KeyError (with the closest key) if undeclared."""
+    try:
+        return SIGNAL_ATTRS[key]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(SIGNAL_ATTRS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise KeyError(
+            f"{key!r} is not a declared SignalInfo attr (pipeline.stage.SIGNAL_ATTRS){hint}"
+        ) from None
+
+
+def read_attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """``attrs[key]`` for a declared key (:data:`SIGNAL_ATTRS`), ``default`` when absent;
+    KeyError for an undeclared key. For attrs kept apart from their SignalInfo (a run
+    record's ``signal_attrs``)."""
+    signal_attr(key)
+    return attrs.get(key, default)
+
+
+@dataclasses.dataclass(frozen=True)
 class SignalInfo:
     """What flows between two stages, known before any data does.
 
@@ -108,8 +257,9 @@ class SignalInfo:
     unit : the physical unit of the values.
     shape : the shape of one image: ``(H, W, C)`` for planes, ``(H, W)`` for a mosaic.
     dtype : the NumPy dtype of the values.
-    attrs : facts later stages need, set by earlier ones (for example ``cfa``,
-        ``bits``, ``black_level_dn``, ``white_level_dn``, ``encoding``).
+    attrs : facts later stages need, set by earlier ones; every key is declared, with
+        its unit and the stage that sets it, in :data:`SIGNAL_ATTRS`. Read them with
+        :meth:`attr`.
     """
 
     unit: Unit
@@ -127,6 +277,11 @@ class SignalInfo:
     def is_mosaic(self) -> bool:
         """True when one image is a single-channel ``(H, W)`` array."""
         return len(self.shape) == 2
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        """The value of declared attrs key ``key`` (see :data:`SIGNAL_ATTRS`), ``default``
+        when no earlier stage set it; KeyError for a key that is not declared."""
+        return read_attr(self.attrs, key, default)
 
     def evolve(self, *, attrs: Mapping[str, Any] | None = None, **changes: Any) -> SignalInfo:
         """A copy with ``changes`` applied and ``attrs`` merged into the existing ones."""

@@ -26,7 +26,6 @@ an uninterrupted run exactly. It is removed when the run completes.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import shutil
@@ -42,6 +41,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline._version import __version__
+from pipeline.classifier import to_nchw
 from pipeline.cnn.graph import load_graph
 from pipeline.cnn.model import Model
 from pipeline.cnn.training import Callback, FitResult, TrainConfig, evaluate, fit, split_train_val
@@ -50,9 +51,9 @@ from pipeline.errors import UserError
 __all__ = [
     "ChainData",
     "TrainRun",
+    "blas_threads",
     "chain_arrays",
     "load_train_config",
-    "register",
     "to_nchw",
     "train_arrays",
     "train_cell",
@@ -81,17 +82,6 @@ class TrainRun:
 
 
 # --------------------------------------------------------------------------- arrays
-
-
-def to_nchw(x: np.ndarray) -> np.ndarray:
-    """Sensor-chain output (N, H, W, C) planes or (N, H, W) mosaic -> (N, C, H, W) float32
-    (the same conversion the classifier stage applies)."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 3:
-        return x[:, None, :, :]
-    if x.ndim == 4:
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    raise ValueError(f"expected (N, H, W) or (N, H, W, C) images, got {x.shape}")
 
 
 class _Progress(Callback):
@@ -264,10 +254,8 @@ def _write_folder(writer, run: TrainRun, cfg, model_yaml, config) -> None:
 def _manifest(run: TrainRun, cfg: TrainConfig, extra: dict[str, Any] | None) -> dict[str, Any]:
     import platform
 
-    import pipeline
-
     return {
-        "sensorlab": pipeline.__version__,
+        "sensorlab": __version__,
         "kind": "train",
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {
@@ -551,54 +539,6 @@ def train_cell(
     return Path(run.path) / "model.yaml"
 
 
-# --------------------------------------------------------------------------- CLI
-
-
-def register(sub: Any) -> None:
-    """Add ``sensorlab train`` to the CLI's subparsers."""
-    from pipeline.cli import add_set_option
-
-    p = sub.add_parser(
-        "train",
-        help="train the configured model on the dataset as seen through the sensor chain",
-        description=(__doc__ or "").split("\n\n")[1],
-    )
-    p.add_argument("config", help="run config YAML (with model: and train: sections)")
-    add_set_option(p)
-    p.add_argument("--out", help="folder that receives the run folder (run.out)")
-    p.add_argument("--name", help="run folder name (run.name)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the interrupted run named --name from its checkpoint",
-    )
-    p.add_argument(
-        "--blas-threads",
-        type=int,
-        metavar="N",
-        help="BLAS threads while training (default: BLAS's own choice); 1 is much faster on "
-        "a busy machine, where multi-threaded GEMMs on small matrices stall",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, summary only")
-    p.set_defaults(func=cmd_train)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.report import write_report
-
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"run.out={args.out}")
-    if args.name:
-        overrides.append(f"run.name={args.name}")
-    progress = not args.quiet and sys.stderr.isatty()
-    with blas_threads(args.blas_threads):
-        run = train_from_config(args.config, overrides, resume=args.resume, progress=progress)
-    print(summary(run))
-    print(f"report: {write_report(run.path)}")
-    return 0
-
-
 @contextmanager
 def blas_threads(n: int | None) -> Iterator[None]:
     """Limit BLAS to ``n`` threads inside the block (threadpoolctl); None leaves it alone."""
@@ -613,27 +553,3 @@ def blas_threads(n: int | None) -> Iterator[None]:
         raise UserError("--blas-threads needs the threadpoolctl package") from None
     with threadpool_limits(n, user_api="blas"):
         yield
-
-
-def summary(run: TrainRun) -> str:
-    """A few lines: data, epochs, final validation accuracy, where the run folder is."""
-    t = run.metrics["training"]
-    lines = [
-        f"sensorlab train {run.model.spec.name}: {t['train_images']} training images, "
-        f"{t['val_images']} validation, {t['epochs_run']} epoch{'s' * (t['epochs_run'] != 1)} "
-        f"in {t['seconds']:.1f} s" + (" (stopped early)" if t["stopped_early"] else "")
-    ]
-    lines.append(
-        f"final train loss {t['final_train_loss']:.4f}, accuracy {t['final_train_accuracy']:.4f}"
-    )
-    if run.metrics.get("accuracy") is not None:
-        lo, hi = run.metrics["accuracy_ci95"]
-        best = t["best_epoch"]
-        lines.append(
-            f"validation accuracy {run.metrics['accuracy']:.4f} (95% CI {lo:.4f}–{hi:.4f}), "
-            f"loss {run.metrics['loss']:.4f}"
-            + (f", weights of epoch {best + 1}" if t["restored_best_weights"] else "")
-        )
-    if run.path is not None:
-        lines.append(f"run folder: {run.path}")
-    return "\n".join(lines)

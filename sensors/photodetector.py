@@ -1,24 +1,38 @@
 """The photodetector array: photons to electrons.
 
-Per pixel, in the order the physics runs::
+Per pixel x = (row y, column c), in the order the code runs::
 
-    mean electrons  λ = g(x) · QE · photons(channel of x) + dark_current · t   (CFA, PRNU)
-    charge          e = Poisson(λ) + o(x)                 (photon + dark shot noise, DSNU)
-    clipped         e = min(e, full_well)
-    output          e + N(0, read_noise²)
+    gain       g(x) = (1 + PRNU·z(x)) (1 + G_row·r(y)) (1 + G_col·k(c))   (PRNU, row/col gain)
+    dark rate  D(x) = D · (1 + DCNU·d(x))                      (dark-current non-uniformity)
+    mean       λ = g(x) · QE · photons(channel of x) + D(x) · t    (CFA, gains, dark current)
+    charge     e = Poisson(λ) + o(x)                 (photon + dark shot noise, DSNU offset)
+    clipped    e = min(e, full_well)
+    output     e + σ_r·n + σ_row·m(y) + O_row·a(y) + O_col·b(c)   (read, row, row/col offset)
 
-``g(x) = 1 + PRNU · z(x)`` is the photo-response non-uniformity (a gain, % rms) and
-``o(x)`` the dark-signal non-uniformity (an offset, e⁻ rms); both are fixed patterns
-of the sensor, drawn once from the sensor seed, not per image. Photon and dark shot
-noise are one Poisson draw, as the sum of two independent Poisson variables is Poisson.
-Negative values (from the zero-mean DSNU and read noise) are kept: the ADC's black
-level holds them.
+``z, r, k, d, a, b`` are fixed patterns of the sensor (standard normal, drawn once from
+the sensor seed, one tag each, not per image); ``n`` (the read-noise distribution, unit
+variance: :mod:`sensors.noise`) and ``m(y)`` (standard normal, one value per row) are
+drawn per image. Each factor ``(1 + …)`` is clipped at 0. ``o(x)`` is the dark-signal
+non-uniformity (a fixed offset, e⁻ rms), independent of the exposure; the dark-current
+non-uniformity DCNU instead scales the dark rate, so its spatial variance
+``(D · t · DCNU)²`` grows with t², and its electrons carry shot noise. Photon and dark
+shot noise are one Poisson draw, as the sum of two independent Poisson variables is
+Poisson. The full well clips the charge; read noise, row noise and the row/column
+offsets come from the readout chain (source follower, column amplifiers, row drivers)
+after the charge is held, so they are added after the clip. Negative values (from the
+zero-mean offsets and noise) are kept: the ADC's black level holds them.
+
+Row and column patterns are what EMVA 1288 (Release 4.0, section 8) separates from
+pixel non-uniformity: the averaged dark frame's row-mean variance is ``O_row²`` (plus
+``σ_row²/L`` over L frames), its column-mean variance ``O_col²``; a flat field of mean
+signal S adds ``(S·G_row)²`` and ``(S·G_col)²``.
 
 Colour filter array: a mosaic sensor detects one channel per pixel, chosen by a tile
 repeated over the array (Bayer in its four phases, RGBW, mono); a ``stacked`` sensor
-(three layers, like a Foveon X3) detects all three channels at every pixel. A ``W``
-(panchromatic) pixel has no colour filter: it collects the photons of all three
-channels, ``λ = QE_W · (R + G + B)``; a ``mono`` sensor is all W pixels.
+(three layers, like a Foveon X3) detects all three channels at every pixel (each layer
+with its own row and column patterns). A ``W`` (panchromatic) pixel has no colour
+filter: it collects the photons of all three channels, ``λ = QE_W · (R + G + B)``; a
+``mono`` sensor is all W pixels.
 
 References
 ----------
@@ -28,6 +42,8 @@ EMVA Standard 1288, Release 4.0 Linear (2021), section 2: the linear sensor mode
 B. E. Bayer, "Color imaging array", US patent 3,971,065 (1976).
 J. R. Janesick, *Photon Transfer* (SPIE, 2007), chapters 2 and 5 (shot noise,
 fixed-pattern noise).
+K. Wei, Y. Fu, J. Yang, H. Huang, "A physics-based noise formation model for extreme
+low-light raw denoising", CVPR 2020 (row noise, heavy-tailed read noise).
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ from numpy.typing import ArrayLike
 from pydantic import Field
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
+from sensors import noise
 
 __all__ = [
     "CFA_TILES",
@@ -48,6 +65,7 @@ __all__ = [
     "channel_map",
     "expected_electrons",
     "fixed_pattern",
+    "line_pattern",
     "shot_noise",
 ]
 
@@ -78,6 +96,10 @@ DEFAULT_EXPOSURE_S = 0.01
 #: its skewness 1/sqrt(λ) is 1 % and its excess kurtosis 1/λ is 1e-4, below anything an
 #: image statistic can show, and the draw is ~2.5× faster than NumPy's Poisson sampler.
 DEFAULT_POISSON_GAUSSIAN_ABOVE = 1e4
+
+#: pattern_rng tags, one per fixed pattern (never reuse one: changing one parameter must
+#: not change another pattern).
+PRNU_TAG, DSNU_TAG, ROW_OFFSET_TAG, COL_OFFSET_TAG, ROW_GAIN_TAG, COL_GAIN_TAG, DCNU_TAG = range(7)
 
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
 CFA = Literal["RGGB", "BGGR", "GRBG", "GBRG", "RGBW", "mono", "stacked"]
@@ -173,7 +195,7 @@ def expected_electrons(
 
 
 def _mean_electrons(
-    photons: np.ndarray, weights: np.ndarray, *, stacked: bool, dark_e: float
+    photons: np.ndarray, weights: np.ndarray, *, stacked: bool, dark_e: float | np.ndarray
 ) -> np.ndarray:
     # The channel is selected (weighted) BEFORE any noise is drawn: noise is per pixel, so
     # drawing it on the one detected channel is the same distribution as detecting a
@@ -182,7 +204,7 @@ def _mean_electrons(
         lam = np.multiply(photons, weights, dtype=np.float64)
     else:
         lam = np.einsum("nhwc,hwc->nhw", photons, weights, dtype=np.float64)
-    if dark_e:
+    if np.ndim(dark_e) or dark_e:  # a per-pixel map (dark-current non-uniformity) or D·t
         lam += dark_e
     np.maximum(lam, 0.0, out=lam)  # NaN stays NaN (checked by the caller)
     return lam
@@ -253,20 +275,66 @@ def fixed_pattern(
     return gain, offset
 
 
+def line_pattern(
+    shape: tuple[int, ...], along: Literal["row", "col"], rms: float, rng: np.random.Generator
+) -> np.ndarray:
+    """One zero-mean Gaussian value per row (or per column), broadcastable to ``shape``.
+
+    Parameters
+    ----------
+    shape : the frame's shape, ``(H, W)`` or ``(H, W, 3)``.
+    along : ``"row"`` gives shape ``(H, 1[, 3])``, ``"col"`` gives ``(1, W[, 3])``.
+    rms : the standard deviation of the values.
+    rng : the generator.
+
+    Returns
+    -------
+    float64 ``rms · N(0, 1)`` values.
+    """
+    line = list(shape)
+    line[1 if along == "row" else 0] = 1
+    return rms * rng.standard_normal(tuple(line))
+
+
+def _gain(pattern: np.ndarray) -> np.ndarray:
+    """``1 + pattern`` clipped at 0 (a gain cannot be negative)."""
+    return np.maximum(1.0 + pattern, 0.0)
+
+
+def _exposure_s(own_s: float | None, scene_s: float | None) -> float:
+    """The one exposure time, s: the scene's, else this stage's, else the default.
+
+    Raises StageError (key ``exposure_s``) when both are set and differ.
+    """
+    if own_s is not None and scene_s is not None and float(own_s) != float(scene_s):
+        raise StageError(
+            f"{own_s:g} s disagrees with the scene's exposure_s {scene_s:g} s; "
+            "set it once, on the scene",
+            key="exposure_s",
+        )
+    for value in (scene_s, own_s):
+        if value is not None:
+            return float(value)
+    return DEFAULT_EXPOSURE_S
+
+
 # -- the stage -------------------------------------------------------------------------
 class PhotodetectorStage(Stage):
     """The photodetector array: photons ``(N, H, W, 3)`` → electrons.
 
     Output: ``(N, H, W)`` for a mosaic CFA, ``(N, H, W, 3)`` for ``stacked``, in
     ``output_dtype`` (float32 by default: exact to < 0.01 e⁻ up to 1e5 e⁻, the ADC then
-    works in float64). Temporal noise comes from :meth:`image_rngs` (the same arrays for
-    any batch split); the PRNU and DSNU patterns from :meth:`pattern_rng`, drawn once in
-    :meth:`setup`, so one sensor seed is one physical sensor.
+    works in float64). Temporal noise (shot, read, row) comes from :meth:`image_rngs` (the
+    same arrays for any batch split); the fixed patterns (PRNU, DSNU, row/column offsets
+    and gains, dark-current non-uniformity) from :meth:`pattern_rng`, one tag each, drawn
+    once in :meth:`setup`, so one sensor seed is one physical sensor. The equations and
+    their order are in the module docstring.
 
     Output attrs: ``cfa``, ``cfa_tile`` (absent for stacked), ``full_well_e``,
-    ``exposure_s``. The exposure time is the parameter if given, else the scene's
-    ``exposure_s`` attr, else :data:`DEFAULT_EXPOSURE_S`; it only scales the dark current
-    (the input photons are already counted per exposure).
+    ``exposure_s``. The exposure time is set once: the scene's ``exposure_s`` attr, else
+    the parameter (a chain with no scene), else :data:`DEFAULT_EXPOSURE_S`; both set and
+    different is an error. It only scales the dark current (the input photons are already
+    counted per exposure).
     """
 
     name = "photodetector"
@@ -285,15 +353,45 @@ class PhotodetectorStage(Stage):
             0.6, unit="e-/photon", doc="Quantum efficiency of panchromatic (W, mono) pixels."
         )
         full_well_e: float = param(10_000.0, unit="e-", doc="Full-well capacity.", gt=0)
-        read_noise_e: float = param(2.0, unit="e-", doc="Read noise (rms, Gaussian).", ge=0)
+        read_noise_e: float = param(
+            2.0, unit="e-", doc="Read noise (rms, of read_noise_dist).", ge=0
+        )
+        read_noise_dist: noise.ReadNoiseDist = param(
+            "gaussian", doc="Read-noise distribution: gaussian, tukey_lambda, student_t."
+        )
+        read_noise_shape: float | None = param(
+            None, doc="Shape of read_noise_dist: λ > -0.5 (tukey_lambda) or ν > 2 (student_t)."
+        )
+        row_noise_e: float = param(
+            0.0, unit="e-", doc="Row temporal noise (rms, one value per row per image).", ge=0
+        )
+        row_offset_fpn_e: float = param(
+            0.0, unit="e-", doc="Row offset fixed-pattern noise (rms over rows).", ge=0
+        )
+        col_offset_fpn_e: float = param(
+            0.0, unit="e-", doc="Column offset fixed-pattern noise (rms over columns).", ge=0
+        )
+        row_gain_fpn_pct: float = param(
+            0.0, unit="%", doc="Row gain fixed-pattern noise (rms over rows).", ge=0
+        )
+        col_gain_fpn_pct: float = param(
+            0.0, unit="%", doc="Column gain fixed-pattern noise (rms over columns).", ge=0
+        )
         dark_current_e_per_s: float = param(5.0, unit="e-/s", doc="Mean dark current.", ge=0)
         exposure_s: float | None = param(
-            None, unit="s", doc="Exposure time; default: the scene's, else 0.01 s.", gt=0
+            None,
+            unit="s",
+            doc="Exposure time, for a chain without a scene; default: the scene's "
+            "exposure_s, else 0.01 s (setting both to different values is an error).",
+            gt=0,
         )
         prnu_pct: float = param(
             0.5, unit="%", doc="Photo-response non-uniformity (gain rms).", ge=0
         )
         dsnu_e: float = param(0.5, unit="e-", doc="Dark-signal non-uniformity (offset rms).", ge=0)
+        dark_current_nonuniformity_pct: float = param(
+            0.0, unit="%", doc="Dark-current non-uniformity (rms of each pixel's rate).", ge=0
+        )
         shot_noise: bool = param(True, doc="Draw photon and dark shot noise (False: mean signal).")
         poisson_gaussian_above: float | None = param(
             DEFAULT_POISSON_GAUSSIAN_ABOVE,
@@ -309,20 +407,32 @@ class PhotodetectorStage(Stage):
             raise StageError(f"photodetector takes photons, got {info.unit}")
         if len(info.shape) != 3 or info.shape[2] != 3:
             raise StageError(f"photodetector takes (H, W, 3) photons (R, G, B), got {info.shape}")
+        problem = noise.check_shape(p.read_noise_dist, p.read_noise_shape)
+        if problem:
+            raise StageError(problem, key="read_noise_shape")
         h, w = info.shape[:2]
         stacked = p.cfa == "stacked"
-        self._exposure_s = float(p.exposure_s or info.attrs.get("exposure_s") or DEFAULT_EXPOSURE_S)
+        self._exposure_s = _exposure_s(p.exposure_s, info.attr("exposure_s"))
         pattern_shape = (h, w, 3) if stacked else (h, w)
         gain, self._dsnu = fixed_pattern(
             pattern_shape,
             prnu_pct=p.prnu_pct,
             dsnu_e=p.dsnu_e,
-            prnu_rng=self.pattern_rng(0),
-            dsnu_rng=self.pattern_rng(1),
+            prnu_rng=self.pattern_rng(PRNU_TAG),
+            dsnu_rng=self.pattern_rng(DSNU_TAG),
         )
         self._weights = cfa_weights(p.cfa, (h, w), qe=p.qe, qe_w=p.qe_w)
         if gain is not None:
             self._weights *= gain if stacked else gain[..., None]
+        for along, pct, tag in (
+            ("row", p.row_gain_fpn_pct, ROW_GAIN_TAG),
+            ("col", p.col_gain_fpn_pct, COL_GAIN_TAG),
+        ):
+            if pct > 0:
+                line = _gain(line_pattern(pattern_shape, along, pct / 100, self.pattern_rng(tag)))
+                self._weights *= line if stacked else line[..., None]
+        self._dark_e = self._dark_electrons(pattern_shape)
+        self._offsets = self._offset_pattern(pattern_shape)
         attrs = {k: v for k, v in info.attrs.items() if k != "cfa_tile"}
         attrs |= {"cfa": p.cfa, "full_well_e": p.full_well_e, "exposure_s": self._exposure_s}
         if not stacked:
@@ -331,19 +441,37 @@ class PhotodetectorStage(Stage):
         self._dtype = np.dtype(p.output_dtype)
         return SignalInfo(Unit.ELECTRONS, pattern_shape, self._dtype, attrs)
 
+    def _dark_electrons(self, shape: tuple[int, ...]) -> float | np.ndarray:
+        """Mean dark electrons ``D·t``, or per pixel ``D·t·(1 + DCNU·d(x))`` (d ~ N(0, 1))."""
+        p = self.params
+        dark_e = p.dark_current_e_per_s * self._exposure_s
+        if p.dark_current_nonuniformity_pct == 0 or dark_e == 0:
+            return dark_e
+        spread = p.dark_current_nonuniformity_pct / 100
+        return dark_e * _gain(spread * self.pattern_rng(DCNU_TAG).standard_normal(shape))
+
+    def _offset_pattern(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """Row plus column offset FPN ``O_row·a(y) + O_col·b(c)`` in e⁻, or None."""
+        p = self.params
+        offsets = None
+        for along, rms, tag in (
+            ("row", p.row_offset_fpn_e, ROW_OFFSET_TAG),
+            ("col", p.col_offset_fpn_e, COL_OFFSET_TAG),
+        ):
+            if rms > 0:
+                line = line_pattern(shape, along, rms, self.pattern_rng(tag))
+                offsets = line if offsets is None else offsets + line
+        return None if offsets is None else np.broadcast_to(offsets, shape).copy()
+
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
         p = self.params
-        lam = _mean_electrons(
-            x,
-            self._weights,
-            stacked=p.cfa == "stacked",
-            dark_e=p.dark_current_e_per_s * self._exposure_s,
-        )
+        lam = _mean_electrons(x, self._weights, stacked=p.cfa == "stacked", dark_e=self._dark_e)
         if np.isnan(lam).any():
             raise StageError("photodetector input contains NaN")
         out = np.empty((len(x), *self._out_shape), dtype=self._dtype)
+        row_shape = (self._out_shape[0], 1, *self._out_shape[2:])
         for i, rng in enumerate(self.image_rngs(batch.image_index)):
-            # per image, always in this order: shot noise, then read noise
+            # per image, always in this order: shot noise, read noise, row noise
             e = (
                 shot_noise(lam[i], rng, poisson_gaussian_above=p.poisson_gaussian_above)
                 if p.shot_noise
@@ -353,6 +481,12 @@ class PhotodetectorStage(Stage):
                 e = e + self._dsnu
             e = np.minimum(e, p.full_well_e)
             if p.read_noise_e > 0:
-                e += p.read_noise_e * rng.standard_normal(e.shape)
+                e += p.read_noise_e * noise.standard_draw(
+                    p.read_noise_dist, p.read_noise_shape, e.shape, rng
+                )
+            if p.row_noise_e > 0:
+                e += p.row_noise_e * rng.standard_normal(row_shape)
+            if self._offsets is not None:
+                e += self._offsets
             out[i] = e
         return out

@@ -244,7 +244,13 @@ class SceneStage(Stage):
             "(needs exposure_s, f_number, pixel_pitch_um).",
             gt=0,
         )
-        exposure_s: float | None = param(None, unit="s", doc="Exposure time.", gt=0)
+        exposure_s: float | None = param(
+            None,
+            unit="s",
+            doc="Exposure time: the one value of the chain (lux mode and the "
+            "photodetector's dark current read it).",
+            gt=0,
+        )
         f_number: float | None = param(None, doc="Lens f-number N.", gt=0)
         pixel_pitch_um: float | None = param(None, unit="µm", doc="Sensor pixel pitch.", gt=0)
         reflectance: float = param(

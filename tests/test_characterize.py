@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from pipeline.characterize import (
     characterize_stages,
 )
 from pipeline.cli import main
+from pipeline.cli.characterize import summary
 from pipeline.errors import UserError
 from pipeline.registry import Registry
 from sensors.adc import ADCStage
@@ -149,8 +151,73 @@ def test_quantisation_limited_dark_noise_is_noted():
     ch = characterize_stages(pd, adc, size=32, levels=12)["channels"]["W"]
     # a zero signal sits on the floor ADC's code edge (mean code b - 1/2): the codes flip
     # between b - 1 and b, a variance near 1/4 DN² that is not the 1/12 DN² model's
-    assert len(ch["notes"]) == 1 and "quantisation" in ch["notes"][0]
+    assert "temporal_dark_noise_e is unreliable" in ch["notes"][0]
     assert ch["temporal_dark_noise_e"] > 3 * 2.0  # what the note warns about
+    # every dark figure is then below the quantisation floor too, and says so
+    (floor,) = [note for note in ch["notes"] if "below the quantisation noise" in note]
+    for key in ("dsnu_e", "row_offset_fpn_e", "col_offset_fpn_e", "row_temporal_noise_e"):
+        assert f"{key} (" in floor, key
+
+
+@pytest.mark.parametrize("bits", [10, 14])
+def test_dsnu_below_the_quantisation_floor_carries_a_note(bits):
+    # the default sensor (read noise 2 e-, DSNU 0.5 e-) with the full well at the top code:
+    # at 10 bits one code is ~9 e-, so DSNU is 0.05 DN and read noise does not dither the
+    # quantiser; at 14 bits both are resolved and the figure is right
+    pd = PhotodetectorStage(PhotodetectorStage.Params(cfa="mono"), seed=1, index=0)
+    adc = ADCStage(ADCStage.Params(bits=bits), seed=1, index=1)
+    ch = characterize_stages(pd, adc, size=64, levels=12)["channels"]["W"]
+    dsnu_notes = [note for note in ch["notes"] if "dsnu_e (" in note]
+    if bits == 10:
+        assert len(dsnu_notes) == 1 and "below the quantisation noise" in dsnu_notes[0]
+    else:
+        assert ch["notes"] == []
+        # 4096 pixels, 16 averaged frames: relative std of the DSNU estimate ≈ 4 %
+        assert ch["dsnu_e"] == pytest.approx(0.5, rel=0.2)
+
+
+FPN = {
+    "row_offset_fpn_e": 1.0,
+    "col_offset_fpn_e": 0.8,
+    "row_gain_fpn_pct": 0.5,
+    "col_gain_fpn_pct": 0.4,
+    "row_noise_e": 0.7,
+}
+
+
+def _fpn_sheet(cfa, size):
+    pd = PhotodetectorStage(PhotodetectorStage.Params(cfa=cfa, **FPN), seed=2, index=0)
+    adc = ADCStage(ADCStage.Params(bits=14), seed=2, index=1)
+    return characterize_stages(pd, adc, size=size, levels=12)
+
+
+def _assert_fpn_recovered(ch, colour):
+    # within 10 %: one sensor's pattern of M rows has an rms that scatters by
+    # sqrt(1/(2(M-1))) around the configured one, 4.4 % at M = 256 (2.3 sigma)
+    for key, configured in FPN.items():
+        measured = ch["row_temporal_noise_e" if key == "row_noise_e" else key]
+        assert measured == pytest.approx(configured, rel=0.1), (colour, key)
+    assert ch["dsnu_pixel_e"] == pytest.approx(0.5, rel=0.1)  # the default DSNU
+    assert ch["prnu_pixel_pct"] == pytest.approx(0.5, rel=0.1)  # the default PRNU
+
+
+def test_row_and_column_fpn_and_row_noise_are_recovered():
+    sheet = _fpn_sheet("mono", 256)
+    ch = sheet["channels"]["W"]
+    _assert_fpn_recovered(ch, "W")
+    # the total DSNU holds the row and column parts too: DSNU² = row² + col² + pixel²
+    parts = ch["row_offset_fpn_e"] ** 2 + ch["col_offset_fpn_e"] ** 2 + ch["dsnu_pixel_e"] ** 2
+    assert ch["dsnu_e"] ** 2 == pytest.approx(parts, rel=0.02)
+    text = summary(sheet, Path("sheet"))
+    assert f"row {ch['row_offset_fpn_e']:.3g}, col {ch['col_offset_fpn_e']:.3g}" in text
+    assert f"row noise {ch['row_temporal_noise_e']:.3g} e-" in text
+
+
+@pytest.mark.slow
+def test_row_and_column_fpn_are_recovered_per_bayer_colour():
+    # per colour, from its CFA phases: 256 rows each at 512×512
+    for colour, ch in _fpn_sheet("RGGB", 512)["channels"].items():
+        _assert_fpn_recovered(ch, colour)
 
 
 def test_companding_adc_is_refused():
@@ -202,6 +269,9 @@ def test_characterize_config_writes_a_datasheet_folder_atomically(registry, npz_
         == sheet["channels"]["W"]["system_gain_dn_per_e"]
     )
     assert on_disk["config"]["seed"] == 5 and on_disk["sensor"]["sensor_seed"] == 5
+    fpn_keys = ("row_offset_fpn_e", "col_offset_fpn_e", "row_gain_fpn_pct", "col_gain_fpn_pct")
+    for key in (*fpn_keys, "row_temporal_noise_e", "dsnu_pixel_e", "prnu_pixel_pct"):
+        assert on_disk["channels"]["W"][key] == sheet["channels"]["W"][key] >= 0, key
     assert (folder / SNR_PNG).stat().st_size > 5000
     # the default gain maps the full well to the top code: K = (4095 - 256) / 8000; at
     # 32×32 pixels and 12 levels one level's variance has a relative std of 4.4 %, so

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import sensorlab
+from conftest import ROOT, cli_env, sensorlab
 
 
 def _write(tmp_path, cfg, name="cfg.yaml"):
@@ -223,4 +226,80 @@ def test_an_existing_run_folder_says_how_to_go_on(tmp_path, base, plugin_dir):
     assert proc.stderr.strip().endswith(
         f"run.name: run folder {Path('runs') / 'taken'} already exists; pick another name "
         "(--name, run.name) or folder (--out, run.out), or remove it"
+    )
+
+
+def test_every_command_is_listed():
+    from pipeline.cli import COMMANDS, build_parser
+
+    help_text = build_parser().format_help()
+    commands = ("run", "report", "schema", "stages", "sweep", "train", "characterize")
+    commands = (*commands, "export", "eval")
+    for name in (*commands, "import"):
+        assert f"    {name} " in help_text or f"    {name}\n" in help_text, name
+    assert len(COMMANDS) == 10
+
+
+def test_a_command_module_that_fails_to_import_is_an_error(tmp_path):
+    """A feature that cannot be imported stops the command line; it is not silently left out
+    of it (the old CLI skipped a command module whose import raised ModuleNotFoundError)."""
+    code = (
+        "import sys\n"
+        "sys.modules['pipeline.train'] = None  # importing it now raises ModuleNotFoundError\n"
+        "from pipeline.cli import main\n"
+        "raise SystemExit(main(['--help']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert "ModuleNotFoundError" in proc.stderr and "pipeline.train" in proc.stderr
+
+
+def _default_config(tmp_path, **sensor_overrides):
+    """configs/default.yaml on a 4-image dataset with no model, written to ``tmp_path``."""
+    cfg = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    cfg["dataset"]["n"] = 4
+    cfg["model"] = None
+    cfg["run"] = {"out": "runs", "batch_size": 4}
+    for stage, values in sensor_overrides.items():
+        next(row for row in cfg["sensor"] if row["stage"] == stage).update(values)
+    return _write(tmp_path, cfg)
+
+
+def test_exposure_set_on_scene_and_photodetector_differently_is_refused(tmp_path):
+    path = _default_config(tmp_path, photodetector={"exposure_s": 0.01})
+    proc = sensorlab("run", path, "--set", "sensor.scene.exposure_s=0.033", cwd=tmp_path)
+    _assert_user_error(
+        proc,
+        tmp_path,
+        "cfg.yaml: sensor[2].photodetector.exposure_s: 0.01 s disagrees with the scene's "
+        "exposure_s 0.033 s; set it once, on the scene",
+    )
+
+
+def test_exposure_set_on_the_scene_reaches_the_photodetector(tmp_path):
+    path = _default_config(tmp_path)
+    proc = sensorlab("run", path, "--quiet", "--set", "sensor.scene.exposure_s=0.033", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    pd = next(s for s in stages if s["name"] == "photodetector")
+    assert pd["attrs"]["exposure_s"] == 0.033
+
+
+def test_absurd_psf_size_is_refused_in_one_line(tmp_path):
+    proc = sensorlab(
+        "run", _default_config(tmp_path), "--set", "sensor.optics.sigma_px=1e6", cwd=tmp_path
+    )
+    _assert_user_error(
+        proc,
+        tmp_path,
+        "cfg.yaml: sensor[1].optics.sigma_px: the PSF needs a kernel half-width of 4000000 px, "
+        "more than 512 px",
     )

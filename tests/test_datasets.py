@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import sys
+import tracemalloc
 import types
 import zipfile
 from pathlib import Path
@@ -377,20 +378,21 @@ def test_folder_16bit_kept_and_formats(tmp_path):
 
 def test_folder_gray_alpha_and_jpeg(tmp_path):
     gray = np.arange(20, dtype=np.uint8).reshape(4, 5) * 10
-    write_image(tmp_path / "g" / "gray.png", gray)
+    write_image(tmp_path / "gray" / "gray.png", gray)
     bgra = np.zeros((4, 5, 4), np.uint8)
     bgra[..., 1], bgra[..., 3] = 200, 17  # green, mostly transparent
-    assert cv2.imwrite(str(tmp_path / "g" / "alpha.png"), bgra)
+    (tmp_path / "alpha").mkdir()
+    assert cv2.imwrite(str(tmp_path / "alpha" / "alpha.png"), bgra)
     blue = np.zeros((4, 5, 3), np.uint8)
     blue[..., 2] = 250
-    write_image(tmp_path / "j" / "blue.jpg", blue)
+    write_image(tmp_path / "blue" / "blue.jpg", blue)
     ds = FolderDataset(tmp_path, split="all")
-    x, _ = read_all(ds)
-    assert {p.name for p in ds._files} == {"gray.png", "alpha.png", "blue.jpg"}
-    imgs = {ds._files[i].name: x[k] for k, i in enumerate(ds._index)}
-    assert np.all(imgs["gray.png"] == gray[..., None])  # three equal channels
-    assert imgs["alpha.png"][0, 0].tolist() == [0, 200, 0]  # alpha dropped, RGB order
-    r, g, b = imgs["blue.jpg"].reshape(-1, 3).mean(0)
+    x, y = read_all(ds)
+    assert len(ds) == 3 and ds.class_names == ("alpha", "blue", "gray")
+    imgs = {ds.class_names[label]: img for img, label in zip(x, y, strict=True)}  # one per class
+    assert np.all(imgs["gray"] == gray[..., None])  # three equal channels
+    assert imgs["alpha"][0, 0].tolist() == [0, 200, 0]  # alpha dropped, RGB order
+    r, g, b = imgs["blue"].reshape(-1, 3).mean(0)
     assert b > 200 and r < 40 and g < 40
 
 
@@ -412,17 +414,21 @@ def test_folder_class_names_and_labels(tmp_path):
 
 def test_folder_splits_disjoint_covering_stable(tmp_path):
     root = make_folder(tmp_path, {"a": 20, "b": 10})
+
+    def images(ds: FolderDataset) -> list[tuple[int, ...]]:
+        """Each image's identity, read from its pixels: make_folder's (class, k, 7)."""
+        return [tuple(int(v) for v in img[0, 0]) for img in read_all(ds)[0]]
+
     files = {}
     for split in ("train", "val", "test"):
-        ds = FolderDataset(root, split=split, seed=9)
-        files[split] = [ds._files[i] for i in ds._index]
+        files[split] = images(FolderDataset(root, split=split, seed=9))
     assert len(files["test"]) == 6 and len(files["val"]) == 3 and len(files["train"]) == 21
     every = files["train"] + files["val"] + files["test"]
     assert len(set(every)) == 30
-    again = FolderDataset(root, split="test", seed=9)
-    assert [again._files[i] for i in again._index] == files["test"]
+    assert set(every) == {(0, k, 7) for k in range(20)} | {(1, k, 7) for k in range(10)}
+    assert images(FolderDataset(root, split="test", seed=9)) == files["test"]
     limited = FolderDataset(root, split="train", seed=9, limit=5)
-    assert [limited._files[i] for i in limited._index] == files["train"][:5]
+    assert images(limited) == files["train"][:5]
 
 
 def test_folder_errors(tmp_path):
@@ -461,7 +467,7 @@ def test_folder_mixed_sizes_and_depths(tmp_path):
 
 # -- npz --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("compressed", [False, True])
-def test_npz_reads_lazily_and_keeps_values(tmp_path, compressed):
+def test_npz_keeps_values_and_keys_images_by_store_position(tmp_path, compressed):
     rng = np.random.default_rng(0)
     x = rng.random((30, 4, 5, 3), dtype=np.float32)
     y = np.arange(30) % 3
@@ -470,13 +476,30 @@ def test_npz_reads_lazily_and_keeps_values(tmp_path, compressed):
         path, x=x, y=y, class_names=np.array(["u", "v", "w"])
     )
     ds = open_dataset(NpzConfig(kind="npz", path="d.npz", split="all"), base_dir=tmp_path)
-    assert isinstance(ds._x, np.memmap) != compressed  # uncompressed files are memory-mapped
     assert ds.class_names == ("u", "v", "w") and ds.encoding == "float"
     xs, ys = read_all(ds)
-    np.testing.assert_array_equal(xs, x[ds._index])
-    np.testing.assert_array_equal(ys, y[ds._index])
+    keys = ds.image_keys(0, len(ds))  # each image's row in the file
+    assert sorted(keys.tolist()) == list(range(30))
+    np.testing.assert_array_equal(xs, x[keys])
+    np.testing.assert_array_equal(ys, y[keys])
     test = open_dataset({"kind": "npz", "path": str(path), "split": "test"}, base_dir=Path("/"))
     assert len(test) == 6 and np.bincount(read_all(test)[1]).tolist() == [2, 2, 2]
+
+
+def test_npz_uncompressed_is_read_lazily(tmp_path):
+    """Opening an uncompressed .npz maps its images instead of loading them: opening and
+    reading two images allocate far less than the 12 MB array."""
+    x = np.zeros((1000, 32, 32, 3), np.float32)
+    np.savez(tmp_path / "big.npz", x=x, y=np.zeros(1000, np.int64))
+    tracemalloc.start()
+    try:
+        ds = open_dataset({"kind": "npz", "path": "big.npz", "split": "all"}, base_dir=tmp_path)
+        ds.read(10, 12)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(ds) == 1000
+    assert peak < x.nbytes / 4  # a compressed file (loaded whole) peaks above x.nbytes
 
 
 def test_npz_errors(tmp_path):
@@ -519,7 +542,7 @@ def test_npz_memmap_of_zip64_and_fortran(tmp_path):
     with zipfile.ZipFile(path) as zf:
         assert zf.getinfo("x.npy").compress_type == zipfile.ZIP_STORED
     ds = open_dataset({"kind": "npz", "path": "f.npz", "split": "all"}, base_dir=tmp_path)
-    np.testing.assert_array_equal(read_all(ds)[0], x[ds._index])
+    np.testing.assert_array_equal(read_all(ds)[0], x[ds.image_keys(0, len(ds))])
 
 
 # -- cifar10 ----------------------------------------------------------------------------------
@@ -632,7 +655,7 @@ def test_digits_reader_with_a_stand_in_sklearn(monkeypatch):
     x, y = read_all(ds)
     assert np.all(x[..., 0] == x[..., 1]) and np.all(x[..., 1] == x[..., 2])
     assert x[:, 8, 7].min() == 255 and x[:, 15, 15].max() == 0  # ink (16) -> 255, paper -> 0
-    assert y.tolist() == (ds._index % 10).tolist()
+    assert y.tolist() == (ds.image_keys(0, len(ds)) % 10).tolist()
     test = open_dataset({"kind": "digits", "split": "test"}, base_dir=Path("."))
     assert len(test) == 10 and np.bincount(read_all(test)[1]).tolist() == [1] * 10
 

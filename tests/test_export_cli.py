@@ -335,6 +335,118 @@ def test_calibration_config_that_does_not_match_the_model(trained, tmp_path, cap
     )
 
 
+@pytest.mark.parametrize(("dtype", "ok"), [("uint8", False), ("uint16", True), ("float32", True)])
+def test_input_dtype_must_hold_the_adcs_codes(trained, tmp_path, capsys, dtype, ok):
+    """The model's sensor has a 10-bit ADC (codes 0..1023): uint8 cannot carry them."""
+    args = ["export", trained["run"], "--out", tmp_path / "x.onnx", "--front", "raw"]
+    if ok:
+        assert cli(*args, "--input-dtype", dtype, capsys=capsys)[0] == 0
+        assert read_metadata(load_onnx(tmp_path / "x.onnx"))["input_range"]["dtype"] == dtype
+    else:
+        _bad(
+            [*args, "--input-dtype", dtype],
+            capsys,
+            tmp_path,
+            "input_dtype: uint8 cannot hold the ADC's 10-bit codes (up to 1023)",
+        )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bits", "ok"),
+    [
+        ("uint8", 8, True),
+        ("uint8", 9, False),
+        ("uint16", 16, True),
+        ("uint16", 17, False),
+        ("int32", 31, True),
+        ("int32", 32, False),
+        ("uint32", 32, True),
+        ("float32", 24, True),  # 2**24 - 1 is exact in float32's 24-bit significand
+        ("float32", 25, False),
+    ],
+)
+def test_check_input_dtype_against_the_dtypes_range(dtype, bits, ok):
+    from pipeline.errors import UserError
+    from pipeline.export import check_input_dtype
+
+    top = 2**bits - 1
+    # independent references: an integer type's largest value; float32's rounding of top
+    if np.dtype(dtype).kind == "f":
+        exact = float(np.float32(top)) == top
+    else:
+        exact = top <= np.iinfo(dtype).max
+    assert exact == ok
+    if ok:
+        check_input_dtype(dtype, bits)
+    else:
+        with pytest.raises(UserError, match=f"{dtype} cannot hold the ADC's {bits}-bit codes"):
+            check_input_dtype(dtype, bits)
+
+
+def test_sensor_front_takes_the_raw_stages_own_parameters(trained, tmp_path):
+    """Every raw-stage setting in the front end is the stage's resolved parameter, given or
+    default, so a changed default cannot diverge from a copy."""
+    from pipeline.config import load_config
+    from pipeline.export import sensor_front
+    from sensors.raw import RawStage
+
+    raw = {"stage": "raw", "auto_gain": True, "gain_target": 0.3, "wb_gains": [2.0, 1.0, 1.5]}
+    cfg = make_config(
+        trained["folder"], "test.npz", sensor=[*SENSOR[:3], raw], name=f"gain-{tmp_path.name}"
+    )
+    front, chain = sensor_front(load_config(cfg))
+    params = chain.sensor_stages[-1].params
+    defaults = RawStage.Params()
+    assert (front.auto_gain, front.gain_target, front.wb_gains) == (True, 0.3, (2.0, 1.0, 1.5))
+    assert front.max_gain == params.max_gain == defaults.max_gain
+    assert (front.raw_output, front.mono_output) == (params.output, params.mono_output)
+    assert (front.encode, front.gamma, front.clip) == (defaults.encode, defaults.gamma, False)
+
+
+def test_a_raw_plugin_without_the_raw_parameters_is_a_user_error(trained, tmp_path):
+    from pipeline.cnn.onnx_export import SensorFront
+    from pipeline.config import load_config
+    from pipeline.errors import UserError
+    from pipeline.registry import Registry
+    from pipeline.runner import build_chain
+    from pipeline.stage import SignalInfo, Stage, StageParams, Unit
+    from sensors.adc import ADCStage
+    from sensors.photodetector import PhotodetectorStage
+    from sensors.scene import SceneStage
+
+    class PlainRaw(Stage):
+        name = "plain_raw"
+        kind = "raw"
+        takes = (Unit.DN,)
+        gives = Unit.UNITLESS
+
+        class Params(StageParams):
+            pass
+
+        def setup(self, info: SignalInfo) -> SignalInfo:
+            return info.evolve(
+                unit=Unit.UNITLESS, shape=(*info.shape, 3), dtype=np.dtype(np.float32)
+            )
+
+        def process(self, x, batch):
+            return np.repeat(x[..., None], 3, axis=-1).astype(np.float32)
+
+    registry = Registry([SceneStage, PhotodetectorStage, ADCStage, PlainRaw], entry_points=False)
+    cfg = make_config(
+        trained["folder"],
+        "test.npz",
+        sensor=[*SENSOR[:3], {"stage": "plain_raw"}],
+        name=f"plain-{tmp_path.name}",
+    )
+    loaded = load_config(cfg, registry=registry)
+    info = SignalInfo(Unit.IMAGE, (16, 16, 3), np.uint8, {"encoding": "srgb8"})
+    chain = build_chain(loaded, info, registry=registry, with_model=False)
+    with pytest.raises(
+        UserError, match="sensor\\[3\\]: the raw stage 'plain_raw' has no parameter"
+    ):
+        SensorFront.from_chain(chain)
+
+
 def test_importing_unsupported_operators(tmp_path, capsys):
     from onnx import TensorProto, helper
 
@@ -389,3 +501,28 @@ def test_the_real_command_line(trained, tmp_path):
         "sensorlab: error: opset: opset must be between 13 and 21, got 30"
     ]
     assert not (tmp_path / "n.onnx").exists()
+
+
+def test_model_and_report_are_written_together(tmp_path, monkeypatch):
+    """If the model cannot be written, no new report is left beside it (and an old one is
+    kept as it was); when both succeed, both are there."""
+    import onnx
+
+    from pipeline.export import int8
+
+    proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    out = tmp_path / "m.int8.onnx"
+    int8.write_model_and_report(proto, out, {"agreement": 1.0})
+    assert out.is_file() and json.loads(report_path_for(out).read_text()) == {"agreement": 1.0}
+
+    def broken_save(proto, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(int8, "save_onnx", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        int8.write_model_and_report(proto, out, {"agreement": 0.5})
+    assert json.loads(report_path_for(out).read_text()) == {"agreement": 1.0}
+    fresh = tmp_path / "fresh.onnx"
+    with pytest.raises(OSError, match="disk full"):
+        int8.write_model_and_report(proto, fresh, {"agreement": 0.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.int8.report.json"]

@@ -249,3 +249,52 @@ def test_written_files_have_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert mode == 0o644
+
+
+def test_stream_gives_runs_arrays_for_any_range_and_batch_size(toy_registry, npz_dataset, tmp_path):
+    """The one batch loop: images start..stop streamed in any batch size (and only the
+    first stages) are exactly the images of a whole run."""
+    from pipeline.config import load_config
+    from pipeline.runner import build_chain, open_config_dataset, stream
+
+    cfg = toy_config(npz_dataset, tmp_path / "runs", record={"images": "all"})
+    whole = run(cfg, registry=toy_registry, store=False)
+    loaded = load_config(cfg, registry=toy_registry)
+    dataset = open_config_dataset(loaded)
+    chain = build_chain(loaded, dataset.info(), registry=toy_registry)
+    for batch_size, start, stop, upto in ((3, 5, 23, 2), (64, 0, None, None), (1, 38, 99, 3)):
+        batches = list(stream(chain, dataset, batch_size, upto=upto, start=start, stop=stop))
+        end = 40 if stop is None else min(stop, 40)
+        assert np.concatenate([b.index for b in batches]).tolist() == list(range(start, end))
+        assert max(len(b.index) for b in batches) <= batch_size
+        last = chain.names[(upto or len(chain.stages)) - 1]
+        got = np.concatenate([b.last for b in batches])
+        np.testing.assert_array_equal(got, whole.arrays[last][start:end])
+        np.testing.assert_array_equal(
+            np.concatenate([b.labels for b in batches]), whole.labels[start:end]
+        )
+
+
+def test_stream_refuses_nan_for_every_caller(toy_registry, tmp_path):
+    """A dataset that lets NaN through (a Python-API dataset) meets the NaN check of the one
+    loop, on every path that reads through it (run, eval and export's model inputs)."""
+    from pipeline.config import load_config
+    from pipeline.datasets import ArrayDataset
+    from pipeline.export import model_inputs
+    from pipeline.runner import build_chain, stream
+
+    x = np.full((6, 8, 8, 3), 0.5, np.float32)
+    x[4, 2, 2, 1] = np.nan
+
+    class Leaky(ArrayDataset):  # skips ArrayDataset's own NaN check on construction
+        def read(self, start, stop):
+            return x[start:stop], np.zeros(stop - start, np.int64)
+
+    dataset = Leaky(np.zeros_like(x), np.zeros(6, np.int64))
+    loaded = load_config(toy_config(tmp_path / "none.npz", tmp_path), registry=toy_registry)
+    chain = build_chain(loaded, dataset.info(), registry=toy_registry)
+    with pytest.raises(UserError, match=r"^cfg\.yaml: dataset: image 4 contains NaN$"):
+        list(stream(chain, dataset, 4, file="cfg.yaml"))
+    with pytest.raises(UserError, match="image 4 contains NaN"):
+        list(model_inputs(chain, dataset, 4, adc_codes=False, start=3))
+    assert len(list(model_inputs(chain, dataset, 4, adc_codes=True, stop=4))) == 1

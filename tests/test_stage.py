@@ -1,9 +1,17 @@
-"""The stage contract's random keys: per image, per sensor, never the same stream."""
+"""The stage contract: random keys per image, per sensor, never the same stream; the one
+declaration of SignalInfo.attrs keys."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from conftest import ToyShot
+
+from pipeline.stage import SIGNAL_ATTRS, SignalInfo, Unit, read_attr
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
 
 def _draws(rng):
@@ -32,3 +40,49 @@ def test_keys_depend_on_seed_stage_and_image():
     # the sensor seed, not the run seed, decides the fixed pattern
     d = ToyShot(seed=99, sensor_seed=5, index=1)
     np.testing.assert_array_equal(_draws(a.pattern_rng()), _draws(d.pattern_rng()))
+
+
+# -- SignalInfo.attrs: one declaration --------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # the default chain: Bayer, 10-bit linear ADC, raw with auto gain, the CNN
+        [
+            "sensor.scene.mean_photons=null",
+            "sensor.scene.illuminance_lux=100",
+            "sensor.scene.exposure_s=0.01",
+            "sensor.scene.f_number=2.0",
+            "sensor.scene.pixel_pitch_um=2.0",
+            "sensor.optics.psf=airy",
+            "sensor.photodetector.cfa=stacked",
+            "sensor.adc.curve=log",
+        ],
+    ],
+)
+def test_every_attr_the_shipped_stages_set_is_declared(overrides):
+    from pipeline.config import load_config
+    from pipeline.runner import build_chain, open_config_dataset
+
+    loaded = load_config(DEFAULT_CONFIG, ["dataset.n=4", *overrides])
+    chain = build_chain(loaded, open_config_dataset(loaded).info())
+    keys = {key for info in chain.infos for key in info.attrs}
+    assert keys <= set(SIGNAL_ATTRS), keys - set(SIGNAL_ATTRS)
+    assert {"encoding", "cfa", "bits", "black_level_dn", "adc_transfer", "logits"} <= keys
+    for info in chain.infos:  # read through the declaration, the same values
+        for key, value in info.attrs.items():
+            assert info.attr(key) is value
+
+
+def test_each_declared_attr_says_unit_setter_and_meaning():
+    for key, decl in SIGNAL_ATTRS.items():
+        assert decl.key == key and decl.set_by and decl.meaning.endswith(".")
+    assert SIGNAL_ATTRS["full_well_e"].unit == "e⁻" and SIGNAL_ATTRS["bits"].set_by == "adc"
+
+
+def test_reading_an_undeclared_attr_fails_with_the_closest_key():
+    info = SignalInfo(Unit.DN, (2, 2), np.uint16, {"black_level_dn": 64})
+    assert info.attr("black_level_dn") == 64 and info.attr("white_level_dn", 1023) == 1023
+    with pytest.raises(KeyError, match=r"'black_level' is not a declared .* 'black_level_dn'"):
+        info.attr("black_level")
+    with pytest.raises(KeyError, match="not a declared"):
+        read_attr({"bitz": 3}, "bitz")

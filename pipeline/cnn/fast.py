@@ -1,80 +1,37 @@
-"""Fast float32 inference for a CNN described as a list of ops.
+"""The compiled evaluator: fast float32 inference of a layer graph, compiled from its nodes.
 
-The spec (the contract with the layer graph in ``pipeline/cnn/model.py``)
-=========================================================================
+:class:`CompiledNet` takes the graph's nodes (:class:`pipeline.cnn.graph.Node`, in file
+order, each reading earlier nodes or the input) and each node's parameters. It asks every
+layer for its evaluation-mode computation as a kernel form (``Layer.fused``: a
+:class:`~pipeline.cnn.layers.base.ConvKernel`, ``ChannelAffine``, ``Activation``,
+``MaxPoolWindow``, ``DenseKernel`` or ``Flattens``) and fuses what it can:
 
-A network is a list of :class:`Op`, in an order where every op comes after the ops it
-reads. Each op is ``Op(type, attrs, weights, inputs, name)``:
+- conv [-> channel affine] [-> activation] [-> max-pool, size == stride, no padding], for a
+  stride-1, dilation-1, groups-1 convolution whose output has its input's size;
+- dense [-> activation], with the dense weights' columns permuted to (H, W, C) order when
+  it reads a flatten of an NHWC map, so no transpose is needed.
 
-- ``type``: one of the names below;
-- ``attrs``: keyword arguments of the matching function in :mod:`pipeline.cnn.functional`;
-- ``weights``: arrays by name (any float dtype; they are used as float32);
-- ``inputs``: what the op reads, a tuple of: ``"input"`` (the network's input), a
-  negative int (relative: -1 is the op just before, -2 the one before that; for the
-  first op -1 is the network input) or a non-negative int (the absolute index of an
-  earlier op in the list). Default ``(-1,)``;
-- ``name``: free text used in error messages.
+Every other node runs its own ``Layer.forward`` (evaluation mode) on NCHW views of the same
+data, so every graph keeps the layers' semantics, whatever its input shape ((C, H, W) or
+(D,)). There is no second vocabulary: a new layer type runs here through its ``forward``,
+and is fused once its ``fused`` returns a form.
 
-The network's output is the output of the last op.
+How it is fast (the measured recipe of shared/perf-notes.md):
 
-=================  ===========================  ===================================
-type               attrs (defaults)             weights
-=================  ===========================  ===================================
-conv               stride=1, padding=0,         w (F, C/groups, kh, kw), b (F,) opt.
-                   dilation=1, groups=1
-dense              —                            w (out, in), b (out,) optional
-max_pool           size, stride=size, padding=0 —
-avg_pool           size, stride=size, padding=0 —  (count_include_pad=0)
-global_avg_pool    —                            —  (N, C, H, W) -> (N, C, 1, 1)
-batch_norm         eps=1e-5                     gamma, beta, mean, var (C,)
-relu, sigmoid,     leaky_relu: alpha=0.01       —
-tanh, leaky_relu
-softmax            axis=-1                      —
-flatten            —                            —  (N, ...) -> (N, prod), C order
-dropout, identity  —                            —  (identity at inference)
-add                —                            —  sum of all inputs (numpy broadcasting)
-concat             axis=1                       —  inputs joined along ``axis``
-=================  ===========================  ===================================
+- feature maps that a fused convolution reads live in a flat padded NHWC matrix
+  (:class:`pipeline.cnn.flat_conv.FlatLayout`); the convolution is computed in chunks of
+  whole images by :func:`pipeline.cnn.flat_conv.corr_chunk` (the kernel training uses too),
+  and each chunk adds bias, applies the activation and writes straight into the next
+  layer's padded buffer; the padding it overwrote is re-zeroed;
+- a following max-pool is applied to the chunk before bias and activation (max commutes
+  with a per-channel shift and a monotone activation), a following batch norm is folded
+  into the weights (float64, then float32);
+- the batch is split over one Python thread per core, each with single-threaded BLAS
+  (:func:`pipeline.cnn.threads.run_parts`).
 
-Semantics are those of :mod:`pipeline.cnn.functional` (ONNX conventions), and
-:func:`run_reference` runs a spec through those functions one op at a time.
-
-:func:`compile_inference(ops, input_shape) <compile_inference>` returns a callable taking
-an (N, C, H, W) batch (any N; ``input_shape`` is one image's (C, H, W)) and returning the
-last op's output as float32. It agrees with :func:`run_reference` to float32 rounding
-(sums run in another order and batch norm is folded into the convolution before it):
-the tests hold it to 1e-5 of the output's largest magnitude against a float64 reference.
-
-:func:`model_ops` turns a :class:`pipeline.cnn.model.Model` into a spec and
-:func:`fast_forward` runs a float32 model's evaluation pass through a compiled network
-cached per model (``Model.forward(x)`` in evaluation mode calls it).
-
-How it is fast (the measured recipe of the project's performance notes)
------------------------------------------------------------------------
-- Feature maps live in NHWC inside, in a *flat padded* buffer: images stacked, each row
-  followed by ``pc`` zero pixels and each image by ``pr`` zero rows (shared between
-  neighbours), so the buffer is one (rows, C) matrix and a kernel tap is a row offset.
-- A stride-1, dilation-1, groups-1 convolution whose output has its input's size is
-  computed in chunks of whole images (about ``chunk_rows`` output pixels): the ``kw``
-  horizontal taps are one contiguous run of ``kw*C`` values per pixel, copied into a
-  chunk matrix, then ``kh`` GEMMs at row offsets (or one GEMM over all taps when
-  ``kw*C`` is small). Each chunk adds bias, applies ReLU/LeakyReLU and writes straight
-  into the next layer's padded buffer; the padding it overwrote is re-zeroed.
-- A following max-pool with size == stride and no padding is applied to the chunk
-  before bias and activation (max commutes with a per-channel shift and a monotone
-  activation), so those run on a quarter of the data. A following eval-mode batch norm
-  is folded into the weights.
-- ``flatten`` + ``dense`` on an NHWC map uses the dense weights with their columns
-  permuted to (H, W, C) order, so no transpose is needed.
-- The batch is split over ``threads`` Python threads (one per core by default), each
-  running the whole network on its part with single-threaded BLAS
-  (threadpoolctl), which beats one multi-threaded GEMM between single-threaded copies.
-- Everything else (stride 2, dilation, groups, padding that changes the size, pooling
-  elsewhere, add/concat, softmax, ...) runs the plain functional path on NCHW views of
-  the same data, so every spec keeps the functional semantics.
-
-While a compiled network runs with ``threads > 1`` it limits the process's BLAS to one
-thread (threadpoolctl); other threads calling BLAS at the same moment run single-threaded.
+It agrees with the layers' forward to float32 rounding (sums run in another order); the
+tests hold it to 1e-5 of the output's largest magnitude. ``Model.forward`` in evaluation
+mode uses it for float32 models (:func:`fast_forward`, cached per model).
 """
 
 from __future__ import annotations
@@ -83,202 +40,24 @@ import threading
 import weakref
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
-from pipeline.cnn import functional as F
-from pipeline.errors import did_you_mean
-
-__all__ = [
-    "OP_TYPES",
-    "CompiledNet",
-    "Op",
-    "compile_inference",
-    "fast_forward",
-    "model_ops",
-    "run_reference",
-]
-
-
-@dataclass(frozen=True)
-class Op:
-    """One node of a network (see the module docstring for types, attrs and weights)."""
-
-    type: str
-    attrs: Mapping[str, Any] = field(default_factory=dict)
-    weights: Mapping[str, np.ndarray] = field(default_factory=dict)
-    inputs: tuple[int | str, ...] = (-1,)
-    name: str = ""
-
-
-_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
-OP_TYPES = (
-    "conv",
-    "dense",
-    "max_pool",
-    "avg_pool",
-    "global_avg_pool",
-    "batch_norm",
-    *_ACTIVATIONS,
-    "softmax",
-    "flatten",
-    "dropout",
-    "identity",
-    "add",
-    "concat",
+from pipeline.cnn.flat_conv import FlatLayout, corr_chunk, use_im2col, weight_rows
+from pipeline.cnn.graph import INPUT, Node
+from pipeline.cnn.layers.base import (
+    Activation,
+    ChannelAffine,
+    ConvKernel,
+    DenseKernel,
+    Flattens,
+    MaxPoolWindow,
 )
-_ATTRS = {
-    "conv": ("stride", "padding", "dilation", "groups"),
-    "max_pool": ("size", "stride", "padding"),
-    "avg_pool": ("size", "stride", "padding"),
-    "batch_norm": ("eps",),
-    "leaky_relu": ("alpha",),
-    "softmax": ("axis",),
-    "concat": ("axis",),
-}
-_REQUIRED_WEIGHTS = {
-    "conv": ("w",),
-    "dense": ("w",),
-    "batch_norm": ("gamma", "beta", "mean", "var"),
-}
+from pipeline.cnn.threads import run_parts, usable_cpus
 
-
-def _op_label(i: int, op: Op) -> str:
-    return f"op {i} ({op.type}{' ' + repr(op.name) if op.name else ''})"
-
-
-def _resolve_inputs(ops: Sequence[Op]) -> list[tuple[int, ...]]:
-    """Absolute input indices per op; -1 stands for the network input."""
-    out = []
-    for i, op in enumerate(ops):
-        if op.type not in OP_TYPES:
-            hint = did_you_mean(op.type, OP_TYPES) or f" (one of {', '.join(OP_TYPES)})"
-            raise ValueError(f"{_op_label(i, op)}: unknown op type{hint}")
-        if not op.inputs:
-            raise ValueError(f"{_op_label(i, op)}: needs at least one input")
-        idx = []
-        for ref in op.inputs:
-            if isinstance(ref, str):
-                if ref != "input":
-                    raise ValueError(f"{_op_label(i, op)}: input {ref!r} is not 'input'")
-                j = -1
-            elif ref < 0:
-                j = i + int(ref)
-                if j < -1:
-                    raise ValueError(f"{_op_label(i, op)}: input {ref} reaches before the input")
-            else:
-                j = int(ref)
-                if j >= i:
-                    raise ValueError(f"{_op_label(i, op)}: input {ref} is not an earlier op")
-            idx.append(j)
-        if op.type not in ("add", "concat") and len(idx) != 1:
-            raise ValueError(f"{_op_label(i, op)}: takes one input, got {len(idx)}")
-        for key in op.attrs:
-            if key not in _ATTRS.get(op.type, ()):
-                allowed = ", ".join(_ATTRS.get(op.type, ())) or "none"
-                raise ValueError(f"{_op_label(i, op)}: unknown attribute {key!r} ({allowed})")
-        if op.type in ("max_pool", "avg_pool") and "size" not in op.attrs:
-            raise ValueError(f"{_op_label(i, op)}: missing attribute 'size'")
-        for key in _REQUIRED_WEIGHTS.get(op.type, ()):
-            if key not in op.weights:
-                raise ValueError(f"{_op_label(i, op)}: missing weight {key!r}")
-        out.append(tuple(idx))
-    return out
-
-
-def _apply(op: Op, xs: list[np.ndarray]) -> np.ndarray:
-    """One op through the plain functional path."""
-    a, wts, x = op.attrs, op.weights, xs[0]
-    t = op.type
-    if t == "conv":
-        return F.conv2d(x, wts["w"], wts.get("b"), **a)
-    if t == "dense":
-        return F.dense(x, wts["w"], wts.get("b"))
-    if t == "max_pool":
-        return F.max_pool2d(x, **a)
-    if t == "avg_pool":
-        return F.avg_pool2d(x, **a)
-    if t == "global_avg_pool":
-        return F.global_avg_pool(x)
-    if t == "batch_norm":
-        return F.batch_norm(
-            x, wts["gamma"], wts["beta"], wts["mean"], wts["var"], a.get("eps", 1e-5)
-        )
-    if t == "relu":
-        return F.relu(x)
-    if t == "leaky_relu":
-        return F.leaky_relu(x, a.get("alpha", 0.01))
-    if t == "sigmoid":
-        return F.sigmoid(x)
-    if t == "tanh":
-        return F.tanh(x)
-    if t == "softmax":
-        return F.softmax(x, a.get("axis", -1))
-    if t == "flatten":
-        return F.flatten(x)
-    if t in ("dropout", "identity"):
-        return x
-    if t == "add":
-        out = xs[0]
-        for other in xs[1:]:
-            out = out + other
-        return out
-    if t == "concat":
-        return np.concatenate(xs, axis=a.get("axis", 1))
-    raise AssertionError(t)  # unreachable: types are validated first
-
-
-def run_reference(ops: Sequence[Op], x: Any) -> np.ndarray:
-    """Run a spec op by op through :mod:`pipeline.cnn.functional` (the semantics)."""
-    inputs = _resolve_inputs(ops)
-    vals: dict[int, np.ndarray] = {-1: np.asarray(x)}
-    for i, op in enumerate(ops):
-        try:
-            vals[i] = _apply(op, [vals[j] for j in inputs[i]])
-        except ValueError as e:
-            raise ValueError(f"{_op_label(i, op)}: {e}") from e
-    return vals[len(ops) - 1]
-
-
-# --------------------------------------------------------------------- the layout
-
-
-@dataclass(frozen=True)
-class _Geom:
-    """A flat padded NHWC layout: each row is followed by ``pc`` zero pixels, each
-    image by ``pr`` zero rows; ``lead``/``tail`` zero rows guard both ends."""
-
-    h: int
-    w: int
-    c: int
-    pr: int
-    pc: int
-
-    @property
-    def wq(self) -> int:
-        return self.w + self.pc
-
-    @property
-    def img_rows(self) -> int:
-        return (self.h + self.pr) * self.wq
-
-    @property
-    def lead(self) -> int:
-        return self.pr * self.wq + self.pc
-
-    def total_rows(self, n: int) -> int:
-        return 2 * self.lead + n * self.img_rows
-
-    def alloc(self, n: int) -> np.ndarray:
-        return np.zeros((self.total_rows(n), self.c), dtype=np.float32)
-
-    def interior(self, buf: np.ndarray, n: int) -> np.ndarray:
-        """(n, h, w, c) view of the pixels."""
-        body = buf[self.lead : self.lead + n * self.img_rows]
-        return body.reshape(n, self.h + self.pr, self.wq, self.c)[:, : self.h, : self.w]
+__all__ = ["CompiledNet", "compile_model", "fast_forward"]
 
 
 class _Val:
@@ -305,329 +84,380 @@ class _Val:
         return self.nhwc
 
 
-# ----------------------------------------------------------------------- the steps
-
-
 class _Worker:
     """Buffers of one thread, for one batch-part size."""
 
     def __init__(self, net: CompiledNet, n: int):
         self.n = n
-        self.bufs = {key: g.alloc(n) for key, g in net.geoms.items()}
+        self.bufs = {key: g.alloc(n) for key, g in net.layouts.items()}
         self.scratch = np.empty(net.scratch_elems, dtype=np.float32)
         self.scratch2 = np.empty(net.scratch2_elems, dtype=np.float32)
         self.scratch3 = np.empty(net.scratch2_elems, dtype=np.float32)
-        self.dense_out = {i: np.empty((n, s.w.shape[1]), np.float32) for i, s in net.dense.items()}
+        self.dense_out = {
+            s.node: np.empty((n, s.w.shape[1]), np.float32)
+            for s in net.steps
+            if isinstance(s, _Dense)
+        }
+
+
+def _activate(y: np.ndarray, act: Activation | None) -> None:
+    """In place: max(y, 0) for ReLU, max(y, alpha*y) for 0 < alpha <= 1, or nothing."""
+    if act is None:
+        return
+    if act.alpha == 0.0:
+        np.maximum(y, 0, out=y)
+    else:
+        np.maximum(y, y * np.float32(act.alpha), out=y)
+
+
+# ------------------------------------------------------------------------------ steps
 
 
 @dataclass
-class _FastConv:
-    """A same-size conv (stride 1) + folded batch norm + activation + max-pool."""
+class _ToPadded:
+    """Copy a value into its flat padded buffer (it is read by a fused convolution)."""
 
-    src: int  # value index read (its geometry key is src_geom)
-    dst: int  # value index written
-    src_geom: int
-    dst_geom: int  # geometry key of the destination buffer
-    pads: tuple[tuple[int, int], tuple[int, int]]
-    kernel: tuple[int, int]
-    w_rows: np.ndarray  # (kh, kw*C, F) or (1, kh*kw*C, F) when im2col
-    im2col: bool
-    bias: np.ndarray  # (F,)
-    act: str  # "", "relu", "leaky_relu"
-    alpha: float
-    pool: int  # 0: none, else size == stride
-    chunk_imgs: int
+    node: int
+
+    def run(self, net: CompiledNet, vals: dict[int, _Val], wk: _Worker, n: int) -> None:
+        buf = wk.bufs[self.node]
+        inner = net.layouts[self.node].interior(buf, n)
+        inner[...] = vals[self.node].get_nhwc()
+        vals[self.node] = _Val(nhwc=inner, buf=buf)
+
+
+@dataclass
+class _Forward:
+    """A node through its own layer's evaluation-mode forward."""
+
+    node: int
+
+    def run(self, net: CompiledNet, vals: dict[int, _Val], wk: _Worker, n: int) -> None:
+        node = net.nodes[self.node]
+        xs = [vals[j].get_std() for j in node.inputs]
+        vals[self.node] = _Val(std=node.layer.forward(xs, net.params[self.node], train=False)[0])
+
+
+@dataclass
+class _FlattenHWC:
+    """A flatten read only by dense layers with (H, W, C)-permuted weights: no transpose."""
+
+    node: int
+
+    def run(self, net: CompiledNet, vals: dict[int, _Val], wk: _Worker, n: int) -> None:
+        src = net.nodes[self.node].inputs[0]
+        flat = np.ascontiguousarray(vals[src].get_nhwc()).reshape(n, -1)
+        vals[self.node] = _Val(flat_hwc=flat, chw=net.shapes[src])
 
 
 @dataclass
 class _Dense:
+    """dense [-> activation] written into ``dst``'s value."""
+
+    node: int
+    dst: int
     w: np.ndarray  # (in, out), permuted to HWC order if hwc
     bias: np.ndarray | None
-    act: str
-    alpha: float
+    act: Activation | None
     hwc: bool
+
+    def run(self, net: CompiledNet, vals: dict[int, _Val], wk: _Worker, n: int) -> None:
+        src = vals[net.nodes[self.node].inputs[0]]
+        x = src.flat_hwc if self.hwc else src.get_std()
+        y = wk.dense_out[self.node]
+        np.matmul(x, self.w, out=y)
+        if self.bias is not None:
+            y += self.bias
+        _activate(y, self.act)
+        vals[self.dst] = _Val(std=y)
+
+
+@dataclass
+class _Conv:
+    """A same-size stride-1 conv + folded batch norm + activation + max-pool."""
+
+    src: int  # node read (the key of its flat padded layout)
+    dst: int  # node whose value it writes (the key of the destination layout)
+    pads: tuple[tuple[int, int], tuple[int, int]]
+    w_rows: np.ndarray  # (kh, kw*C, F)
+    bias: np.ndarray  # (F,)
+    act: Activation | None
+    pool: int  # 0: none, else size == stride
+    chunk_imgs: int
+
+    def scratch(self, gi: FlatLayout) -> tuple[int, int]:
+        """Values of the tap buffer and of the accumulator this step needs."""
+        kh, k_row, n_f = self.w_rows.shape
+        rows = self.chunk_imgs * gi.img_rows
+        if use_im2col(kh, k_row):
+            return rows * kh * k_row, rows * n_f
+        return (rows + (kh - 1) * gi.wq) * k_row, rows * n_f
+
+    def run(self, net: CompiledNet, vals: dict[int, _Val], wk: _Worker, n: int) -> None:
+        gi, go = net.layouts[self.src], net.layouts[self.dst]
+        src, dst = wk.bufs[self.src], wk.bufs[self.dst]
+        (t, _), (lft, _) = self.pads
+        n_f = self.w_rows.shape[2]
+        direct = not self.pool and gi == FlatLayout(go.h, go.w, gi.c, go.pr, go.pc)
+        dst_inner = go.interior(dst, n)
+        for k0 in range(0, n, self.chunk_imgs):
+            m = min(self.chunk_imgs, n - k0)
+            rows = m * gi.img_rows
+            q0 = gi.lead + k0 * gi.img_rows
+            first = q0 - t * gi.wq - lft  # buffer row of the chunk's first (top-left) tap
+            acc = dst[q0 : q0 + rows] if direct else wk.scratch2[: rows * n_f].reshape(rows, n_f)
+            corr_chunk(src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch, wk.scratch3)
+            if direct:
+                acc += self.bias
+                _activate(acc, self.act)
+                if gi.pr or gi.pc:
+                    block = acc.reshape(m, gi.h + gi.pr, gi.wq, n_f)
+                    block[:, gi.h :] = 0
+                    block[:, : gi.h, gi.w :] = 0
+                continue
+            full = acc.reshape(m, gi.h + gi.pr, gi.wq, n_f)[:, : gi.h, : gi.w]
+            self._finish(full, dst_inner[k0 : k0 + m])
+        vals[self.dst] = _Val(nhwc=dst_inner, buf=dst)
+
+    def _finish(self, full: np.ndarray, out: np.ndarray) -> None:
+        """Pool (before bias and activation: they commute with max), bias, activation."""
+        if self.pool:
+            p = self.pool
+            ho, wo = full.shape[1] // p, full.shape[2] // p
+            taps = [full[:, a : ho * p : p, b : wo * p : p] for a in range(p) for b in range(p)]
+            np.copyto(out, taps[0])
+            for tap in taps[1:]:
+                np.maximum(out, tap, out=out)
+        else:
+            np.copyto(out, full)
+        out += self.bias
+        _activate(out, self.act)
+
+
+_Step = _ToPadded | _Forward | _FlattenHWC | _Dense | _Conv
+
+
+# ---------------------------------------------------------------------------- compile
 
 
 class CompiledNet:
-    """A network compiled for fast float32 inference; call it on an (N, C, H, W) batch.
+    """A layer graph compiled for fast float32 inference; call it on an (N, *input_shape)
+    batch. Calls are serialised by a lock (buffers are reused between calls).
 
-    Build it with :func:`compile_inference`. Calls are serialised by a lock (buffers are
-    reused between calls).
+    Parameters
+    ----------
+    nodes : the graph's nodes up to the output, in file order (``GraphSpec.nodes``).
+    params : each node's parameters and buffers by short name, keyed by node index.
+    input_shape : one sample's shape, (C, H, W) or (D,).
+    threads : Python worker threads over the batch (default: the usable CPUs).
+    chunk_rows : output pixels per GEMM chunk (about 4-8k keeps temporaries in cache).
     """
 
     def __init__(
         self,
-        ops: Sequence[Op],
-        input_shape: tuple[int, int, int],
+        nodes: Sequence[Node],
+        params: Mapping[int, Mapping[str, np.ndarray]],
+        input_shape: Sequence[int],
         threads: int | None = None,
         chunk_rows: int = 4096,
-        im2col_max_k: int = 64,
     ):
-        self.ops = list(ops)
+        self.nodes = list(nodes)
+        if [n.index for n in self.nodes] != list(range(len(self.nodes))):
+            raise ValueError("nodes must be a graph's first nodes, in file order")
+        self.params = {node.index: dict(params.get(node.index, {})) for node in self.nodes}
         self.input_shape = tuple(int(a) for a in input_shape)
-        if len(self.input_shape) != 3:
-            raise ValueError(f"input_shape must be one image's (C, H, W), got {input_shape}")
-        self.inputs = _resolve_inputs(self.ops)
-        if threads is None:
-            threads = F.usable_cpus()
-        self.threads = max(1, int(threads))
+        self.out = self.nodes[-1].index
+        self.threads = max(1, int(threads if threads is not None else usable_cpus()))
         self.chunk_rows = int(chunk_rows)
-        self.im2col_max_k = int(im2col_max_k)
+        self.shapes: dict[int, tuple[int, ...]] = {INPUT: self.input_shape}
+        self.shapes |= {node.index: node.output_shape for node in self.nodes}
+        self.forms = {node.index: node.layer.fused(self.params[node.index]) for node in self.nodes}
+        self._consumers: dict[int, list[int]] = {i: [] for i in self.shapes}
+        for node in self.nodes:
+            for j in node.inputs:
+                self._consumers[j].append(node.index)
         self._lock = threading.Lock()
         self._workers: dict[tuple[int, int], _Worker] = {}
-        self._shapes = self._infer_shapes()
         self._plan()
 
-    # ---------------------------------------------------------------- compile time
+    @property
+    def fused_kernels(self) -> dict[str, int]:
+        """How many fused convolutions and dense layers the plan runs (the rest run their
+        layer's forward)."""
+        return {
+            "conv": sum(isinstance(s, _Conv) for s in self.steps),
+            "dense": sum(isinstance(s, _Dense) for s in self.steps),
+        }
 
-    def _infer_shapes(self) -> dict[int, tuple[int, ...]]:
-        """Per-image output shapes, from the functional path on a one-image batch."""
-        x = np.zeros((1, *self.input_shape), dtype=np.float32)
-        vals: dict[int, np.ndarray] = {-1: x}
-        for i, op in enumerate(self.ops):
-            try:
-                vals[i] = _apply(op, [vals[j] for j in self.inputs[i]])
-            except ValueError as e:
-                raise ValueError(f"{_op_label(i, op)}: {e}") from e
-        return {i: v.shape[1:] for i, v in vals.items()}
+    # -------------------------------------------------------------------- planning
+
+    def _sole(self, i: int) -> int | None:
+        """The one node reading node ``i``'s output, if exactly one does (never past the
+        network's output)."""
+        cs = self._consumers[i]
+        return cs[0] if len(cs) == 1 and i != self.out else None
 
     def _fast_conv_pads(self, i: int):
-        """Resolved pads if op i is a conv the fast path computes, else None."""
-        op = self.ops[i]
-        if op.type != "conv" or len(self._shapes[self.inputs[i][0]]) != 3:
+        """Resolved pads if node i is a convolution the flat kernel computes, else None."""
+        form = self.forms[i]
+        src = self.nodes[i].inputs[0] if isinstance(form, ConvKernel) else None
+        if src is None or len(self.shapes[src]) != 3:
             return None
-        a = op.attrs
-        w = np.asarray(op.weights["w"])
-        if w.ndim != 4 or a.get("groups", 1) != 1:
+        if form.groups != 1 or form.stride != (1, 1) or form.dilation != (1, 1):
             return None
-        if F._pair(a.get("stride", 1), "stride") != (1, 1):
-            return None
-        if F._pair(a.get("dilation", 1), "dilation") != (1, 1):
-            return None
-        kh, kw = w.shape[2:]
-        h, wd = self._shapes[self.inputs[i][0]][1:]
-        pads = F.resolve_padding(a.get("padding", 0), (kh, kw), 1, 1, (h, wd))
-        if sum(pads[0]) != kh - 1 or sum(pads[1]) != kw - 1:
+        kh, kw = form.weight.shape[2:]
+        if sum(form.pads[0]) != kh - 1 or sum(form.pads[1]) != kw - 1:
             return None  # output size differs from input size
-        return pads
+        return form.pads
+
+    def _follow(self, cur: int, kind: type, accept: Callable[[Any], bool]) -> int | None:
+        """The sole reader of ``cur`` when its form is a ``kind`` that ``accept`` takes."""
+        nxt = self._sole(cur)
+        if nxt is not None and isinstance(self.forms[nxt], kind) and accept(self.forms[nxt]):
+            return nxt
+        return None
+
+    def _conv_chain(self, i: int) -> dict[str, Any]:
+        """conv [-> channel affine] [-> activation] [-> max-pool (size == stride)]."""
+        chain: dict[str, Any] = {"affine": None, "act": None, "pool": 0, "nodes": [i]}
+        steps = (
+            ("affine", ChannelAffine, lambda f: True),
+            ("act", Activation, lambda f: 0.0 <= f.alpha <= 1.0),
+            ("pool", MaxPoolWindow, _pool_fuses),
+        )
+        cur = i
+        for key, kind, accept in steps:
+            nxt = self._follow(cur, kind, accept)
+            if nxt is not None:
+                form = self.forms[nxt]
+                chain[key] = form.size[0] if key == "pool" else form
+                chain["nodes"].append(nxt)
+                cur = nxt
+        return chain
 
     def _plan(self) -> None:
-        ops, inputs = self.ops, self.inputs
-        n_ops = len(ops)
-        consumers: dict[int, list[int]] = {i: [] for i in range(-1, n_ops)}
-        for i, ins in enumerate(inputs):
-            for j in ins:
-                consumers[j].append(i)
-        fast_pads = {i: p for i in range(n_ops) if (p := self._fast_conv_pads(i)) is not None}
+        fast_pads = {
+            n.index: p for n in self.nodes if (p := self._fast_conv_pads(n.index)) is not None
+        }
+        self._fused_into: set[int] = set()
+        chains = {i: self._conv_chain(i) for i in sorted(fast_pads)}
+        for chain in chains.values():
+            self._fused_into.update(chain["nodes"][1:])
+        self.layouts = self._layouts(fast_pads, chains)
+        dense = self._dense_steps()
+        steps: list[_Step] = [_ToPadded(INPUT)] if INPUT in self.layouts else []
+        for node in self.nodes:
+            i = node.index
+            if i in chains:
+                steps.append(self._make_conv(i, chains[i], fast_pads[i]))
+            elif i in dense:
+                steps.append(dense[i])
+            elif i in self._flatten_hwc:
+                steps.append(_FlattenHWC(i))
+            elif i not in self._fused_into:
+                steps.append(_Forward(i))
+                if i in self.layouts:
+                    steps.append(_ToPadded(i))
+        self.steps = steps
+        sizes = [s.scratch(self.layouts[s.src]) for s in steps if isinstance(s, _Conv)]
+        self.scratch_elems = max([1, *(a for a, _ in sizes)])
+        self.scratch2_elems = max([1, *(b for _, b in sizes)])
 
-        def sole(i: int) -> int | None:
-            cs = consumers[i]
-            return cs[0] if len(cs) == 1 and i != n_ops - 1 else None
-
-        # fuse conv [-> batch_norm] [-> relu | leaky_relu] [-> max_pool(size == stride)]
-        fused_into: dict[int, int] = {}  # op index -> fast conv index that computes it
-        chains: dict[int, dict[str, Any]] = {}
-        for i in sorted(fast_pads):
-            chain: dict[str, Any] = {"bn": None, "act": "", "alpha": 0.0, "pool": 0, "last": i}
-            cur = i
-            nxt = sole(cur)
-            if nxt is not None and ops[nxt].type == "batch_norm":
-                chain["bn"], cur = nxt, nxt
-                nxt = sole(cur)
-            if nxt is not None and ops[nxt].type in ("relu", "leaky_relu"):
-                alpha = float(ops[nxt].attrs.get("alpha", 0.01))
-                if ops[nxt].type == "relu" or 0 <= alpha <= 1:
-                    chain["act"] = ops[nxt].type
-                    chain["alpha"] = alpha if ops[nxt].type == "leaky_relu" else 0.0
-                    cur = nxt
-                    nxt = sole(cur)
-            if nxt is not None and ops[nxt].type == "max_pool":
-                a = ops[nxt].attrs
-                k = F._pair(a["size"], "size")
-                s = k if a.get("stride") is None else F._pair(a["stride"], "stride")
-                p = F.resolve_padding(a.get("padding", 0), k, s, 1, self._shapes[cur][1:])
-                if k[0] == k[1] == s[0] == s[1] and p == ((0, 0), (0, 0)):
-                    chain["pool"] = k[0]
-                    cur = nxt
-            chain["last"] = cur
-            chains[i] = chain
-            for j in (chain["bn"], cur):
-                if j is not None and j != i:
-                    fused_into[j] = i
-            if chain["act"]:
-                # the activation op is the sole consumer of conv or bn
-                act_src = chain["bn"] if chain["bn"] is not None else i
-                fused_into[consumers[act_src][0]] = i
-
-        produced_by_fast = {chains[i]["last"]: i for i in chains}
-
-        # geometry of each value: padded for fast conv readers, plain NHWC for fast writers
-        geoms: dict[int, _Geom] = {}
+    def _layouts(self, fast_pads: dict, chains: dict) -> dict[int, FlatLayout]:
+        """Flat padded layouts: padded for the values fused convolutions read, plain NHWC
+        for the values they write."""
         need: dict[int, tuple[int, int]] = {}
         for i, pads in fast_pads.items():
-            j = inputs[i][0]
-            pr, pc = max(pads[0]), max(pads[1])
+            j = self.nodes[i].inputs[0]
             old = need.get(j, (0, 0))
-            need[j] = (max(old[0], pr), max(old[1], pc))
+            need[j] = (max(old[0], *pads[0]), max(old[1], *pads[1]))
+        for chain in chains.values():
+            need.setdefault(chain["nodes"][-1], (0, 0))
+        layouts = {}
         for j, (pr, pc) in need.items():
-            c, h, w = self._shapes[j]
-            geoms[j] = _Geom(h, w, c, pr, pc)
-        for last in produced_by_fast:
-            if last not in geoms:
-                c, h, w = self._shapes[last]
-                geoms[last] = _Geom(h, w, c, 0, 0)
-        self.geoms = geoms
+            c, h, w = self.shapes[j]
+            layouts[j] = FlatLayout(h, w, c, pr, pc)
+        return layouts
 
-        # dense ops: fused activation and HWC-permuted weights after flatten of NHWC
-        nhwc_vals = set(geoms)
-        flatten_hwc: set[int] = set()
-        for i, op in enumerate(ops):
-            if op.type != "flatten":
+    def _dense_steps(self) -> dict[int, _Dense]:
+        """Fused dense [-> activation] steps, HWC-permuted after a flatten of NHWC."""
+        self._flatten_hwc = {
+            n.index
+            for n in self.nodes
+            if isinstance(self.forms[n.index], Flattens)
+            and n.inputs[0] in self.layouts
+            and self._consumers[n.index]
+            and all(isinstance(self.forms[k], DenseKernel) for k in self._consumers[n.index])
+        }
+        out: dict[int, _Dense] = {}
+        for node in self.nodes:
+            form, i = self.forms[node.index], node.index
+            if not isinstance(form, DenseKernel) or len(self.shapes[node.inputs[0]]) != 1:
                 continue
-            j = inputs[i][0]
-            if (
-                j in nhwc_vals
-                and consumers[i]
-                and all(ops[k].type == "dense" for k in consumers[i])
-            ):
-                flatten_hwc.add(i)
-        self.dense: dict[int, _Dense] = {}
-        for i, op in enumerate(ops):
-            if op.type != "dense" or len(self._shapes[inputs[i][0]]) != 1:
-                continue
-            w = np.asarray(op.weights["w"], dtype=np.float32)
-            hwc = inputs[i][0] in flatten_hwc
+            w = np.asarray(form.weight, dtype=np.float32)
+            hwc = node.inputs[0] in self._flatten_hwc
             if hwc:
-                c, h, wd = self._shapes[inputs[inputs[i][0]][0]]
+                c, h, wd = self.shapes[self.nodes[node.inputs[0]].inputs[0]]
                 w = w.reshape(-1, c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-            b = op.weights.get("b")
-            act, alpha, last = "", 0.0, i
-            nxt = sole(i)
-            if nxt is not None and ops[nxt].type in ("relu", "leaky_relu"):
-                act = ops[nxt].type
-                alpha = float(ops[nxt].attrs.get("alpha", 0.01)) if act == "leaky_relu" else 0.0
-                fused_into[nxt] = i
-                last = nxt
-            self.dense[i] = _Dense(
-                np.ascontiguousarray(w.T),
-                None if b is None else np.asarray(b, dtype=np.float32),
-                act,
-                alpha,
-                hwc,
-            )
-            produced_by_fast[last] = i
+            bias = None if form.bias is None else np.asarray(form.bias, dtype=np.float32)
+            act_node = self._follow(i, Activation, lambda f: 0.0 <= f.alpha <= 1.0)
+            act = None if act_node is None else self.forms[act_node]
+            if act_node is not None:
+                self._fused_into.add(act_node)
+            dst = i if act_node is None else act_node
+            out[i] = _Dense(i, dst, np.ascontiguousarray(w.T), bias, act, hwc)
+        return out
 
-        # the steps, in op order
-        steps: list[tuple[str, Any]] = []
-        if -1 in geoms:
-            steps.append(("to_padded", -1))
-        scratch = scratch2 = 1
-        for i in range(n_ops):
-            if i in fused_into:
-                continue
-            if i in chains:
-                conv = self._make_conv(i, chains[i], geoms)
-                steps.append(("conv", conv))
-                g = geoms[conv.src_geom]
-                kh = conv.kernel[0]
-                rows = conv.chunk_imgs * g.img_rows
-                k = conv.w_rows.shape[1]
-                ext = rows + (0 if conv.im2col else (kh - 1) * g.wq)
-                scratch = max(scratch, ext * k)
-                scratch2 = max(scratch2, rows * conv.w_rows.shape[2])
-                continue
-            if i in self.dense:
-                steps.append(("dense", i))
-                continue
-            if i in flatten_hwc:
-                steps.append(("flatten_hwc", i))
-                continue
-            steps.append(("functional", i))
-            if i in geoms:
-                steps.append(("to_padded", i))
-        self.scratch_elems, self.scratch2_elems = scratch, scratch2
-        self.steps = steps
-        # dense ops write into their fused activation's value
-        self._dense_dst = {i: last for last, i in produced_by_fast.items() if i in self.dense}
-
-    def _make_conv(self, i: int, chain: dict[str, Any], geoms: dict[int, _Geom]) -> _FastConv:
-        op = self.ops[i]
-        w = np.asarray(op.weights["w"], dtype=np.float64)
-        n_f, c, kh, kw = w.shape
-        b = op.weights.get("b")
-        b = np.zeros(n_f) if b is None else np.asarray(b, dtype=np.float64)
-        if chain["bn"] is not None:
-            bn = self.ops[chain["bn"]]
-            eps = bn.attrs.get("eps", 1e-5)
-            scale = np.asarray(bn.weights["gamma"], np.float64) / np.sqrt(
-                np.asarray(bn.weights["var"], np.float64) + eps
-            )
-            w = w * scale[:, None, None, None]
-            b = (b - np.asarray(bn.weights["mean"], np.float64)) * scale + np.asarray(
-                bn.weights["beta"], np.float64
-            )
-        src = self.inputs[i][0]
-        g = geoms[src]
-        im2col = kh > 1 and kw * c < self.im2col_max_k
-        wt = w.transpose(2, 3, 1, 0)  # (kh, kw, C, F)
-        w_rows = wt.reshape(1, kh * kw * c, n_f) if im2col else wt.reshape(kh, kw * c, n_f)
-        chunk_imgs = max(1, self.chunk_rows // g.img_rows)
-        return _FastConv(
+    def _make_conv(self, i: int, chain: dict[str, Any], pads) -> _Conv:
+        form: ConvKernel = self.forms[i]
+        w = np.asarray(form.weight, dtype=np.float64)
+        n_f = w.shape[0]
+        b = np.zeros(n_f) if form.bias is None else np.asarray(form.bias, dtype=np.float64)
+        affine: ChannelAffine | None = chain["affine"]
+        if affine is not None:
+            w = w * affine.scale[:, None, None, None]
+            b = (b - affine.center) * affine.scale + affine.offset
+        src = self.nodes[i].inputs[0]
+        return _Conv(
             src=src,
-            dst=chain["last"],
-            src_geom=src,
-            dst_geom=chain["last"],
-            pads=self._fast_conv_pads(i),
-            kernel=(kh, kw),
-            w_rows=np.ascontiguousarray(w_rows, dtype=np.float32),
-            im2col=im2col,
+            dst=chain["nodes"][-1],
+            pads=pads,
+            w_rows=weight_rows(w.astype(np.float32)),
             bias=b.astype(np.float32),
             act=chain["act"],
-            alpha=chain["alpha"],
             pool=chain["pool"],
-            chunk_imgs=chunk_imgs,
+            chunk_imgs=max(1, self.chunk_rows // self.layouts[src].img_rows),
         )
 
     # -------------------------------------------------------------------- run time
 
     def __call__(self, x: Any) -> np.ndarray:
         x = np.asarray(x)
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+        if x.shape[1:] != self.input_shape:
             raise ValueError(
                 f"expected a (N, {', '.join(map(str, self.input_shape))}) batch, got {x.shape}"
             )
         if x.dtype != np.float32:
             x = x.astype(np.float32)
         n = x.shape[0]
-        out_shape = (n, *self._shapes[len(self.ops) - 1])
-        out = np.empty(out_shape, dtype=np.float32)
+        out = np.empty((n, *self.shapes[self.out]), dtype=np.float32)
         if n == 0:
             return out
         parts = min(self.threads, n)
         bounds = [round(k * n / parts) for k in range(parts + 1)]
+
+        def part(k: int) -> Callable[[], None]:
+            def run() -> None:
+                a, b = bounds[k], bounds[k + 1]
+                out[a:b] = self._run_part(x[a:b], k)
+
+            return run
+
         with self._lock:
             if parts == 1:
                 out[...] = self._run_part(x, 0)
-                return out
-            errors: list[BaseException] = []
-
-            def work(k: int) -> None:
-                try:
-                    a, b = bounds[k], bounds[k + 1]
-                    with F.serial_region():  # fallbacks: this thread is one core's share
-                        out[a:b] = self._run_part(x[a:b], k)
-                except BaseException as e:  # re-raised in the caller's thread
-                    errors.append(e)
-
-            with F.single_thread_blas():
-                ts = [threading.Thread(target=work, args=(k,)) for k in range(1, parts)]
-                for t in ts:
-                    t.start()
-                work(0)
-                for t in ts:
-                    t.join()
-            if errors:
-                raise errors[0]
+            else:
+                run_parts([part(k) for k in range(parts)])
         return out
 
     def _worker(self, k: int, n: int) -> _Worker:
@@ -642,199 +472,27 @@ class CompiledNet:
     def _run_part(self, x: np.ndarray, k: int) -> np.ndarray:
         n = x.shape[0]
         wk = self._worker(k, n)
-        vals: dict[int, _Val] = {-1: _Val(std=x)}
-        for kind, arg in self.steps:
-            if kind == "conv":
-                vals[arg.dst] = self._conv(arg, wk, n)
-            elif kind == "dense":
-                vals[self._dense_dst[arg]] = self._dense(arg, vals, wk)
-            elif kind == "flatten_hwc":
-                src = vals[self.inputs[arg][0]]
-                flat = np.ascontiguousarray(src.get_nhwc()).reshape(n, -1)
-                vals[arg] = _Val(flat_hwc=flat, chw=self._shapes[self.inputs[arg][0]])
-            elif kind == "functional":
-                op = self.ops[arg]
-                vals[arg] = _Val(std=_apply(op, [vals[j].get_std() for j in self.inputs[arg]]))
-            else:  # to_padded
-                g = self.geoms[arg]
-                buf = wk.bufs[arg]
-                inner = g.interior(buf, n)
-                inner[...] = vals[arg].get_nhwc()
-                vals[arg] = _Val(nhwc=inner, buf=buf)
-        return vals[len(self.ops) - 1].get_std()
-
-    def _dense(self, i: int, vals: dict[int, _Val], wk: _Worker) -> _Val:
-        d = self.dense[i]
-        src = vals[self.inputs[i][0]]
-        x = src.flat_hwc if d.hwc else src.get_std()
-        y = wk.dense_out[i]
-        np.matmul(x, d.w, out=y)
-        if d.bias is not None:
-            y += d.bias
-        _activate(y, d.act, d.alpha)
-        return _Val(std=y)
-
-    def _conv(self, cv: _FastConv, wk: _Worker, n: int) -> _Val:
-        gi, go = self.geoms[cv.src_geom], self.geoms[cv.dst_geom]
-        src, dst = wk.bufs[cv.src_geom], wk.bufs[cv.dst_geom]
-        kh, kw = cv.kernel
-        (t, _), (lft, _) = cv.pads
-        c = gi.c
-        n_f = cv.w_rows.shape[2]
-        wq = gi.wq
-        item = src.itemsize
-        direct = not cv.pool and gi == _Geom(go.h, go.w, gi.c, go.pr, go.pc)
-        dst_inner = go.interior(dst, n)
-        for k0 in range(0, n, cv.chunk_imgs):
-            m = min(cv.chunk_imgs, n - k0)
-            rows = m * gi.img_rows
-            q0 = gi.lead + k0 * gi.img_rows
-            first = q0 - t * wq - lft  # buffer row of the chunk's first (top-left) tap
-            k_cols = cv.w_rows.shape[1]
-            if cv.im2col:
-                s = wk.scratch[: rows * k_cols].reshape(rows, kh, kw * c)
-                view = as_strided(
-                    src[first:],
-                    (rows, kh, kw * c),
-                    (c * item, wq * c * item, item),
-                    writeable=False,
-                )
-                np.copyto(s, view)
-                s = s.reshape(rows, k_cols)
-            else:
-                ext = rows + (kh - 1) * wq
-                s = wk.scratch[: ext * k_cols].reshape(ext, k_cols)
-                view = as_strided(src[first:], (ext, k_cols), (c * item, item), writeable=False)
-                np.copyto(s, view)
-            if direct:
-                acc = dst[q0 : q0 + rows]
-            else:
-                acc = wk.scratch2[: rows * n_f].reshape(rows, n_f)
-            np.matmul(s[:rows], cv.w_rows[0], out=acc)
-            if kh > 1 and not cv.im2col:
-                tmp = wk.scratch3[: rows * n_f].reshape(rows, n_f)
-                for i in range(1, kh):
-                    np.matmul(s[i * wq : i * wq + rows], cv.w_rows[i], out=tmp)
-                    acc += tmp
-            if direct:
-                acc += cv.bias
-                _activate(acc, cv.act, cv.alpha)
-                if gi.pr or gi.pc:
-                    block = acc.reshape(m, gi.h + gi.pr, wq, n_f)
-                    block[:, gi.h :] = 0
-                    block[:, : gi.h, gi.w :] = 0
-                continue
-            full = acc.reshape(m, gi.h + gi.pr, wq, n_f)[:, : gi.h, : gi.w]
-            out = dst_inner[k0 : k0 + m]
-            if cv.pool:
-                p = cv.pool
-                ho, wo = gi.h // p, gi.w // p
-                taps = [full[:, a : ho * p : p, b : wo * p : p] for a in range(p) for b in range(p)]
-                np.copyto(out, taps[0])
-                for tap in taps[1:]:
-                    np.maximum(out, tap, out=out)
-            else:
-                np.copyto(out, full)
-            out += cv.bias
-            _activate(out, cv.act, cv.alpha)
-        return _Val(nhwc=dst_inner, buf=dst)
+        vals: dict[int, _Val] = {INPUT: _Val(std=x)}
+        for step in self.steps:
+            step.run(self, vals, wk, n)
+        return vals[self.out].get_std()
 
 
-def _activate(y: np.ndarray, act: str, alpha: float) -> None:
-    """In place: ReLU, LeakyReLU (0 <= alpha <= 1: max(y, alpha*y)) or nothing."""
-    if act == "relu":
-        np.maximum(y, 0, out=y)
-    elif act == "leaky_relu":
-        np.maximum(y, y * np.float32(alpha), out=y)
+def _pool_fuses(form: MaxPoolWindow) -> bool:
+    """A max-pool the fused convolution applies: square, stride == size, no padding."""
+    k, st = form.size, form.stride
+    return k[0] == k[1] == st[0] == st[1] and form.padding == (0, 0)
 
 
-def compile_inference(
-    ops: Sequence[Op],
-    input_shape: Sequence[int],
-    *,
-    threads: int | None = None,
-    chunk_rows: int = 4096,
-) -> Callable[[np.ndarray], np.ndarray]:
-    """Compile a network spec for fast float32 inference.
-
-    Parameters
-    ----------
-    ops : the network (see the module docstring for the spec).
-    input_shape : one image's (C, H, W).
-    threads : Python worker threads over the batch (default: the usable CPUs).
-    chunk_rows : output pixels per GEMM chunk (about 4-8k keeps temporaries in cache).
-
-    Returns
-    -------
-    A :class:`CompiledNet`: ``net(x)`` maps an (N, C, H, W) batch to the last op's
-    float32 output, with the semantics of :func:`run_reference`.
-    """
-    return CompiledNet(ops, tuple(input_shape), threads=threads, chunk_rows=chunk_rows)
+# ---------------------------------------------------------------- pipeline.cnn.model glue
 
 
-# ------------------------------------------------------------- pipeline.cnn.model glue
-
-
-def model_ops(model: Any) -> list[Op] | None:
-    """The evaluation graph of a :class:`pipeline.cnn.model.Model` (up to its logits) as
-    a spec, or None when a layer type has no op here (the model then keeps its layers).
-
-    Uses the model's public structure: ``spec.nodes`` (``type``, ``name``, ``args``,
-    ``inputs``, ``layer``), ``spec.output_index``, and ``params`` / ``buffers`` keyed
-    ``"<layer>.<param>"``. Batch norm uses the running statistics; dropout is the identity.
-    """
-    spec = model.spec
-    ops: list[Op] = []
-    where: dict[int, int | str] = {-1: "input"}  # node index -> op index
-    p, bufs = model.params, model.buffers
-    for node in spec.nodes[: spec.output_index + 1]:
-        a, name = node.args, node.name
-        ins = tuple(where[j] for j in node.inputs)
-        t = node.type
-        if t == "conv2d":
-            w = {"w": p[f"{name}.weight"]}
-            if a.bias:
-                w["b"] = p[f"{name}.bias"]
-            attrs = {
-                "stride": a.stride,
-                "padding": node.layer.pads,
-                "dilation": a.dilation,
-                "groups": a.groups,
-            }
-            ops.append(Op("conv", attrs, w, ins, name))
-        elif t == "dense":
-            w = {"w": p[f"{name}.weight"]}
-            if a.bias:
-                w["b"] = p[f"{name}.bias"]
-            ops.append(Op("dense", {}, w, ins, name))
-        elif t in ("maxpool2d", "avgpool2d"):
-            attrs = {"size": a.size, "stride": node.layer.stride, "padding": a.padding}
-            ops.append(Op("max_pool" if t == "maxpool2d" else "avg_pool", attrs, {}, ins, name))
-        elif t == "global_avgpool":  # (N, C), not (N, C, 1, 1)
-            ops.append(Op("global_avg_pool", {}, {}, ins, name))
-            ops.append(Op("flatten", name=name))
-        elif t == "batchnorm2d":
-            w = {
-                "gamma": p[f"{name}.weight"],
-                "beta": p[f"{name}.bias"],
-                "mean": bufs[f"{name}.running_mean"],
-                "var": bufs[f"{name}.running_var"],
-            }
-            ops.append(Op("batch_norm", {"eps": a.eps}, w, ins, name))
-        elif t == "leaky_relu":
-            ops.append(Op("leaky_relu", {"alpha": a.alpha}, {}, ins, name))
-        elif t == "softmax":
-            ops.append(Op("softmax", {"axis": -1}, {}, ins, name))
-        elif t == "concat":
-            ops.append(Op("concat", {"axis": 1}, {}, ins, name))
-        elif t == "dropout":
-            ops.append(Op("identity", {}, {}, ins, name))
-        elif t in ("relu", "sigmoid", "tanh", "flatten", "add"):
-            ops.append(Op(t, {}, {}, ins, name))
-        else:
-            return None
-        where[node.index] = len(ops) - 1
-    return ops
+def compile_model(model: Any, *, threads: int | None = None) -> CompiledNet:
+    """A :class:`CompiledNet` of a :class:`pipeline.cnn.model.Model`'s evaluation graph up
+    to its logits, with its current parameters."""
+    nodes = model.spec.nodes[: model.spec.output_index + 1]
+    params = {node.index: model.layer_params(node) for node in nodes}
+    return CompiledNet(nodes, params, model.input_shape, threads=threads)
 
 
 _compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -852,8 +510,8 @@ def _fingerprint(model: Any) -> tuple:
 
 
 def fast_forward(model: Any, x: np.ndarray) -> np.ndarray | None:
-    """Evaluation-mode logits of a float32 :class:`pipeline.cnn.model.Model` through a
-    compiled network, or None when the model cannot use it (float64, an unknown layer).
+    """Evaluation-mode logits of a float32 :class:`pipeline.cnn.model.Model` through its
+    compiled network, or None for a float64 model (it keeps its layers' precision).
 
     The compiled network is cached per model and rebuilt when any parameter or buffer
     has changed since (training updates them in place)."""
@@ -863,10 +521,7 @@ def fast_forward(model: Any, x: np.ndarray) -> np.ndarray | None:
     with _compiled_lock:
         hit = _compiled.get(model)
     if hit is None or hit[0] != key:
-        ops = model_ops(model)
-        net = None if ops is None else compile_inference(ops, model.input_shape)
-        hit = (key, net)
+        hit = (key, compile_model(model))
         with _compiled_lock:
             _compiled[model] = hit
-    net = hit[1]
-    return None if net is None else net(x)
+    return hit[1](x)

@@ -20,9 +20,10 @@ Backward functions are checked against central finite differences in
 ``tests/cnn/test_gradients_functional.py``.
 
 Threads: convolutions and dense layers split their rows over one Python thread per
-usable core, each with single-threaded BLAS (the process's BLAS is limited to one thread
-while a split runs; see :class:`single_thread_blas`). Inside :class:`serial_region` they
-run in the calling thread only, for callers that already run one thread per core.
+usable core, each with single-threaded BLAS (:mod:`pipeline.cnn.threads`, shared with
+the compiled evaluator; ``serial_region``, ``single_thread_blas`` and ``usable_cpus`` are
+re-exported here). A stride-1 convolution runs the flat padded kernel of
+:mod:`pipeline.cnn.flat_conv`.
 
 References: ONNX operator specification (Conv, MaxPool, AveragePool, Gemm,
 BatchNormalization, Softmax, Flatten), https://onnx.ai/onnx/operators/ ;
@@ -31,14 +32,21 @@ Goodfellow, Bengio & Courville, *Deep Learning*, ch. 6 and 9.
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
+from numpy.lib.stride_tricks import sliding_window_view
+
+from pipeline.cnn.flat_conv import (
+    CHUNK_ROWS,
+    corr_chunk,
+    flat_padded,
+    taps,
+    use_im2col,
+    weight_rows,
+)
+from pipeline.cnn.threads import serial_region, single_thread_blas, split_rows, usable_cpus
 
 __all__ = [
     "avg_pool2d",
@@ -80,110 +88,8 @@ IntPair: TypeAlias = int | tuple[int, int] | Sequence[int]
 Padding: TypeAlias = int | str | Sequence[Any]
 Pads: TypeAlias = tuple[tuple[int, int], tuple[int, int]]
 
-# Output pixels handled per GEMM: keeps the temporaries in cache-sized pieces instead
-# of materialising kh*kw copies of the whole batch at once.
-_CHUNK_ROWS = 4096
-# Below this many values per tap row (kw*C), one GEMM over all kh*kw taps beats kh GEMMs.
-_IM2COL_MAX_K = 64
 # Batch rows per thread below which a dense layer is not split over threads.
 _DENSE_ROWS = 16
-
-
-# ------------------------------------------------------------------------- threads
-# The convolutions split their rows over one Python thread per usable core, each with
-# single-threaded BLAS: measured faster than one multi-threaded GEMM between
-# single-threaded copies, and far more robust on a busy machine, where OpenBLAS's
-# spinning threads stall (shared/perf-notes.md). While a split runs, the process's BLAS
-# is limited to one thread (threadpoolctl, reference-counted so concurrent users in
-# this process restore it once, at the end).
-
-_T = TypeVar("_T")
-_state = threading.local()
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_blas_users = 0
-_blas_limit: Any = None
-_blas_controller: Any = None
-
-
-def _after_fork_in_child() -> None:
-    """A forked child has none of the parent's threads: start afresh."""
-    global _pool, _pool_lock, _blas_users, _blas_limit, _blas_controller, _state
-    _pool, _pool_lock, _state = None, threading.Lock(), threading.local()
-    _blas_users, _blas_limit, _blas_controller = 0, None, None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def usable_cpus() -> int:
-    """Cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-class single_thread_blas:
-    """Context manager: BLAS at one thread in this process while any user is inside."""
-
-    def __enter__(self) -> single_thread_blas:
-        global _blas_users, _blas_limit, _blas_controller
-        with _pool_lock:
-            if _blas_users == 0:
-                try:
-                    from threadpoolctl import ThreadpoolController
-                except ImportError:  # without threadpoolctl BLAS keeps its threads
-                    _blas_limit = None
-                else:
-                    if _blas_controller is None:
-                        _blas_controller = ThreadpoolController()
-                    _blas_limit = _blas_controller.limit(limits=1, user_api="blas")
-            _blas_users += 1
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        global _blas_users, _blas_limit
-        with _pool_lock:
-            _blas_users -= 1
-            if _blas_users == 0 and _blas_limit is not None:
-                _blas_limit.restore_original_limits()
-                _blas_limit = None
-
-
-class serial_region:
-    """Context manager: functions called in this thread do not split over threads
-    (for callers that already run one thread per core)."""
-
-    def __enter__(self) -> serial_region:
-        self._was = getattr(_state, "inside", False)
-        _state.inside = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _state.inside = self._was
-
-
-def _split_rows(total: int, fn: Callable[[int, int], _T], min_rows: int) -> list[_T]:
-    """fn over [0, total) split in contiguous parts, one per core, results in order."""
-    global _pool
-    parts = min(usable_cpus(), max(1, total // max(1, min_rows)))
-    if parts == 1 or getattr(_state, "inside", False):
-        return [fn(0, total)]
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(usable_cpus(), thread_name_prefix="sensorlab-cnn")
-    bounds = [total * k // parts for k in range(parts + 1)]
-
-    def part(k: int) -> _T:
-        with serial_region():
-            return fn(bounds[k], bounds[k + 1])
-
-    with single_thread_blas():
-        futures = [_pool.submit(part, k) for k in range(1, parts)]
-        first = part(0)
-        return [first, *(f.result() for f in futures)]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -449,57 +355,25 @@ def _check_conv(x: np.ndarray, w: np.ndarray, groups: int) -> None:
 
 
 def _batch_chunk(rows_per_image: int) -> int:
-    return max(1, _CHUNK_ROWS // max(1, rows_per_image))
+    return max(1, CHUNK_ROWS // max(1, rows_per_image))
 
 
 # Stride 1 (any padding, dilation, groups) runs on a *flat padded* NHWC layout: the
 # padded batch is one (N*Hp*Wp, C) matrix, an output pixel is anchored at its window's
 # top-left input pixel, and kernel tap (i, j) is the row offset i*d*Wp + j*d. Outputs
 # are computed for every anchor (those whose window runs off the right or bottom edge
-# read the next row or image and are cropped away), in chunks of about _CHUNK_ROWS
+# read the next row or image and are cropped away), in chunks of about CHUNK_ROWS
 # rows: the kw taps of a kernel row are copied side by side into a chunk matrix, then
 # kh GEMMs at row offsets accumulate (or one GEMM over all taps when kw*C is small).
 # The gradient with respect to x is the same correlation of the gradient (zero at the
 # cropped anchors) with the flipped, transposed kernel. Larger strides use im2col.
 
 
-def _weight_rows(w: np.ndarray) -> np.ndarray:
-    """(F, C, kh, kw) weights as (kh, kw*C, F): row i holds kernel row i's taps."""
-    n_f, c, kh, kw = w.shape
-    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh, kw * c, n_f))
-
-
-def _flat_padded(x: np.ndarray, pads: Pads, lead: int, guard: int) -> np.ndarray:
-    """(lead + N*Hp*Wp + guard, C) zero matrix holding x (N, C, H, W) as padded NHWC."""
-    n, c, h, w = x.shape
-    (t, b), (lft, r) = pads
-    hp, wp = h + t + b, w + lft + r
-    flat = np.zeros((lead + n * hp * wp + guard, c), dtype=x.dtype)
-    body = flat[lead : lead + n * hp * wp].reshape(n, hp, wp, c)
-    body[:, t : t + h, lft : lft + w] = x.transpose(0, 2, 3, 1)
-    return flat
-
-
-def _taps(src: np.ndarray, start: int, rows: int, shape: tuple, steps: tuple, buf: np.ndarray):
-    """Copy of the strided window view of the C-contiguous ``src`` from row ``start``:
-    shape (rows, *shape, C) with row strides ``steps`` (in rows), as (rows, prod)."""
-    c, item = src.shape[1], src.itemsize
-    need = start + rows - 1 + sum((k - 1) * st for k, st in zip(shape, steps, strict=True))
-    assert start >= 0 and need < src.shape[0], "flat layout guard too small"
-    strides = (c * item, *(st * c * item for st in steps), item)
-    view = as_strided(src[start:], (rows, *shape, c), strides, writeable=False)
-    out = buf[: view.size].reshape(view.shape)
-    np.copyto(out, view)
-    return out.reshape(rows, -1)
-
-
 def _flat_corr(
     src: np.ndarray, rows: int, row_step: int, col_step: int, wr: np.ndarray, out: np.ndarray
 ) -> None:
     """out[q] = sum_{i,j} src[q + i*row_step + j*col_step] @ wr[i, j*C:(j+1)*C], q < rows."""
-    _split_rows(
-        rows, lambda r0, r1: _flat_corr_part(src, r0, r1, row_step, col_step, wr, out), 1024
-    )
+    split_rows(rows, lambda r0, r1: _flat_corr_part(src, r0, r1, row_step, col_step, wr, out), 1024)
 
 
 def _flat_corr_part(
@@ -512,24 +386,13 @@ def _flat_corr_part(
     out: np.ndarray,
 ) -> None:
     kh, k_row, n_f = wr.shape
-    kw = k_row // src.shape[1]
-    im2col = kh > 1 and k_row < _IM2COL_MAX_K
-    wfull = wr.reshape(kh * k_row, n_f)
-    chunk = min(r1 - r0, _CHUNK_ROWS)
-    buf = np.empty((chunk + (0 if im2col else (kh - 1) * row_step)) * kh * k_row, src.dtype)
+    chunk = min(r1 - r0, CHUNK_ROWS)
+    ext = 0 if use_im2col(kh, k_row) else (kh - 1) * row_step
+    buf = np.empty((chunk + ext) * kh * k_row, src.dtype)
     tmp = np.empty((chunk, n_f), src.dtype)
     for a in range(r0, r1, chunk):
         m = min(chunk, r1 - a)
-        o = out[a : a + m]
-        if im2col:
-            s = _taps(src, a, m, (kh, kw), (row_step, col_step), buf)
-            np.matmul(s, wfull, out=o)
-            continue
-        s = _taps(src, a, m + (kh - 1) * row_step, (kw,), (col_step,), buf)
-        np.matmul(s[:m], wr[0], out=o)
-        for i in range(1, kh):
-            np.matmul(s[i * row_step : i * row_step + m], wr[i], out=tmp[:m])
-            o += tmp[:m]
+        corr_chunk(src, a, m, row_step, col_step, wr, out[a : a + m], buf, tmp)
 
 
 def _flat_wgrad(
@@ -540,16 +403,16 @@ def _flat_wgrad(
 
     def part(r0: int, r1: int) -> np.ndarray:
         dwr = np.zeros((kh, kw * c, n_f), dtype=src.dtype)
-        chunk = min(r1 - r0, _CHUNK_ROWS)
+        chunk = min(r1 - r0, CHUNK_ROWS)
         buf = np.empty((chunk + (kh - 1) * row_step) * kw * c, src.dtype)
         for a in range(r0, r1, chunk):
             m = min(chunk, r1 - a)
-            s = _taps(src, a, m + (kh - 1) * row_step, (kw,), (col_step,), buf)
+            s = taps(src, a, m + (kh - 1) * row_step, (kw,), (col_step,), buf)
             for i in range(kh):
                 dwr[i] += s[i * row_step : i * row_step + m].T @ dy[a : a + m]
         return dwr
 
-    return sum(_split_rows(rows, part, 1024))
+    return sum(split_rows(rows, part, 1024))
 
 
 def _group(a: np.ndarray, g: int, size: int, groups: int) -> np.ndarray:
@@ -570,11 +433,11 @@ def _conv2d_s1(
     (t, b), (lft, r) = pads
     hp, wp = h + t + b, wd + lft + r
     rows, f_g = n * hp * wp, n_f // groups
-    xp = _flat_padded(x, pads, 0, (kh - 1) * d[0] * wp + (kw - 1) * d[1])
+    xp = flat_padded(x, pads, 0, (kh - 1) * d[0] * wp + (kw - 1) * d[1])
     y = np.empty((rows, n_f), dtype=x.dtype)
     for g in range(groups):
         out = y if groups == 1 else np.empty((rows, f_g), dtype=x.dtype)
-        wr = _weight_rows(w[g * f_g : (g + 1) * f_g])
+        wr = weight_rows(w[g * f_g : (g + 1) * f_g])
         _flat_corr(_group(xp, g, c_g, groups), rows, d[0] * wp, d[1], wr, out)
         if groups > 1:
             y[:, g * f_g : (g + 1) * f_g] = out
@@ -592,7 +455,7 @@ def _conv2d_backward_s1(
     ho, wo = dy.shape[2:]
     rows, f_g = n * hp * wp, n_f // groups
     reach = (kh - 1) * d[0] * wp + (kw - 1) * d[1]
-    xp = _flat_padded(x, pads, 0, reach)
+    xp = flat_padded(x, pads, 0, reach)
     # dy at every anchor (zero where the output was cropped), after `reach` zero rows
     dya = np.zeros((reach + rows, n_f), dtype=x.dtype)
     dya[reach:].reshape(n, hp, wp, n_f)[:, :ho, :wo] = dy.transpose(0, 2, 3, 1)
@@ -602,7 +465,7 @@ def _conv2d_backward_s1(
         wg = w[g * f_g : (g + 1) * f_g]
         dyg = _group(dya, g, f_g, groups)
         # dxp[p] = sum_ij dya[reach + p - i*d*Wp - j*d] @ w_ij^T: flipped kernel, F -> C
-        wr_back = _weight_rows(wg.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        wr_back = weight_rows(wg.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         out = dxp if groups == 1 else np.empty((rows, c_g), dtype=x.dtype)
         _flat_corr(dyg, rows, d[0] * wp, d[1], wr_back, out)
         if groups > 1:
@@ -971,7 +834,7 @@ def dense(x: Any, w: Any, b: Any | None = None) -> np.ndarray:
         y = w @ x
     else:
         y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
-        _split_rows(x.shape[0], lambda a, z: np.matmul(x[a:z], w.T, out=y[a:z]), _DENSE_ROWS)
+        split_rows(x.shape[0], lambda a, z: np.matmul(x[a:z], w.T, out=y[a:z]), _DENSE_ROWS)
     if b is not None:
         y += _like(b, x)
     return y
@@ -990,7 +853,7 @@ def dense_backward(dy: Any, x: Any, w: Any) -> tuple[np.ndarray, np.ndarray, np.
         np.matmul(dy[a:z], w, out=dx[a:z])
         return dy[a:z].T @ x[a:z]
 
-    dw = sum(_split_rows(x.shape[0], part, _DENSE_ROWS))
+    dw = sum(split_rows(x.shape[0], part, _DENSE_ROWS))
     return dx, dw, dy.sum(axis=0)
 
 

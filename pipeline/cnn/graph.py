@@ -193,24 +193,7 @@ def parse_graph(data: Any, source: str | None = None) -> GraphSpec:
     def fail(message: str, key: str | None = None) -> UserError:
         return UserError(message, file=source, key=key)
 
-    if not isinstance(data, Mapping):
-        raise fail(f"a model file must be a mapping with input, classes, layers; got {_kind(data)}")
-    for key in data:
-        if key not in TOP_LEVEL_KEYS:
-            raise fail(f"unknown key{did_you_mean(str(key), TOP_LEVEL_KEYS)}", key=str(key))
-    for key in ("input", "classes", "layers"):
-        if key not in data:
-            raise fail(f"missing key {key!r}")
-
-    name = data.get("name")
-    if name is None:
-        name = Path(source).stem if source else "model"
-    if not isinstance(name, str) or not name:
-        raise fail(f"must be a non-empty string, got {name!r}", key="name")
-    description = data.get("description") or ""
-    if not isinstance(description, str):
-        raise fail("must be a string", key="description")
-
+    name, description = _parse_header(data, source, fail)
     input_shape = _parse_input(data["input"], fail)
     classes = _parse_classes(data["classes"], fail)
 
@@ -228,7 +211,43 @@ def parse_graph(data: Any, source: str | None = None) -> GraphSpec:
         node = _parse_row(i, row, nodes, names, given_names, input_shape, fail)
         nodes.append(node)
         names[node.name] = i
+    consumers = _consumers(nodes, fail)
+    _check_output(nodes[-1], classes, fail)
 
+    return GraphSpec(
+        name=name,
+        input_shape=input_shape,
+        classes=classes,
+        nodes=tuple(nodes),
+        source=source,
+        description=description,
+        consumers=tuple(tuple(c) for c in consumers),
+    )
+
+
+def _parse_header(data: Any, source: str | None, fail) -> tuple[str, str]:
+    """Top-level keys checked; the model's name and description."""
+    if not isinstance(data, Mapping):
+        raise fail(f"a model file must be a mapping with input, classes, layers; got {_kind(data)}")
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise fail(f"unknown key{did_you_mean(str(key), TOP_LEVEL_KEYS)}", key=str(key))
+    for key in ("input", "classes", "layers"):
+        if key not in data:
+            raise fail(f"missing key {key!r}")
+    name = data.get("name")
+    if name is None:
+        name = Path(source).stem if source else "model"
+    if not isinstance(name, str) or not name:
+        raise fail(f"must be a non-empty string, got {name!r}", key="name")
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise fail("must be a string", key="description")
+    return name, description
+
+
+def _consumers(nodes: list[Node], fail) -> list[list[int]]:
+    """Who reads each node; every node but the last must be read."""
     consumers: list[list[int]] = [[] for _ in nodes]
     for n in nodes:
         for j in n.inputs:
@@ -241,8 +260,11 @@ def parse_graph(data: Any, source: str | None = None) -> GraphSpec:
                 "(read it with `from` or remove the layer)",
                 key=n.key,
             )
+    return consumers
 
-    last = nodes[-1]
+
+def _check_output(last: Node, classes: tuple[str, ...], fail) -> None:
+    """The last layer gives one score per class."""
     if len(last.output_shape) != 1:
         raise fail(
             f"the last layer must give one score per class (1-D), got "
@@ -255,16 +277,6 @@ def parse_graph(data: Any, source: str | None = None) -> GraphSpec:
             f"the last layer gives {width} scores but classes lists {len(classes)} names",
             key=last.key,
         )
-
-    return GraphSpec(
-        name=name,
-        input_shape=input_shape,
-        classes=classes,
-        nodes=tuple(nodes),
-        source=source,
-        description=description,
-        consumers=tuple(tuple(c) for c in consumers),
-    )
 
 
 def _kind(value: Any) -> str:
@@ -322,21 +334,7 @@ def _parse_row(
 
     name = row.get("name")
     named = name is not None
-    if named:
-        if not isinstance(name, str) or not name:
-            raise fail(f"name must be a non-empty string, got {name!r}", key=key)
-        if name == INPUT_NAME:
-            raise fail(f"the name {INPUT_NAME!r} is reserved for the model input", key=key)
-        if name in names:
-            raise fail(f"duplicate name {name!r} (also layers[{names[name]}])", key=key)
-    else:
-        name = f"{layer_type}_{i}"
-        if name in given_names:
-            raise fail(
-                f"the automatic name of this layer, {name!r}, is also given to "
-                f"layers[{given_names[name]}]; name one of them differently",
-                key=key,
-            )
+    name = _row_name(i, name, layer_type, names, given_names, fail, key)
     key = f"{key} ({name})"
 
     cls = LAYERS.get(layer_type)
@@ -358,8 +356,38 @@ def _parse_row(
         raise fail(f"{layer_type}: bad arguments: {exc}", key=key) from None
 
     shapes = [input_shape if j == INPUT else nodes[j].output_shape for j in inputs]
+    layer = _build_layer(cls, args, inputs, shapes, nodes, fail, key)
+    return Node(
+        index=i, name=name, type=layer_type, args=args, inputs=inputs, layer=layer, named=named
+    )
+
+
+def _row_name(
+    i: int, name: Any, layer_type: str, names: dict, given_names: dict, fail, key: str
+) -> str:
+    """A row's given name checked, or its automatic name ``<type>_<index>``."""
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise fail(f"name must be a non-empty string, got {name!r}", key=key)
+        if name == INPUT_NAME:
+            raise fail(f"the name {INPUT_NAME!r} is reserved for the model input", key=key)
+        if name in names:
+            raise fail(f"duplicate name {name!r} (also layers[{names[name]}])", key=key)
+        return name
+    name = f"{layer_type}_{i}"
+    if name in given_names:
+        raise fail(
+            f"the automatic name of this layer, {name!r}, is also given to "
+            f"layers[{given_names[name]}]; name one of them differently",
+            key=key,
+        )
+    return name
+
+
+def _build_layer(cls, args, inputs, shapes, nodes: list[Node], fail, key: str) -> Layer:
+    """The layer for these input shapes, or its ShapeError with the inputs named."""
     try:
-        layer = cls(args, shapes)
+        return cls(args, shapes)
     except ShapeError as exc:
         src = " and ".join(
             f"{_shape_str(s)} from {INPUT_NAME if j == INPUT else nodes[j].name}"
@@ -371,9 +399,6 @@ def _parse_row(
         elif "got" not in msg:
             msg = f"{msg} (input {src})"
         raise fail(msg, key=key) from None
-    return Node(
-        index=i, name=name, type=layer_type, args=args, inputs=inputs, layer=layer, named=named
-    )
 
 
 def _parse_from(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.cnn.fast import fast_forward
 from pipeline.cnn.graph import INPUT, GraphSpec, Node, load_graph
 from pipeline.errors import UserError
 from pipeline.files import ordinary_mode
@@ -47,7 +48,7 @@ class Model:
     """
 
     fast_eval: bool = True
-    """Evaluation of a float32 model uses the compiled fast path (pipeline.cnn.fast)."""
+    """Evaluation of a float32 model uses the compiled evaluator (pipeline.cnn.fast)."""
 
     def __init__(self, spec: GraphSpec, *, dtype: Any = np.float32, init_seed: int = 0):
         self.spec = spec
@@ -162,7 +163,9 @@ class Model:
             target[...] = value
 
     # ------------------------------------------------------------------ computation
-    def _local(self, node: Node) -> dict[str, np.ndarray]:
+    def layer_params(self, node: Node) -> dict[str, np.ndarray]:
+        """The parameters and buffers of ``node``'s layer, by short name (the arrays
+        themselves, not copies)."""
         slots = self._slots.get(node.index)
         if not slots:
             return {}
@@ -207,8 +210,6 @@ class Model:
         A float32 model runs through :func:`pipeline.cnn.fast.fast_forward` (same
         results to float32 rounding, several times faster) unless ``fast_eval`` is False."""
         if self.fast_eval:
-            from pipeline.cnn.fast import fast_forward
-
             y = fast_forward(self, x)
             if y is not None:
                 return y
@@ -216,7 +217,7 @@ class Model:
         uses = list(self._uses)
         for node in self.spec.nodes[: self._out + 1]:
             y, _ = node.layer.forward(
-                [outs[j] for j in node.inputs], self._local(node), train=False
+                [outs[j] for j in node.inputs], self.layer_params(node), train=False
             )
             for j in node.inputs:
                 if j != INPUT:
@@ -232,7 +233,7 @@ class Model:
         tape: list[Any] = [None] * (self._out + 1)
         for node in self.spec.nodes[: self._out + 1]:
             y, cache = node.layer.forward(
-                [outs[j] for j in node.inputs], self._local(node), train=True, rng=rng
+                [outs[j] for j in node.inputs], self.layer_params(node), train=True, rng=rng
             )
             tape[node.index] = cache
             for j in node.inputs:
@@ -258,7 +259,7 @@ class Model:
         grads: dict[str, np.ndarray] = {}
         for node in reversed(self.spec.nodes[: self._out + 1]):
             dy = dys.pop(node.index)
-            dxs, dps = node.layer.backward(dy, tape[node.index], self._local(node))
+            dxs, dps = node.layer.backward(dy, tape[node.index], self.layer_params(node))
             tape[node.index] = None
             for short, g in dps.items():
                 grads[f"{node.name}.{short}"] = g

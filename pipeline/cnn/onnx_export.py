@@ -1,25 +1,9 @@
 """ONNX export of a sensorlab CNN, optionally with the sensor's raw front end in the graph.
 
-The graph is built with the ``onnx.helper`` API, one ONNX node (or a short fixed sequence)
-per layer of the model YAML, named after the layer:
-
-============== =========================================================================
-layer          ONNX
-============== =========================================================================
-conv2d         Conv (explicit pads, strides, dilations, group; bias optional; a dilated
-               depthwise kernel is written undilated, zeros in its gaps, for OpenCV)
-dense          Gemm (transB=1; no C input without a bias)
-relu, ...      Relu, LeakyRelu(alpha), Sigmoid, Tanh
-softmax        Softmax(axis=-1); a trailing softmax is the second output ``probabilities``
-maxpool2d      MaxPool (pads, strides; floor output size)
-avgpool2d      AveragePool (count_include_pad=0)
-global_avgpool GlobalAveragePool, then Flatten(axis=1)
-batchnorm2d    BatchNormalization (running statistics; momentum stored as 1 - ours)
-dropout        Dropout(ratio) (identity at inference)
-flatten        Flatten(axis=1)
-add            Add (a chain of Adds for more than two inputs)
-concat         Concat(axis=1)
-============== =========================================================================
+The graph is built with the ``onnx.helper`` API; each layer class writes its own nodes
+(:meth:`pipeline.cnn.layers.Layer.to_onnx`, named after the layer; the table of layer ->
+ONNX operators is in docs/layers.md). A trailing softmax is the second output
+``probabilities``.
 
 The model takes ``input`` (N, C, H, W) float32 (N dynamic) and gives ``logits`` (N, K);
 weights are initializers named ``<layer>.<param>``. With a :class:`SensorFront` the graph
@@ -52,7 +36,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from pipeline._version import __version__
 from pipeline.cnn.graph import INPUT, Node
+from pipeline.cnn.layers import int8_op_types
 from pipeline.cnn.model import Model
 from pipeline.errors import UserError
 from pipeline.files import ordinary_mode
@@ -61,6 +47,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "FRONT_PREFIX",
     "INPUT_NAME",
+    "INT8_OP_TYPES",
     "LOGITS_NAME",
     "MAX_OPSET",
     "MIN_OPSET",
@@ -85,6 +72,8 @@ PROBS_NAME = "probabilities"
 BATCH_DIM = "N"
 FRONT_PREFIX = "front/"  # names of the front end's nodes and constants
 PRODUCER = "sensorlab"
+INT8_OP_TYPES = int8_op_types()
+"""ONNX operators the int8 export quantises: those the layer classes declare (``int8_ops``)."""
 _RESERVED = {INPUT_NAME, RAW_INPUT_NAME, LOGITS_NAME, PROBS_NAME}
 _INPUT_TYPES = {
     "uint8": TensorProto.UINT8,
@@ -204,38 +193,72 @@ class SensorFront:
     @classmethod
     def from_chain(cls, chain: Any) -> SensorFront | None:
         """The settings of a runner :class:`~pipeline.runner.Chain` whose last sensor stage
-        is a raw stage after an ADC; None when the chain has no raw stage."""
+        is a raw stage after an ADC; None when the chain has no raw stage.
+
+        The raw stage's settings are read from its own resolved parameter model (its
+        ``Params``, defaults included), the ADC's and the levels from the signal attrs
+        the stages declared: the front end keeps no copy of a stage default.
+
+        Raises UserError when the raw stage's parameter model lacks a field the front end
+        needs (a plugin raw stage with other parameters)."""
         stages = chain.sensor_stages
         if not stages or stages[-1].kind != "raw":
             return None
         r = len(stages) - 1
         adc_info, raw_info = chain.infos[r], chain.infos[r + 1]
-        a = adc_info.attrs
-        p = stages[r].params
-        bits = a.get("bits")
+        bits = adc_info.attr("bits")
         if bits is None:
             return None
-        tile = a.get("cfa_tile")
+        tile = adc_info.attr("cfa_tile")
         return cls(
             bits=int(bits),
-            black_level_dn=float(raw_info.attrs["black_level_dn"]),
-            white_level_dn=float(raw_info.attrs["white_level_dn"]),
-            cfa=str(a.get("cfa", "mono" if len(adc_info.shape) == 2 else "stacked")),
+            black_level_dn=float(raw_info.attr("black_level_dn")),
+            white_level_dn=float(raw_info.attr("white_level_dn")),
+            cfa=str(adc_info.attr("cfa", "mono" if len(adc_info.shape) == 2 else "stacked")),
             cfa_tile=None if tile is None else tuple(tuple(str(c) for c in row) for row in tile),
             adc_dtype=str(adc_info.dtype),
             adc_shape=tuple(adc_info.shape),
-            demosaic=str(p.demosaic),
-            wb_gains=tuple(float(g) for g in p.wb_gains),
-            raw_output=str(p.output),
-            mono_output=str(p.mono_output),
-            clip=bool(p.clip),
-            encode=str(p.encode),
-            gamma=float(p.gamma),
-            auto_gain=bool(getattr(p, "auto_gain", False)),
-            gain_target=float(getattr(p, "gain_target", 0.18)),
-            max_gain=float(getattr(p, "max_gain", 256.0)),
-            linearized=bool(raw_info.attrs.get("linearized", False)),
+            linearized=bool(raw_info.attr("linearized", False)),
+            **_raw_settings(stages[r], chain.keys[r]),
         )
+
+
+# SensorFront field -> the raw stage's parameter it is read from.
+_RAW_PARAMS = {
+    "demosaic": "demosaic",
+    "wb_gains": "wb_gains",
+    "raw_output": "output",
+    "mono_output": "mono_output",
+    "clip": "clip",
+    "encode": "encode",
+    "gamma": "gamma",
+    "auto_gain": "auto_gain",
+    "gain_target": "gain_target",
+    "max_gain": "max_gain",
+}
+
+
+def _raw_settings(stage: Any, key: str) -> dict[str, Any]:
+    """The front-end fields of a raw stage, from its parameters validated by its own
+    ``Params`` model (so every value, given or default, is the stage's)."""
+    params_model = type(stage).Params
+    missing = [name for name in _RAW_PARAMS.values() if name not in params_model.model_fields]
+    if missing:
+        raise UserError(
+            f"the raw stage {stage.name!r} has no parameter {', '.join(missing)}; an ONNX "
+            "front end reproduces sensorlab's raw stage only",
+            key=key,
+        )
+    p = params_model.model_validate(stage.params.model_dump())
+    values = {field: getattr(p, name) for field, name in _RAW_PARAMS.items()}
+    values["wb_gains"] = tuple(float(g) for g in values["wb_gains"])
+    for field in ("demosaic", "raw_output", "mono_output", "encode"):
+        values[field] = str(values[field])
+    for field in ("gamma", "gain_target", "max_gain"):
+        values[field] = float(values[field])
+    values["clip"] = bool(values["clip"])
+    values["auto_gain"] = bool(values["auto_gain"])
+    return values
 
 
 def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
@@ -448,109 +471,12 @@ def _tensor_name(node: Node) -> str:
     return node.name if node.name not in _RESERVED else f"{node.name}:out"
 
 
-def _layer_nodes(
-    node: Node, inputs: list[str], out: str, params: Mapping[str, np.ndarray]
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The ONNX node(s) and initializers of one layer (see the module docstring)."""
-    a, t, name = node.args, node.type, node.name
-    inits = [_const(f"{name}.{k}", np.asarray(v, np.float32)) for k, v in params.items()]
-    if t == "conv2d":
-        (top, bottom), (left, right) = node.layer.pads
-        ins = [inputs[0], f"{name}.weight"] + ([f"{name}.bias"] if a.bias else [])
-        kernel, dilation = list(a.kernel), list(a.dilation)
-        depthwise = a.groups > 1 and a.groups == node.layer.input_shapes[0][0]
-        if depthwise and dilation != [1, 1]:
-            # OpenCV's classic ONNX engine computes some padded, dilated depthwise
-            # convolutions wrongly (OpenCV 5.0); the same kernel with the gaps filled by
-            # zeros is the identical undilated convolution.
-            w = np.asarray(params["weight"], np.float32)
-            dh, dw = dilation
-            wide = np.zeros(
-                (*w.shape[:2], dh * (w.shape[2] - 1) + 1, dw * (w.shape[3] - 1) + 1), np.float32
-            )
-            wide[:, :, ::dh, ::dw] = w
-            inits = [_const(f"{name}.{k}", wide if k == "weight" else v) for k, v in params.items()]
-            kernel, dilation = list(wide.shape[2:]), [1, 1]
-        n = helper.make_node(
-            "Conv",
-            ins,
-            [out],
-            name=name,
-            kernel_shape=kernel,
-            strides=list(a.stride),
-            pads=[top, left, bottom, right],
-            dilations=dilation,
-            group=a.groups,
-        )
-        return [n], inits
-    if t == "dense":
-        ins = [inputs[0], f"{name}.weight"] + ([f"{name}.bias"] if a.bias else [])
-        return [helper.make_node("Gemm", ins, [out], name=name, transB=1)], inits
-    if t == "relu":
-        return [helper.make_node("Relu", inputs, [out], name=name)], []
-    if t == "leaky_relu":
-        return [helper.make_node("LeakyRelu", inputs, [out], name=name, alpha=a.alpha)], []
-    if t == "sigmoid":
-        return [helper.make_node("Sigmoid", inputs, [out], name=name)], []
-    if t == "tanh":
-        return [helper.make_node("Tanh", inputs, [out], name=name)], []
-    if t == "softmax":
-        return [helper.make_node("Softmax", inputs, [out], name=name, axis=-1)], []
-    if t in ("maxpool2d", "avgpool2d"):
-        ph, pw = a.padding
-        kw: dict[str, Any] = {
-            "kernel_shape": list(a.size),
-            "strides": list(node.layer.stride),
-            "pads": [ph, pw, ph, pw],
-        }
-        if t == "avgpool2d":
-            kw["count_include_pad"] = 0
-        op = "MaxPool" if t == "maxpool2d" else "AveragePool"
-        return [helper.make_node(op, inputs, [out], name=name, **kw)], []
-    if t == "global_avgpool":
-        mid = f"{out}/gap"
-        return [
-            helper.make_node("GlobalAveragePool", inputs, [mid], name=name),
-            helper.make_node("Flatten", [mid], [out], name=f"{name}/flatten", axis=1),
-        ], []
-    if t == "batchnorm2d":
-        ins = [
-            inputs[0],
-            *(f"{name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")),
-        ]
-        n = helper.make_node(
-            "BatchNormalization", ins, [out], name=name, epsilon=a.eps, momentum=1.0 - a.momentum
-        )
-        return [n], inits
-    if t == "dropout":
-        ratio = _const(f"{name}.ratio", np.array(a.rate, np.float32))
-        return [helper.make_node("Dropout", [inputs[0], ratio.name], [out], name=name)], [ratio]
-    if t == "flatten":
-        return [helper.make_node("Flatten", inputs, [out], name=name, axis=1)], []
-    if t == "add":
-        nodes, acc = [], inputs[0]
-        for k, other in enumerate(inputs[1:], start=1):
-            dst = out if k == len(inputs) - 1 else f"{out}/sum{k}"
-            nodes.append(
-                helper.make_node(
-                    "Add", [acc, other], [dst], name=name if k == 1 else f"{name}/add{k}"
-                )
-            )
-            acc = dst
-        return nodes, []
-    if t == "concat":
-        return [helper.make_node("Concat", inputs, [out], name=name, axis=1)], []
-    raise UserError(f"layer type {t!r} has no ONNX export", key=node.key)
-
-
 def metadata(
     model: Model, front: SensorFront | None, *, with_front: bool, input_dtype: str | None = None
 ) -> dict[str, str]:
     """The metadata properties a deployment needs (all values are strings; JSON for lists and
     mappings): class names, the model YAML's hash, the expected input range, the sensor
     settings the model was trained on, and how the graph's input and outputs are laid out."""
-    import pipeline
-
     if with_front:
         assert front is not None
         dtype = input_dtype or front.adc_dtype
@@ -591,7 +517,7 @@ def metadata(
             [LOGITS_NAME, PROBS_NAME] if model.spec.has_output_softmax else [LOGITS_NAME]
         ),
         "sensor": json.dumps(None if front is None else front.as_dict()),
-        "sensorlab_version": pipeline.__version__,
+        "sensorlab_version": __version__,
     }
     return meta
 
@@ -658,16 +584,19 @@ def export_onnx(
             k: params[f"{node.name}.{k}"]
             for k in (*node.layer.param_shapes(), *node.layer.buffer_shapes())
         }
-        lnodes, linits = _layer_nodes(node, [names[j] for j in node.inputs], out, local)
+        try:
+            lnodes, linits = node.layer.to_onnx(
+                node.name, [names[j] for j in node.inputs], out, local, opset
+            )
+        except NotImplementedError as exc:
+            raise UserError(str(exc), key=node.key) from None
         nodes += lnodes
         inits += linits
     k = len(model.class_names)
     outputs = [helper.make_tensor_value_info(LOGITS_NAME, TensorProto.FLOAT, [BATCH_DIM, k])]
     if spec.has_output_softmax:
         last = spec.nodes[-1]
-        nodes.append(
-            helper.make_node("Softmax", [LOGITS_NAME], [PROBS_NAME], name=last.name, axis=-1)
-        )
+        nodes += last.layer.to_onnx(last.name, [LOGITS_NAME], PROBS_NAME, {}, opset)[0]
         outputs.append(helper.make_tensor_value_info(PROBS_NAME, TensorProto.FLOAT, [BATCH_DIM, k]))
     graph = helper.make_graph(
         nodes,
@@ -693,9 +622,7 @@ def export_onnx(
 
 
 def _version() -> str:
-    import pipeline
-
-    return str(pipeline.__version__)
+    return str(__version__)
 
 
 def check_onnx(proto: onnx.ModelProto) -> onnx.ModelProto:

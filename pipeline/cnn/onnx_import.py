@@ -1,26 +1,9 @@
 """ONNX import: an ONNX model whose operators sensorlab supports -> a model YAML plus weights.
 
 Each ONNX node becomes one layer row (named after the node when it can be), its constant
-inputs (initializers or ``Constant`` nodes) the layer's weights:
-
-===================================  ======================================================
-ONNX                                 layer
-===================================  ======================================================
-Conv (2-D; pads, auto_pad, group)    conv2d
-Gemm (any transB, alpha, beta)       dense
-MatMul (constant B) [+ Add bias]     dense
-Relu, LeakyRelu, Sigmoid, Tanh       relu, leaky_relu, sigmoid, tanh
-Softmax (last axis)                  softmax
-MaxPool, AveragePool                 maxpool2d, avgpool2d (floor sizes, symmetric pads;
-                                     AveragePool with count_include_pad=0 when padded)
-GlobalAveragePool + Flatten/Reshape  global_avgpool
-BatchNormalization (inference)       batchnorm2d
-Dropout                              dropout
-Flatten (axis 1), Reshape (N, -1)    flatten
-Add, Sum (of two layer outputs)      add
-Concat (channels or features)        concat
-Identity                             (nothing)
-===================================  ======================================================
+inputs (initializers or ``Constant`` nodes) the layer's weights. The layer class that
+lists the node's operator in its ``onnx_ops`` reads it (``Layer.from_onnx``); the table of
+ONNX operators -> layers is in docs/layers.md. Identity nodes are skipped.
 
 A graph exported by :mod:`pipeline.cnn.onnx_export` with the raw sensor front end is
 imported from its CNN input on (the front end is fixed by the sensor, not trained). The
@@ -45,35 +28,25 @@ import yaml
 from onnx import numpy_helper
 
 from pipeline.cnn.graph import parse_graph
+from pipeline.cnn.layers import onnx_importers
 from pipeline.cnn.model import Model
 from pipeline.cnn.onnx_export import read_metadata
 from pipeline.errors import UserError
 from pipeline.files import ordinary_mode
 
-__all__ = ["SUPPORTED_OPS", "ImportedModel", "import_onnx", "load_onnx", "write_imported"]
+__all__ = [
+    "SUPPORTED_OPS",
+    "ImportedModel",
+    "OnnxReader",
+    "import_onnx",
+    "load_onnx",
+    "write_imported",
+]
 
-SUPPORTED_OPS = (
-    "AveragePool",
-    "BatchNormalization",
-    "Concat",
-    "Constant",
-    "Conv",
-    "Dropout",
-    "Flatten",
-    "Gemm",
-    "GlobalAveragePool",
-    "Identity",
-    "LeakyRelu",
-    "MatMul",
-    "MaxPool",
-    "Relu",
-    "Reshape",
-    "Sigmoid",
-    "Softmax",
-    "Sum",
-    "Tanh",
-    "Add",
-)
+_IMPORTERS = onnx_importers()
+SUPPORTED_OPS = tuple(sorted({*_IMPORTERS, "Constant", "Identity"}))
+"""ONNX operators the importer reads: those the layer classes claim (``onnx_ops``), plus
+Constant and Identity."""
 _INPUT = "input"
 
 
@@ -100,14 +73,11 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise UserError(f"not a readable ONNX model: {exc}", file=path) from None
 
 
-def _f32(value: Any) -> float:
-    """A float32 attribute as the shortest decimal that rounds to it (0.1, not
-    0.10000000149011612), so a value written from YAML reads back as written."""
-    return float(str(np.float32(value)))
-
-
-class _Converter:
-    """Walks a graph in node order and writes layer rows."""
+class OnnxReader:
+    """Walks a graph in node order and writes layer rows; each node goes to the layer class
+    that claims its operator (``Layer.from_onnx``), which uses the helpers below (``add``,
+    ``src``, ``spatial``, ``const_input``, ``pads``, ``activation``, ``alias``, ``fail``)
+    and the tables ``shape``, ``ref``, ``rows``, ``weights``, ``consts``, ``readers``."""
 
     def __init__(self, proto: onnx.ModelProto, file: str | None):
         self.file = file
@@ -143,6 +113,38 @@ class _Converter:
         start, in_shape = self._start(nodes)
         needed = self._ancestors(nodes, output, stop=start)
         nodes = [n for n in nodes if id(n) in needed and n.op_type != "Constant"]
+        self._check_supported(nodes)
+        for n in nodes:
+            for t in n.input:
+                self.readers[t] = self.readers.get(t, 0) + 1
+        self.ref[start] = _INPUT
+        self.shape[start] = in_shape
+        for n in nodes:
+            self._convert(n)
+        self._check_output(output)
+        self._output_softmax(output)
+        classes = self._classes(output)
+        model_name = name or self.meta.get("model_name") or graph.name or "imported"
+        return {
+            "name": str(model_name),
+            "description": f"imported from ONNX ({Path(self.file).name if self.file else 'model'})",
+            "input": list(in_shape),
+            "classes": [str(c) for c in classes],
+            "layers": self.rows,
+        }
+
+    def _classes(self, output: str) -> list[str]:
+        """Class names from the metadata, or c0, c1, ... when they do not fit the output."""
+        k = self.shape[output]
+        if len(k) != 1:
+            raise self.fail(f"the output must be (N, classes), got one sample of shape {k}")
+        classes = self.meta.get("class_names")
+        if not (isinstance(classes, list) and len(classes) == k[0]):
+            classes = [f"c{i}" for i in range(k[0])]
+        return classes
+
+    def _check_supported(self, nodes: list[onnx.NodeProto]) -> None:
+        """One error naming every operator no layer class imports."""
         unsupported = sorted(
             {
                 n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
@@ -156,13 +158,10 @@ class _Converter:
                 f"{', '.join(unsupported)} (sensorlab imports "
                 f"{', '.join(sorted(set(SUPPORTED_OPS) - {'Constant'}))})"
             )
-        for n in nodes:
-            for t in n.input:
-                self.readers[t] = self.readers.get(t, 0) + 1
-        self.ref[start] = _INPUT
-        self.shape[start] = in_shape
-        for n in nodes:
-            self._convert(n)
+
+    def _check_output(self, output: str) -> None:
+        """The graph's first output is the last layer's output (or the input of a trailing
+        softmax)."""
         if output not in self.ref:
             raise self.fail(f"the output {output!r} is not computed from the input")
         if self.ref[output] == _INPUT:
@@ -174,21 +173,6 @@ class _Converter:
             and self.rows[-2]["name"] == self.ref[output]
         ):
             raise self.fail(f"the output {output!r} is not the last layer's output")
-        self._output_softmax(output)
-        k = self.shape[output]
-        if len(k) != 1:
-            raise self.fail(f"the output must be (N, classes), got one sample of shape {k}")
-        classes = self.meta.get("class_names")
-        if not (isinstance(classes, list) and len(classes) == k[0]):
-            classes = [f"c{i}" for i in range(k[0])]
-        model_name = name or self.meta.get("model_name") or graph.name or "imported"
-        return {
-            "name": str(model_name),
-            "description": f"imported from ONNX ({Path(self.file).name if self.file else 'model'})",
-            "input": list(in_shape),
-            "classes": [str(c) for c in classes],
-            "layers": self.rows,
-        }
 
     def _output_softmax(self, logits: str) -> None:
         """A further graph output that is Softmax(first output) (how a model with an output
@@ -197,7 +181,7 @@ class _Converter:
             for n in self.graph.node:
                 if out.name in n.output and n.op_type == "Softmax" and list(n.input) == [logits]:
                     self.readers[logits] = self.readers.get(logits, 0) + 1
-                    self._op_Softmax(n, self._attrs(n))
+                    _IMPORTERS["Softmax"].from_onnx(self, n, self._attrs(n))
                     return
 
     def _constant(self, n: onnx.NodeProto) -> np.ndarray:
@@ -267,7 +251,7 @@ class _Converter:
         self.used_names.add(name)
         return name
 
-    def _src(self, n: onnx.NodeProto, tensor: str) -> str:
+    def src(self, n: onnx.NodeProto, tensor: str) -> str:
         if tensor in self.pending_gap:
             raise self.fail(
                 "a GlobalAveragePool output may only be flattened (sensorlab's global_avgpool "
@@ -280,7 +264,7 @@ class _Converter:
             raise self.fail(f"input {tensor!r} is not computed from the graph input", n)
         return self.ref[tensor]
 
-    def _const_input(self, n: onnx.NodeProto, i: int, what: str) -> np.ndarray | None:
+    def const_input(self, n: onnx.NodeProto, i: int, what: str) -> np.ndarray | None:
         if len(n.input) <= i or not n.input[i]:
             return None
         t = n.input[i]
@@ -288,7 +272,7 @@ class _Converter:
             raise self.fail(f"the {what} must be a constant (an initializer)", n)
         return np.asarray(self.consts[t], dtype=np.float32)
 
-    def _add(
+    def add(
         self,
         n: onnx.NodeProto,
         layer_type: str,
@@ -300,7 +284,7 @@ class _Converter:
     ) -> str:
         name = self._layer_name(n, layer_type)
         row: dict[str, Any] = {"type": layer_type, "name": name}
-        srcs = [self._src(n, s) for s in sources]
+        srcs = [self.src(n, s) for s in sources]
         prev = self.rows[-1]["name"] if self.rows else _INPUT
         if srcs != [prev]:
             row["from"] = srcs[0] if len(srcs) == 1 else srcs
@@ -313,8 +297,8 @@ class _Converter:
         self.shape[out] = out_shape
         return name
 
-    def _alias(self, n: onnx.NodeProto, src: str) -> None:
-        self._src(n, src)
+    def alias(self, n: onnx.NodeProto, src: str) -> None:
+        self.src(n, src)
         self.ref[n.output[0]] = self.ref[src]
         self.shape[n.output[0]] = self.shape[src]
 
@@ -325,20 +309,26 @@ class _Converter:
 
     # ------------------------------------------------------------------ nodes
     def _convert(self, n: onnx.NodeProto) -> None:
-        op = n.op_type
-        a = self._attrs(n)
         self._extra_outputs(n)
-        handler = getattr(self, f"_op_{op}")
-        handler(n, a)
+        if n.op_type == "Identity":
+            self.alias(n, n.input[0])
+            return
+        _IMPORTERS[n.op_type].from_onnx(self, n, self._attrs(n))
 
-    def _spatial(self, n: onnx.NodeProto) -> tuple[int, int, int]:
+    def activation(self, n: onnx.NodeProto, layer_type: str, args: dict | None = None) -> None:
+        """A one-input layer whose output has its input's shape."""
+        src = n.input[0]
+        self.src(n, src)
+        self.add(n, layer_type, [src], self.shape[src], args)
+
+    def spatial(self, n: onnx.NodeProto) -> tuple[int, int, int]:
         shape = self.shape[n.input[0]] if n.input[0] in self.shape else None
-        self._src(n, n.input[0])
+        self.src(n, n.input[0])
         if shape is None or len(shape) != 3:
             raise self.fail(f"expects (N, C, H, W) input, got one sample of shape {shape}", n)
         return shape
 
-    def _pads(
+    def pads(
         self,
         n: onnx.NodeProto,
         a: dict[str, Any],
@@ -363,249 +353,6 @@ class _Converter:
             return out[0], out[1]
         raise self.fail(f"unknown auto_pad {auto!r}", n)
 
-    def _op_Conv(self, n, a):
-        _, h, w = self._spatial(n)
-        weight = self._const_input(n, 1, "weight")
-        bias = self._const_input(n, 2, "bias")
-        if weight is None or weight.ndim != 4:
-            raise self.fail("only 2-D convolutions (4-D weights) are supported", n)
-        f, _, kh, kw = weight.shape
-        stride = tuple(a.get("strides", (1, 1)))
-        dilation = tuple(a.get("dilations", (1, 1)))
-        groups = int(a.get("group", 1))
-        window = tuple(dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in range(2))
-        pads = self._pads(n, a, (h, w), window, stride)
-        args: dict[str, Any] = {
-            "filters": int(f),
-            "kernel": [int(kh), int(kw)],
-            "stride": [int(s) for s in stride],
-            "padding": [list(pads[0]), list(pads[1])],
-            "dilation": [int(d) for d in dilation],
-            "groups": groups,
-            "bias": bias is not None,
-        }
-        oh = (h + sum(pads[0]) - window[0]) // stride[0] + 1
-        ow = (w + sum(pads[1]) - window[1]) // stride[1] + 1
-        weights = {"weight": weight} | ({"bias": bias.reshape(f)} if bias is not None else {})
-        self._add(n, "conv2d", [n.input[0]], (int(f), oh, ow), args, weights)
-
-    def _dense(self, n, src: str, weight: np.ndarray, bias: np.ndarray | None):
-        shape = self.shape.get(src)
-        if shape is None or len(shape) != 1 or weight.shape[1] != shape[0]:
-            raise self.fail(
-                f"expects (N, {weight.shape[1]}) input, got one sample of shape {shape}", n
-            )
-        units = int(weight.shape[0])
-        weights = {"weight": weight} | ({"bias": bias} if bias is not None else {})
-        args = {"units": units, "bias": bias is not None}
-        return self._add(n, "dense", [src], (units,), args, weights)
-
-    def _op_Gemm(self, n, a):
-        if a.get("transA", 0):
-            raise self.fail("transA=1 is not supported", n)
-        b = self._const_input(n, 1, "weight (B)")
-        c = self._const_input(n, 2, "bias (C)")
-        if b is None or b.ndim != 2:
-            raise self.fail("B must be a 2-D constant", n)
-        weight = (b if a.get("transB", 0) else b.T) * np.float32(a.get("alpha", 1.0))
-        bias = None
-        if c is not None:
-            units = weight.shape[0]
-            try:
-                bias = np.broadcast_to(c * np.float32(a.get("beta", 1.0)), (1, units))[0]
-            except ValueError:
-                raise self.fail(
-                    f"C of shape {c.shape} does not broadcast to ({units},)", n
-                ) from None
-        self._dense(n, n.input[0], np.ascontiguousarray(weight), bias)
-
-    def _op_MatMul(self, n, a):
-        b = self._const_input(n, 1, "second operand")
-        if b is None or b.ndim != 2:
-            raise self.fail("only MatMul with a constant 2-D second operand is supported", n)
-        self._dense(n, n.input[0], np.ascontiguousarray(b.T), None)
-
-    def _activation(self, n, layer_type: str, args: dict[str, Any] | None = None):
-        src = n.input[0]
-        self._src(n, src)
-        self._add(n, layer_type, [src], self.shape[src], args)
-
-    def _op_Relu(self, n, a):
-        self._activation(n, "relu")
-
-    def _op_LeakyRelu(self, n, a):
-        self._activation(n, "leaky_relu", {"alpha": _f32(a.get("alpha", 0.01))})
-
-    def _op_Sigmoid(self, n, a):
-        self._activation(n, "sigmoid")
-
-    def _op_Tanh(self, n, a):
-        self._activation(n, "tanh")
-
-    def _op_Softmax(self, n, a):
-        shape = self.shape.get(n.input[0])
-        self._src(n, n.input[0])
-        axis = int(a.get("axis", -1))
-        if shape is None or len(shape) != 1 or axis not in (-1, 1):
-            raise self.fail("only a softmax over the features of (N, D) is supported", n)
-        self._activation(n, "softmax")
-
-    def _pool(self, n, a, layer_type: str):
-        c, h, w = self._spatial(n)
-        size = tuple(int(k) for k in a["kernel_shape"])
-        stride = tuple(int(s) for s in a.get("strides", (1, 1)))
-        if a.get("ceil_mode", 0):
-            raise self.fail("ceil_mode=1 is not supported (sensorlab pools round down)", n)
-        if any(d != 1 for d in a.get("dilations", (1, 1))):
-            raise self.fail("dilated pooling is not supported", n)
-        if a.get("storage_order", 0):
-            raise self.fail("storage_order=1 is not supported", n)
-        (t, b), (left, r) = self._pads(n, a, (h, w), size, stride)
-        if t != b or left != r:
-            raise self.fail(f"asymmetric pads {[t, left, b, r]} are not supported for pooling", n)
-        if layer_type == "avgpool2d" and a.get("count_include_pad", 0) and (t or left):
-            raise self.fail("count_include_pad=1 with padding is not supported", n)
-        oh = (h + 2 * t - size[0]) // stride[0] + 1
-        ow = (w + 2 * left - size[1]) // stride[1] + 1
-        args = {"size": list(size), "stride": list(stride), "padding": [t, left]}
-        self._add(n, layer_type, [n.input[0]], (c, oh, ow), args)
-
-    def _op_MaxPool(self, n, a):
-        self._pool(n, a, "maxpool2d")
-
-    def _op_AveragePool(self, n, a):
-        self._pool(n, a, "avgpool2d")
-
-    def _op_GlobalAveragePool(self, n, a):
-        c, _, _ = self._spatial(n)
-        self.pending_gap[n.output[0]] = (n, n.input[0])
-        self.shape[n.output[0]] = (c, 1, 1)
-
-    def _flatten_like(self, n) -> None:
-        src = n.input[0]
-        if src in self.pending_gap:
-            gap_node, gap_in = self.pending_gap.pop(src)
-            c = self.shape[gap_in][0]
-            self._add(gap_node, "global_avgpool", [gap_in], (c,), output=n.output[0])
-            return
-        self._src(n, src)
-        shape = self.shape[src]
-        self._add(n, "flatten", [src], (int(np.prod(shape)),))
-
-    def _op_Flatten(self, n, a):
-        if int(a.get("axis", 1)) != 1:
-            raise self.fail("only Flatten with axis=1 is supported", n)
-        self._flatten_like(n)
-
-    def _op_Reshape(self, n, a):
-        target = self.consts.get(n.input[1]) if len(n.input) > 1 else None
-        src = n.input[0]
-        shape = self.shape.get(src)
-        if target is None or shape is None:
-            raise self.fail("only Reshape with a constant shape is supported", n)
-        t = [int(v) for v in np.asarray(target).ravel()]
-        size = int(np.prod(shape))
-        ok = len(t) == 2 and t[0] >= -1 and t[1] in (-1, size) and t != [-1, -1]
-        if not ok:
-            raise self.fail(f"only a Reshape to (N, {size}) (a flatten) is supported, got {t}", n)
-        self._flatten_like(n)
-
-    def _op_BatchNormalization(self, n, a):
-        shape = self._spatial(n)
-        if a.get("training_mode", 0):
-            raise self.fail("training_mode=1 is not supported", n)
-        vals = [
-            self._const_input(n, i, w)
-            for i, w in enumerate(("", "scale", "B", "mean", "var"))
-            if i > 0
-        ]
-        if any(v is None for v in vals):
-            raise self.fail("scale, B, mean and var must be constants", n)
-        # ONNX: running = momentum * running + (1 - momentum) * batch; sensorlab the reverse
-        momentum = float(f"{1.0 - _f32(a.get('momentum', 0.9)):.12g}")
-        args = {"eps": _f32(a.get("epsilon", 1e-5)), "momentum": momentum}
-        if not 0.0 < momentum <= 1.0:
-            args.pop("momentum")
-        weights = dict(zip(("weight", "bias", "running_mean", "running_var"), vals, strict=True))
-        self._add(n, "batchnorm2d", [n.input[0]], shape, args, weights)
-
-    def _op_Dropout(self, n, a):
-        ratio = self._const_input(n, 1, "ratio")
-        if len(n.input) > 2 and n.input[2]:
-            mode = self.consts.get(n.input[2])
-            if mode is None or bool(np.asarray(mode)):
-                raise self.fail("training_mode must be a constant false", n)
-        rate = _f32(ratio if ratio is not None else a.get("ratio", 0.5))
-        self._activation(n, "dropout", {"rate": rate})
-
-    def _op_Identity(self, n, a):
-        self._alias(n, n.input[0])
-
-    def _merge_add(self, n, srcs: list[str]) -> None:
-        shapes = [self.shape.get(s) for s in srcs]
-        for s in srcs:
-            self._src(n, s)
-        if any(sh != shapes[0] for sh in shapes):
-            raise self.fail(f"only an add of equal shapes is supported, got {shapes}", n)
-        first = self.ref[srcs[0]]
-        last = self.rows[-1] if self.rows else None
-        # a chain of binary Adds (how an n-ary add is exported) becomes one add layer
-        if (
-            last is not None
-            and last["type"] == "add"
-            and last["name"] == first
-            and self.readers.get(srcs[0], 0) == 1
-            and srcs[0] not in [o.name for o in self.graph.output]
-        ):
-            last["from"] = [*last["from"], *(self.ref[s] for s in srcs[1:])]
-            self.ref[n.output[0]] = first
-            self.shape[n.output[0]] = shapes[0]
-            return
-        self._add(n, "add", srcs, shapes[0])
-        self.rows[-1]["from"] = [self.ref[s] for s in srcs]
-
-    def _op_Add(self, n, a):
-        x, y = n.input[0], n.input[1]
-        if y in self.consts or x in self.consts:
-            const, src = (y, x) if y in self.consts else (x, y)
-            last = self.rows[-1] if self.rows else None
-            c = np.asarray(self.consts[const], np.float32)
-            if (
-                last is not None
-                and last["type"] == "dense"
-                and not last["bias"]
-                and self.ref.get(src) == last["name"]
-                and self.readers.get(src, 0) == 1
-                and c.size == last["units"]
-            ):
-                last["bias"] = True
-                self.weights[f"{last['name']}.bias"] = c.reshape(-1)
-                self.ref[n.output[0]] = last["name"]
-                self.shape[n.output[0]] = self.shape[src]
-                return
-            raise self.fail("an Add of a constant is supported only as a MatMul's bias", n)
-        self._merge_add(n, [x, y])
-
-    def _op_Sum(self, n, a):
-        if len(n.input) == 1:
-            self._alias(n, n.input[0])
-            return
-        self._merge_add(n, list(n.input))
-
-    def _op_Concat(self, n, a):
-        shapes = [self.shape.get(s) for s in n.input]
-        for s in n.input:
-            self._src(n, s)
-        rank = len(shapes[0]) + 1
-        axis = int(a["axis"])
-        if axis < 0:
-            axis += rank
-        if axis != 1 or any(len(s) != rank - 1 or s[1:] != shapes[0][1:] for s in shapes):
-            raise self.fail("only a concat along channels (axis 1) is supported", n)
-        out = (sum(s[0] for s in shapes), *shapes[0][1:])
-        self._add(n, "concat", list(n.input), out)
-        self.rows[-1]["from"] = [self.ref[s] for s in n.input]
-
 
 def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None) -> ImportedModel:
     """Convert an ONNX model into a sensorlab model (YAML mapping + weights).
@@ -626,7 +373,7 @@ def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None
     else:
         file = str(source)
         proto = load_onnx(source)
-    conv = _Converter(proto, file)
+    conv = OnnxReader(proto, file)
     data = conv.run(name)
     try:
         spec = parse_graph(data, source=file)

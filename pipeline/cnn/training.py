@@ -202,24 +202,7 @@ def fit(
         val_accuracy, time_s), best epoch, whether it stopped early.
     """
     cfg = cfg or TrainConfig()
-    if isinstance(train_data, tuple):
-        x, y = train_data
-        y = np.asarray(y)
-        _check_arrays(model, x, y, "training data")
-        if val_data is None:
-            (x, y), val_data = split_train_val(x, y, cfg.val_fraction, cfg.seed)
-        train_data = (x, y)
-        steps_per_epoch: int | None = math.ceil(len(x) / cfg.batch_size)
-    else:
-        steps_per_epoch = None
-    if isinstance(val_data, tuple):
-        _check_arrays(model, val_data[0], np.asarray(val_data[1]), "validation data")
-    if cfg.patience is not None and val_data is None:
-        raise UserError(
-            "patience (early stopping) needs validation data; set val_fraction > 0",
-            key="train.patience",
-        )
-
+    train_data, val_data, steps_per_epoch = _checked_data(model, train_data, val_data, cfg)
     opt = cfg.make_optimizer(model)
     schedule = cfg.make_schedule()
     st = _State()
@@ -234,61 +217,10 @@ def fit(
         epoch = st.epoch
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, _SHUFFLE_TAG, epoch])
-        if isinstance(train_data, tuple):
-            batches = _array_batches(*train_data, cfg.batch_size, rng)
-        else:
-            batches = train_data(epoch)
-        spe = steps_per_epoch
-        if spe is None and hasattr(batches, "__len__"):
-            spe = len(batches)
-        loss_sum, correct, n = 0.0, 0, 0
-        lr = schedule(epoch, 0, spe or 1)
-        for step, (xb, yb) in enumerate(batches):
-            yb = np.asarray(yb)
-            lr = schedule(epoch, step, spe) if spe else schedule(epoch)
-            logits = model.forward(xb, train=True, rng=rng)
-            loss, dlogits = F.cross_entropy(logits, yb)
-            loss = float(loss)
-            if not math.isfinite(loss):
-                raise UserError(
-                    f"training diverged: loss is {loss} at epoch {epoch} step {step}; "
-                    f"lower the learning rate (lr = {lr:g})",
-                    key="train.lr",
-                )
-            opt.step(model.backward(dlogits), lr)
-            hits = int(np.sum(np.argmax(logits, axis=1) == yb))
-            loss_sum += loss * len(yb)
-            correct += hits
-            n += len(yb)
-            logs = {
-                "loss": loss,
-                "accuracy": hits / len(yb),
-                "epoch_loss": loss_sum / n,
-                "epoch_accuracy": correct / n,
-                "lr": lr,
-            }
-            for cb in callbacks:
-                cb.on_batch_end(epoch, step, logs)
-        if n == 0:
-            raise UserError(f"training data gave no batches in epoch {epoch}")
-        record: dict[str, float] = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": loss_sum / n,
-            "train_accuracy": correct / n,
-        }
+        batches, spe = _epoch_batches(train_data, cfg.batch_size, rng, epoch, steps_per_epoch)
+        record = _train_epoch(model, opt, schedule, batches, spe, epoch, rng, callbacks)
         if val_data is not None:
-            val = evaluate(model, val_data, max(cfg.batch_size, 256), epoch=epoch)
-            record["val_loss"] = val["loss"]
-            record["val_accuracy"] = val["accuracy"]
-            if val["loss"] < st.best_loss:
-                st.best_loss, st.best_epoch, st.bad_epochs = val["loss"], epoch, 0
-                if cfg.restore_best:
-                    st.best_arrays = {k: v.copy() for k, v in model.state_arrays().items()}
-            else:
-                st.bad_epochs += 1
-                if cfg.patience is not None and st.bad_epochs >= cfg.patience:
-                    st.stopped_early = True
+            _validate(model, val_data, cfg, epoch, record, st)
         record["time_s"] = time.perf_counter() - t0
         st.history.append(record)
         st.epoch = epoch + 1
@@ -305,6 +237,105 @@ def fit(
     for cb in callbacks:
         cb.on_train_end(result)
     return result
+
+
+def _checked_data(
+    model: Model, train_data: Data, val_data: Data | None, cfg: TrainConfig
+) -> tuple[Data, Data | None, int | None]:
+    """Training and validation data checked against the model (validation held out of
+    training arrays when not given), and the steps per epoch when known."""
+    steps_per_epoch: int | None = None
+    if isinstance(train_data, tuple):
+        x, y = train_data
+        y = np.asarray(y)
+        _check_arrays(model, x, y, "training data")
+        if val_data is None:
+            (x, y), val_data = split_train_val(x, y, cfg.val_fraction, cfg.seed)
+        train_data = (x, y)
+        steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    if isinstance(val_data, tuple):
+        _check_arrays(model, val_data[0], np.asarray(val_data[1]), "validation data")
+    if cfg.patience is not None and val_data is None:
+        raise UserError(
+            "patience (early stopping) needs validation data; set val_fraction > 0",
+            key="train.patience",
+        )
+    return train_data, val_data, steps_per_epoch
+
+
+def _epoch_batches(
+    train_data: Data, batch_size: int, rng: np.random.Generator, epoch: int, spe: int | None
+) -> tuple[Iterable[tuple[np.ndarray, np.ndarray]], int | None]:
+    """The epoch's batches (arrays shuffled with ``rng``, or the factory's) and their count
+    when known."""
+    if isinstance(train_data, tuple):
+        batches = _array_batches(*train_data, batch_size, rng)
+    else:
+        batches = train_data(epoch)
+    if spe is None and hasattr(batches, "__len__"):
+        spe = len(batches)
+    return batches, spe
+
+
+def _train_epoch(
+    model: Model,
+    opt: Optimizer,
+    schedule: Callable[..., float],
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    spe: int | None,
+    epoch: int,
+    rng: np.random.Generator,
+    callbacks: Sequence[Callback],
+) -> dict[str, float]:
+    """One pass over ``batches``: forward, backward, optimiser step; the epoch's record."""
+    loss_sum, correct, n = 0.0, 0, 0
+    lr = schedule(epoch, 0, spe or 1)
+    for step, (xb, yb) in enumerate(batches):
+        yb = np.asarray(yb)
+        lr = schedule(epoch, step, spe) if spe else schedule(epoch)
+        logits = model.forward(xb, train=True, rng=rng)
+        loss, dlogits = F.cross_entropy(logits, yb)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise UserError(
+                f"training diverged: loss is {loss} at epoch {epoch} step {step}; "
+                f"lower the learning rate (lr = {lr:g})",
+                key="train.lr",
+            )
+        opt.step(model.backward(dlogits), lr)
+        hits = int(np.sum(np.argmax(logits, axis=1) == yb))
+        loss_sum += loss * len(yb)
+        correct += hits
+        n += len(yb)
+        logs = {
+            "loss": loss,
+            "accuracy": hits / len(yb),
+            "epoch_loss": loss_sum / n,
+            "epoch_accuracy": correct / n,
+            "lr": lr,
+        }
+        for cb in callbacks:
+            cb.on_batch_end(epoch, step, logs)
+    if n == 0:
+        raise UserError(f"training data gave no batches in epoch {epoch}")
+    return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / n, "train_accuracy": correct / n}
+
+
+def _validate(
+    model: Model, val_data: Data, cfg: TrainConfig, epoch: int, record: dict, st: _State
+) -> None:
+    """Validation loss and accuracy into ``record``; best-epoch and early-stopping state."""
+    val = evaluate(model, val_data, max(cfg.batch_size, 256), epoch=epoch)
+    record["val_loss"] = val["loss"]
+    record["val_accuracy"] = val["accuracy"]
+    if val["loss"] < st.best_loss:
+        st.best_loss, st.best_epoch, st.bad_epochs = val["loss"], epoch, 0
+        if cfg.restore_best:
+            st.best_arrays = {k: v.copy() for k, v in model.state_arrays().items()}
+    else:
+        st.bad_epochs += 1
+        if cfg.patience is not None and st.bad_epochs >= cfg.patience:
+            st.stopped_early = True
 
 
 # --------------------------------------------------------------------------- checkpoints

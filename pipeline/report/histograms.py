@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.report.figures import figure, figure_uri
+from pipeline.stage import read_attr
 
 __all__ = ["channel_values", "dn_histogram_uri"]
 
@@ -22,7 +23,7 @@ def channel_values(x: np.ndarray, attrs: Mapping[str, Any]) -> dict[str, np.ndar
     named R, G, B by position (``c0``, ``c1``... beyond three or without a tile).
     """
     x = np.asarray(x)
-    tile = attrs.get("cfa_tile")
+    tile = read_attr(attrs, "cfa_tile")
     if x.ndim == 3:
         if not tile:
             return {"all": x.ravel()}
@@ -46,7 +47,7 @@ def dn_histogram_uri(x: np.ndarray, attrs: Mapping[str, Any], title: str) -> str
     title : the figure's title.
     """
     channels = channel_values(x, attrs)
-    bits = int(attrs.get("bits", 16))
+    bits = int(read_attr(attrs, "bits", 16))
     top = (1 << bits) - 1
     step = max(1, (top + 1) // _MAX_BINS)
     edges = np.arange(-0.5, top + step + 0.5, step)
@@ -58,8 +59,9 @@ def dn_histogram_uri(x: np.ndarray, attrs: Mapping[str, Any], title: str) -> str
             ("black_level_dn", "--", "black"),
             ("white_level_dn", ":", "white"),
         ):
-            if attrs.get(key) is not None:
-                level = float(attrs[key])
+            level = read_attr(attrs, key)
+            if level is not None:
+                level = float(level)
                 ax.axvline(level, color="k", ls=style, lw=1, label=f"{label} {level:g} DN")
         ax.set_xlim(-0.5 - step, top + step)
         ax.set_xlabel("DN")

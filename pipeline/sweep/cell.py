@@ -152,8 +152,13 @@ def measure_snr(
     chain = build_chain(loaded, info, registry=registry, with_model=False)
     ref_chain = build_chain(reference, info, registry=registry, with_model=False)
     sums = SnrSums()
+    stage = stage or chain.names[-1]
     batch_size = loaded.config.run.batch_size
-    stage = compare_chains(dataset, chain, ref_chain, stage, images, batch_size, [sums])
+    pairs = compare_chains(
+        chain, ref_chain, dataset, batch_size, stage=stage, images=images, file=loaded.file
+    )
+    for out, ref in pairs:
+        sums.add(out, ref)
     return sums, stage
 
 

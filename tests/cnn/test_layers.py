@@ -41,6 +41,7 @@ CASES = [
     ("relu", "relu", [(3, 4, 4)], {}),
     ("leaky_relu", "leaky_relu", [(3, 4, 4)], {"alpha": 0.2}),
     ("sigmoid", "sigmoid", [(2, 3, 3)], {}),
+    ("hard_sigmoid", "hard_sigmoid", [(2, 3, 3)], {"alpha": 0.3, "beta": 0.4}),
     ("tanh", "tanh", [(5,)], {}),
     ("softmax", "softmax", [(6,)], {}),
     ("maxpool", "maxpool2d", [(2, 6, 6)], {"size": 2}),
@@ -67,6 +68,8 @@ def _inputs(layer_type, shapes, n, rng):
         x = rng.standard_normal((n, *s))
         if layer_type in ("relu", "leaky_relu"):
             x = np.where(np.abs(x) < 0.05, x + 0.1 * np.sign(x + 1e-12), x)  # away from the kink
+        if layer_type == "hard_sigmoid":  # away from the kinks at alpha*x + beta = 0 and 1
+            x = rng.choice([-5.0, -1.2, -0.5, 0.0, 0.5, 1.2, 5.0], x.shape) + 0.01 * x
         if layer_type == "maxpool2d":
             # distinct values, gaps far larger than the finite-difference step
             x = rng.permutation(np.arange(x.size)).reshape(x.shape) * 0.01
@@ -240,3 +243,18 @@ def test_dropout_is_identity_in_eval_and_inverted_in_training():
     np.testing.assert_allclose(y[~zero], 1 / 0.7)
     y2, _ = layer.forward([x], {}, train=True, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(y, y2)  # the mask comes from the generator only
+
+
+def test_every_layer_type_has_its_row_in_the_docs():
+    """docs/layers.md: one row per registered type, naming the ONNX operators it imports
+    from and its module."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "layers.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines() if "| `" in line}
+    assert set(rows) == set(LAYERS)
+    for name, cls in LAYERS.items():
+        cells = [c.strip() for c in rows[name].split("|")]
+        assert all(op in cells[4] for op in cls.onnx_ops), name
+        assert cells[5] == ("yes" if cls.int8_ops else "no"), name
+        assert cells[6] == cls.__module__.rsplit(".", 1)[-1], name

@@ -186,7 +186,12 @@ def test_renaming_the_model_or_reformatting_keeps_weights_valid(tmp_path):
     renamed = tmp_path / "renamed.yaml"
     renamed.write_text("# comment\n" + yaml.safe_dump(dict(SKIP_GRAPH, name="else")))
     shutil.copy(tmp_path / "net.npz", tmp_path / "renamed.npz")
-    load_model(renamed)
+    saved = load_model(path).state_arrays()
+    loaded = load_model(renamed, init_seed=1)  # another init seed: the weights must be read
+    assert loaded.spec.name == "else"
+    assert loaded.state_arrays().keys() == saved.keys()
+    for k, v in saved.items():
+        np.testing.assert_array_equal(loaded.state_arrays()[k], v, err_msg=k)
 
 
 def test_corrupt_or_foreign_weights(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from pipeline.cnn.graph import load_graph, parse_graph
-from pipeline.cnn.model import Model
+from pipeline.cnn.model import Model, load_model
 from pipeline.cnn.onnx_export import (
     FRONT_PREFIX,
     INPUT_NAME,
@@ -83,6 +84,11 @@ LAYER_CASES = {
     ],
     "sigmoid": [{"type": "conv2d", "filters": 2, "kernel": 3}, {"type": "sigmoid"}, *F],
     "tanh": [{"type": "conv2d", "filters": 2, "kernel": 3}, {"type": "tanh"}, *F],
+    "hard_sigmoid": [
+        {"type": "conv2d", "filters": 2, "kernel": 3},
+        {"type": "hard_sigmoid", "alpha": 0.25, "beta": 0.4},
+        *F,
+    ],
     "softmax_hidden": [
         {"type": "flatten"},
         {"type": "dense", "units": 5},
@@ -310,11 +316,19 @@ def test_output_softmax_is_a_second_output(tmp_path):
         assert max_diff(probs, model.predict_proba(x)) <= TOL, name
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_models_match_numpy_on_every_runtime(path, tmp_path):
-    """configs/models/*.yaml with random initial weights (until trained weights ship)."""
-    model = Model(load_graph(path), init_seed=7)
-    proto = export_onnx(model)
+TRAINED = sorted((ROOT / "data" / "models").glob("*/model.yaml"))
+PARITY_GRAPHS = [*SHIPPED, *TRAINED]
+
+
+@pytest.mark.parametrize("opset", [13, 17, 21])
+@pytest.mark.parametrize(
+    "path", PARITY_GRAPHS, ids=[f"{p.parent.name}/{p.stem}" for p in PARITY_GRAPHS]
+)
+def test_shipped_models_match_numpy_on_every_runtime(path, opset, tmp_path):
+    """configs/models/*.yaml with random initial weights and data/models/*/model.yaml with
+    their trained weights, at the lowest, default and highest opsets."""
+    model = load_model(path) if path in TRAINED else Model(load_graph(path), init_seed=7)
+    proto = export_onnx(model, opset=opset)
     rng = np.random.default_rng(3)
     for n in (1, 4):
         x = rng.random((n, *model.input_shape), dtype=np.float32)
@@ -357,32 +371,36 @@ def test_every_opset_13_to_21_runs_everywhere(opset, tmp_path):
     x = np.random.default_rng(opset).random((2, 3, 16, 16), dtype=np.float32)
     expected = model.forward(x)
     for name, run in runtimes(tmp_path).items():
-        if name == "onnx.reference" and opset < 14:
-            continue  # its BatchNormalization-9 is wrong: see the next test
         assert max_diff(run(proto, {INPUT_NAME: x}, [LOGITS_NAME])[0], expected) <= TOL, name
 
 
-def test_onnx_reference_batchnorm_before_opset_14_uses_batch_statistics():
-    """onnx.reference's BatchNormalization-9 (opsets 9-13) normalises with the batch's own
-    statistics blended with the running ones, even in inference mode (one output), against
-    the operator's specification and every other runtime; from opset 14 on it is right."""
+@pytest.mark.parametrize("opset", [13, 14])
+def test_batchnorm_runs_in_inference_mode_on_onnx_reference(opset):
+    """onnx.reference takes BatchNormalization-9 (opsets 9-13) as training mode (its
+    momentum has a schema default; it then blends the batch's statistics into the running
+    ones, up to 0.36 relative off): below opset 14 batch norm is written as Mul + Add. The
+    logits are checked against batch norm written out, and the export reads back."""
+    from pipeline.cnn.onnx_import import import_onnx
+
     model = case_model(LAYER_CASES["batchnorm2d"])
-    proto = export_onnx(model, opset=13)
+    proto = export_onnx(model, opset=opset)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ("BatchNormalization" in ops) == (opset >= 14) and ("Mul" in ops) == (opset < 14)
     x = np.random.default_rng(5).random((3, 3, 8, 8), dtype=np.float32)
-    assert max_diff(run_onnxruntime(proto, {INPUT_NAME: x})[0], model.forward(x)) <= TOL
-    conv, bn, _, dense = model.spec.nodes
+    conv, bn_node, _, dense = model.spec.nodes
     state = model.state_arrays()
-    h = conv.layer.forward([x], {k: state[f"{conv.name}.{k}"] for k in ("weight", "bias")})[0]
-    p = {k: state[f"{bn.name}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")}
-    m = 0.9  # the exported momentum attribute: 1 - sensorlab's 0.1
-    mean = p["running_mean"] * m + h.mean(axis=(0, 2, 3)) * (1 - m)
-    var = p["running_var"] * m + h.var(axis=(0, 2, 3)) * (1 - m)
+    h = conv.layer.forward([x], model.layer_params(conv))[0]
+    p = model.layer_params(bn_node)
     c = (1, -1, 1, 1)
-    y = p["weight"].reshape(c) * (h - mean.reshape(c)) / np.sqrt(var.reshape(c) + 0.001)
-    y = y + p["bias"].reshape(c)
+    y = (h - p["running_mean"].reshape(c)) / np.sqrt(p["running_var"].reshape(c) + 0.001)
+    y = y * p["weight"].reshape(c) + p["bias"].reshape(c)
     logits = y.reshape(len(x), -1) @ state[f"{dense.name}.weight"].T + state[f"{dense.name}.bias"]
-    got = run_reference(proto, {INPUT_NAME: x})[0]
-    assert max_diff(got, logits) <= TOL and max_diff(got, model.forward(x)) > 100 * TOL
+    assert max_diff(model.forward(x), logits) <= TOL
+    assert max_diff(run_reference(proto, {INPUT_NAME: x})[0], logits) <= TOL
+    assert max_diff(run_onnxruntime(proto, {INPUT_NAME: x})[0], logits) <= TOL
+    back = import_onnx(proto).model
+    assert [n.type for n in back.spec.nodes] == [n.type for n in model.spec.nodes]
+    assert max_diff(back.forward(x), logits) <= TOL
 
 
 def test_default_opset_is_17_and_the_graph_is_deployable():
@@ -698,8 +716,23 @@ def _cell(run, proto, feeds, expected, tol) -> tuple[bool, str]:
     return True, "✓" + ("" if bound == math.inf else f" <{bound:.0e}")
 
 
+COMPAT_DOC = ROOT / "docs" / "onnx-compatibility.md"
+REGENERATE = "python docs/onnx_compat_doc.py"
+REGENERATE_ENV = "SENSORLAB_WRITE_COMPAT_DOC"
+
+
+def _verdicts(text: str) -> list[str]:
+    """The doc without what varies between machines: the measured bounds of passing
+    cells (``✓ <1e-06`` -> ``✓``) and the versions line."""
+    text = re.sub(r"✓ <\d+e-\d+", "✓", text)
+    return [line for line in text.splitlines() if not line.startswith("Measured with ")]
+
+
 def test_compatibility_table_in_the_docs(tmp_path):
-    """Runtime × opset × float/int8 × front end; written to docs/onnx-compatibility.md.
+    """Runtime × opset × float/int8 × front end, against docs/onnx-compatibility.md: the
+    test fails when the doc is stale (a verdict or a note changed); ``python
+    docs/onnx_compat_doc.py`` (which runs this test with SENSORLAB_WRITE_COMPAT_DOC=1)
+    rewrites it.
 
     Float cells compare with the NumPy engine (tolerance 1e-4); int8 cells with
     onnxruntime's int8 output (tolerance 1e-3 of the logits' range, same predictions)."""
@@ -733,14 +766,19 @@ def test_compatibility_table_in_the_docs(tmp_path):
     for rt in ("onnxruntime", "onnx.reference", "opencv-new", "opencv-classic"):
         for front_name in ("none", "raw"):
             for opset in TABLE_OPSETS:
-                # onnx.reference's BatchNormalization-9 is wrong (see the test above)
-                float_ok = rt != "onnx.reference" or opset >= 14
-                assert ok[(rt, "float", front_name, opset)] == float_ok, (rt, front_name, opset)
+                assert ok[(rt, "float", front_name, opset)], (rt, front_name, opset)
                 if rt != "onnx.reference" or opset >= 19:
                     assert ok[(rt, "int8", front_name, opset)], (rt, front_name, opset)
                 else:
                     assert not ok[(rt, "int8", front_name, opset)]
-    _write_table(rows, ov_run is not None, _opencv_int8_depthwise_probe(tmp_path))
+    text = _table_text(rows, ov_run is not None, _opencv_int8_depthwise_probe(tmp_path))
+    if os.environ.get(REGENERATE_ENV) == "1":
+        COMPAT_DOC.write_text(text, encoding="utf-8")
+        return
+    current = COMPAT_DOC.read_text(encoding="utf-8") if COMPAT_DOC.exists() else ""
+    assert _verdicts(current) == _verdicts(text), (
+        f"{COMPAT_DOC.relative_to(ROOT)} is stale; regenerate it with `{REGENERATE}`"
+    )
 
 
 def _opencv_int8_depthwise_probe(tmp: Path) -> str:
@@ -769,7 +807,7 @@ def _opencv_int8_depthwise_probe(tmp: Path) -> str:
     return "; ".join(found)
 
 
-def _write_table(rows, have_openvino: bool, depthwise_probe: str) -> None:
+def _table_text(rows, have_openvino: bool, depthwise_probe: str) -> str:
     versions = (
         f"onnx {onnx.__version__}, onnxruntime {ort.__version__}, "
         f"OpenCV {cv2.__version__}"
@@ -783,7 +821,8 @@ def _write_table(rows, have_openvino: bool, depthwise_probe: str) -> None:
     lines = [
         "# ONNX compatibility",
         "",
-        "<!-- Generated by tests/cnn/test_onnx_export.py::test_compatibility_table_in_the_docs;"
+        "<!-- Generated by `python docs/onnx_compat_doc.py` (which runs"
+        " tests/cnn/test_onnx_export.py::test_compatibility_table_in_the_docs);"
         " do not edit by hand. -->",
         "",
         "Which runtimes run a model written by `sensorlab export`, and how close their",
@@ -819,9 +858,10 @@ def _write_table(rows, have_openvino: bool, depthwise_probe: str) -> None:
         "- The IR version follows the opset (`onnx.helper.VERSION_TABLE`): the ONNX checker",
         "  does not catch an IR newer than a runtime accepts.",
         "- `onnx.reference` implements DequantizeLinear from opset 19 on: export int8 models",
-        "  with `--opset 19` (or later) to run them there. Its BatchNormalization-9 (opsets",
-        "  9-13) normalises with the batch's statistics even in inference mode, against the",
-        "  specification: a model with batch norm at opset 13 differs there (only there).",
+        "  with `--opset 19` (or later) to run them there. It runs BatchNormalization-9",
+        "  (opsets 9-13) in training mode (batch statistics; its momentum has a schema",
+        "  default), so below opset 14 the exporter writes batch norm as Mul + Add with the",
+        "  folded scale and shift (`sensorlab import` reads that pair back as batch norm).",
         "- OpenCV 5 has two ONNX engines (`cv2.dnn.readNetFromONNX(path, engine)`); both are",
         "  tested. The new engine cannot run a quantised bias, so int8 exports keep biases",
         "  in float. The classic engine computes some padded, dilated depthwise convolutions",
@@ -838,5 +878,4 @@ def _write_table(rows, have_openvino: bool, depthwise_probe: str) -> None:
         "  an int8 model: export with `--input-dtype int32`.",
         "",
     ]
-    (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / "onnx-compatibility.md").write_text("\n".join(lines), encoding="utf-8")
+    return "\n".join(lines)

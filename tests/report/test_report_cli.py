@@ -49,3 +49,29 @@ def test_run_sweep_and_characterize_write_their_report(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[-1] == f"report: {Path('sheet') / 'report.html'}"
+
+
+def test_report_is_a_command_module_with_a_description() -> None:
+    from pipeline.cli import COMMANDS, build_parser
+    from pipeline.cli import report as report_command
+
+    assert report_command in COMMANDS
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert sub.choices["report"].description.startswith("Write one self-contained HTML page")
+
+
+def test_report_command_in_a_subprocess_rewrites_a_run_folders_page(run_folder: Path) -> None:
+    page = run_folder / "report.html"
+    page.unlink(missing_ok=True)
+    proc = sensorlab("report", str(run_folder), cwd=run_folder.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"report: {page}"
+    assert "<html" in page.read_text(encoding="utf-8")
+
+
+def test_report_without_a_folder_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    proc = sensorlab("report", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "sensorlab: error: sensorlab report: the following arguments are required: folder"
+    ]

@@ -308,14 +308,20 @@ def test_shot_noise_is_poisson_below_and_gaussian_above_the_threshold():
 
 
 # -- attrs and errors ------------------------------------------------------------------
-def test_exposure_from_param_then_scene_then_default():
+def test_exposure_from_scene_then_param_then_default():
     p = PhotodetectorStage.Params
-    assert (
-        PhotodetectorStage(p(exposure_s=0.5))
-        .setup(_photons_info(2, 2, exposure_s=0.1))
-        .attrs["exposure_s"]
-        == 0.5
-    )
+    # no scene before it: the photodetector's own value
+    assert PhotodetectorStage(p(exposure_s=0.5)).setup(_photons_info(2, 2)).attrs[
+        "exposure_s"
+    ] == pytest.approx(0.5)
+    # both set and equal: one value
+    agreed = PhotodetectorStage(p(exposure_s=0.1)).setup(_photons_info(2, 2, exposure_s=0.1))
+    assert agreed.attrs["exposure_s"] == 0.1
+    with pytest.raises(
+        StageError, match=r"0\.5 s disagrees with the scene's exposure_s 0\.1 s"
+    ) as err:
+        PhotodetectorStage(p(exposure_s=0.5)).setup(_photons_info(2, 2, exposure_s=0.1))
+    assert err.value.key == "exposure_s"
     info = PhotodetectorStage().setup(_photons_info(2, 2, exposure_s=0.1, f_number=2.8))
     assert info.attrs["exposure_s"] == 0.1 and info.attrs["f_number"] == 2.8
     assert info.attrs["full_well_e"] == 10_000.0

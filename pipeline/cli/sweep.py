@@ -1,4 +1,4 @@
-"""``sensorlab sweep SWEEP.yaml``: run or resume a sweep from the command line."""
+"""``sensorlab sweep SWEEP.yaml``: run or resume a sweep (:mod:`pipeline.sweep`)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["cmd_sweep", "register"]
+from pipeline.cli.common import add_set_option
+from pipeline.report import write_report
+from pipeline.sweep.engine import SweepResult, run_sweep
+
+__all__ = ["cmd_sweep", "register", "summary"]
 
 
 def register(sub: Any) -> None:
-    from pipeline.cli import add_set_option
-
+    """Add ``sensorlab sweep``."""
     p = sub.add_parser(
         "sweep",
         help="run a config over a grid (or list) of values; resumes an interrupted sweep",
@@ -48,9 +51,6 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pipeline.report import write_report
-    from pipeline.sweep.engine import run_sweep
-
     try:
         result = run_sweep(
             args.sweep,
@@ -71,7 +71,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(result: Any) -> str:
+def summary(result: SweepResult) -> str:
     """A few lines: how many cells ran, where the table and figures are, the table itself."""
     n, done = len(result.cells), len(result.skipped)
     lines = [

@@ -21,14 +21,19 @@ Measurement (two frames A, B per exposure level, and dark frames):
 - :func:`spatial_variance` and :func:`nonuniformity`: DSNU (e⁻) and PRNU (%) from the
   spatial variance of averaged frames, with the temporal noise left in the average
   removed.
+- :func:`spatial_decomposition` and :func:`line_nonuniformity`: the averaged frame's
+  spatial variance split into row, column and pixel parts (DSNU and PRNU per part), and
+  the row temporal noise from per-frame row means.
 
 References
 ----------
 EMVA Standard 1288, Release 4.0 Linear: "Standard for Characterization of Image Sensors
 and Cameras" (European Machine Vision Association, 2021): section 2 (model), section 6
 (photon transfer, eqs. for σ²_y from two frames, K, R, η, σ_d, saturation, μ_p.min,
-SNR_max, DR) and section 8 (spatial nonuniformity: DSNU₁₂₈₈, PRNU₁₂₈₈).
-The reference implementation: https://github.com/EMVA1288/emva1288.
+SNR_max, DR) and section 8 (spatial nonuniformity: DSNU₁₂₈₈, PRNU₁₂₈₈, and their row,
+column and pixel parts).
+The reference implementation: https://github.com/EMVA1288/emva1288 (``emva1288`` on
+PyPI; ``process/data.py`` and ``process/results.py`` hold the row/column equations).
 """
 
 from __future__ import annotations
@@ -43,8 +48,11 @@ __all__ = [
     "FIT_FRACTION",
     "SIGMA_Q2_DN2",
     "PhotonTransfer",
+    "SpatialDecomposition",
     "fit_mask",
     "fit_through_origin",
+    "line_nonuniformity",
+    "mean_decomposition",
     "nonuniformity",
     "pair_statistics",
     "photon_transfer",
@@ -53,6 +61,7 @@ __all__ = [
     "saturation_index",
     "sensitivity_threshold_e",
     "snr_model",
+    "spatial_decomposition",
     "spatial_variance",
     "temporal_dark_noise_e",
 ]
@@ -132,6 +141,134 @@ def nonuniformity(
     dsnu_e = float(np.sqrt(max(s2_dark, 0.0)) / system_gain_dn_per_e)
     prnu_pct = float(100.0 * np.sqrt(max(s2_flat - s2_dark, 0.0)) / (mu_flat - mu_dark))
     return dsnu_e, prnu_pct
+
+
+@dataclasses.dataclass(frozen=True)
+class SpatialDecomposition:
+    """The averaged frame's spatial variance in row, column and pixel parts (DN, DN²).
+
+    Attributes
+    ----------
+    mean_dn : μ_y, the mean of the averaged frame.
+    total_dn2 : s²_y, its spatial variance with the temporal part removed.
+    row_dn2, col_dn2, pixel_dn2 : s²_y.row, s²_y.col, s²_y.pixel.
+    temporal_dn2 : σ²_y.stack, the temporal variance per pixel (mean over pixels).
+    row_temporal_dn2 : σ²_y.row.temporal, the temporal variance shared by a row's pixels.
+    """
+
+    mean_dn: float
+    total_dn2: float
+    row_dn2: float
+    col_dn2: float
+    pixel_dn2: float
+    temporal_dn2: float
+    row_temporal_dn2: float
+
+
+def spatial_decomposition(frames: ArrayLike) -> SpatialDecomposition:
+    """Split the spatial variance of L averaged frames into row, column and pixel parts.
+
+    With ``⟨y⟩`` the average of the L frames (M rows, N columns), ``μ_y[m]`` its row
+    means, ``μ_y[n]`` its column means and ``σ²_s`` the temporal variance per pixel
+    (unbiased over the L frames, mean over pixels), EMVA 1288 R4.0 Linear, section 8::
+
+        s²_y     = var(⟨y⟩) − σ²_s / L                          (ddof 1)
+        s²_y.cav = (1/N) Σ_n (μ_y[n] − μ_y)² − σ²_pix.t / (L M)
+        s²_y.rav = (1/M) Σ_m (μ_y[m] − μ_y)² − σ²_pix.t / (L N) − σ²_row.t / L
+        s²_y.col   = ((MN − M) s²_y.cav − N (s²_y − s²_y.rav)) / (MN − M − N)
+        s²_y.row   = ((MN − N) s²_y.rav − M (s²_y − s²_y.cav)) / (MN − M − N)
+        s²_y.pixel = MN (s²_y − s²_y.cav − s²_y.rav) / (MN − M − N)
+
+    which solve ``s²_y = s²_row + s²_col + s²_pixel``, ``s²_cav = s²_col + s²_pixel/M``,
+    ``s²_rav = s²_row + s²_pixel/N``. The row temporal noise σ²_row.t (a noise shared by
+    the pixels of a row in one frame) comes from the per-frame row means ``μ_l[m]``: their
+    temporal variance ``v = mean_m var_l(μ_l[m])`` is ``σ²_row.t + σ²_pix.t / N`` with
+    ``σ²_pix.t = σ²_s − σ²_row.t``, so ``σ²_row.t = (N v − σ²_s) / (N − 1)``. Without row
+    temporal noise (σ²_row.t = 0) the temporal corrections are the standard's.
+
+    Parameters
+    ----------
+    frames : ``(L, M, N)`` with L ≥ 2 frames at one exposure level (DN), M, N ≥ 2.
+
+    Returns
+    -------
+    :class:`SpatialDecomposition` (variances may come out slightly negative from
+    sampling noise when a part is absent).
+    """
+    y = np.asarray(frames, dtype=np.float64)
+    if y.ndim != 3 or y.shape[0] < 2 or min(y.shape[1:]) < 2:
+        raise ValueError("spatial_decomposition needs (L, M, N) frames with L, M, N >= 2")
+    n_frames, m, n = y.shape
+    mean_frame = y.mean(axis=0)
+    mu = float(mean_frame.mean())
+    temporal = float(np.mean(np.var(y, axis=0, ddof=1)))
+    row_means_var = float(np.mean(np.var(y.mean(axis=2), axis=0, ddof=1)))
+    row_temporal = (n * row_means_var - temporal) / (n - 1)
+    pixel_temporal = temporal - row_temporal
+    s2 = float(np.var(mean_frame, ddof=1)) - temporal / n_frames
+    s2_cav = float(np.mean((mean_frame.mean(axis=0) - mu) ** 2)) - pixel_temporal / (n_frames * m)
+    s2_rav = (
+        float(np.mean((mean_frame.mean(axis=1) - mu) ** 2))
+        - pixel_temporal / (n_frames * n)
+        - row_temporal / n_frames
+    )
+    denom = m * n - m - n
+    return SpatialDecomposition(
+        mean_dn=mu,
+        total_dn2=s2,
+        row_dn2=((m * n - n) * s2_rav - m * (s2 - s2_cav)) / denom,
+        col_dn2=((m * n - m) * s2_cav - n * (s2 - s2_rav)) / denom,
+        pixel_dn2=m * n * (s2 - s2_cav - s2_rav) / denom,
+        temporal_dn2=temporal,
+        row_temporal_dn2=row_temporal,
+    )
+
+
+def mean_decomposition(parts: list[SpatialDecomposition]) -> SpatialDecomposition:
+    """The field-wise mean of decompositions, e.g. of the CFA phases of one colour."""
+    if not parts:
+        raise ValueError("mean_decomposition needs at least one decomposition")
+    return SpatialDecomposition(
+        **{
+            f.name: float(np.mean([getattr(p, f.name) for p in parts]))
+            for f in dataclasses.fields(SpatialDecomposition)
+        }
+    )
+
+
+def line_nonuniformity(
+    dark: SpatialDecomposition, bright: SpatialDecomposition, system_gain_dn_per_e: float
+) -> dict[str, float]:
+    """Row, column and pixel DSNU (e⁻) and PRNU (%), and the row temporal noise (e⁻).
+
+    ``DSNU_part = s_y.part.dark / K`` and
+    ``PRNU_part = sqrt(s²_y.part − s²_y.part.dark) / (μ_y − μ_y.dark)`` (EMVA 1288 R4.0
+    Linear, section 8), for part = row, col, pixel; ``σ_row.t = sqrt(σ²_row.t.dark) / K``.
+    A negative variance estimate (no such pattern, sampling noise) gives 0.
+
+    Returns
+    -------
+    ``{row_offset_fpn_e, col_offset_fpn_e, dsnu_pixel_e, row_gain_fpn_pct,
+    col_gain_fpn_pct, prnu_pixel_pct, row_temporal_noise_e}``.
+    """
+    k = system_gain_dn_per_e
+    signal = bright.mean_dn - dark.mean_dn
+
+    def dsnu(var: float) -> float:
+        return float(np.sqrt(max(var, 0.0)) / k)
+
+    def prnu(bright_var: float, dark_var: float) -> float:
+        return float(100.0 * np.sqrt(max(bright_var - dark_var, 0.0)) / signal)
+
+    return {
+        "row_offset_fpn_e": dsnu(dark.row_dn2),
+        "col_offset_fpn_e": dsnu(dark.col_dn2),
+        "dsnu_pixel_e": dsnu(dark.pixel_dn2),
+        "row_gain_fpn_pct": prnu(bright.row_dn2, dark.row_dn2),
+        "col_gain_fpn_pct": prnu(bright.col_dn2, dark.col_dn2),
+        "prnu_pixel_pct": prnu(bright.pixel_dn2, dark.pixel_dn2),
+        "row_temporal_noise_e": dsnu(dark.row_temporal_dn2),
+    }
 
 
 def saturation_index(var_y: ArrayLike) -> int:

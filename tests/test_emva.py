@@ -12,7 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from sensors.emva import (
+from pipeline import emva
+from pipeline.emva import (
     fit_through_origin,
     nonuniformity,
     pair_statistics,
@@ -166,3 +167,89 @@ def test_photon_transfer_needs_levels_below_saturation():
     mu_p = np.array([0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="levels"):
         photon_transfer(mu_p, np.array([0.0, 10.0, 20.0]), np.array([1.0, 50.0, 2.0]), 0.0, 1.0)
+
+
+# -- row / column / pixel decomposition (EMVA 1288 R4.0, section 8) ---------------------------
+def _estimate_sd(part_var, residual_var, count):
+    """Std of a sample variance of ``count`` values of (part + residual) minus the residual's
+    expectation: the part's covariance with the residual and the residual's own scatter."""
+    return math.sqrt(4 * part_var * residual_var / count + 2 * residual_var**2 / count)
+
+
+def test_spatial_decomposition_recovers_row_column_pixel_and_row_temporal_parts():
+    m, n, frames = 300, 400, 8
+    s_row, s_col, s_pix, s_row_t, s_pix_t = 1.5, 1.0, 2.0, 0.8, 3.0
+    rng = np.random.default_rng(4)
+    row, col = s_row * rng.standard_normal(m), s_col * rng.standard_normal(n)
+    pix = s_pix * rng.standard_normal((m, n))
+    row_t = s_row_t * rng.standard_normal((frames, m))
+    y = (
+        500.0
+        + row[:, None]
+        + col[None, :]
+        + pix
+        + row_t[:, :, None]
+        + s_pix_t * rng.standard_normal((frames, m, n))
+    )
+    d = emva.spatial_decomposition(y)
+    # compared with the realised patterns' sample variances; bounds 5 sigma of what is
+    # left in the row (column) means: the pixel pattern and the temporal noise over L frames
+    left_row = s_pix**2 / n + s_pix_t**2 / (frames * n) + s_row_t**2 / frames
+    left_col = s_pix**2 / m + s_pix_t**2 / (frames * m)
+    assert d.row_dn2 == pytest.approx(
+        np.var(row, ddof=1), abs=5 * _estimate_sd(s_row**2, left_row, m)
+    )
+    assert d.col_dn2 == pytest.approx(
+        np.var(col, ddof=1), abs=5 * _estimate_sd(s_col**2, left_col, n)
+    )
+    assert d.pixel_dn2 == pytest.approx(
+        np.var(pix, ddof=1), abs=5 * _estimate_sd(s_pix**2, s_pix_t**2 / frames, m * n) + 0.02
+    )
+    assert d.total_dn2 == pytest.approx(d.row_dn2 + d.col_dn2 + d.pixel_dn2, rel=0.01)
+    # row temporal noise: m·(L − 1) degrees of freedom, plus the pixel noise in a row mean
+    dof = m * (frames - 1)
+    assert d.row_temporal_dn2 == pytest.approx(
+        np.var(row_t, axis=0, ddof=1).mean(),
+        abs=5 * _estimate_sd(s_row_t**2, s_pix_t**2 / n, dof),
+    )
+    assert d.temporal_dn2 == pytest.approx(s_row_t**2 + s_pix_t**2, rel=5 * math.sqrt(2 / dof))
+    assert d.mean_dn == pytest.approx(y.mean())
+
+
+def test_spatial_decomposition_without_structure_gives_no_row_or_column_part():
+    m, n, frames = 200, 250, 4
+    rng = np.random.default_rng(5)
+    y = 10.0 + 2.0 * rng.standard_normal((m, n)) + rng.standard_normal((frames, m, n))
+    d = emva.spatial_decomposition(y)
+    # the row part estimates 0 with the sampling std of the row means' variance
+    left_row, left_col = 4.0 / n + 1 / (frames * n), 4.0 / m + 1 / (frames * m)
+    assert abs(d.row_dn2) < 5 * left_row * math.sqrt(2 / m)
+    assert abs(d.col_dn2) < 5 * left_col * math.sqrt(2 / n)
+    assert abs(d.row_temporal_dn2) < 5 * (1 / n) * math.sqrt(2 / (m * (frames - 1)))
+    with pytest.raises(ValueError, match="L, M, N"):
+        emva.spatial_decomposition(y[0])
+
+
+def test_line_nonuniformity_converts_to_electrons_and_percent():
+    def parts(mean, row, col, pixel, row_t=0.0):
+        return emva.SpatialDecomposition(mean, row + col + pixel, row, col, pixel, 1.0, row_t)
+
+    dark = parts(100.0, row=0.04, col=0.01, pixel=0.25, row_t=0.09)
+    bright = parts(1100.0, row=0.04 + 25.0, col=0.01 + 16.0, pixel=0.25 + 100.0)
+    got = emva.line_nonuniformity(dark, bright, system_gain_dn_per_e=0.5)
+    assert got == pytest.approx(
+        {
+            "row_offset_fpn_e": 0.2 / 0.5,
+            "col_offset_fpn_e": 0.1 / 0.5,
+            "dsnu_pixel_e": 0.5 / 0.5,
+            "row_gain_fpn_pct": 100 * 5.0 / 1000.0,
+            "col_gain_fpn_pct": 100 * 4.0 / 1000.0,
+            "prnu_pixel_pct": 100 * 10.0 / 1000.0,
+            "row_temporal_noise_e": 0.3 / 0.5,
+        }
+    )
+    # a negative estimate (no pattern) is 0, not NaN
+    assert (
+        emva.line_nonuniformity(parts(0, -0.1, 0, 0), parts(1, -0.2, 0, 0), 1.0)["row_offset_fpn_e"]
+        == 0.0
+    )

@@ -1,0 +1,154 @@
+"""The flat padded convolution: one kernel for training and evaluation.
+
+A batch lives as padded NHWC in one 2-D (rows, C) matrix: each image row is followed by
+its right padding, each image by its bottom padding, so an output pixel anchored at its
+window's top-left input pixel ``q`` reads kernel tap ``(i, j)`` at row
+``q + i*row_step + j*col_step`` (``row_step`` = dilation * padded width, ``col_step`` =
+dilation). A convolution is then a sum of GEMMs of shifted views of that matrix, with no
+im2col copy of the whole batch (shared/perf-notes.md: "a tap is a row offset").
+
+:func:`corr_chunk` computes one chunk of output rows: the ``kw`` taps of a kernel row are
+copied side by side into a chunk matrix and ``kh`` GEMMs at row offsets accumulate (or one
+GEMM over all ``kh*kw`` taps when ``kw*C < IM2COL_MAX_K``). :mod:`pipeline.cnn.functional`
+calls it for training's forward and input gradient, :mod:`pipeline.cnn.fast` for the fused
+evaluation kernel; both therefore sum in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+__all__ = [
+    "CHUNK_ROWS",
+    "IM2COL_MAX_K",
+    "FlatLayout",
+    "corr_chunk",
+    "flat_padded",
+    "taps",
+    "use_im2col",
+    "weight_rows",
+]
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+CHUNK_ROWS = 4096
+"""Output pixels per GEMM chunk: temporaries stay in cache (4-8k measured best)."""
+IM2COL_MAX_K = 64
+"""Below this many values per tap row (kw*C), one GEMM over all kh*kw taps beats kh GEMMs."""
+
+
+def weight_rows(w: np.ndarray) -> np.ndarray:
+    """(F, C, kh, kw) weights as (kh, kw*C, F): row i holds kernel row i's taps."""
+    n_f, c, kh, kw = w.shape
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh, kw * c, n_f))
+
+
+def use_im2col(kh: int, k_row: int) -> bool:
+    """One GEMM over all taps (True) or ``kh`` GEMMs at row offsets (False)."""
+    return kh > 1 and k_row < IM2COL_MAX_K
+
+
+def flat_padded(x: np.ndarray, pads: Pads, lead: int, guard: int) -> np.ndarray:
+    """(lead + N*Hp*Wp + guard, C) zero matrix holding x (N, C, H, W) as padded NHWC."""
+    n, c, h, w = x.shape
+    (t, b), (lft, r) = pads
+    hp, wp = h + t + b, w + lft + r
+    flat = np.zeros((lead + n * hp * wp + guard, c), dtype=x.dtype)
+    body = flat[lead : lead + n * hp * wp].reshape(n, hp, wp, c)
+    body[:, t : t + h, lft : lft + w] = x.transpose(0, 2, 3, 1)
+    return flat
+
+
+def taps(
+    src: np.ndarray, start: int, rows: int, shape: tuple, steps: tuple, buf: np.ndarray
+) -> np.ndarray:
+    """Copy of the strided window view of the C-contiguous ``src`` from row ``start``:
+    shape (rows, *shape, C) with row strides ``steps`` (in rows), as (rows, prod)."""
+    c, item = src.shape[1], src.itemsize
+    need = start + rows - 1 + sum((k - 1) * st for k, st in zip(shape, steps, strict=True))
+    assert start >= 0 and need < src.shape[0], "flat layout guard too small"
+    strides = (c * item, *(st * c * item for st in steps), item)
+    view = as_strided(src[start:], (rows, *shape, c), strides, writeable=False)
+    out = buf[: view.size].reshape(view.shape)
+    np.copyto(out, view)
+    return out.reshape(rows, -1)
+
+
+def corr_chunk(
+    src: np.ndarray,
+    start: int,
+    rows: int,
+    row_step: int,
+    col_step: int,
+    wr: np.ndarray,
+    out: np.ndarray,
+    buf: np.ndarray,
+    tmp: np.ndarray,
+) -> None:
+    """out[q] = sum_{i,j} src[start + q + i*row_step + j*col_step] @ wr[i, j*C:(j+1)*C].
+
+    Parameters
+    ----------
+    src : (rows_total, C) flat padded matrix.
+    start, rows : first anchor row and number of output rows.
+    row_step, col_step : row offsets of one kernel row and one kernel column.
+    wr : (kh, kw*C, F) weights (:func:`weight_rows`).
+    out : (rows, F) result, overwritten.
+    buf : scratch of at least (rows + (kh-1)*row_step) * kh*kw*C values.
+    tmp : scratch of at least rows * F values.
+    """
+    kh, k_row, n_f = wr.shape
+    kw = k_row // src.shape[1]
+    if use_im2col(kh, k_row):
+        s = taps(src, start, rows, (kh, kw), (row_step, col_step), buf)
+        np.matmul(s, wr.reshape(kh * k_row, n_f), out=out)
+        return
+    s = taps(src, start, rows + (kh - 1) * row_step, (kw,), (col_step,), buf)
+    np.matmul(s[:rows], wr[0], out=out)
+    acc = tmp.reshape(-1)[: rows * n_f].reshape(rows, n_f)
+    for i in range(1, kh):
+        np.matmul(s[i * row_step : i * row_step + rows], wr[i], out=acc)
+        out += acc
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """A flat padded NHWC layout of ``h`` x ``w`` x ``c`` images: each row is followed by
+    ``pc`` zero pixels, each image by ``pr`` zero rows (shared between neighbours, so they
+    pad both sides); ``lead`` zero rows guard both ends."""
+
+    h: int
+    w: int
+    c: int
+    pr: int
+    pc: int
+
+    @property
+    def wq(self) -> int:
+        """Padded row length, pixels."""
+        return self.w + self.pc
+
+    @property
+    def img_rows(self) -> int:
+        """Matrix rows per image."""
+        return (self.h + self.pr) * self.wq
+
+    @property
+    def lead(self) -> int:
+        """Zero guard rows before the first image (and after the last)."""
+        return self.pr * self.wq + self.pc
+
+    def total_rows(self, n: int) -> int:
+        return 2 * self.lead + n * self.img_rows
+
+    def alloc(self, n: int) -> np.ndarray:
+        """A zero (rows, C) float32 matrix for ``n`` images."""
+        return np.zeros((self.total_rows(n), self.c), dtype=np.float32)
+
+    def interior(self, buf: np.ndarray, n: int) -> np.ndarray:
+        """(n, h, w, c) view of the pixels."""
+        body = buf[self.lead : self.lead + n * self.img_rows]
+        return body.reshape(n, self.h + self.pr, self.wq, self.c)[:, : self.h, : self.w]
