@@ -554,8 +554,9 @@ def _execute(
         except UserError as exc:
             raise exc.located(file=loaded.file) from None
     try:
-        recorder = _Recorder(chain, positions, n_record, writer)
+        recorder = _Recorder(chain, dataset, positions, n_record, writer)
         result = _run_stream(loaded, dataset, chain, recorder, progress, quality)
+        recorder.save_provenance()
         if writer is not None:
             _write_samples(writer, chain, result, config.run.samples)
             result.path = writer.commit(result.manifest)
@@ -566,12 +567,21 @@ def _execute(
         raise
 
 
+PROVENANCE = "provenance"  # zarr group and manifest section: where recorded images come from
+
+
 class _Recorder:
     """The recorded stages' first ``n_record`` images: kept in memory and, with a writer,
-    written to the run's array store as they stream by."""
+    written to the run's array store as they stream by; with them, each image's label,
+    dataset image key and (folder datasets) file name, its provenance."""
 
     def __init__(
-        self, chain: Chain, positions: list[int], n_record: int, writer: RunWriter | None
+        self,
+        chain: Chain,
+        dataset: Dataset,
+        positions: list[int],
+        n_record: int,
+        writer: RunWriter | None,
     ) -> None:
         self.positions = positions
         self.names = [DATASET if p < 0 else chain.names[p] for p in positions]
@@ -589,6 +599,10 @@ class _Recorder:
                     "signal_attrs": dict(info.attrs),
                 }
                 writer.create_array(name, (n_record, *info.shape), info.dtype, attrs)
+        n_traced = n_record if positions else 0
+        self.image_keys = batch_for(dataset, np.arange(n_traced, dtype=np.int64)).image_index
+        self.files = dataset.sources(0, n_traced)
+        self.labels: np.ndarray | None = None  # set by the first labelled batch
 
     def add(self, batch: StreamedBatch) -> None:
         """Keep the part of ``batch`` that falls among the first ``n_record`` images."""
@@ -596,6 +610,11 @@ class _Recorder:
         if start >= self.n_record:
             return
         stop = min(int(batch.index[-1]) + 1, self.n_record)
+        traced = min(stop, len(self.image_keys)) - start
+        if batch.labels is not None and traced > 0:
+            if self.labels is None:
+                self.labels = np.zeros(len(self.image_keys), np.int64)
+            self.labels[start : start + traced] = batch.labels[:traced]
         outputs = [batch.images, *batch.outputs]
         for pos, name in zip(self.positions, self.names, strict=True):
             part = outputs[pos + 1][: stop - start]
@@ -614,6 +633,27 @@ class _Recorder:
             }
             for name, info in zip(self.names, self.infos, strict=True)
         }
+
+    def provenance(self) -> dict[str, Any]:
+        """The manifest's ``provenance`` section: for recorded image i, ``labels[i]`` (None
+        for an unlabelled dataset), ``image_keys[i]`` (the dataset's stable identity of
+        the image, :meth:`Dataset.image_keys`) and ``files[i]`` (None without files)."""
+        return {
+            "path": f"arrays.zarr/{PROVENANCE}",
+            "images": len(self.image_keys),
+            "labels": None if self.labels is None else self.labels.tolist(),
+            "image_keys": self.image_keys.tolist(),
+            "files": self.files,
+        }
+
+    def save_provenance(self) -> None:
+        """Write the provenance arrays (``labels``, ``image_keys``, ``files``) to the store."""
+        if self.writer is None:
+            return
+        arrays = {"image_keys": self.image_keys, "labels": self.labels, "files": self.files}
+        for name, values in arrays.items():
+            if values is not None:
+                self.writer.save_array(f"{PROVENANCE}/{name}", values, {"provenance": name})
 
 
 def _progress_bar(config: Config, progress: bool | None, total: int) -> Any:
@@ -696,6 +736,7 @@ def _manifest(
         },
         "stages": _stage_entries(chain, clock),
         "arrays": recorder.manifest_entries(),
+        "provenance": recorder.provenance(),
         "wall_seconds": round(wall, 6),
         "images_per_second": round(len(dataset) / wall, 3) if wall > 0 else None,
         "metrics": metrics,

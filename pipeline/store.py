@@ -5,7 +5,9 @@ Layout of a finished run folder::
     <out>/<name>/
         manifest.json   resolved config, seed, versions, per-stage time, arrays, metrics
         arrays.zarr/    zarr v3 group, one array per recorded stage, chunked by image,
-                        each with attributes unit, stage, index and the signal's attrs
+                        each with attributes unit, stage, index and the signal's attrs;
+                        provenance/ holds each recorded image's label, dataset image
+                        key and (folder datasets) file name
         samples.png     a few images through every stage
 
 The folder is built under a hidden temporary name beside its final place
@@ -90,6 +92,22 @@ class RunWriter:
             attributes=jsonable(dict(attributes)),
             fill_value=0,
         )
+
+    def save_array(
+        self, name: str, values: np.ndarray | list[str], attributes: Mapping[str, Any]
+    ) -> None:
+        """Write a small whole array at once (``name`` may hold a group path, ``a/b``);
+        a list of strings becomes a variable-length UTF-8 array."""
+        if isinstance(values, list):
+            from zarr.dtype import VariableLengthUTF8
+
+            array = self.group.create_array(
+                name, shape=(len(values),), dtype=VariableLengthUTF8(), attributes=attributes
+            )
+            if values:
+                array[:] = np.asarray(values, dtype=object)
+            return
+        self.group.create_array(name, data=np.asarray(values), attributes=dict(attributes))
 
     def write(self, name: str, start: int, values: np.ndarray) -> None:
         """Write ``values`` at images ``[start, start + len(values))`` of array ``name``."""

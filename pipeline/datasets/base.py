@@ -79,6 +79,11 @@ class Dataset(ABC):
         """
         return np.arange(start, stop, dtype=np.int64)
 
+    def sources(self, start: int, stop: int) -> list[str] | None:
+        """Where images ``[start, stop)`` come from (a file name each), or None for a
+        dataset without per-image files (the default)."""
+        return None
+
     def info(self) -> SignalInfo:
         """What the dataset gives the first stage: unit IMAGE, one image's shape and dtype,
         and ``attrs={"encoding": ...}``."""
