@@ -36,6 +36,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "read_yaml",
+    "with_overrides",
 ]
 
 
@@ -280,6 +281,20 @@ def _list_index(rows: list, part: str | int, key: str, where: str) -> int:
 
 
 # --------------------------------------------------------------------------- validation
+def with_overrides(
+    loaded: LoadedConfig, overrides: Sequence[str], *, registry: Registry | None = None
+) -> LoadedConfig:
+    """``loaded`` with ``KEY=VALUE`` overrides applied on top; errors name its file."""
+    if not overrides:
+        return loaded
+    try:
+        out = load_config(loaded.raw, overrides, registry=registry, base_dir=loaded.base_dir)
+    except UserError as exc:
+        raise UserError(exc.message, file=loaded.file, key=exc.key) from None
+    out.file = loaded.file
+    return out
+
+
 def load_config(
     source: str | Path | Mapping[str, Any] | Config,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,

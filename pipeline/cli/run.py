@@ -15,7 +15,13 @@ __all__ = ["cmd_run", "register", "summary"]
 
 def register(sub: Any) -> None:
     """Add ``sensorlab run``."""
-    p = sub.add_parser("run", help="run a config through its stages and record every stage")
+    p = sub.add_parser(
+        "run",
+        help="run a config through its stages and record every stage",
+        description="Stream the config's dataset through its sensor stages (and model, if "
+        "any) and write a run folder: manifest.json, arrays.zarr (the first images of every "
+        "stage), samples.png, confusion.png with a model, and report.html.",
+    )
     p.add_argument("config", help="run config YAML")
     add_set_option(p)
     p.add_argument("--out", help="folder that receives the run folder (run.out)")

@@ -73,5 +73,5 @@ def test_report_without_a_folder_is_a_one_line_usage_error(tmp_path: Path) -> No
     proc = sensorlab("report", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "sensorlab: error: sensorlab report: the following arguments are required: folder"
+        "sensorlab: error: report: the following arguments are required: folder"
     ]
