@@ -17,6 +17,7 @@ leaves nothing that looks like a finished one.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ import zarr
 from pipeline.errors import UserError
 from pipeline.files import ordinary_mode
 
-__all__ = ["RunWriter", "jsonable", "ordinary_mode", "write_json_atomic"]
+__all__ = ["RunWriter", "check_run_name_free", "jsonable", "ordinary_mode", "write_json_atomic"]
 
 _CHUNK_BYTES = 1 << 20  # aim for ~1 MiB chunks, whole images per chunk
 
@@ -48,13 +49,10 @@ class RunWriter:
 
     def __init__(self, out_root: str | Path, name: str, *, overwrite: bool = False) -> None:
         self.out_root = Path(out_root)
+        self.name = name
         self.final = self.out_root / name
-        if self.final.exists() and not overwrite:
-            raise UserError(
-                f"run folder {self.final} already exists; pick another name "
-                "(--name, run.name) or folder (--out, run.out), or remove it",
-                key="run.name",
-            )
+        if not overwrite:
+            check_run_name_free(self.out_root, name)
         self.overwrite = overwrite
         try:
             self.out_root.mkdir(parents=True, exist_ok=True)
@@ -126,9 +124,37 @@ class RunWriter:
         os.replace(self.tmp, self.final)
         return self.final
 
+    def remove_stale_partials(self) -> list[Path]:
+        """Remove the hidden partial folders of earlier attempts at this run name (left by
+        a process killed before it could clean up, e.g. by SIGTERM); returns them."""
+        stale = [
+            p
+            for p in self.out_root.glob(f".{glob.escape(self.name)}.partial-*")
+            if p.is_dir() and p != self.tmp
+        ]
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+        return stale
+
     def abort(self) -> None:
         """Remove the temporary folder (an interrupted or failed run)."""
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def check_run_name_free(out_root: str | Path, name: str) -> None:
+    """Refuse a run folder that exists already (checked before any work is done).
+
+    Raises
+    ------
+    UserError : key ``run.name``, saying how to go on.
+    """
+    final = Path(out_root) / name
+    if final.exists():
+        raise UserError(
+            f"run folder {final} already exists; pick another name "
+            "(--name, run.name) or folder (--out, run.out), or remove it",
+            key="run.name",
+        )
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

@@ -51,6 +51,7 @@ from pipeline.errors import UserError
 __all__ = [
     "ChainData",
     "TrainRun",
+    "TrainingInterrupted",
     "blas_threads",
     "chain_arrays",
     "load_train_config",
@@ -214,14 +215,36 @@ def train_arrays(
         run = TrainRun(model, result, metrics, None)
         if writer is not None:
             _write_folder(writer, run, cfg, model_yaml, config)
+            if resume:
+                writer.remove_stale_partials()
             run.path = writer.commit(_manifest(run, cfg, manifest))
             if checkpoint is not None:
                 checkpoint.unlink(missing_ok=True)
         return run
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()
+        if isinstance(exc, KeyboardInterrupt) and checkpoint is not None and checkpoint.exists():
+            raise TrainingInterrupted(checkpoint, str(name)) from exc
         raise
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C with its checkpoint kept; the message says how to resume.
+
+    Attributes
+    ----------
+    checkpoint : the kept checkpoint file.
+    name : the run name to pass to ``--resume --name``.
+    """
+
+    def __init__(self, checkpoint: Path, name: str) -> None:
+        super().__init__(
+            f"interrupted; the checkpoint {checkpoint} is kept: continue with the same "
+            f"command plus --resume --name {name}"
+        )
+        self.checkpoint = checkpoint
+        self.name = name
 
 
 def _stamp() -> str:
@@ -432,7 +455,10 @@ def train_from_config(
     split, both through the configured sensor stages; a dataset without splits (or with
     an empty val split) gives its images to training, which then holds out
     ``train.val_fraction`` of them. The run folder goes to ``run.out`` under ``run.name``
-    (default ``<config stem>-train-<UTC time>``)."""
+    (default ``<config stem>-train-<UTC time>``); an existing one is refused before any
+    work is done."""
+    from pipeline.store import check_run_name_free
+
     loaded, cfg = load_train_config(source, overrides, registry=registry)
     config = loaded.config
     if config.model is None:
@@ -447,6 +473,14 @@ def train_from_config(
     model = Model(spec, init_seed=cfg.seed)
     if init_weights is not None:
         model.load_weights(init_weights)
+    run_opts = config.run
+    stem = Path(loaded.file).stem if str(loaded.file).endswith((".yaml", ".yml")) else "train"
+    name = name or run_opts.name or f"{stem}-train-{_stamp()}"
+    out = run_opts.out if out is None else out
+    try:
+        check_run_name_free(out, name)  # before the data is streamed through the sensor
+    except UserError as exc:
+        raise exc.located(file=loaded.file) from None
 
     splits = _has_splits(loaded)
     train = chain_arrays(
@@ -465,9 +499,6 @@ def train_from_config(
             _check_fit(model, model_path, v, loaded)
             val = (v.x, v.y)
 
-    run_opts = config.run
-    stem = Path(loaded.file).stem if str(loaded.file).endswith((".yaml", ".yml")) else "train"
-    name = name or run_opts.name or f"{stem}-train-{_stamp()}"
     resolved = loaded.portable(registry)
     # the run folder holds its own copy of the model: its config points there
     resolved["model"] = {"path": "model.yaml", "weights": "model.npz"}
@@ -495,7 +526,7 @@ def train_from_config(
             y,
             cfg,
             val=val,
-            out=run_opts.out if out is None else out,
+            out=out,
             name=name,
             model_yaml=model_path,
             config=resolved,

@@ -271,3 +271,51 @@ def test_run_folder_config_runs_from_anywhere(setup, toy_registry, tmp_path):
     train.path.rename(moved)
     result = run_config(moved / "config.yaml", registry=toy_registry, store=False)
     assert result.metrics["n"] == len(result.labels) > 0
+
+
+def test_an_existing_run_folder_is_refused_before_any_work(setup, toy_registry, monkeypatch):
+    (setup.parent / "runs" / "taken").mkdir(parents=True)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the data was streamed before the run folder was checked")
+
+    monkeypatch.setattr("pipeline.train.chain_arrays", no_work)
+    with pytest.raises(UserError) as info:
+        train_from_config(setup, ["run.name=taken"], registry=toy_registry)
+    assert str(info.value) == (
+        f"{setup}: run.name: run folder {setup.parent / 'runs' / 'taken'} already exists; "
+        "pick another name (--name, run.name) or folder (--out, run.out), or remove it"
+    )
+
+
+class _CtrlCAfterFirstEpoch(Callback):
+    """Stands in for the progress callback: Ctrl-C once the first checkpoint is written."""
+
+    def __init__(self, enabled):
+        pass
+
+    def on_epoch_end(self, epoch, record):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_the_checkpoint_is_kept_and_resume_cleans_up(
+    tmp_path, npz_dataset, monkeypatch, capsys
+):
+    from pipeline.cli import main
+
+    cfg = str(cli_setup(tmp_path, npz_dataset))
+    args = ["train", cfg, "--name", "cc", "-q", "--set", "train.epochs=2"]
+    runs = tmp_path / "runs"
+    with monkeypatch.context() as m:
+        m.setattr("pipeline.train._Progress", _CtrlCAfterFirstEpoch)
+        assert main(args) == 130
+    checkpoint = runs / ".cc.checkpoint.npz"
+    assert capsys.readouterr().err.strip() == (
+        f"sensorlab: interrupted; the checkpoint {checkpoint} is kept: continue with the "
+        "same command plus --resume --name cc"
+    )
+    assert checkpoint.is_file() and not (runs / "cc").exists()
+    (runs / ".cc.partial-killed").mkdir()  # what a SIGTERM leaves: no cleanup ran
+    assert main([*args, "--resume"]) == 0
+    assert (runs / "cc" / "model.npz").is_file()
+    assert sorted(p.name for p in runs.iterdir()) == ["cc"]

@@ -10,7 +10,7 @@ from typing import Any
 import pipeline.train
 from pipeline.cli.common import add_set_option, run_overrides
 from pipeline.report import write_report
-from pipeline.train import TrainRun, blas_threads, train_from_config
+from pipeline.train import TrainingInterrupted, TrainRun, blas_threads, train_from_config
 
 __all__ = ["cmd_train", "register", "summary"]
 
@@ -44,10 +44,14 @@ def register(sub: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     progress = not args.quiet and sys.stderr.isatty()
-    with blas_threads(args.blas_threads):
-        run = train_from_config(
-            args.config, run_overrides(args), resume=args.resume, progress=progress
-        )
+    try:
+        with blas_threads(args.blas_threads):
+            run = train_from_config(
+                args.config, run_overrides(args), resume=args.resume, progress=progress
+            )
+    except TrainingInterrupted as exc:  # a checkpoint is kept: say how to go on
+        print(f"sensorlab: {exc}", file=sys.stderr)
+        return 130
     print(summary(run))
     print(f"report: {write_report(run.path)}")
     return 0
