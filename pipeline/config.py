@@ -67,7 +67,11 @@ class RunOptions(_Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
     )
     samples: int = Field(4, ge=0, le=32, description="Images shown in samples.png.")
-    progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
+    progress: bool = Field(
+        True,
+        description="Show progress on stderr: a bar on a terminal, else a line per 10 % "
+        "with elapsed and remaining time.",
+    )
 
 
 class ModelRef(_Strict):

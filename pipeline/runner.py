@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from pipeline.config import Config, LoadedConfig, load_config, parse_override, p
 from pipeline.datasets import Dataset, open_dataset
 from pipeline.errors import UserError, did_you_mean
 from pipeline.metrics import classification_metrics
+from pipeline.progress import progress as progress_reporter
 from pipeline.quality import QUALITY_IMAGES, QualitySums
 from pipeline.reference import default_reference
 from pipeline.registry import Registry, default_registry
@@ -373,7 +373,8 @@ def run(
     registry : stage registry (default: installed stages and plugins).
     dataset : use this dataset instead of the config's (Python API).
     store : write the run folder (False keeps the records in memory only).
-    progress : force the progress bar on or off (default: config, and only on a terminal).
+    progress : force progress on or off (default: ``run.progress``); a bar on a terminal,
+        a line per 10 % with elapsed and remaining time in a log.
     overrides : more overrides as keyword arguments, ``__`` for dots (``run__batch_size=7``).
 
     Returns
@@ -657,17 +658,10 @@ class _Recorder:
 
 
 def _progress_bar(config: Config, progress: bool | None, total: int) -> Any:
-    """A tqdm bar over images: on when asked, else as the config says and only on a terminal."""
-    from tqdm.auto import tqdm
-
+    """Progress over images (:mod:`pipeline.progress`: a bar on a terminal, a line per
+    10 % in a log): on when asked, else as the config says."""
     show = config.run.progress if progress is None else progress
-    return tqdm(
-        total=total,
-        unit="img",
-        desc="run",
-        leave=False,
-        disable=not (show and (progress or sys.stderr.isatty())),
-    )
+    return progress_reporter(total, desc="run", unit="img", show=show)
 
 
 def _run_stream(

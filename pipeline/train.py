@@ -47,6 +47,7 @@ from pipeline.cnn.graph import load_graph
 from pipeline.cnn.model import Model
 from pipeline.cnn.training import Callback, FitResult, TrainConfig, evaluate, fit, split_train_val
 from pipeline.errors import UserError
+from pipeline.progress import progress as progress_reporter
 
 __all__ = [
     "ChainData",
@@ -86,8 +87,9 @@ class TrainRun:
 
 
 class _Progress(Callback):
-    """A tqdm bar over all training steps with the running loss and accuracy; one line per
-    epoch with the validation figures."""
+    """Progress over all training steps with the running loss and accuracy (a bar on a
+    terminal, a line per 10 % in a log; :mod:`pipeline.progress`); one line per epoch with
+    the validation figures."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -96,12 +98,10 @@ class _Progress(Callback):
     def on_train_begin(self, *, start_epoch, epochs, steps_per_epoch):
         if not self.enabled:
             return
-        from tqdm.auto import tqdm
-
         total = None if steps_per_epoch is None else epochs * steps_per_epoch
         initial = 0 if steps_per_epoch is None else start_epoch * steps_per_epoch
         self.epochs = epochs
-        self.bar = tqdm(total=total, initial=initial, unit="step", desc="train", leave=False)
+        self.bar = progress_reporter(total, initial=initial, unit="step", desc="train")
 
     def on_batch_end(self, epoch, step, logs):
         if self.bar is None:
@@ -158,7 +158,7 @@ def train_arrays(
     manifest : extra entries for manifest.json.
     resume : continue from the checkpoint ``out/.<name>.checkpoint.npz`` left by an
         interrupted run of the same name.
-    progress : show a progress bar on stderr.
+    progress : show progress on stderr (a bar on a terminal, lines in a log).
     """
     from pipeline.metrics import classification_metrics
     from pipeline.store import RunWriter
@@ -369,16 +369,14 @@ def chain_arrays(
     chain: Any = None,
 ) -> ChainData:
     """The dataset's ``split`` streamed through the sensor chain (built here unless given)."""
-    from tqdm.auto import tqdm
-
     from pipeline.runner import build_chain, open_config_dataset
 
     dataset = open_config_dataset(loaded, split=split)
     if chain is None:
         chain = build_chain(loaded, dataset.info(), registry=registry, with_model=False)
     xs, ys = [], []
-    with tqdm(
-        total=len(dataset), unit="img", desc=f"sensor ({split})", leave=False, disable=not progress
+    with progress_reporter(
+        len(dataset), unit="img", desc=f"sensor ({split})", show=progress
     ) as bar:
         for x, labels, index in chain.stream(
             dataset, loaded.config.run.batch_size, file=loaded.file

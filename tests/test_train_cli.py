@@ -319,3 +319,15 @@ def test_ctrl_c_says_the_checkpoint_is_kept_and_resume_cleans_up(
     assert main([*args, "--resume"]) == 0
     assert (runs / "cc" / "model.npz").is_file()
     assert sorted(p.name for p in runs.iterdir()) == ["cc"]
+
+
+def test_cli_training_progress_in_a_log(tmp_path, npz_dataset):
+    """stderr is a pipe here: progress comes as lines, with the epochs' lines among them."""
+    cfg = cli_setup(tmp_path, npz_dataset)
+    res = sensorlab("train", cfg, "--name", "log", "--set", "train.epochs=2", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert any(line.startswith("sensor (train): 100 % (") for line in lines), lines
+    steps = [line for line in lines if " % (" in line and " step), " in line]
+    assert steps and steps[-1].startswith("epoch 2/2: 100 % (")
+    assert [line.split(":")[0] for line in lines if " | " in line] == ["epoch 1/2", "epoch 2/2"]

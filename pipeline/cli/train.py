@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet  # a bar on a terminal, a line per 10 % in a log
     try:
         with blas_threads(args.blas_threads):
             run = train_from_config(
