@@ -305,9 +305,13 @@ def _list_index(rows: list, part: str | int, key: str, where: str) -> int:
 
 # --------------------------------------------------------------------------- validation
 def with_overrides(
-    loaded: LoadedConfig, overrides: Sequence[str], *, registry: Registry | None = None
+    loaded: LoadedConfig,
+    overrides: Mapping[str, Any] | Sequence[str],
+    *,
+    registry: Registry | None = None,
 ) -> LoadedConfig:
-    """``loaded`` with ``KEY=VALUE`` overrides applied on top; errors name its file."""
+    """``loaded`` with overrides (``["KEY=VALUE"]`` or ``{KEY: value}``) applied on top;
+    errors name its file."""
     if not overrides:
         return loaded
     try:

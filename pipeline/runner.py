@@ -23,7 +23,14 @@ import numpy as np
 
 from pipeline._version import __version__
 from pipeline.classifier import ClassifierStage
-from pipeline.config import Config, LoadedConfig, load_config, parse_override, path_params
+from pipeline.config import (
+    Config,
+    LoadedConfig,
+    load_config,
+    parse_override,
+    path_params,
+    with_overrides,
+)
 from pipeline.datasets import Dataset, open_dataset
 from pipeline.errors import UserError, did_you_mean
 from pipeline.metrics import classification_metrics
@@ -387,11 +394,7 @@ def run(
         pairs.update(dict(_pairs(set)))
     pairs.update({k.replace("__", "."): v for k, v in overrides.items()})
     if isinstance(config, LoadedConfig):
-        loaded = (
-            config
-            if not pairs
-            else load_config(config.raw, pairs, registry=registry, base_dir=config.base_dir)
-        )
+        loaded = with_overrides(config, pairs, registry=registry)
     else:
         loaded = load_config(config, pairs, registry=registry)
     ds = dataset if dataset is not None else open_config_dataset(loaded)
