@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from pipeline.cnn.train_config import TrainConfig
-from pipeline.datasets import DatasetConfig
+from pipeline.datasets import DatasetConfig, dataset_fields, dataset_kinds
 from pipeline.errors import UserError, did_you_mean
 from pipeline.registry import Registry, default_registry
 from pipeline.stage import StageParams
@@ -36,6 +36,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "read_yaml",
+    "with_overrides",
 ]
 
 
@@ -66,7 +67,11 @@ class RunOptions(_Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
     )
     samples: int = Field(4, ge=0, le=32, description="Images shown in samples.png.")
-    progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
+    progress: bool = Field(
+        True,
+        description="Show progress on stderr: a bar on a terminal, else a line per 10 % "
+        "with elapsed and remaining time.",
+    )
 
 
 class ModelRef(_Strict):
@@ -262,7 +267,26 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any]) -> dict:
             node[last] = value
         else:
             raise UserError(f"cannot set inside a {type(node).__name__}", key=key)
-    return out
+    return _switch_dataset_kind(raw, out, overrides)
+
+
+def _switch_dataset_kind(before: dict, after: dict, overrides: Mapping[str, Any]) -> dict:
+    """An override of ``dataset.kind`` to another kind drops the dataset keys the new kind
+    does not have (``n`` of procedural when switching to digits); keys shared by both kinds
+    (split, seed, limit, ...) and keys set by other ``dataset.*`` overrides stay."""
+    old = before.get("dataset")
+    new = after.get("dataset")
+    kind = overrides.get("dataset.kind")
+    if not isinstance(new, dict) or kind is None:
+        return after
+    if isinstance(old, dict) and old.get("kind") == kind:
+        return after
+    fields = dataset_fields(str(kind))
+    if fields is None:  # an unknown kind: validation names it
+        return after
+    set_here = {k.partition(".")[2] for k in overrides if k.startswith("dataset.")}
+    after["dataset"] = {k: v for k, v in new.items() if k in fields or k in set_here}
+    return after
 
 
 def _list_index(rows: list, part: str | int, key: str, where: str) -> int:
@@ -280,6 +304,24 @@ def _list_index(rows: list, part: str | int, key: str, where: str) -> int:
 
 
 # --------------------------------------------------------------------------- validation
+def with_overrides(
+    loaded: LoadedConfig,
+    overrides: Mapping[str, Any] | Sequence[str],
+    *,
+    registry: Registry | None = None,
+) -> LoadedConfig:
+    """``loaded`` with overrides (``["KEY=VALUE"]`` or ``{KEY: value}``) applied on top;
+    errors name its file."""
+    if not overrides:
+        return loaded
+    try:
+        out = load_config(loaded.raw, overrides, registry=registry, base_dir=loaded.base_dir)
+    except UserError as exc:
+        raise UserError(exc.message, file=loaded.file, key=exc.key) from None
+    out.file = loaded.file
+    return out
+
+
 def load_config(
     source: str | Path | Mapping[str, Any] | Config,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
@@ -389,10 +431,27 @@ def _first_error(exc: ValidationError, raw: dict, model: type[BaseModel], file: 
         message = f"unknown key{hint}"
     elif kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
         message = _range_message(err, model, loc, raw, value)
+    elif kind in {"union_tag_invalid", "union_tag_not_found"}:  # dataset.kind
+        field = err["ctx"]["discriminator"].strip("'")
+        key = format_loc([*loc, field])
+        tags = [t.strip().strip("'") for t in str(err["ctx"].get("expected_tags", "")).split(",")]
+        tags = [t for t in tags if t] or _tags_at(model, loc)
+        if kind == "union_tag_not_found":
+            message = f"required key is missing (choose from {', '.join(tags)})"
+        else:
+            tag = str(err["ctx"]["tag"])
+            message = f"unknown {field} {tag!r}{did_you_mean(tag, tags)}"
     else:
         msg = err["msg"]
         message = f"{msg[:1].lower()}{msg[1:]}, got {_short(value)}"
     return UserError(message, file=file, key=key)
+
+
+def _tags_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """The tags of a top-level tagged union field (``dataset`` → its kinds)."""
+    if list(loc) == ["dataset"]:
+        return sorted(dataset_kinds())
+    return []
 
 
 def _clean_loc(loc: Sequence[Any], raw: Any) -> list[str | int]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -24,12 +23,22 @@ import numpy as np
 
 from pipeline._version import __version__
 from pipeline.classifier import ClassifierStage
-from pipeline.config import Config, LoadedConfig, load_config, parse_override, path_params
+from pipeline.config import (
+    Config,
+    LoadedConfig,
+    load_config,
+    parse_override,
+    path_params,
+    with_overrides,
+)
 from pipeline.datasets import Dataset, open_dataset
 from pipeline.errors import UserError, did_you_mean
 from pipeline.metrics import classification_metrics
+from pipeline.progress import progress as progress_reporter
+from pipeline.quality import QUALITY_IMAGES, QualitySums
+from pipeline.reference import default_reference
 from pipeline.registry import Registry, default_registry
-from pipeline.stage import Batch, SignalInfo, Stage, StageError
+from pipeline.stage import Batch, SignalInfo, Stage, StageError, Unit
 from pipeline.store import RunWriter
 
 __all__ = [
@@ -39,6 +48,7 @@ __all__ = [
     "StreamedBatch",
     "batch_for",
     "build_chain",
+    "compare_chains",
     "open_config_dataset",
     "run",
     "stream",
@@ -370,7 +380,8 @@ def run(
     registry : stage registry (default: installed stages and plugins).
     dataset : use this dataset instead of the config's (Python API).
     store : write the run folder (False keeps the records in memory only).
-    progress : force the progress bar on or off (default: config, and only on a terminal).
+    progress : force progress on or off (default: ``run.progress``); a bar on a terminal,
+        a line per 10 % with elapsed and remaining time in a log.
     overrides : more overrides as keyword arguments, ``__`` for dots (``run__batch_size=7``).
 
     Returns
@@ -383,16 +394,111 @@ def run(
         pairs.update(dict(_pairs(set)))
     pairs.update({k.replace("__", "."): v for k, v in overrides.items()})
     if isinstance(config, LoadedConfig):
-        loaded = (
-            config
-            if not pairs
-            else load_config(config.raw, pairs, registry=registry, base_dir=config.base_dir)
-        )
+        loaded = with_overrides(config, pairs, registry=registry)
     else:
         loaded = load_config(config, pairs, registry=registry)
     ds = dataset if dataset is not None else open_config_dataset(loaded)
     chain = build_chain(loaded, ds.info(), registry=registry)
-    return _execute(loaded, ds, chain, store=store, progress=progress)
+    quality = _quality_probe(loaded, ds, chain, registry=registry)
+    return _execute(loaded, ds, chain, store=store, progress=progress, quality=quality)
+
+
+def compare_chains(
+    chain: Chain,
+    reference: Chain,
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    stage: str | None = None,
+    images: int | str = "all",
+    file: str = "",
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The same images through a chain and its reference chain: ``(out, ref)`` per batch.
+
+    The chain streams through :func:`stream`; each batch's dataset images then go through
+    the reference chain, keyed by the same image identities (so both see the same seeds).
+
+    Parameters
+    ----------
+    chain, reference : two chains over the same dataset with the same stage names.
+    dataset : the images.
+    batch_size : images per batch.
+    stage : record name of the compared stage (default: the last sensor stage).
+    images : how many images (the first ones), or "all".
+    file : the config file named in errors.
+    """
+    upto = _stage_count(chain, stage)
+    stop = None if images == "all" else int(images)
+    for batch in stream(chain, dataset, batch_size, upto=upto, stop=stop, file=file):
+        ref = _reference_output(reference, dataset, batch.images, batch.index, upto, file)
+        yield batch.last, ref
+
+
+def _stage_count(chain: Chain, stage: str | None) -> int:
+    """How many stages lead up to ``stage`` (default: the last sensor stage)."""
+    if stage is None:
+        return len(chain.sensor_stages)
+    return chain.names.index(stage) + 1
+
+
+def _reference_output(
+    reference: Chain, dataset: Dataset, images: np.ndarray, index: np.ndarray, upto: int, file: str
+) -> np.ndarray:
+    """Dataset images (at positions ``index``) through the reference chain's first ``upto``
+    stages."""
+    try:
+        return reference.apply(images, batch_for(dataset, index), upto=upto)[-1]
+    except UserError as exc:
+        raise exc.located(file=file or None) from None
+
+
+@dataclasses.dataclass
+class _QualityProbe:
+    """PSNR and SSIM of the raw stage against the ideal sensor, summed while a run streams:
+    the first ``images`` images of each batch also go through the reference chain."""
+
+    reference: Chain
+    upto: int
+    images: int
+    file: str
+    sums: QualitySums = dataclasses.field(default_factory=QualitySums)
+
+    def add(self, dataset: Dataset, batch: StreamedBatch) -> None:
+        keep = int(np.count_nonzero(batch.index < self.images))
+        if keep == 0:
+            return
+        images, index = batch.images[:keep], batch.index[:keep]
+        ref = _reference_output(self.reference, dataset, images, index, self.upto, self.file)
+        self.sums.add(batch.outputs[self.upto - 1][:keep], ref)
+
+
+def _quality_probe(
+    loaded: LoadedConfig,
+    dataset: Dataset,
+    chain: Chain,
+    *,
+    registry: Registry,
+    images: int = QUALITY_IMAGES,
+) -> _QualityProbe | None:
+    """The run's PSNR/SSIM probe (see :mod:`pipeline.quality`): the config with
+    :func:`pipeline.reference.default_reference` applied, compared on the first ``images``
+    images. None when the chain has no photodetector or its last sensor stage is not
+    unitless.
+    """
+    overrides = default_reference(loaded.raw)
+    n = len(chain.sensor_stages)
+    if not overrides or n == 0 or chain.infos[n].unit is not Unit.UNITLESS:
+        return None
+    try:
+        reference = load_config(loaded.raw, overrides, registry=registry, base_dir=loaded.base_dir)
+        ref_chain = build_chain(reference, dataset.info(), registry=registry, with_model=False)
+    except UserError as exc:
+        raise UserError(
+            f"the ideal-sensor reference for PSNR/SSIM ({', '.join(overrides)}): {exc.message}",
+            file=loaded.file,
+            key=exc.key,
+        ) from None
+    return _QualityProbe(ref_chain, n, images, loaded.file)
 
 
 def _pairs(items: Mapping[str, Any] | Sequence[str]) -> Iterator[tuple[str, Any]]:
@@ -432,7 +538,13 @@ def _run_name(loaded: LoadedConfig) -> str:
 
 
 def _execute(
-    loaded: LoadedConfig, dataset: Dataset, chain: Chain, *, store: bool, progress: bool | None
+    loaded: LoadedConfig,
+    dataset: Dataset,
+    chain: Chain,
+    *,
+    store: bool,
+    progress: bool | None,
+    quality: _QualityProbe | None = None,
 ) -> RunResult:
     config = loaded.config
     try:
@@ -446,8 +558,9 @@ def _execute(
         except UserError as exc:
             raise exc.located(file=loaded.file) from None
     try:
-        recorder = _Recorder(chain, positions, n_record, writer)
-        result = _run_stream(loaded, dataset, chain, recorder, progress)
+        recorder = _Recorder(chain, dataset, positions, n_record, writer)
+        result = _run_stream(loaded, dataset, chain, recorder, progress, quality)
+        recorder.save_provenance()
         if writer is not None:
             _write_samples(writer, chain, result, config.run.samples)
             result.path = writer.commit(result.manifest)
@@ -458,12 +571,21 @@ def _execute(
         raise
 
 
+PROVENANCE = "provenance"  # zarr group and manifest section: where recorded images come from
+
+
 class _Recorder:
     """The recorded stages' first ``n_record`` images: kept in memory and, with a writer,
-    written to the run's array store as they stream by."""
+    written to the run's array store as they stream by; with them, each image's label,
+    dataset image key and (folder datasets) file name, its provenance."""
 
     def __init__(
-        self, chain: Chain, positions: list[int], n_record: int, writer: RunWriter | None
+        self,
+        chain: Chain,
+        dataset: Dataset,
+        positions: list[int],
+        n_record: int,
+        writer: RunWriter | None,
     ) -> None:
         self.positions = positions
         self.names = [DATASET if p < 0 else chain.names[p] for p in positions]
@@ -481,6 +603,10 @@ class _Recorder:
                     "signal_attrs": dict(info.attrs),
                 }
                 writer.create_array(name, (n_record, *info.shape), info.dtype, attrs)
+        n_traced = n_record if positions else 0
+        self.image_keys = batch_for(dataset, np.arange(n_traced, dtype=np.int64)).image_index
+        self.files = dataset.sources(0, n_traced)
+        self.labels: np.ndarray | None = None  # set by the first labelled batch
 
     def add(self, batch: StreamedBatch) -> None:
         """Keep the part of ``batch`` that falls among the first ``n_record`` images."""
@@ -488,6 +614,11 @@ class _Recorder:
         if start >= self.n_record:
             return
         stop = min(int(batch.index[-1]) + 1, self.n_record)
+        traced = min(stop, len(self.image_keys)) - start
+        if batch.labels is not None and traced > 0:
+            if self.labels is None:
+                self.labels = np.zeros(len(self.image_keys), np.int64)
+            self.labels[start : start + traced] = batch.labels[:traced]
         outputs = [batch.images, *batch.outputs]
         for pos, name in zip(self.positions, self.names, strict=True):
             part = outputs[pos + 1][: stop - start]
@@ -507,19 +638,33 @@ class _Recorder:
             for name, info in zip(self.names, self.infos, strict=True)
         }
 
+    def provenance(self) -> dict[str, Any]:
+        """The manifest's ``provenance`` section: for recorded image i, ``labels[i]`` (None
+        for an unlabelled dataset), ``image_keys[i]`` (the dataset's stable identity of
+        the image, :meth:`Dataset.image_keys`) and ``files[i]`` (None without files)."""
+        return {
+            "path": f"arrays.zarr/{PROVENANCE}",
+            "images": len(self.image_keys),
+            "labels": None if self.labels is None else self.labels.tolist(),
+            "image_keys": self.image_keys.tolist(),
+            "files": self.files,
+        }
+
+    def save_provenance(self) -> None:
+        """Write the provenance arrays (``labels``, ``image_keys``, ``files``) to the store."""
+        if self.writer is None:
+            return
+        arrays = {"image_keys": self.image_keys, "labels": self.labels, "files": self.files}
+        for name, values in arrays.items():
+            if values is not None:
+                self.writer.save_array(f"{PROVENANCE}/{name}", values, {"provenance": name})
+
 
 def _progress_bar(config: Config, progress: bool | None, total: int) -> Any:
-    """A tqdm bar over images: on when asked, else as the config says and only on a terminal."""
-    from tqdm.auto import tqdm
-
+    """Progress over images (:mod:`pipeline.progress`: a bar on a terminal, a line per
+    10 % in a log): on when asked, else as the config says."""
     show = config.run.progress if progress is None else progress
-    return tqdm(
-        total=total,
-        unit="img",
-        desc="run",
-        leave=False,
-        disable=not (show and (progress or sys.stderr.isatty())),
-    )
+    return progress_reporter(total, desc="run", unit="img", show=show)
 
 
 def _run_stream(
@@ -528,9 +673,10 @@ def _run_stream(
     chain: Chain,
     recorder: _Recorder,
     progress: bool | None,
+    quality: _QualityProbe | None = None,
 ) -> RunResult:
     """Stream the whole dataset through the chain: record, collect labels and predictions,
-    time, then measure and describe the run."""
+    feed the PSNR/SSIM probe, time, then measure and describe the run."""
     clock = StreamClock.for_chain(chain)
     labels_all: list[np.ndarray] = []
     preds_all: list[np.ndarray] = []
@@ -540,6 +686,8 @@ def _run_stream(
         chain, dataset, loaded.config.run.batch_size, file=loaded.file, clock=clock
     ):
         recorder.add(batch)
+        if quality is not None:
+            quality.add(dataset, batch)
         if batch.labels is not None:
             labels_all.append(np.asarray(batch.labels))
         if chain.classifier is not None:
@@ -552,6 +700,8 @@ def _run_stream(
     metrics: dict[str, Any] = {}
     if labels is not None and preds is not None:
         metrics = classification_metrics(labels, preds, chain.classifier.model.class_names)
+    if quality is not None:
+        metrics.update(quality.sums.metrics)
     manifest = _manifest(loaded, dataset, chain, recorder, clock, wall, metrics)
     return RunResult(recorder.arrays, metrics, manifest, None, preds, labels)
 
@@ -583,6 +733,7 @@ def _manifest(
         },
         "stages": _stage_entries(chain, clock),
         "arrays": recorder.manifest_entries(),
+        "provenance": recorder.provenance(),
         "wall_seconds": round(wall, 6),
         "images_per_second": round(len(dataset) / wall, 3) if wall > 0 else None,
         "metrics": metrics,
@@ -637,7 +788,7 @@ def _versions() -> dict[str, str]:
 def _write_samples(writer: RunWriter, chain: Chain, result: RunResult, n: int) -> None:
     from pipeline.samples import confusion_figure, samples_figure
 
-    if result.metrics:
+    if "confusion_matrix" in result.metrics:
         confusion_figure(result.metrics, writer.path("confusion.png"))
     if n > 0 and result.arrays:
-        samples_figure(result.arrays, chain, writer.path("samples.png"), n=n)
+        samples_figure(result.arrays, chain, writer.path("samples.png"), n=n, labels=result.labels)

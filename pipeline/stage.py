@@ -368,7 +368,7 @@ class Stage(ABC):
             rows.append(
                 {
                     "name": field_name,
-                    "type": prop.get("type") or _type_label(prop),
+                    "type": _type_label(prop),
                     "default": None if field.is_required() else field.get_default(),
                     "required": field.is_required(),
                     "unit": prop.get("unit", ""),
@@ -379,8 +379,8 @@ class Stage(ABC):
 
 
 def _type_label(prop: Mapping[str, Any]) -> str:
-    if "enum" in prop:
-        return "|".join(str(v) for v in prop["enum"])
+    if "enum" in prop:  # a Literal: its choices, "gaussian | airy | ..."
+        return " | ".join(str(v) for v in prop["enum"])
     if "anyOf" in prop:
         return " or ".join(_type_label(p) for p in prop["anyOf"])
     if "const" in prop:

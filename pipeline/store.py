@@ -5,7 +5,9 @@ Layout of a finished run folder::
     <out>/<name>/
         manifest.json   resolved config, seed, versions, per-stage time, arrays, metrics
         arrays.zarr/    zarr v3 group, one array per recorded stage, chunked by image,
-                        each with attributes unit, stage, index and the signal's attrs
+                        each with attributes unit, stage, index and the signal's attrs;
+                        provenance/ holds each recorded image's label, dataset image
+                        key and (folder datasets) file name
         samples.png     a few images through every stage
 
 The folder is built under a hidden temporary name beside its final place
@@ -15,6 +17,7 @@ leaves nothing that looks like a finished one.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -29,7 +32,7 @@ import zarr
 from pipeline.errors import UserError
 from pipeline.files import ordinary_mode
 
-__all__ = ["RunWriter", "jsonable", "ordinary_mode", "write_json_atomic"]
+__all__ = ["RunWriter", "check_run_name_free", "jsonable", "ordinary_mode", "write_json_atomic"]
 
 _CHUNK_BYTES = 1 << 20  # aim for ~1 MiB chunks, whole images per chunk
 
@@ -46,9 +49,10 @@ class RunWriter:
 
     def __init__(self, out_root: str | Path, name: str, *, overwrite: bool = False) -> None:
         self.out_root = Path(out_root)
+        self.name = name
         self.final = self.out_root / name
-        if self.final.exists() and not overwrite:
-            raise UserError(f"run folder {self.final} already exists", key="run.name")
+        if not overwrite:
+            check_run_name_free(self.out_root, name)
         self.overwrite = overwrite
         try:
             self.out_root.mkdir(parents=True, exist_ok=True)
@@ -87,6 +91,22 @@ class RunWriter:
             fill_value=0,
         )
 
+    def save_array(
+        self, name: str, values: np.ndarray | list[str], attributes: Mapping[str, Any]
+    ) -> None:
+        """Write a small whole array at once (``name`` may hold a group path, ``a/b``);
+        a list of strings becomes a variable-length UTF-8 array."""
+        if isinstance(values, list):
+            from zarr.dtype import VariableLengthUTF8
+
+            array = self.group.create_array(
+                name, shape=(len(values),), dtype=VariableLengthUTF8(), attributes=attributes
+            )
+            if values:
+                array[:] = np.asarray(values, dtype=object)
+            return
+        self.group.create_array(name, data=np.asarray(values), attributes=dict(attributes))
+
     def write(self, name: str, start: int, values: np.ndarray) -> None:
         """Write ``values`` at images ``[start, start + len(values))`` of array ``name``."""
         self._arrays[name][start : start + len(values)] = values
@@ -104,9 +124,37 @@ class RunWriter:
         os.replace(self.tmp, self.final)
         return self.final
 
+    def remove_stale_partials(self) -> list[Path]:
+        """Remove the hidden partial folders of earlier attempts at this run name (left by
+        a process killed before it could clean up, e.g. by SIGTERM); returns them."""
+        stale = [
+            p
+            for p in self.out_root.glob(f".{glob.escape(self.name)}.partial-*")
+            if p.is_dir() and p != self.tmp
+        ]
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+        return stale
+
     def abort(self) -> None:
         """Remove the temporary folder (an interrupted or failed run)."""
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def check_run_name_free(out_root: str | Path, name: str) -> None:
+    """Refuse a run folder that exists already (checked before any work is done).
+
+    Raises
+    ------
+    UserError : key ``run.name``, saying how to go on.
+    """
+    final = Path(out_root) / name
+    if final.exists():
+        raise UserError(
+            f"run folder {final} already exists; pick another name "
+            "(--name, run.name) or folder (--out, run.out), or remove it",
+            key="run.name",
+        )
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

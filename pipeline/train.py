@@ -47,10 +47,12 @@ from pipeline.cnn.graph import load_graph
 from pipeline.cnn.model import Model
 from pipeline.cnn.training import Callback, FitResult, TrainConfig, evaluate, fit, split_train_val
 from pipeline.errors import UserError
+from pipeline.progress import progress as progress_reporter
 
 __all__ = [
     "ChainData",
     "TrainRun",
+    "TrainingInterrupted",
     "blas_threads",
     "chain_arrays",
     "load_train_config",
@@ -85,8 +87,9 @@ class TrainRun:
 
 
 class _Progress(Callback):
-    """A tqdm bar over all training steps with the running loss and accuracy; one line per
-    epoch with the validation figures."""
+    """Progress over all training steps with the running loss and accuracy (a bar on a
+    terminal, a line per 10 % in a log; :mod:`pipeline.progress`); one line per epoch with
+    the validation figures."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -95,12 +98,10 @@ class _Progress(Callback):
     def on_train_begin(self, *, start_epoch, epochs, steps_per_epoch):
         if not self.enabled:
             return
-        from tqdm.auto import tqdm
-
         total = None if steps_per_epoch is None else epochs * steps_per_epoch
         initial = 0 if steps_per_epoch is None else start_epoch * steps_per_epoch
         self.epochs = epochs
-        self.bar = tqdm(total=total, initial=initial, unit="step", desc="train", leave=False)
+        self.bar = progress_reporter(total, initial=initial, unit="step", desc="train")
 
     def on_batch_end(self, epoch, step, logs):
         if self.bar is None:
@@ -157,7 +158,7 @@ def train_arrays(
     manifest : extra entries for manifest.json.
     resume : continue from the checkpoint ``out/.<name>.checkpoint.npz`` left by an
         interrupted run of the same name.
-    progress : show a progress bar on stderr.
+    progress : show progress on stderr (a bar on a terminal, lines in a log).
     """
     from pipeline.metrics import classification_metrics
     from pipeline.store import RunWriter
@@ -214,14 +215,36 @@ def train_arrays(
         run = TrainRun(model, result, metrics, None)
         if writer is not None:
             _write_folder(writer, run, cfg, model_yaml, config)
+            if resume:
+                writer.remove_stale_partials()
             run.path = writer.commit(_manifest(run, cfg, manifest))
             if checkpoint is not None:
                 checkpoint.unlink(missing_ok=True)
         return run
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()
+        if isinstance(exc, KeyboardInterrupt) and checkpoint is not None and checkpoint.exists():
+            raise TrainingInterrupted(checkpoint, str(name)) from exc
         raise
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C with its checkpoint kept; the message says how to resume.
+
+    Attributes
+    ----------
+    checkpoint : the kept checkpoint file.
+    name : the run name to pass to ``--resume --name``.
+    """
+
+    def __init__(self, checkpoint: Path, name: str) -> None:
+        super().__init__(
+            f"interrupted; the checkpoint {checkpoint} is kept: continue with the same "
+            f"command plus --resume --name {name}"
+        )
+        self.checkpoint = checkpoint
+        self.name = name
 
 
 def _stamp() -> str:
@@ -346,16 +369,14 @@ def chain_arrays(
     chain: Any = None,
 ) -> ChainData:
     """The dataset's ``split`` streamed through the sensor chain (built here unless given)."""
-    from tqdm.auto import tqdm
-
     from pipeline.runner import build_chain, open_config_dataset
 
     dataset = open_config_dataset(loaded, split=split)
     if chain is None:
         chain = build_chain(loaded, dataset.info(), registry=registry, with_model=False)
     xs, ys = [], []
-    with tqdm(
-        total=len(dataset), unit="img", desc=f"sensor ({split})", leave=False, disable=not progress
+    with progress_reporter(
+        len(dataset), unit="img", desc=f"sensor ({split})", show=progress
     ) as bar:
         for x, labels, index in chain.stream(
             dataset, loaded.config.run.batch_size, file=loaded.file
@@ -432,7 +453,10 @@ def train_from_config(
     split, both through the configured sensor stages; a dataset without splits (or with
     an empty val split) gives its images to training, which then holds out
     ``train.val_fraction`` of them. The run folder goes to ``run.out`` under ``run.name``
-    (default ``<config stem>-train-<UTC time>``)."""
+    (default ``<config stem>-train-<UTC time>``); an existing one is refused before any
+    work is done."""
+    from pipeline.store import check_run_name_free
+
     loaded, cfg = load_train_config(source, overrides, registry=registry)
     config = loaded.config
     if config.model is None:
@@ -447,6 +471,14 @@ def train_from_config(
     model = Model(spec, init_seed=cfg.seed)
     if init_weights is not None:
         model.load_weights(init_weights)
+    run_opts = config.run
+    stem = Path(loaded.file).stem if str(loaded.file).endswith((".yaml", ".yml")) else "train"
+    name = name or run_opts.name or f"{stem}-train-{_stamp()}"
+    out = run_opts.out if out is None else out
+    try:
+        check_run_name_free(out, name)  # before the data is streamed through the sensor
+    except UserError as exc:
+        raise exc.located(file=loaded.file) from None
 
     splits = _has_splits(loaded)
     train = chain_arrays(
@@ -465,9 +497,6 @@ def train_from_config(
             _check_fit(model, model_path, v, loaded)
             val = (v.x, v.y)
 
-    run_opts = config.run
-    stem = Path(loaded.file).stem if str(loaded.file).endswith((".yaml", ".yml")) else "train"
-    name = name or run_opts.name or f"{stem}-train-{_stamp()}"
     resolved = loaded.portable(registry)
     # the run folder holds its own copy of the model: its config points there
     resolved["model"] = {"path": "model.yaml", "weights": "model.npz"}
@@ -495,7 +524,7 @@ def train_from_config(
             y,
             cfg,
             val=val,
-            out=run_opts.out if out is None else out,
+            out=out,
             name=name,
             model_yaml=model_path,
             config=resolved,

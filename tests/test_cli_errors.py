@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +53,7 @@ def test_good_config_runs(tmp_path, base, plugin_dir):
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "arrays.zarr",
         "manifest.json",
+        "report.html",
         "samples.png",
     ]
 
@@ -216,14 +218,26 @@ def test_infinite_parameter_is_refused(tmp_path, base, plugin_dir):
     _assert_user_error(proc, tmp_path, "cfg.yaml: sensor[1].slow.seconds: ", "finite")
 
 
+def test_an_existing_run_folder_says_how_to_go_on(tmp_path, base, plugin_dir):
+    path = _write(tmp_path, base)
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    proc = sensorlab("run", path, "--name", "taken", cwd=tmp_path, plugin=plugin_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith(
+        f"run.name: run folder {Path('runs') / 'taken'} already exists; pick another name "
+        "(--name, run.name) or folder (--out, run.out), or remove it"
+    )
+
+
 def test_every_command_is_listed():
     from pipeline.cli import COMMANDS, build_parser
 
     help_text = build_parser().format_help()
-    commands = ("run", "schema", "stages", "sweep", "train", "characterize", "export", "eval")
+    commands = ("run", "report", "schema", "stages", "sweep", "train", "characterize")
+    commands = (*commands, "export", "eval")
     for name in (*commands, "import"):
         assert f"    {name} " in help_text or f"    {name}\n" in help_text, name
-    assert len(COMMANDS) == 9
+    assert len(COMMANDS) == 10
 
 
 def test_a_command_module_that_fails_to_import_is_an_error(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import toy_config
+from conftest import ROOT, toy_config
 
 from pipeline.config import apply_overrides, load_config, parse_override
 from pipeline.errors import UserError
@@ -75,3 +75,15 @@ def test_validation_messages(toy_registry, patch, expected):
     message = str(info.value)
     assert message.startswith(expected), message
     assert "\n" not in message
+
+
+def test_overrides_on_a_loaded_config_name_its_file():
+    from pipeline.config import with_overrides
+
+    loaded = load_config(ROOT / "configs" / "default.yaml")
+    assert with_overrides(loaded, []) is loaded
+    changed = with_overrides(loaded, {"sensor.adc.bits": 4})
+    assert changed.config.sensor[3].bits == 4 and changed.file == loaded.file
+    with pytest.raises(UserError) as info:
+        with_overrides(loaded, ["sensor.adc.bitz=4"])
+    assert str(info.value).startswith(f"{loaded.file}: sensor[3].adc.bitz: unknown key")

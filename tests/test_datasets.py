@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
@@ -112,7 +114,8 @@ def test_array_dataset_defaults_and_float64():
 
 def test_array_dataset_bad_input():
     good = np.zeros((4, 3, 3, 3), np.uint8)
-    user_error(lambda: ArrayDataset(np.zeros((4, 3, 3))), None, "(N, H, W, 3)", "(4, 3, 3)")
+    user_error(lambda: ArrayDataset(np.zeros((4, 3))), None, "(N, H, W, 3)", "(4, 3)")
+    user_error(lambda: ArrayDataset(np.zeros((4, 3, 3, 2))), None, "(N, H, W, 1)", "(4, 3, 3, 2)")
     user_error(lambda: ArrayDataset(good.astype(np.int32)), None, "uint8, uint16 or float32")
     user_error(lambda: ArrayDataset(good, encoding="linear16"), None, "needs uint16")
     user_error(lambda: ArrayDataset(good, [0, 1, 2]), None, "shape (4,)")
@@ -516,8 +519,9 @@ def test_npz_errors(tmp_path):
         key,
         "does not exist",
     )
-    user_error(npz("noy.npz", x=x), key, "no array 'y'", "arrays: x")
-    user_error(npz("rank.npz", x=x[..., 0], y=y), key, "(N, H, W, 3)")
+    user_error(npz("nox.npz", images=x, y=y), key, "no array 'x'", "arrays: images, y")
+    user_error(npz("rank.npz", x=x[..., :2], y=y), key, "(N, H, W, 3)", "grayscale")
+    user_error(npz("rank5.npz", x=x[..., None], y=y), key, "(N, H, W, 3)")
     user_error(npz("range.npz", x=x, y=y + 1, class_names=np.array(["a", "b"])), key, "label 2")
     user_error(npz("ylen.npz", x=x, y=y[:3]), key, "shape (4,)")
     xf = np.zeros((5, 2, 2, 3), np.float32)
@@ -533,6 +537,37 @@ def test_npz_errors(tmp_path):
         key,
         "not an .npz",
     )
+
+
+def test_npz_without_labels_runs_a_sensor(tmp_path):
+    """Labels are optional: a sensor run needs images only (no model, no accuracy)."""
+    from pipeline.runner import run
+
+    x = np.random.default_rng(1).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "nolabels.npz", x=x)
+    ds = open_dataset({"kind": "npz", "path": "nolabels.npz", "split": "all"}, base_dir=tmp_path)
+    images, labels = read_all(ds)
+    assert labels is None and ds.class_names == ()
+    np.testing.assert_array_equal(images, x)
+    cfg = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text(encoding="utf-8"))
+    npz = {"kind": "npz", "path": str(tmp_path / "nolabels.npz"), "split": "all"}
+    cfg.update(dataset=npz, model=None)
+    result = run(cfg, store=False, progress=False)
+    assert result.labels is None and result.arrays["raw"].shape[0] == 5
+
+
+@pytest.mark.parametrize("gray_shape", [(4, 3, 5), (4, 3, 5, 1)])
+def test_npz_grayscale_reads_as_three_equal_channels(tmp_path, gray_shape):
+    """Like the folder reader, a grayscale image is its value in R, G and B."""
+    gray = np.arange(60, dtype=np.uint16).reshape(gray_shape) * 1000
+    np.savez(tmp_path / "g.npz", x=gray, y=np.array([0, 1, 0, 1]))
+    ds = open_dataset({"kind": "npz", "path": "g.npz", "split": "all"}, base_dir=tmp_path)
+    assert ds.image_shape == (3, 5, 3) and ds.encoding == "linear16"
+    images, _ = read_all(ds)
+    planes = gray.reshape(4, 3, 5)
+    for c in range(3):
+        np.testing.assert_array_equal(images[..., c], planes)
+    np.testing.assert_array_equal(ds.read(2, 3)[0][0, :, :, 1], planes[2])
 
 
 def test_npz_memmap_of_zip64_and_fortran(tmp_path):

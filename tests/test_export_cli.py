@@ -148,8 +148,15 @@ def test_backends_agree_with_the_numpy_chain_of_sensorlab_run(trained, exports):
         for b, e in (("onnxruntime", "auto"), ("opencv", "new"), ("opencv", "classic"))
     }
     ref = q[("onnxruntime", "auto")]
+    # int8 backends may round an output code differently by one step (the dequantised
+    # logits' spacing); predictions agree wherever such a step cannot flip the argmax
+    step = float(np.min(np.diff(np.unique(ref.logits))))
+    top = np.sort(ref.logits, axis=1)
+    clear = top[:, -1] - top[:, -2] > 2 * step
+    assert np.mean(clear) >= 0.95
     for r in q.values():
-        assert np.array_equal(r.predictions, ref.predictions)
+        assert max_diff(r.logits, ref.logits) <= 1.01 * step
+        assert np.array_equal(r.predictions[clear], ref.predictions[clear])
     assert np.mean(ref.predictions == numpy_result.predictions) >= 0.95
 
 

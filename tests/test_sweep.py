@@ -143,7 +143,9 @@ def test_snr_db_matches_the_definition():
     out = np.array([[3.0, 5.0]])
     assert snr_db(out, ref) == pytest.approx(10 * math.log10(25.0))  # Σref² = 25, Σd² = 1
     assert snr_db(ref, ref) == math.inf
-    assert snr_db(np.ones((1, 2)), np.zeros((1, 2))) == -math.inf
+    # a black reference has no signal to compare with: undefined, never nan or -inf
+    assert snr_db(np.ones((1, 2)), np.zeros((1, 2))) is None
+    assert snr_db(np.zeros((1, 2)), np.zeros((1, 2))) is None
     with pytest.raises(ValueError, match="shapes differ"):
         snr_db(np.zeros((1, 3)), np.zeros((1, 2)))
     # integer codes: the difference is taken in float64 (no uint wrap-around)
@@ -199,6 +201,8 @@ def test_grid_sweep_writes_cells_table_and_plots(sweep_file, registry, tmp_path)
         "accuracy_lo",
         "accuracy_hi",
         "snr_db",
+        "psnr_db",
+        "ssim",
         "wall_seconds",
     ]
     assert [r["cell"] for r in rows] == ids
@@ -723,6 +727,8 @@ def test_real_sensor_sweep_with_the_default_noise_free_reference(tmp_path):
         "sensor.photodetector.read_noise_e": 0.0,
         "sensor.photodetector.prnu_pct": 0.0,
         "sensor.photodetector.dsnu_e": 0.0,
+        "sensor.adc.bits": 24,  # and a 24-bit linear ADC: quantisation counts as noise
+        "sensor.adc.curve": "linear",
         "run.record": {"stages": ["raw"], "images": "all"},
     }
     for p, b in [(5000, 8), (100, 12)]:
@@ -733,6 +739,12 @@ def test_real_sensor_sweep_with_the_default_noise_free_reference(tmp_path):
         expected = 10 * math.log10((ref**2).sum() / ((out - ref) ** 2).sum())
         assert snr[(p, b)] == pytest.approx(expected, rel=1e-12)
 
+    # the 24-bit reference is never black for a lit scene: every cell has a finite SNR
+    assert all(math.isfinite(v) for v in snr.values())
+    # PSNR and SSIM columns (the cells' run metrics): more bits, closer to the ideal sensor
+    quality = {(r["sensor.scene.mean_photons"], r["sensor.adc.bits"]): r for r in res.table}
+    for metric in ("psnr_db", "ssim"):
+        assert quality[(5000, 4)][metric] < quality[(5000, 8)][metric]
     # physics: at 12 bits (quantisation negligible) the noise is mostly shot noise, so 50×
     # the light gives about 10·log10(50) = 17 dB more; at high light more bits help
     assert 16.0 < snr[(5000, 12)] - snr[(100, 12)] < 19.0

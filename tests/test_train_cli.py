@@ -207,6 +207,8 @@ def test_cli_trains_and_writes_the_run_folder(tmp_path, npz_dataset):
     assert res.returncode == 0, res.stderr
     assert "sensorlab train tiny: 28 training images, 4 validation, 2 epochs" in res.stdout
     assert (tmp_path / "runs" / "cli" / "model.npz").exists()
+    assert (tmp_path / "runs" / "cli" / "report.html").is_file()
+    assert res.stdout.splitlines()[-1].endswith(str(Path("runs") / "cli" / "report.html"))
 
 
 def test_cli_bad_model_file_is_one_line_and_exit_2(tmp_path, npz_dataset):
@@ -269,3 +271,63 @@ def test_run_folder_config_runs_from_anywhere(setup, toy_registry, tmp_path):
     train.path.rename(moved)
     result = run_config(moved / "config.yaml", registry=toy_registry, store=False)
     assert result.metrics["n"] == len(result.labels) > 0
+
+
+def test_an_existing_run_folder_is_refused_before_any_work(setup, toy_registry, monkeypatch):
+    (setup.parent / "runs" / "taken").mkdir(parents=True)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the data was streamed before the run folder was checked")
+
+    monkeypatch.setattr("pipeline.train.chain_arrays", no_work)
+    with pytest.raises(UserError) as info:
+        train_from_config(setup, ["run.name=taken"], registry=toy_registry)
+    assert str(info.value) == (
+        f"{setup}: run.name: run folder {setup.parent / 'runs' / 'taken'} already exists; "
+        "pick another name (--name, run.name) or folder (--out, run.out), or remove it"
+    )
+
+
+class _CtrlCAfterFirstEpoch(Callback):
+    """Stands in for the progress callback: Ctrl-C once the first checkpoint is written."""
+
+    def __init__(self, enabled):
+        pass
+
+    def on_epoch_end(self, epoch, record):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_the_checkpoint_is_kept_and_resume_cleans_up(
+    tmp_path, npz_dataset, monkeypatch, capsys
+):
+    from pipeline.cli import main
+
+    cfg = str(cli_setup(tmp_path, npz_dataset))
+    args = ["train", cfg, "--name", "cc", "-q", "--set", "train.epochs=2"]
+    runs = tmp_path / "runs"
+    with monkeypatch.context() as m:
+        m.setattr("pipeline.train._Progress", _CtrlCAfterFirstEpoch)
+        assert main(args) == 130
+    checkpoint = runs / ".cc.checkpoint.npz"
+    assert capsys.readouterr().err.strip() == (
+        f"sensorlab: interrupted; the checkpoint {checkpoint} is kept: continue with the "
+        "same command plus --resume --name cc"
+    )
+    assert checkpoint.is_file() and not (runs / "cc").exists()
+    (runs / ".cc.partial-killed").mkdir()  # what a SIGTERM leaves: no cleanup ran
+    assert main([*args, "--resume"]) == 0
+    assert (runs / "cc" / "model.npz").is_file()
+    assert sorted(p.name for p in runs.iterdir()) == ["cc"]
+
+
+def test_cli_training_progress_in_a_log(tmp_path, npz_dataset):
+    """stderr is a pipe here: progress comes as lines, with the epochs' lines among them."""
+    cfg = cli_setup(tmp_path, npz_dataset)
+    res = sensorlab("train", cfg, "--name", "log", "--set", "train.epochs=2", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert any(line.startswith("sensor (train): 100 % (") for line in lines), lines
+    steps = [line for line in lines if " % (" in line and " step), " in line]
+    assert steps and steps[-1].startswith("epoch 2/2: 100 % (")
+    assert [line.split(":")[0] for line in lines if " | " in line] == ["epoch 1/2", "epoch 2/2"]

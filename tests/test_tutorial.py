@@ -43,3 +43,12 @@ def test_tutorial_examples_pass(monkeypatch) -> None:
         )
     assert failed == 0, f"{failed} of {attempted} tutorial examples failed (see output above)"
     assert attempted >= MIN_EXAMPLES, f"only {attempted} examples in {TUTORIAL.name}"
+
+
+def test_tutorial_names_the_shipped_weights_and_they_exist() -> None:
+    text = " ".join(TUTORIAL.read_text(encoding="utf-8").split())
+    assert "No trained weights are shipped" not in text
+    assert "not part of this checkout" not in text
+    assert "data/models/procedural32-default/" in text
+    for name in ("model.yaml", "model.npz"):
+        assert (ROOT / "data" / "models" / "procedural32-default" / name).is_file()

@@ -18,6 +18,7 @@ from pipeline.cli import (
     eval,
     export,
     import_,
+    report,
     run,
     schema,
     stages,
@@ -31,7 +32,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 # Command modules in help order. Imported statically: a command that fails to import is
 # an error of the whole command line, never a silently missing command.
-COMMANDS = (run, schema, stages, sweep, train, characterize, export, eval, import_)
+COMMANDS = (run, report, schema, stages, sweep, train, characterize, export, eval, import_)
 
 
 def build_parser() -> argparse.ArgumentParser:

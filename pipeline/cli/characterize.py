@@ -15,6 +15,7 @@ from pipeline.characterize import (
     characterize_config,
 )
 from pipeline.cli.common import add_set_option
+from pipeline.report import write_report
 
 __all__ = ["cmd_characterize", "register", "summary"]
 
@@ -51,6 +52,7 @@ def cmd_characterize(args: argparse.Namespace) -> int:
         args.config, args.overrides, out=args.out, levels=args.levels, size=args.size
     )
     print(summary(sheet, folder))
+    print(f"report: {write_report(folder)}")
     return 0
 
 

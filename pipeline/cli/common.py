@@ -13,10 +13,13 @@ __all__ = ["CliParser", "add_set_option", "print_json", "run_overrides"]
 
 
 class CliParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit 2, like every other bad input."""
+    """argparse whose usage errors are one line and exit 2, like every other bad input:
+    ``sensorlab: error: MESSAGE``, or ``sensorlab: error: COMMAND: MESSAGE`` for an error of
+    a command's own arguments (the program name is said once)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(message, file=self.prog)
+        command = self.prog.partition(" ")[2]
+        raise UserError(message, file=command or None)
 
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:

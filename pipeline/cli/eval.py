@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.cli.common import print_json
+from pipeline.cli.common import add_set_option, print_json
 from pipeline.export import BACKENDS, OPENCV_ENGINES, evaluate, load_source
 
 __all__ = ["cmd_eval", "register"]
@@ -18,6 +18,9 @@ def register(sub: Any) -> None:
         "eval",
         help="classify a config's dataset through the sensor chain on numpy, onnxruntime "
         "or opencv and report accuracy",
+        description="Classify the dataset of a training run's config (or --config) through "
+        "its sensor chain with a trained model on one backend, and print the accuracy; "
+        "--set changes the config's keys (another dataset split, sensor settings).",
     )
     p.add_argument("source", metavar="RUN_OR_MODEL", help="training run folder or model YAML")
     p.add_argument("--backend", choices=BACKENDS, default="numpy")
@@ -28,6 +31,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", help="run config (dataset and sensor); default: the run's")
     p.add_argument("--weights", help="weights .npz (default: beside the model YAML)")
+    add_set_option(p)
     p.add_argument(
         "--engine",
         choices=OPENCV_ENGINES,
@@ -41,7 +45,12 @@ def register(sub: Any) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     source = load_source(args.source, weights=args.weights)
     result = evaluate(
-        source, backend=args.backend, onnx_file=args.onnx, config=args.config, engine=args.engine
+        source,
+        backend=args.backend,
+        onnx_file=args.onnx,
+        config=args.config,
+        engine=args.engine,
+        overrides=args.overrides,
     )
     if args.json:
         print_json(

@@ -17,6 +17,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "import",
         help="turn an ONNX model (supported operators only) into a model YAML plus weights",
+        description="Read an ONNX model whose operators sensorlab's CNN engine supports and "
+        "write <name>.yaml (the layer graph) and <name>.npz (the weights) into --out.",
     )
     p.add_argument("onnx", metavar="MODEL.onnx")
     p.add_argument("--out", required=True, help="folder for <name>.yaml and <name>.npz")

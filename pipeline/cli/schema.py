@@ -13,7 +13,13 @@ __all__ = ["cmd_schema", "register"]
 
 def register(sub: Any) -> None:
     """Add ``sensorlab schema``."""
-    p = sub.add_parser("schema", help="print the JSON Schema of config files")
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of config files",
+        description="Print the JSON Schema of run config files (every section, dataset "
+        "kind and stage parameter with its type, default and description) for editors "
+        "and validators.",
+    )
     p.set_defaults(func=cmd_schema)
 
 

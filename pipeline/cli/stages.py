@@ -15,7 +15,12 @@ __all__ = ["cmd_stages", "register", "stage_rows"]
 
 def register(sub: Any) -> None:
     """Add ``sensorlab stages``."""
-    p = sub.add_parser("stages", help="list every registered stage with its parameters")
+    p = sub.add_parser(
+        "stages",
+        help="list every registered stage with its parameters",
+        description="List every registered stage (built in and plugins): what it takes and "
+        "gives, and each parameter with its unit, type or choices, default and meaning.",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_stages)
 

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from pipeline.cli.common import add_set_option
+from pipeline.report import write_report
 from pipeline.sweep.engine import SweepResult, run_sweep
 
 __all__ = ["cmd_sweep", "register", "summary"]
@@ -66,6 +67,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return 130
     print(summary(result))
+    print(f"report: {write_report(result.path)}")
     return 0
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pipeline.train
 from pipeline.cli.common import add_set_option, run_overrides
-from pipeline.train import TrainRun, blas_threads, train_from_config
+from pipeline.report import write_report
+from pipeline.train import TrainingInterrupted, TrainRun, blas_threads, train_from_config
 
 __all__ = ["cmd_train", "register", "summary"]
 
@@ -42,12 +43,17 @@ def register(sub: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    progress = not args.quiet and sys.stderr.isatty()
-    with blas_threads(args.blas_threads):
-        run = train_from_config(
-            args.config, run_overrides(args), resume=args.resume, progress=progress
-        )
+    progress = not args.quiet  # a bar on a terminal, a line per 10 % in a log
+    try:
+        with blas_threads(args.blas_threads):
+            run = train_from_config(
+                args.config, run_overrides(args), resume=args.resume, progress=progress
+            )
+    except TrainingInterrupted as exc:  # a checkpoint is kept: say how to go on
+        print(f"sensorlab: {exc}", file=sys.stderr)
+        return 130
     print(summary(run))
+    print(f"report: {write_report(run.path)}")
     return 0
 
 

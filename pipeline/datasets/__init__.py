@@ -56,6 +56,8 @@ __all__ = [
     "NpzConfig",
     "ProceduralConfig",
     "ProceduralDataset",
+    "dataset_fields",
+    "dataset_kinds",
     "open_dataset",
 ]
 
@@ -65,6 +67,21 @@ DatasetConfig = Annotated[
 ]
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(DatasetConfig)
+_KIND_MODELS = {
+    m.model_fields["kind"].annotation.__args__[0]: m
+    for m in (ProceduralConfig, FolderConfig, NpzConfig, Cifar10Config, DigitsConfig)
+}
+
+
+def dataset_kinds() -> list[str]:
+    """The dataset kinds a config may name (``procedural``, ``folder``, ...)."""
+    return list(_KIND_MODELS)
+
+
+def dataset_fields(kind: str) -> set[str] | None:
+    """The config keys of dataset kind ``kind`` (None for an unknown kind)."""
+    model = _KIND_MODELS.get(kind)
+    return None if model is None else set(model.model_fields)
 
 
 def open_dataset(cfg: DatasetConfig | Mapping[str, Any], *, base_dir: Path) -> Dataset:
@@ -124,7 +141,7 @@ def _validate(raw: Mapping[str, Any]) -> Any:
         return _ADAPTER.validate_python(dict(raw))
     except ValidationError as exc:
         err = exc.errors()[0]
-        kinds = sorted(_KIND_TAGS)
+        kinds = sorted(_KIND_MODELS)
         if err["type"] == "union_tag_invalid":
             tag = str(raw.get("kind"))
             raise UserError(
@@ -132,9 +149,6 @@ def _validate(raw: Mapping[str, Any]) -> Any:
             ) from None
         if err["type"] == "union_tag_not_found":
             raise UserError(f"missing kind ({', '.join(kinds)})", key="dataset.kind") from None
-        loc = [str(p) for p in err["loc"] if p not in _KIND_TAGS]
+        loc = [str(p) for p in err["loc"] if p not in _KIND_MODELS]
         key = ".".join(["dataset", *loc])
         raise UserError(err["msg"].removeprefix("Value error, "), key=key) from None
-
-
-_KIND_TAGS = {"procedural", "folder", "npz", "cifar10", "digits"}

@@ -77,6 +77,11 @@ class Dataset(ABC):
         """
         return np.arange(start, stop, dtype=np.int64)
 
+    def sources(self, start: int, stop: int) -> list[str] | None:
+        """Where images ``[start, stop)`` come from (a file name each), or None for a
+        dataset without per-image files (the default)."""
+        return None
+
     def info(self) -> SignalInfo:
         """What the dataset gives the first stage: unit IMAGE, one image's shape and dtype,
         and ``attrs={"encoding": ...}``."""
@@ -153,7 +158,8 @@ class ArrayDataset(IndexedDataset):
 
     Parameters
     ----------
-    x : images ``(N, H, W, 3)``, uint8, uint16, float32 (float64 is read as float32).
+    x : images ``(N, H, W, 3)``, or grayscale ``(N, H, W)`` / ``(N, H, W, 1)`` read as three
+        equal channels; uint8, uint16, float32 (float64 is read as float32).
     y : labels ``(N,)``, integers in ``0..K-1``, or ``None``.
     class_names : ``K`` names; default ``c0, c1, ...`` up to the largest label.
     encoding : ``"auto"`` (from the dtype: uint8 → srgb8, uint16 → linear16,
@@ -200,7 +206,8 @@ class ArrayDataset(IndexedDataset):
         # Read in ascending store order (friendly to memory-mapped files), then restore order.
         order = np.argsort(index, kind="stable")
         out = np.empty((len(index), *self.image_shape), self.dtype)
-        out[order] = self._x[index[order]]
+        images = self._x[index[order]]
+        out[order] = images[..., None] if images.ndim == 3 else images  # gray: broadcast
         return out
 
 
@@ -210,13 +217,19 @@ def default_class_names(n_classes: int) -> tuple[str, ...]:
 
 
 def check_images(shape: tuple[int, ...], dtype: np.dtype, *, key: str | None) -> np.dtype:
-    """Check an image array's shape ``(N, H, W, 3)`` and dtype; return the dtype it is read as.
+    """Check an image array's shape and dtype; return the dtype it is read as.
 
-    float64 is accepted and read as float32; other dtypes than uint8/uint16/float are errors.
+    RGB ``(N, H, W, 3)`` or grayscale ``(N, H, W)`` / ``(N, H, W, 1)`` (read as three equal
+    channels, like the folder reader). float64 is accepted and read as float32; other
+    dtypes than uint8/uint16/float are errors.
     """
     dtype = np.dtype(dtype)
-    if len(shape) != 4 or shape[3] != 3:
-        raise UserError(f"x must have shape (N, H, W, 3), got {tuple(shape)}", key=key)
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[3] in (1, 3))):
+        raise UserError(
+            f"x must have shape (N, H, W, 3), or (N, H, W) or (N, H, W, 1) for grayscale, "
+            f"got {tuple(shape)}",
+            key=key,
+        )
     if shape[1] < 1 or shape[2] < 1:
         raise UserError(f"x has empty images, shape {tuple(shape)}", key=key)
     if dtype in (np.uint8, np.uint16, np.float32):

@@ -90,6 +90,11 @@ class FolderDataset(IndexedDataset):
         )
         self._index = apply_limit(index, limit, split=split)
 
+    def sources(self, start: int, stop: int) -> list[str]:
+        """Images ``[start, stop)``'s files, relative to the dataset folder (``cat/01.png``)."""
+        start, stop = self._check_range(start, stop)
+        return [self._files[i].relative_to(self.root).as_posix() for i in self._index[start:stop]]
+
     def _load(self, index: np.ndarray) -> np.ndarray:
         out = np.empty((len(index), *self.image_shape), self.dtype)
         first_file, first_hw, first_dtype = self._first

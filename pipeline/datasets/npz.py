@@ -1,7 +1,9 @@
 """``npz``: images and labels in a NumPy ``.npz`` file.
 
 Arrays: ``x`` ``(N, H, W, 3)`` uint8 (sRGB), uint16 (linear) or float32/float64 (linear),
-``y`` ``(N,)`` integer labels, and optionally ``class_names`` ``(K,)`` strings. Files
+or grayscale ``(N, H, W)`` / ``(N, H, W, 1)`` (read as three equal channels, like the
+folder reader); optionally ``y`` ``(N,)`` integer labels (needed to train or to measure
+accuracy, not to run a sensor) and ``class_names`` ``(K,)`` strings. Files
 written with ``np.savez`` (uncompressed) are memory-mapped, so only the images of each
 batch are read; ``np.savez_compressed`` files are decompressed whole on open. Pickled
 objects are never loaded. Checked on open: the keys, ranks and dtypes, labels in range,
@@ -33,8 +35,8 @@ class NpzConfig(FractionFields):
 
     kind: Literal["npz"] = Field(description="A NumPy .npz file.")
     path: str = Field(
-        description=".npz file with x (N,H,W,3), y (N,) and optionally class_names "
-        "(relative to the config)."
+        description=".npz file with x (N,H,W,3) or grayscale (N,H,W), and optionally "
+        "labels y (N,) and class_names (relative to the config)."
     )
     classes: list[str] | None = Field(
         None, min_length=1, description="Class names in label order; default the file's."
@@ -67,15 +69,11 @@ def open_npz(
         raise UserError(f"{path} is not an .npz file ({exc})", key=_KEY) from None
     with zf:
         members = {Path(n).stem: n for n in zf.namelist() if n.endswith(".npy")}
-        missing = [k for k in ("x", "y") if k not in members]
-        if missing:
+        if "x" not in members:
             found = ", ".join(sorted(members)) or "none"
-            raise UserError(
-                f"{path} has no array {' or '.join(repr(k) for k in missing)} (arrays: {found})",
-                key=_KEY,
-            )
+            raise UserError(f"{path} has no array 'x' (arrays: {found})", key=_KEY)
         x = read_npz_member(path, zf, members["x"])
-        y = read_npz_member(path, zf, members["y"])
+        y = read_npz_member(path, zf, members["y"]) if "y" in members else None
         names = classes
         if names is None and "class_names" in members:
             stored = read_npz_member(path, zf, members["class_names"])
@@ -87,7 +85,7 @@ def open_npz(
                 )
             names = [s.decode() if isinstance(s, bytes) else str(s) for s in stored.tolist()]
     check_images(x.shape, x.dtype, key=_KEY)
-    labels = check_labels(np.asarray(y), len(x), names, key=_KEY)
+    labels = None if y is None else check_labels(np.asarray(y), len(x), names, key=_KEY)
     index = split_indices(
         labels,
         len(x),

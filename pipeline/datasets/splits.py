@@ -4,9 +4,10 @@ Which images fall in which split depends only on the dataset's own ``seed`` (nev
 run seed), the split fractions and the labels: each class's images are shuffled with
 ``default_rng([seed, TAG, label])`` and the first ``round(test_fraction * n_class)`` go
 to test, the next ``round(val_fraction * n_class)`` to validation, the rest to train
-(stratified, so every split keeps the class balance). Within a split, images are read in
-a fixed shuffled order, so ``limit`` takes a class-mixed prefix and a smaller limit is a
-prefix of a larger one.
+(stratified, so every split keeps the class balance). Within train, val and test, images
+are read in a fixed shuffled order, so ``limit`` takes a class-mixed prefix and a smaller
+limit is a prefix of a larger one; ``all`` is read in stored order (image i of the split
+is item i of the store, so a record traces to its source by position too).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def split_indices(
     split : ``train``, ``val``, ``test`` or ``all``.
     seed : the dataset's seed.
     val_fraction, test_fraction : fractions of each class (rounded per class).
-    shuffle : read the split in a seeded shuffled order (default) or in stored order.
+    shuffle : read train, val and test in a seeded shuffled order (default) or in
+        stored order; ``all`` is always in stored order.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
@@ -109,7 +111,7 @@ def split_indices(
             lo, hi = bounds.get(split, (n_test + n_val, len(members)))
             parts.append(members[lo:hi])
         chosen = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
-    if shuffle:
+    if shuffle and split != "all":
         order_key = SPLIT_IDS.get(split, 3)
         rng = np.random.default_rng([seed, _ORDER_TAG, order_key])
         chosen = chosen[rng.permutation(len(chosen))]

@@ -3,7 +3,7 @@ NumPy (the chain ``sensorlab run`` builds), onnxruntime or OpenCV (an ONNX model
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from pipeline.cnn.onnx_export import (
     export_onnx,
     read_metadata,
 )
-from pipeline.config import LoadedConfig, load_config
+from pipeline.config import LoadedConfig, load_config, with_overrides
 from pipeline.datasets import Dataset
 from pipeline.errors import UserError
 from pipeline.export.front import check_same_sensor, model_inputs, sensor_front
@@ -52,6 +52,7 @@ def evaluate(
     config: str | Path | None = None,
     engine: str = "auto",
     registry: Any = None,
+    overrides: Sequence[str] = (),
 ) -> EvalResult:
     """Classify a config's dataset through its sensor chain with one backend.
 
@@ -64,6 +65,7 @@ def evaluate(
         model, made in memory); one with a raw front end is fed the ADC codes.
     config : the run config whose dataset and sensor to use (default: the run's).
     engine : OpenCV's ONNX engine (auto, new, classic).
+    overrides : ``KEY=VALUE`` changes to that config (``dataset.split=val``).
     """
     if backend not in BACKENDS:
         raise UserError(
@@ -76,6 +78,7 @@ def evaluate(
         raise UserError(
             "eval needs a config for its dataset and sensor (--config CONFIG)", key="config"
         )
+    loaded = with_overrides(loaded, overrides, registry=registry)
     dataset = open_config_dataset(loaded)
     if backend == "numpy":
         scored = _numpy_scores(source, loaded, dataset, registry)

@@ -32,7 +32,7 @@ from typing import Any
 
 from pipeline.config import LoadedConfig
 from pipeline.registry import Registry, default_registry
-from pipeline.runner import batch_for, build_chain, open_config_dataset, run, stream
+from pipeline.runner import build_chain, compare_chains, open_config_dataset, run
 from pipeline.store import write_json_atomic
 from pipeline.sweep.check import load_cell, reference_raw, train_hook
 from pipeline.sweep.snr import SnrSums
@@ -151,16 +151,14 @@ def measure_snr(
     info = dataset.info()
     chain = build_chain(loaded, info, registry=registry, with_model=False)
     ref_chain = build_chain(reference, info, registry=registry, with_model=False)
-    stage = stage or chain.names[-1]
-    upto = chain.names.index(stage) + 1
-    limit = len(dataset) if images == "all" else min(int(images), len(dataset))
     sums = SnrSums()
-    batches = stream(
-        chain, dataset, loaded.config.run.batch_size, upto=upto, stop=limit, file=loaded.file
+    stage = stage or chain.names[-1]
+    batch_size = loaded.config.run.batch_size
+    pairs = compare_chains(
+        chain, ref_chain, dataset, batch_size, stage=stage, images=images, file=loaded.file
     )
-    for b in batches:
-        ref = ref_chain.apply(b.images, batch_for(dataset, b.index), upto=upto)[-1]
-        sums.add(b.last, ref)
+    for out, ref in pairs:
+        sums.add(out, ref)
     return sums, stage
 
 

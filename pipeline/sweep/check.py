@@ -24,7 +24,7 @@ from pipeline.errors import UserError, did_you_mean
 from pipeline.registry import Registry
 from pipeline.runner import Chain, build_chain, open_config_dataset
 from pipeline.stage import SignalInfo
-from pipeline.sweep.snr import NOISE_SWITCHES, default_reference
+from pipeline.sweep.snr import NOISE_STAGE, default_reference
 from pipeline.sweep.spec import Cell, SnrOptions, SweepPlan
 
 __all__ = [
@@ -106,7 +106,7 @@ def resolve_snr(plan: SweepPlan, raw: dict) -> dict[str, Any] | None:
     """The cell's SNR measurement: reference overrides, compared stage, images; or None.
 
     ``snr:`` absent measures only when the chain has a stage whose noise switches are
-    known (:data:`pipeline.sweep.snr.NOISE_SWITCHES`); ``snr: false`` never measures.
+    known (:data:`pipeline.sweep.snr.NOISE_STAGE`); ``snr: false`` never measures.
     """
     setting = plan.spec.snr
     if setting is False:
@@ -116,7 +116,7 @@ def resolve_snr(plan: SweepPlan, raw: dict) -> dict[str, Any] | None:
     if not reference:
         if setting is None:
             return None
-        known = ", ".join(sorted(NOISE_SWITCHES))
+        known = NOISE_STAGE
         raise UserError(
             f"no stage whose noise is known to switch off ({known}); give snr.reference",
             file=plan.file,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.progress import progress as progress_reporter
 from pipeline.registry import Registry, default_registry
 from pipeline.store import write_json_atomic
 from pipeline.sweep.cell import CellTask, execute_cell, is_complete, read_record
@@ -89,7 +89,8 @@ def run_sweep(
     out : folder that receives the sweep folder (default: the file's ``out``).
     set : overrides applied to the base config of every cell (``["run.batch_size=8"]``).
     registry : stage registry (default: installed stages); sent to workers with each task.
-    progress : force the progress bar over cells on or off (default: only on a terminal).
+    progress : False for no progress over cells (default: a bar on a terminal, a line per
+        cell in a log).
     base_dir : folder that ``base:`` is relative to when ``source`` is a dict.
     plots : write the figures.
 
@@ -277,14 +278,15 @@ def _task(plan: SweepPlan, c: CheckedCell, registry: Registry | None) -> CellTas
 
 
 def _progress_bar(plan: SweepPlan, done: int, progress: bool | None) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=len(plan.cells),
-        initial=done,
-        unit="cell",
+    """Progress over cells (:mod:`pipeline.progress`): a bar on a terminal, a line per
+    finished cell with elapsed and remaining time in a log; off only when asked."""
+    return progress_reporter(
+        len(plan.cells),
         desc=f"sweep {plan.folder.name}",
-        disable=not (progress or (progress is None and sys.stderr.isatty())),
+        unit="cell",
+        show=progress is not False,
+        initial=done,
+        every_pct=0,
     )
 
 

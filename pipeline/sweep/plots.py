@@ -1,11 +1,14 @@
 """The sweep's figures (matplotlib, Agg backend).
 
 - ``accuracy.png``: accuracy against the x axis (by default the bit depth) with the
-  Wilson 95 % interval as a band, one line per combination of the other axes;
+  Wilson 95 % interval as a band; one panel per light level (the axis named in
+  :data:`LIGHT_KEYS`, if swept), one line per combination of the remaining axes;
 - ``snr.png``: the same for ``snr_db`` (when the sweep measures SNR);
 - ``samples_grid.png``: one recorded image (``plot.sample``) of one stage (by default
-  the last sensor stage) across the x axis (columns) and the other axes (rows), read
-  from the cells' recorded arrays.
+  the last sensor stage) across the x axis (columns) and the other axes (rows: all of
+  them unless ``plot.max_rows`` caps them, which the title then says), read from the
+  cells' recorded arrays. Negative values are shown below a zero grey that each panel
+  names (see :func:`pipeline.samples.offset_note`).
 """
 
 from __future__ import annotations
@@ -18,10 +21,21 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.samples import display_image
+from pipeline.samples import display_image, offset_note
 from pipeline.sweep.spec import SweepPlan
 
-__all__ = ["default_x_axis", "write_plots"]
+__all__ = [
+    "LIGHT_KEYS",
+    "curve_figure",
+    "default_x_axis",
+    "panel_axis",
+    "shown_rows",
+    "write_plots",
+]
+
+# Config keys (last part) that set the light level: an axis over one of them gets a
+# panel per value in the curve figures.
+LIGHT_KEYS = ("mean_photons", "photons_at_white", "illuminance_lux", "exposure_s")
 
 
 def default_x_axis(axes: Sequence[str]) -> str:
@@ -50,7 +64,9 @@ def write_plots(
     for metric, lo, hi, ylabel, filename in curves:
         if any(_finite(r.get(metric)) for r in rows):
             path = plan.folder / filename
-            _curve_figure(plan, rows, x_key, metric, lo, hi, ylabel, path)
+            band = (lo, hi) if lo and hi else None
+            title = f"sweep {plan.folder.name}"
+            _save(curve_figure(rows, plan.axes, x_key, metric, band, ylabel, title), path)
             written.append(path)
     stage = plan.spec.plot.stage or (sensor_names[-1] if sensor_names else "dataset")
     grid = plan.folder / "samples_grid.png"
@@ -59,11 +75,20 @@ def write_plots(
     return written
 
 
+def panel_axis(axes: Sequence[str], x_key: str) -> str | None:
+    """The axis that gets one panel per value: the first light-level axis other than x."""
+    for key in axes:
+        if key != x_key and _short_key(key) in LIGHT_KEYS:
+            return key
+    return None
+
+
 def _groups(
-    plan: SweepPlan, rows: Sequence[dict[str, Any]], x_key: str
+    plan: SweepPlan | Sequence[str], rows: Sequence[dict[str, Any]], x_key: str
 ) -> list[tuple[str, list[dict]]]:
     """Rows grouped by the values of every axis but ``x_key`` (first-seen order)."""
-    others = [a for a in plan.axes if a != x_key]
+    axes = plan.axes if isinstance(plan, SweepPlan) else plan
+    others = [a for a in axes if a != x_key]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(repr(row[a]) for a in others), []).append(row)
@@ -74,7 +99,7 @@ def _groups(
     return out
 
 
-def _x_positions(plan: SweepPlan, rows: Sequence[dict], x_key: str) -> tuple[dict, bool]:
+def _x_positions(rows: Sequence[dict], x_key: str) -> tuple[dict, bool]:
     values = [r[x_key] for r in rows]
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
     if numeric:
@@ -86,45 +111,86 @@ def _x_positions(plan: SweepPlan, rows: Sequence[dict], x_key: str) -> tuple[dic
     return {tag: float(i) for i, tag in enumerate(order)}, False
 
 
-def _curve_figure(
-    plan: SweepPlan,
+def curve_figure(
     rows: Sequence[dict],
+    axes: Sequence[str],
     x_key: str,
     metric: str,
-    lo: str | None,
-    hi: str | None,
+    band: tuple[str, str] | None,
     ylabel: str,
-    path: Path,
-) -> None:
-    import matplotlib.pyplot as plt
+    title: str,
+) -> Any:
+    """A matplotlib Figure of ``metric`` against ``x_key``, one panel per light level.
 
-    pos, numeric = _x_positions(plan, rows, x_key)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, members in _groups(plan, rows, x_key):
-        members = sorted(members, key=lambda r: pos[repr(r[x_key])])
-        xs = np.array([pos[repr(r[x_key])] for r in members])
-        ys = np.array([_num(r.get(metric)) for r in members])
-        (line,) = ax.plot(xs, ys, marker="o", ms=4, label=label)
-        if lo and hi:
-            los = np.array([_num(r.get(lo)) for r in members])
-            his = np.array([_num(r.get(hi)) for r in members])
-            ax.fill_between(xs, los, his, color=line.get_color(), alpha=0.2, linewidth=0)
+    Parameters
+    ----------
+    rows : the sweep's table rows (axis values and metrics).
+    axes : the sweep's axes; :func:`panel_axis` picks the one split into panels.
+    x_key : the axis on the x axis.
+    metric : the row key plotted; ``band`` the (low, high) keys of its interval, if any.
+    ylabel, title : labels.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pos, numeric = _x_positions(rows, x_key)
+    split = panel_axis(axes, x_key)
+    panels: dict[str, list[dict]] = {}
+    for row in rows:
+        panels.setdefault(repr(row[split]) if split else "", []).append(row)
+    keys = list(panels)
+    if split and all(_finite(panels[k][0][split]) for k in keys):
+        keys.sort(key=lambda k: float(panels[k][0][split]))
+    ncols = min(3, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows + 0.4))
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    curve_axes = [a for a in axes if a != split]
+    for k, key in enumerate(keys):
+        ax = grid[k // ncols][k % ncols]
+        groups = _groups(curve_axes, panels[key], x_key)
+        for label, members in groups:
+            members = sorted(members, key=lambda r: pos[repr(r[x_key])])
+            xs = np.array([pos[repr(r[x_key])] for r in members])
+            ys = np.array([_num(r.get(metric)) for r in members])
+            (line,) = ax.plot(xs, ys, marker="o", ms=4, label=label)
+            if band:
+                los = np.array([_num(r.get(band[0])) for r in members])
+                his = np.array([_num(r.get(band[1])) for r in members])
+                ax.fill_between(xs, los, his, color=line.get_color(), alpha=0.2, linewidth=0)
+        _x_ticks(ax, pos, numeric)
+        ax.set_xlabel(x_key)
+        ax.grid(alpha=0.3)
+        if metric == "accuracy":
+            ax.set_ylim(-0.02, 1.02)
+        if split:
+            ax.set_title(f"{_short_key(split)} = {panels[key][0][split]}", fontsize=9)
+        if len(groups) > 1:
+            ax.legend(fontsize=7, loc="best")
+    for k in range(len(keys), nrows * ncols):
+        grid[k // ncols][k % ncols].set_axis_off()
+    for r in range(nrows):
+        grid[r][0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _x_ticks(ax: Any, pos: dict, numeric: bool) -> None:
     ticks = sorted(set(pos.values()))
     if not numeric:
         labels = {p: tag for tag, p in pos.items()}
         ax.set_xticks(ticks, [labels[t].strip("'") for t in ticks])
     elif len(ticks) <= 16 and all(float(t).is_integer() for t in ticks):
         ax.set_xticks(ticks, [str(int(t)) for t in ticks])
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(ylabel)
-    if metric == "accuracy":
-        ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"sweep {plan.folder.name}", fontsize=10)
-    if len(plan.axes) > 1:
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    _save(fig, path)
+
+
+def shown_rows(groups: list, max_rows: int | None) -> tuple[list, str]:
+    """The grid's rows (all, or the first ``max_rows``) and the title's note on a cap."""
+    if max_rows is None or len(groups) <= max_rows:
+        return groups, ""
+    return groups[:max_rows], f" (first {max_rows} of {len(groups)} rows: plot.max_rows)"
 
 
 def _grid_figure(plan: SweepPlan, rows: Sequence[dict], x_key: str, stage: str, path: Path) -> bool:
@@ -132,11 +198,11 @@ def _grid_figure(plan: SweepPlan, rows: Sequence[dict], x_key: str, stage: str, 
     import zarr
 
     sample = plan.spec.plot.sample
-    pos, _ = _x_positions(plan, rows, x_key)
+    pos, _ = _x_positions(rows, x_key)
     columns = sorted(set(pos.values()))
     tags = {p: t for t, p in pos.items()}
-    groups = _groups(plan, rows, x_key)[: plan.spec.plot.max_rows]
-    images: dict[tuple[int, float], np.ndarray] = {}
+    groups, cap_note = shown_rows(_groups(plan, rows, x_key), plan.spec.plot.max_rows)
+    images: dict[tuple[int, float], tuple[np.ndarray, str | None]] = {}
     for g, (_, members) in enumerate(groups):
         for row in members:
             store = plan.cells_dir / row["cell"] / "arrays.zarr"
@@ -150,7 +216,11 @@ def _grid_figure(plan: SweepPlan, rows: Sequence[dict], x_key: str, stage: str, 
                 continue
             attrs = dict(arr.attrs.get("signal_attrs") or {})
             value = np.asarray(arr[sample])
-            images[(g, pos[repr(row[x_key])])] = display_image(value, arr.attrs["unit"], attrs)
+            unit = arr.attrs["unit"]
+            images[(g, pos[repr(row[x_key])])] = (
+                display_image(value, unit, attrs),
+                offset_note(value, unit, attrs),
+            )
     if not images:
         return False
     n_rows, n_cols = len(groups), len(columns)
@@ -163,14 +233,17 @@ def _grid_figure(plan: SweepPlan, rows: Sequence[dict], x_key: str, stage: str, 
             ax.set_xticks([])
             ax.set_yticks([])
             if (g, x) in images:
-                ax.imshow(images[(g, x)], interpolation="nearest")
+                image, note = images[(g, x)]
+                ax.imshow(image, interpolation="nearest")
+                if note:
+                    ax.set_xlabel(note, fontsize=5)
             else:
                 ax.set_axis_off()
             if g == 0:
                 ax.set_title(f"{_short_key(x_key)}={tags[x].strip(chr(39))}", fontsize=8)
             if c == 0:
                 ax.set_ylabel(label.replace(", ", "\n"), fontsize=7)
-    fig.suptitle(f"{stage}, image {sample}", fontsize=9)
+    fig.suptitle(f"{stage}, image {sample}{cap_note}", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     return True
@@ -181,7 +254,7 @@ def _save(fig: Any, path: Path) -> None:
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    plt.close(fig)  # a pyplot figure; a bare Figure needs no closing
     os.replace(tmp, path)
 
 

@@ -6,8 +6,10 @@ Columns of ``results.csv``:
 - one column per axis (the dotted config key), the cell's value;
 - ``n``: images evaluated; ``correct``; ``accuracy`` with its Wilson 95 % score interval
   ``accuracy_lo``, ``accuracy_hi`` (from the run's metrics; empty without a model or labels);
-- ``snr_db``: see :mod:`pipeline.sweep.snr` (empty when no SNR is measured; ``-inf`` when
-  the noise-free output is all zero, e.g. signal below one code; ``nan`` when both are);
+- ``snr_db``: see :mod:`pipeline.sweep.snr` (empty when no SNR is measured, or when the
+  noise-free, 24-bit reference is all zero: a black scene has no signal to compare with);
+- ``psnr_db``, ``ssim``: the raw image's PSNR and SSIM against the ideal sensor (the
+  cell run's metrics, see :mod:`pipeline.quality`; empty without a raw stage);
 - ``wall_seconds``: the cell's wall time (training, SNR and run) where it was computed;
 - ``trained_model``: the model the cell was evaluated with (``train`` modes only).
 
@@ -30,7 +32,16 @@ from pipeline.sweep.spec import SweepPlan
 
 __all__ = ["METRIC_COLUMNS", "collect_rows", "write_csv_atomic"]
 
-METRIC_COLUMNS = ("n", "correct", "accuracy", "accuracy_lo", "accuracy_hi", "snr_db")
+METRIC_COLUMNS = (
+    "n",
+    "correct",
+    "accuracy",
+    "accuracy_lo",
+    "accuracy_hi",
+    "snr_db",
+    "psnr_db",
+    "ssim",
+)
 
 
 def collect_rows(
@@ -62,6 +73,8 @@ def collect_rows(
             accuracy_lo=lo,
             accuracy_hi=hi,
             snr_db=_snr_db(snr),
+            psnr_db=metrics.get("psnr_db"),
+            ssim=metrics.get("ssim"),
             wall_seconds=record.get("wall_seconds"),
         )
         if plan.spec.train != "none":
@@ -100,7 +113,7 @@ def _text(value: Any) -> str:
 
 
 def _snr_db(snr: dict[str, Any]) -> float | None:
-    """The SNR in dB from the recorded sums (exact, and NaN/inf survive the JSON)."""
+    """The SNR in dB from the recorded sums (exact; +inf survives the JSON)."""
     if not snr:
         return None
     return SnrSums(float(snr["signal_sq"]), float(snr["noise_sq"])).db

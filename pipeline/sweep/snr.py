@@ -1,4 +1,4 @@
-"""Signal-to-noise ratio of a sensor output against a noise-free run of the same sensor.
+"""Signal-to-noise ratio of a sensor output against a noise-free, high-bit run of the same sensor.
 
 Definition (used for the sweep's ``snr_db`` column)::
 
@@ -6,57 +6,34 @@ Definition (used for the sweep's ``snr_db`` column)::
 
 where ``out`` is a stage's output (by default the last sensor stage: the raw RGB image
 the CNN sees) for the cell's config, ``ref`` is the same stage's output for the same
-images with the sensor's noise switched off (the sweep file's ``snr.reference``
-overrides; by default :data:`NOISE_SWITCHES`: the photodetector without shot noise,
-read noise, PRNU and DSNU), and the sums run over every pixel,
-channel and image. Everything that differs between the two runs counts as noise:
-temporal noise, fixed-pattern noise if the reference switches it off, and the part of
-the quantisation error that the noise changes (both runs go through the same ADC).
+images through the ideal version of the sensor, and the sums run over every pixel,
+channel and image. The reference is the sweep file's ``snr.reference`` overrides, by
+default :data:`NOISE_SWITCHES`: the photodetector without shot noise, read noise, PRNU
+and DSNU (its mean signal kept: QE, dark current, full well) and a 24-bit linear ADC.
+Everything that differs between the two runs counts as noise: temporal noise,
+fixed-pattern noise, and the quantisation error of the cell's ADC (its bit depth and
+transfer curve). Because the reference is digitised with 24 bits, it is black only when
+the scene is: an ADC that maps every pixel to the black code gives 0 dB (all signal
+lost), never an undefined value.
+
 This is the power-ratio SNR of the whole image set (an energy-weighted mean), not a mean
-of per-image or per-pixel SNRs; it is +inf when the two runs agree exactly.
+of per-image or per-pixel SNRs. It is +inf when the two runs agree exactly, and
+undefined (None: an empty table cell) when the reference is all zero.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-__all__ = ["NOISE_SWITCHES", "SnrSums", "default_reference", "snr_db"]
+from pipeline.reference import NOISE_STAGE, NOISE_SWITCHES, default_reference
 
-# Parameters that switch a stage's noise off, by stage name: the default noise-free
-# reference. The photodetector's mean signal (QE, dark current, full well) is kept;
-# its temporal noise (photon and dark shot noise, read noise) and its fixed-pattern
-# noise (PRNU, DSNU) are removed.
-NOISE_SWITCHES: dict[str, dict[str, Any]] = {
-    "photodetector": {"shot_noise": False, "read_noise_e": 0.0, "prnu_pct": 0.0, "dsnu_e": 0.0},
-}
+__all__ = ["NOISE_STAGE", "NOISE_SWITCHES", "SnrSums", "default_reference", "snr_db"]
 
 
-def default_reference(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Overrides that switch off the noise of every stage in :data:`NOISE_SWITCHES`.
-
-    Parameters
-    ----------
-    raw : a run config as a plain dict.
-
-    Returns
-    -------
-    dict : ``{"sensor[2].shot_noise": False, ...}`` (empty when no such stage is configured).
-    """
-    out: dict[str, Any] = {}
-    rows = raw.get("sensor")
-    for i, row in enumerate(rows if isinstance(rows, list) else []):
-        switches = NOISE_SWITCHES.get(row.get("stage")) if isinstance(row, dict) else None
-        for key, value in (switches or {}).items():
-            out[f"sensor[{i}].{key}"] = value
-    return out
-
-
-def snr_db(out: np.ndarray, ref: np.ndarray) -> float:
+def snr_db(out: np.ndarray, ref: np.ndarray) -> float | None:
     """``10·log10(Σ ref² / Σ (out − ref)²)`` in dB.
 
     Parameters
@@ -66,8 +43,8 @@ def snr_db(out: np.ndarray, ref: np.ndarray) -> float:
 
     Returns
     -------
-    float : dB; +inf when ``out == ref`` everywhere, -inf when ``ref`` is all zero and
-    ``out`` is not, NaN when both are all zero.
+    float or None : dB; +inf when ``out == ref`` everywhere and ``ref`` is not all zero;
+    None (undefined: no signal to compare with) when ``ref`` is all zero.
     """
     sums = SnrSums()
     sums.add(out, ref)
@@ -112,9 +89,10 @@ class SnrSums:
         self.images += n
 
     @property
-    def db(self) -> float:
-        if self.noise_sq == 0.0:
-            return math.inf if self.signal_sq > 0.0 else math.nan
+    def db(self) -> float | None:
+        """The SNR in dB (see :func:`snr_db`); None when the reference is all zero."""
         if self.signal_sq == 0.0:
-            return -math.inf
+            return None
+        if self.noise_sq == 0.0:
+            return math.inf
         return 10.0 * math.log10(self.signal_sq / self.noise_sq)

@@ -61,7 +61,7 @@ class SnrOptions(_Strict):
         None,
         description="Overrides (dotted keys, as --set) that make a cell's config noise-free; "
         "default: switch off the noise of every photodetector stage (shot noise, read noise, "
-        "PRNU, DSNU).",
+        "PRNU, DSNU) and digitise with a 24-bit linear ADC.",
     )
     stage: str | None = Field(
         None, description="Stage whose output is compared; default the last sensor stage."
@@ -81,7 +81,12 @@ class PlotOptions(_Strict):
         None, description="Recorded stage shown in the sample grid; default the last sensor stage."
     )
     sample: int = Field(0, ge=0, description="Image index shown in the sample grid.")
-    max_rows: int = Field(8, ge=1, le=64, description="At most this many rows in the grid.")
+    max_rows: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many rows in the sample grid (default: every row); "
+        "a capped grid says so in its title.",
+    )
 
 
 class SweepSpec(_Strict):
