@@ -20,12 +20,14 @@ import yaml
 import zarr
 from conftest import ROOT, TOY_STAGES, write_plugin
 
+from pipeline.cli.sweep import summary
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.registry import Registry
 from pipeline.runner import open_config_dataset, run
 from pipeline.stage import Stage, StageParams, Unit, param
 from pipeline.sweep import run_sweep
+from pipeline.sweep.cell import folder_checksum, read_record
 from pipeline.sweep.snr import SnrSums, snr_db
 
 
@@ -808,3 +810,45 @@ def test_train_modes_call_the_hook_and_evaluate_its_model(
     spec.update(train="fine_tune", out=str(tmp_path / "ft"))
     run_sweep(spec, registry=registry, base_dir=sweep_file.parent, plots=False)
     assert calls == [(2, "base"), (3, "base")]
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda cell: _truncate(cell / "cell.json"), "cell.json is unreadable"),
+        (lambda cell: _truncate(cell / "manifest.json"), "manifest.json is unreadable"),
+        (
+            lambda cell: (cell / "arrays.zarr" / "zarr.json").write_text("garbage"),
+            "checksum mismatch",
+        ),
+        (
+            lambda cell: _truncate(
+                max((cell / "arrays.zarr").rglob("c/*/*/*/*"), key=lambda p: p.stat().st_size)
+            ),
+            "checksum mismatch",
+        ),
+    ],
+)
+def test_a_damaged_finished_cell_is_recomputed_and_reported(sweep_file, registry, damage, why):
+    first = run_sweep(sweep_file, registry=registry)
+    cells = first.path / "cells"
+    victim = first.cells[2]
+    before = _arrays(cells / victim)
+    assert read_record(cells / victim)["checksum"] == folder_checksum(cells / victim)
+    damage(cells / victim)
+
+    second = run_sweep(sweep_file, registry=registry)
+    assert second.computed == [victim]
+    assert list(second.damaged) == [victim] and why in second.damaged[victim]
+    assert f"recomputed {victim}: its records were damaged ({why}" in summary(second)
+    for name, arr in before.items():
+        np.testing.assert_array_equal(_arrays(cells / victim)[name], arr)
+    strip = [{k: v for k, v in r.items() if k != "wall_seconds"} for r in first.table]
+    assert [{k: v for k, v in r.items() if k != "wall_seconds"} for r in second.table] == strip
+    third = run_sweep(sweep_file, registry=registry)
+    assert third.computed == [] and third.damaged == {}
