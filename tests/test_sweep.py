@@ -845,7 +845,8 @@ def test_a_damaged_finished_cell_is_recomputed_and_reported(sweep_file, registry
     second = run_sweep(sweep_file, registry=registry)
     assert second.computed == [victim]
     assert list(second.damaged) == [victim] and why in second.damaged[victim]
-    assert f"recomputed {victim}: its records were damaged ({why}" in summary(second)
+    assert f"recomputed {victim}: its records were damaged" in summary(second)
+    assert why in summary(second)
     for name, arr in before.items():
         np.testing.assert_array_equal(_arrays(cells / victim)[name], arr)
     strip = [{k: v for k, v in r.items() if k != "wall_seconds"} for r in first.table]
