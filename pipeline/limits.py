@@ -30,6 +30,11 @@ name                   default          bounds
 ``yaml_bytes``         10,000,000       bytes of one YAML file or ``--set`` value
 ``yaml_depth``         100              nesting depth of YAML and of ``--set`` key paths
 =====================  ===============  ==================================================
+
+Two bounds live in ``sensors`` (which imports nothing from ``pipeline`` but the stage
+contract): the PSF kernel half-width, ``sensors.psf.MAX_KERNEL_RADIUS_PX`` (512 px,
+raised by the same kind of variable, ``SENSORLAB_MAX_KERNEL_RADIUS_PX``), and the scene's
+``MAX_PHOTONS_PER_PX`` (1e12, a physical bound, not overridable).
 """
 
 from __future__ import annotations
