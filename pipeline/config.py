@@ -284,7 +284,8 @@ def _split_key(key: str) -> list[str | int]:
     for token in tokens:
         if token == "":
             raise UserError(f"malformed key path {_short(key)}", key=_short_key(key))
-        parts.append(int(token) if token.lstrip("-").isdigit() else token)
+        is_index = token.lstrip("-").isdigit() and len(token) <= 18
+        parts.append(int(token) if is_index else token)
     return parts
 
 

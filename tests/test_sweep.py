@@ -817,38 +817,35 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize(
-    ("damage", "why"),
-    [
-        (lambda cell: _truncate(cell / "cell.json"), "cell.json is unreadable"),
-        (lambda cell: _truncate(cell / "manifest.json"), "manifest.json is unreadable"),
-        (
-            lambda cell: (cell / "arrays.zarr" / "zarr.json").write_text("garbage"),
-            "checksum mismatch",
-        ),
-        (
-            lambda cell: _truncate(
-                max((cell / "arrays.zarr").rglob("c/*/*/*/*"), key=lambda p: p.stat().st_size)
-            ),
-            "checksum mismatch",
-        ),
-    ],
-)
-def test_a_damaged_finished_cell_is_recomputed_and_reported(sweep_file, registry, damage, why):
+def _largest_chunk(cell: Path) -> Path:
+    return max((cell / "arrays.zarr").rglob("c/*/*/*/*"), key=lambda p: p.stat().st_size)
+
+
+DAMAGES = [  # (why it is reported, what a crash, a full disk or a careless hand did)
+    ("cell.json is unreadable", lambda cell: _truncate(cell / "cell.json")),
+    ("manifest.json is unreadable", lambda cell: _truncate(cell / "manifest.json")),
+    ("checksum mismatch", lambda cell: (cell / "arrays.zarr" / "zarr.json").write_text("{]")),
+    ("checksum mismatch", lambda cell: _truncate(_largest_chunk(cell))),
+]
+
+
+def test_damaged_finished_cells_are_recomputed_and_reported(sweep_file, registry):
     first = run_sweep(sweep_file, registry=registry)
     cells = first.path / "cells"
-    victim = first.cells[2]
-    before = _arrays(cells / victim)
-    assert read_record(cells / victim)["checksum"] == folder_checksum(cells / victim)
-    damage(cells / victim)
+    victims = dict(zip(first.cells[1:], DAMAGES, strict=False))
+    before = {c: _arrays(cells / c) for c in victims}
+    for cell, (_why, damage) in victims.items():
+        assert read_record(cells / cell)["checksum"] == folder_checksum(cells / cell)
+        damage(cells / cell)
 
     second = run_sweep(sweep_file, registry=registry)
-    assert second.computed == [victim]
-    assert list(second.damaged) == [victim] and why in second.damaged[victim]
-    assert f"recomputed {victim}: its records were damaged" in summary(second)
-    assert why in summary(second)
-    for name, arr in before.items():
-        np.testing.assert_array_equal(_arrays(cells / victim)[name], arr)
+    assert second.computed == list(victims)
+    text = summary(second)
+    for cell, (why, _damage) in victims.items():
+        assert why in second.damaged[cell]
+        assert f"recomputed {cell}: its records were damaged ({second.damaged[cell]})" in text
+        for name, arr in before[cell].items():
+            np.testing.assert_array_equal(_arrays(cells / cell)[name], arr)
     strip = [{k: v for k, v in r.items() if k != "wall_seconds"} for r in first.table]
     assert [{k: v for k, v in r.items() if k != "wall_seconds"} for r in second.table] == strip
     third = run_sweep(sweep_file, registry=registry)
