@@ -151,10 +151,10 @@ def upsample_photons(photons: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
-
 # The most photons per sensor pixel and channel a scene may give: far above any pixel's
 # full well (1e4–1e6 e-), far below float32's range (3.4e38) after any later gain.
 MAX_PHOTONS_PER_PX = 1e12
+
 
 class SceneStage(Stage):
     """Dataset images → linear photons per sensor pixel per exposure, (N, H, W, 3) float32."""
