@@ -192,6 +192,11 @@ def test_weights_declaring_more_than_they_hold(tmp_path, capfd, bomb):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     refused(cli(capfd, "run", "cfg.yaml"), "w.npz", fragment)
     no_run_folder(tmp_path)
+    # export reads a model YAML's weights from <stem>.npz beside it
+    (tmp_path / "model.yaml").write_text(SHIPPED_MODEL.read_text())
+    weights.rename(tmp_path / "model.npz")
+    refused(cli(capfd, "export", "model.yaml", "--out", "m.onnx"), "model.npz", fragment)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_psf_kernel_declaring_terabytes_is_refused(tmp_path, capfd):
@@ -427,8 +432,9 @@ def test_an_unexpected_exception_is_one_line_with_a_debug_hint(tmp_path, capfd, 
     assert line.startswith("sensorlab: error: sensorlab run ")
     assert "cfg.yaml: unexpected failure: " in line
     assert "RuntimeError: something" in line and "rerun with --debug" in line
-    with pytest.raises(RuntimeError, match="nobody foresaw"):
-        main(["--debug", "run", str(default_config(tmp_path))])
+    for args in (["--debug", "run", "cfg.yaml"], ["run", "cfg.yaml", "--debug"]):
+        with pytest.raises(RuntimeError, match="nobody foresaw"):
+            main(args)
 
 
 def test_a_library_warning_is_folded_into_the_error_line(tmp_path, capfd, monkeypatch):
@@ -554,3 +560,15 @@ def test_hostile_batch_stays_under_one_gib_of_peak_rss(tmp_path):
     codes, peak_kib = proc.stdout.strip().rsplit(" ", 1)
     assert codes == str([2] * len(cases))
     assert int(peak_kib) < (1 << 20), f"peak RSS {int(peak_kib) / 1024:.0f} MiB"  # Linux: KiB
+
+
+def test_yaml_file_size_is_bounded_and_the_limit_can_be_raised(tmp_path, capfd, monkeypatch):
+    path = default_config(tmp_path)
+    monkeypatch.setenv("SENSORLAB_MAX_YAML_BYTES", "100")
+    refused(
+        cli(capfd, "run", path),
+        "cfg.yaml: this YAML file asks for",
+        "more than the limit of 100 (set SENSORLAB_MAX_YAML_BYTES to allow more)",
+    )
+    monkeypatch.setenv("SENSORLAB_MAX_YAML_BYTES", str(path.stat().st_size))
+    assert cli(capfd, "run", path, "-q")[0] == 0

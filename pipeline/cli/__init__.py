@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hint to rerun with ``--debug`` for Python's traceback (exit 2).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    argv = [a for a in argv if a != "--debug"]
     args = None
     caught: list[warnings.WarningMessage] = []
     try:
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:
-        if "--debug" in argv:
+        if debug:
             raise
         line = unexpected(exc, args, argv)
         print(f"sensorlab: error: {line}{after_warning(caught)}", file=sys.stderr)

@@ -21,8 +21,7 @@ _MAX_CHARS = 300
 @contextlib.contextmanager
 def held_warnings(caught: list[warnings.WarningMessage]) -> Iterator[None]:
     """Collect every warning raised inside into ``caught`` instead of printing it."""
-    with warnings.catch_warnings(record=True) as recorded:
-        warnings.simplefilter("default")
+    with warnings.catch_warnings(record=True) as recorded:  # the filters stay as they are
         try:
             yield
         finally:
