@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 __all__ = ["after_warning", "held_warnings", "replay", "unexpected"]
 
-_INPUT_ARGS = ("config", "sweep", "source", "model", "onnx", "path", "run")
+_INPUT_ARGS = ("config", "sweep", "source", "onnx")  # each command's input argument
 _MAX_CHARS = 300
 
 
