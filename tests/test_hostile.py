@@ -462,6 +462,7 @@ def test_two_runs_with_one_name_the_second_to_rename_is_refused(tmp_path):
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["same"]
 
 
+@pytest.mark.slow  # two interpreters at once (~10 s on 2 cores); the race itself is tested above
 def test_two_real_processes_with_one_run_name(tmp_path):
     cfg = default_config(tmp_path, n=8)
     cmd = [sys.executable, "-m", "pipeline", "run", str(cfg), "-q", "--name", "same"]
