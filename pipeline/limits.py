@@ -18,6 +18,7 @@ name                   default          bounds
 ``image_pixels``       16,777,216       pixels (H·W) of one image anywhere in the chain
 ``decoded_pixels``     67,108,864       pixels of an image file, read from its header
 ``dataset_images``     10,000,000       images in one dataset file or split
+``batch_bytes``        4 GiB            one batch of one stage's output (``run.batch_size``)
 ``array_bytes``        1 GiB            one array read from a file (.npy, .npz member)
 ``zip_ratio``          200              a zip member's size / its compressed size (> 16 MiB)
 ``layer_params``       100,000,000      parameters of one CNN layer
@@ -69,6 +70,7 @@ LIMITS: dict[str, Limit] = {
         Limit("image_pixels", 1 << 24, "pixels per image"),
         Limit("decoded_pixels", 1 << 26, "pixels in an image file"),
         Limit("dataset_images", 10_000_000, "images"),
+        Limit("batch_bytes", 4 << 30, "bytes in one stage's output"),
         Limit("array_bytes", 1 << 30, "bytes in one array"),
         Limit("zip_ratio", 200, "times its compressed size"),
         Limit("layer_params", 100_000_000, "parameters in one layer"),

@@ -12,6 +12,7 @@ collect from it, export's int8 calibration and the sweep's SNR pass read from it
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import sys
 import time
@@ -435,6 +436,17 @@ def _record_plan(config: Config, chain: Chain, n_images: int) -> tuple[list[int]
     return [all_names.index(name) - 1 for name in chosen], n
 
 
+def _check_batch_bytes(loaded: LoadedConfig, chain: Chain, batch: int) -> None:
+    """Refuse a batch whose largest stage output exceeds the ``batch_bytes`` limit."""
+    for i, info in enumerate(chain.infos):
+        nbytes = batch * math.prod(info.shape) * np.dtype(info.dtype).itemsize
+        where = f"{chain.keys[i - 1]}'s output" if i else "the dataset"
+        try:
+            limits.check("batch_bytes", nbytes, what=f"a batch of {batch} images of {where}")
+        except UserError as exc:
+            raise loaded.error(f"{exc.message}; or lower it", key="run.batch_size") from None
+
+
 def _check_classes_fit(loaded: LoadedConfig, dataset: Dataset, chain: Chain) -> None:
     """Refuse, before any image flows, a dataset with more classes than the model scores."""
     if chain.classifier is None:
@@ -462,6 +474,7 @@ def _execute(
 ) -> RunResult:
     config = loaded.config
     _check_classes_fit(loaded, dataset, chain)
+    _check_batch_bytes(loaded, chain, min(config.run.batch_size, len(dataset)))
     try:
         positions, n_record = _record_plan(config, chain, len(dataset))
     except UserError as exc:

@@ -573,3 +573,14 @@ def test_yaml_file_size_is_bounded_and_the_limit_can_be_raised(tmp_path, capfd, 
     )
     monkeypatch.setenv("SENSORLAB_MAX_YAML_BYTES", str(path.stat().st_size))
     assert cli(capfd, "run", path, "-q")[0] == 0
+
+
+def test_a_batch_larger_than_the_batch_bytes_limit_is_refused(tmp_path, capfd, monkeypatch):
+    # the scene gives 4 images of 32×32×3 float32: 49,152 bytes; the uint16 input is half that
+    monkeypatch.setenv("SENSORLAB_MAX_BATCH_BYTES", str(4 * 32 * 32 * 3 * 4 - 1))
+    refused(
+        cli(capfd, "run", default_config(tmp_path)),
+        "run.batch_size: a batch of 4 images of sensor[0]'s output asks for 49,152 bytes",
+        "; or lower it",
+    )
+    no_run_folder(tmp_path)
