@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import emva
+from pipeline import emva, limits
 from pipeline.errors import UserError
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, Unit
 
@@ -164,6 +164,8 @@ def characterize_stages(
     h, w = (size, size) if isinstance(size, int) else size
     if min(h, w) < MIN_SIZE:
         raise UserError(f"frames need at least {MIN_SIZE}×{MIN_SIZE} pixels", key="size")
+    limits.check("levels", levels, what="--levels", key="levels")
+    limits.check("image_pixels", h * w, what=f"a {h}×{w} px frame", key="size")
     pd_info = _setup(
         photodetector, SignalInfo(Unit.PHOTONS, (h, w, 3), np.float64, input_attrs or {}), keys[0]
     )

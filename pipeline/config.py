@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from pipeline import limits
 from pipeline.cnn.train_config import TrainConfig
 from pipeline.datasets import DatasetConfig, dataset_fields, dataset_kinds
 from pipeline.errors import UserError, did_you_mean
@@ -199,6 +200,8 @@ def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file with ``yaml.safe_load``; a UserError for a missing file or bad syntax."""
     p = Path(path)
     try:
+        if p.is_file():
+            limits.check("yaml_bytes", p.stat().st_size, what="this YAML file", file=p)
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError("file not found", file=p) from None
@@ -207,7 +210,9 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read: {exc}", file=p) from None
     try:
-        return yaml.safe_load(text)
+        return safe_yaml(text)
+    except UserError as exc:
+        raise exc.located(file=p) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -215,25 +220,77 @@ def read_yaml(path: str | Path) -> Any:
         raise UserError(f"YAML syntax error at {where}: {problem}", file=p) from None
 
 
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` of ``text`` within the ``yaml_depth`` limit (nesting is measured
+    on the text before parsing, so a deep input never reaches the recursive parser).
+
+    Raises
+    ------
+    UserError : too deep, or a tag whose value does not convert (``!!int 3.5``).
+    yaml.YAMLError : bad syntax.
+    """
+    depth = _max_nesting(text)
+    limits.check("yaml_depth", depth, what="the YAML nesting")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        problem = " ".join(str(exc).split())[:100] or type(exc).__name__
+        raise UserError(f"YAML value cannot be read: {problem}") from None
+
+
+def _max_nesting(text: str) -> int:
+    """An upper bound of the nesting depth of YAML ``text``: flow brackets plus indentation.
+
+    Cheap and conservative: brackets inside quoted strings count too.
+    """
+    flow = 0
+    deepest = 0
+    for ch in text:
+        if ch in "[{":
+            flow += 1
+            deepest = max(deepest, flow)
+        elif ch in "]}":
+            flow = max(0, flow - 1)
+    indents = {
+        len(line) - len(line.lstrip(" -"))
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+    return deepest + len(indents)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"sensor.adc.bits=4"`` → ``("sensor.adc.bits", 4)``; the value is read as YAML."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise UserError(f"--set expects KEY=VALUE, got {text!r}")
+        raise UserError(f"--set expects KEY=VALUE, got {_short(text)}")
+    limits.check("yaml_bytes", len(value), what="this --set value", key=_short_key(key))
+    _split_key(key)  # a malformed or absurdly deep key fails here, before any work
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = safe_yaml(value) if value.strip() else None
+    except UserError as exc:
+        raise UserError(f"--set {exc.message}", key=_short_key(key)) from None
     except yaml.YAMLError:
         parsed = value
     return key, parsed
 
 
+def _short_key(key: str) -> str:
+    return key if len(key) <= 80 else key[:77] + "..."
+
+
 def _split_key(key: str) -> list[str | int]:
+    tokens = key.replace("[", ".").replace("]", "").split(".")
+    limits.check("yaml_depth", len(tokens), what="this key path", key=_short_key(key))
     parts: list[str | int] = []
-    for token in key.replace("[", ".").replace("]", "").split("."):
+    for token in tokens:
         if token == "":
-            raise UserError(f"malformed key path {key!r}", key=key)
-        parts.append(int(token) if token.lstrip("-").isdigit() else token)
+            raise UserError(f"malformed key path {_short(key)}", key=_short_key(key))
+        is_index = token.lstrip("-").isdigit() and len(token) <= 18
+        parts.append(int(token) if is_index else token)
     return parts
 
 

@@ -42,7 +42,8 @@ class UserError(Exception):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest choice, else the choices when few."""
-    choices = sorted(set(choices))
+    word = str(word)
+    choices = sorted({str(c) for c in choices})
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if close:
         return f" (did you mean {close[0]!r}?)"

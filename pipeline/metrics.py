@@ -7,11 +7,27 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 __all__ = ["classification_metrics", "confusion_matrix", "wilson_interval"]
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
-    """``m[i, j]`` = how many images of true class i were predicted as class j."""
+    """``m[i, j]`` = how many images of true class i were predicted as class j.
+
+    Raises
+    ------
+    UserError : a label outside ``0..n_classes-1`` (the data has classes the model lacks).
+    """
+    labels = np.asarray(labels, np.int64)
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise UserError(
+            f"label {int(labels[i])} (image {i}) is outside the model's {n_classes} classes "
+            f"0..{n_classes - 1}",
+            key="dataset",
+        )
     m = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(m, (np.asarray(labels, np.int64), np.asarray(predictions, np.int64)), 1)
     return m

@@ -12,6 +12,7 @@ collect from it, export's int8 calibration and the sweep's SNR pass read from it
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import limits
 from pipeline._version import __version__
 from pipeline.classifier import ClassifierStage
 from pipeline.config import (
@@ -253,6 +255,7 @@ def build_chain(
     stages: list[Stage] = []
     names: list[str] = []
     keys: list[str] = []
+    _check_pixels(input_info, loaded, "dataset", "each image")
     infos = [input_info]
     prev_name = DATASET
     for i, row in enumerate(config.sensor):
@@ -300,7 +303,17 @@ def _setup(stage: Stage, info: SignalInfo, loaded: LoadedConfig, key: str) -> Si
         raise loaded.error(str(exc), f"{key}.{exc.key}" if exc.key else key) from None
     if not isinstance(out, SignalInfo):
         raise RuntimeError(f"{type(stage).__name__}.setup returned {type(out).__name__}")
+    _check_pixels(out, loaded, key, "its output")
     return out
+
+
+def _check_pixels(info: SignalInfo, loaded: LoadedConfig, key: str, what: str) -> None:
+    """Refuse an image larger than the ``image_pixels`` limit before a stage allocates it."""
+    if len(info.shape) >= 2:
+        try:
+            limits.check("image_pixels", info.shape[0] * info.shape[1], what=what)
+        except UserError as exc:
+            raise loaded.error(f"{exc.message} ({info.shape[0]}×{info.shape[1]} px)", key) from None
 
 
 def _unique(name: str, taken: Sequence[str]) -> str:
@@ -529,6 +542,31 @@ def _record_plan(config: Config, chain: Chain, n_images: int) -> tuple[list[int]
     return [all_names.index(name) - 1 for name in chosen], n
 
 
+def _check_batch_bytes(loaded: LoadedConfig, chain: Chain, batch: int) -> None:
+    """Refuse a batch whose largest stage output exceeds the ``batch_bytes`` limit."""
+    for i, info in enumerate(chain.infos):
+        nbytes = batch * math.prod(info.shape) * np.dtype(info.dtype).itemsize
+        where = f"{chain.keys[i - 1]}'s output" if i else "the dataset"
+        try:
+            limits.check("batch_bytes", nbytes, what=f"a batch of {batch} images of {where}")
+        except UserError as exc:
+            raise loaded.error(f"{exc.message}; or lower it", key="run.batch_size") from None
+
+
+def _check_classes_fit(loaded: LoadedConfig, dataset: Dataset, chain: Chain) -> None:
+    """Refuse, before any image flows, a dataset with more classes than the model scores."""
+    if chain.classifier is None:
+        return
+    k_model = len(chain.classifier.model.class_names)
+    k_data = len(dataset.class_names)
+    if k_data > k_model:
+        raise loaded.error(
+            f"the dataset has {k_data} classes (labels up to {k_data - 1}) but the model "
+            f"scores {k_model}; use a model trained on these classes",
+            key="dataset",
+        )
+
+
 def _run_name(loaded: LoadedConfig) -> str:
     if loaded.config.run.name:
         return loaded.config.run.name
@@ -547,6 +585,8 @@ def _execute(
     quality: _QualityProbe | None = None,
 ) -> RunResult:
     config = loaded.config
+    _check_classes_fit(loaded, dataset, chain)
+    _check_batch_bytes(loaded, chain, min(config.run.batch_size, len(dataset)))
     try:
         positions, n_record = _record_plan(config, chain, len(dataset))
     except UserError as exc:

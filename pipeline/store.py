@@ -11,17 +11,22 @@ Layout of a finished run folder::
         samples.png     a few images through every stage
 
 The folder is built under a hidden temporary name beside its final place
-(``.<name>.partial-<pid>``) and renamed when complete, so an interrupted run
-leaves nothing that looks like a finished one.
+(``.<name>.partial-<random>``, holding an ``owner.pid`` file with the writer's process id)
+and renamed when complete, so an interrupted run leaves nothing that looks like a finished
+one. A later run into the same folder removes such partial folders when they are older
+than itself and their owner process is gone, and says so on stderr. Of two runs with the
+same name started together, the first to rename wins; the other is refused in one line.
 """
 
 from __future__ import annotations
 
-import glob
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,12 +34,22 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline import limits
 from pipeline.errors import UserError
 from pipeline.files import ordinary_mode
 
-__all__ = ["RunWriter", "check_run_name_free", "jsonable", "ordinary_mode", "write_json_atomic"]
+__all__ = [
+    "RunWriter",
+    "check_run_name_free",
+    "jsonable",
+    "ordinary_mode",
+    "remove_stale_partials",
+    "write_json_atomic",
+]
 
 _CHUNK_BYTES = 1 << 20  # aim for ~1 MiB chunks, whole images per chunk
+OWNER_FILE = "owner.pid"  # inside a partial folder: the process id that writes it
+_STARTED = time.time()  # about when this process started (the store is imported early)
 
 
 class RunWriter:
@@ -48,6 +63,7 @@ class RunWriter:
     """
 
     def __init__(self, out_root: str | Path, name: str, *, overwrite: bool = False) -> None:
+        limits.check("name_chars", len(name), what="the run folder name", key="run.name")
         self.out_root = Path(out_root)
         self.name = name
         self.final = self.out_root / name
@@ -56,8 +72,10 @@ class RunWriter:
         self.overwrite = overwrite
         try:
             self.out_root.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(self.out_root)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=self.out_root))
             ordinary_mode(self.tmp, folder=True)  # mkdtemp makes 0700
+            (self.tmp / OWNER_FILE).write_text(f"{os.getpid()}\n", encoding="utf-8")
         except OSError as exc:
             raise UserError(
                 f"cannot write to {self.out_root}: {exc.strerror or exc}", key="run.out"
@@ -119,22 +137,21 @@ class RunWriter:
     def commit(self, manifest: Mapping[str, Any]) -> Path:
         """Write manifest.json last, then rename the folder into place; returns the final path."""
         write_json_atomic(self.tmp / "manifest.json", manifest)
+        (self.tmp / OWNER_FILE).unlink(missing_ok=True)
         if self.final.exists() and self.overwrite:
             shutil.rmtree(self.final)
-        os.replace(self.tmp, self.final)
+        try:
+            os.replace(self.tmp, self.final)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                raise
+            self.abort()
+            raise UserError(
+                f"another run wrote {self.final} first (started at the same time with the same "
+                "name); nothing of this run was kept",
+                key="run.name",
+            ) from None
         return self.final
-
-    def remove_stale_partials(self) -> list[Path]:
-        """Remove the hidden partial folders of earlier attempts at this run name (left by
-        a process killed before it could clean up, e.g. by SIGTERM); returns them."""
-        stale = [
-            p
-            for p in self.out_root.glob(f".{glob.escape(self.name)}.partial-*")
-            if p.is_dir() and p != self.tmp
-        ]
-        for p in stale:
-            shutil.rmtree(p, ignore_errors=True)
-        return stale
 
     def abort(self) -> None:
         """Remove the temporary folder (an interrupted or failed run)."""
@@ -155,6 +172,51 @@ def check_run_name_free(out_root: str | Path, name: str) -> None:
             "(--name, run.name) or folder (--out, run.out), or remove it",
             key="run.name",
         )
+
+
+def remove_stale_partials(out_root: Path) -> list[Path]:
+    """Remove partial run folders in ``out_root`` left by killed runs; report them on stderr.
+
+    A partial folder (``.<name>.partial-*``) is stale when it was last changed before this
+    process started and the process id in its ``owner.pid`` is not running (a folder
+    without that file counts as ownerless). Returns the folders removed.
+    """
+    started = _STARTED - 1.0  # conservative: a folder changed after our start is not stale
+    removed = []
+    for folder in sorted(out_root.glob(".*.partial-*")):
+        try:
+            if not folder.is_dir() or folder.stat().st_mtime >= started:
+                continue
+            if _owner_alive(folder / OWNER_FILE):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        print(
+            f"sensorlab: removed {len(removed)} partial folder(s) of interrupted runs in "
+            f"{out_root}",
+            file=sys.stderr,
+        )
+    return removed
+
+
+def _owner_alive(owner_file: Path) -> bool:
+    """True when ``owner_file`` names a running process (not this one)."""
+    try:
+        pid = int(owner_file.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return False
+    if pid <= 0 or pid == os.getpid():
+        return pid == os.getpid()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

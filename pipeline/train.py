@@ -215,8 +215,6 @@ def train_arrays(
         run = TrainRun(model, result, metrics, None)
         if writer is not None:
             _write_folder(writer, run, cfg, model_yaml, config)
-            if resume:
-                writer.remove_stale_partials()
             run.path = writer.commit(_manifest(run, cfg, manifest))
             if checkpoint is not None:
                 checkpoint.unlink(missing_ok=True)

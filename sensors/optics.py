@@ -106,9 +106,18 @@ def load_kernel(path: str | Path, *, channels: int | None = None) -> np.ndarray:
     if not path.is_file():
         raise StageError(f"PSF kernel file not found: {path}", key=key)
     try:
-        kernel = np.load(path, allow_pickle=False)
+        kernel = np.load(path, allow_pickle=False, mmap_mode="r")  # header checked, not read
     except (OSError, ValueError) as err:
         raise StageError(f"cannot read PSF kernel {path} as a .npy array: {err}", key=key) from err
+    if not isinstance(kernel, np.ndarray):
+        raise StageError(f"PSF kernel {path} must be one .npy array", key=key)
+    side = 2 * MAX_KERNEL_RADIUS_PX + 1
+    if kernel.ndim in (2, 3) and max(kernel.shape[:2]) > side:
+        raise StageError(
+            f"PSF kernel {path} is {kernel.shape[0]}×{kernel.shape[1]} px, more than "
+            f"{side}×{side} px{_RADIUS_HINT}",
+            key=key,
+        )
     if not np.issubdtype(kernel.dtype, np.number) or np.issubdtype(
         kernel.dtype, np.complexfloating
     ):
@@ -611,12 +620,15 @@ class OpticsStage(Stage):
         return out
 
 
+_RADIUS_HINT = " (set SENSORLAB_MAX_KERNEL_RADIUS_PX to allow more)"
+
+
 def _check_radius(radius_px: int, key: str) -> None:
     """Refuse a kernel half-width beyond MAX_KERNEL_RADIUS_PX before allocating it."""
     if radius_px > MAX_KERNEL_RADIUS_PX:
         raise StageError(
             f"the PSF needs a kernel half-width of {radius_px} px, more than "
-            f"{MAX_KERNEL_RADIUS_PX} px",
+            f"{MAX_KERNEL_RADIUS_PX} px{_RADIUS_HINT}",
             key=key,
         )
 

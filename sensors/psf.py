@@ -27,6 +27,7 @@ pupil), section 6.3. M. Born, E. Wolf, Principles of Optics, 7th ed., 1999, sect
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import scipy.fft
@@ -50,8 +51,19 @@ __all__ = [
     "gaussian_radius_px",
 ]
 
-# The largest kernel half-width any PSF may ask for (a 1025×1025 kernel).
-MAX_KERNEL_RADIUS_PX = 512
+
+def _env_limit(name: str, default: int) -> int:
+    """A positive integer from environment variable ``name`` (bad or unset: ``default``).
+
+    The same override mechanism as ``pipeline.limits`` (which sensors do not import).
+    """
+    text = os.environ.get(name, "").strip().replace("_", "")
+    return int(text) if text.isdigit() and int(text) > 0 else default
+
+
+# The largest kernel half-width any PSF may ask for (a 1025×1025 kernel by default);
+# environment variable SENSORLAB_MAX_KERNEL_RADIUS_PX raises it.
+MAX_KERNEL_RADIUS_PX = _env_limit("SENSORLAB_MAX_KERNEL_RADIUS_PX", 512)
 
 # The largest frequency grid (per side) :func:`airy_taps` builds taps on.
 MAX_AIRY_GRID = 4096
@@ -255,11 +267,12 @@ def airy_taps(lambda_n_px: float, radius_px: int) -> np.ndarray:
     holds the PSF at its images P px away, ~λN/(π³P³) each.
     """
     radius = int(radius_px)
-    period = scipy.fft.next_fast_len(max(2 * (2 * radius + 1), math.ceil(200 * lambda_n_px), 64))
+    need = max(2.0 * (2 * radius + 1), 200.0 * lambda_n_px, 64.0)  # float: λN may be huge
+    period = scipy.fft.next_fast_len(int(need)) if need <= MAX_AIRY_GRID else math.inf
     if period > MAX_AIRY_GRID:
         raise ValueError(
             f"an Airy kernel of half-width {radius} px at λN = {lambda_n_px:.3g} px needs a "
-            f"{period}² frequency grid, more than {MAX_AIRY_GRID}²"
+            f"{need:.3g}² frequency grid, more than {MAX_AIRY_GRID}²"
         )
     freqs = np.fft.fftfreq(period)
     taps = np.fft.fftshift(scipy.fft.ifft2(airy_transfer(freqs, freqs, lambda_n_px)).real)

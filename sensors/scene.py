@@ -151,6 +151,11 @@ def upsample_photons(photons: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
+# The most photons per sensor pixel and channel a scene may give: far above any pixel's
+# full well (1e4–1e6 e-), far below float32's range (3.4e38) after any later gain.
+MAX_PHOTONS_PER_PX = 1e12
+
+
 class SceneStage(Stage):
     """Dataset images → linear photons per sensor pixel per exposure, (N, H, W, 3) float32."""
 
@@ -284,6 +289,13 @@ class SceneStage(Stage):
             self._photons_per_sensor_px = float(p.photons_at_white)
         else:
             self._photons_per_sensor_px = float(p.mean_photons or self.DEFAULT_MEAN_PHOTONS)
+        if not self._photons_per_sensor_px <= MAX_PHOTONS_PER_PX:  # also NaN and inf
+            raise StageError(
+                f"gives {self._photons_per_sensor_px:.3g} photons per pixel, more than "
+                f"{MAX_PHOTONS_PER_PX:.0e} (a million times any full well; float32 photon "
+                "counts would overflow downstream)",
+                key=self._mode,
+            )
 
         attrs: dict[str, object] = {"wavelength_nm": tuple(float(w) for w in p.wavelength_nm)}
         for key in ("exposure_s", "f_number", "pixel_pitch_um"):

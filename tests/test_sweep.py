@@ -20,12 +20,14 @@ import yaml
 import zarr
 from conftest import ROOT, TOY_STAGES, write_plugin
 
+from pipeline.cli.sweep import summary
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.registry import Registry
 from pipeline.runner import open_config_dataset, run
 from pipeline.stage import Stage, StageParams, Unit, param
 from pipeline.sweep import run_sweep
+from pipeline.sweep.cell import folder_checksum, read_record
 from pipeline.sweep.snr import SnrSums, snr_db
 
 
@@ -820,3 +822,43 @@ def test_train_modes_call_the_hook_and_evaluate_its_model(
     spec.update(train="fine_tune", out=str(tmp_path / "ft"))
     run_sweep(spec, registry=registry, base_dir=sweep_file.parent, plots=False)
     assert calls == [(2, "base"), (3, "base")]
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _largest_chunk(cell: Path) -> Path:
+    return max((cell / "arrays.zarr").rglob("c/*/*/*/*"), key=lambda p: p.stat().st_size)
+
+
+DAMAGES = [  # (why it is reported, what a crash, a full disk or a careless hand did)
+    ("cell.json is unreadable", lambda cell: _truncate(cell / "cell.json")),
+    ("manifest.json is unreadable", lambda cell: _truncate(cell / "manifest.json")),
+    ("checksum mismatch", lambda cell: (cell / "arrays.zarr" / "zarr.json").write_text("{]")),
+    ("checksum mismatch", lambda cell: _truncate(_largest_chunk(cell))),
+]
+
+
+def test_damaged_finished_cells_are_recomputed_and_reported(sweep_file, registry):
+    first = run_sweep(sweep_file, registry=registry)
+    cells = first.path / "cells"
+    victims = dict(zip(first.cells[1:], DAMAGES, strict=False))
+    before = {c: _arrays(cells / c) for c in victims}
+    for cell, (_why, damage) in victims.items():
+        assert read_record(cells / cell)["checksum"] == folder_checksum(cells / cell)
+        damage(cells / cell)
+
+    second = run_sweep(sweep_file, registry=registry)
+    assert second.computed == list(victims)
+    text = summary(second)
+    for cell, (why, _damage) in victims.items():
+        assert why in second.damaged[cell]
+        assert f"recomputed {cell}: its records were damaged ({second.damaged[cell]})" in text
+        for name, arr in before[cell].items():
+            np.testing.assert_array_equal(_arrays(cells / cell)[name], arr)
+    strip = [{k: v for k, v in r.items() if k != "wall_seconds"} for r in first.table]
+    assert [{k: v for k, v in r.items() if k != "wall_seconds"} for r in second.table] == strip
+    third = run_sweep(sweep_file, registry=registry)
+    assert third.computed == [] and third.damaged == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -315,7 +316,9 @@ def test_ctrl_c_says_the_checkpoint_is_kept_and_resume_cleans_up(
         "same command plus --resume --name cc"
     )
     assert checkpoint.is_file() and not (runs / "cc").exists()
-    (runs / ".cc.partial-killed").mkdir()  # what a SIGTERM leaves: no cleanup ran
+    killed = runs / ".cc.partial-killed"  # what a SIGTERM leaves: no cleanup ran,
+    killed.mkdir()  # written by a process that has ended, before this one started
+    os.utime(killed, (1e9, 1e9))
     assert main([*args, "--resume"]) == 0
     assert (runs / "cc" / "model.npz").is_file()
     assert sorted(p.name for p in runs.iterdir()) == ["cc"]

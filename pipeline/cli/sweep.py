@@ -78,6 +78,8 @@ def summary(result: SweepResult) -> str:
         f"sensorlab sweep {result.path.name}: {n} cells, {len(result.computed)} computed, "
         f"{done} already done, {result.wall_seconds:.2f} s",
     ]
+    for cell, why in result.damaged.items():
+        lines.append(f"recomputed {cell}: its records were damaged ({why})")
     for row in result.table:
         parts = [row["cell"]]
         if row.get("accuracy") is not None:

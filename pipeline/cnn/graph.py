@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pipeline import limits
 from pipeline.cnn.layers import LAYERS, Layer, LayerArgs, ShapeError
 from pipeline.errors import UserError, did_you_mean
 
@@ -195,6 +197,7 @@ def parse_graph(data: Any, source: str | None = None) -> GraphSpec:
 
     name, description = _parse_header(data, source, fail)
     input_shape = _parse_input(data["input"], fail)
+    _check_size("activation_values", math.prod(input_shape), "the input", "input", fail)
     classes = _parse_classes(data["classes"], fail)
 
     rows = data["layers"]
@@ -204,11 +207,14 @@ def parse_graph(data: Any, source: str | None = None) -> GraphSpec:
     nodes: list[Node] = []
     names: dict[str, int] = {}
     given_names: dict[str, int] = {}
+    total_params = 0
     for i, row in enumerate(rows):
         if isinstance(row, Mapping) and isinstance(row.get("name"), str):
             given_names.setdefault(row["name"], i)
     for i, row in enumerate(rows):
         node = _parse_row(i, row, nodes, names, given_names, input_shape, fail)
+        total_params += _check_node_size(node, fail)
+        _check_size("model_params", total_params, "the model", node.key, fail)
         nodes.append(node)
         names[node.name] = i
     consumers = _consumers(nodes, fail)
@@ -223,6 +229,23 @@ def parse_graph(data: Any, source: str | None = None) -> GraphSpec:
         description=description,
         consumers=tuple(tuple(c) for c in consumers),
     )
+
+
+def _check_node_size(node: Node, fail) -> int:
+    """Refuse a layer whose parameters or output exceed the limits (before any array
+    exists); returns its parameter and buffer count."""
+    shapes = [*node.layer.param_shapes().values(), *node.layer.buffer_shapes().values()]
+    params = sum(math.prod(s) for s in shapes)
+    _check_size("layer_params", params, "this layer", node.key, fail)
+    _check_size("activation_values", math.prod(node.output_shape), "its output", node.key, fail)
+    return params
+
+
+def _check_size(name: str, value: int, what: str, key: str, fail) -> None:
+    try:
+        limits.check(name, value, what=what)
+    except UserError as exc:
+        raise fail(exc.message, key=key) from None
 
 
 def _parse_header(data: Any, source: str | None, fail) -> tuple[str, str]:

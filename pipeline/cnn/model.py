@@ -22,6 +22,7 @@ from pipeline.cnn.fast import fast_forward
 from pipeline.cnn.graph import INPUT, GraphSpec, Node, load_graph
 from pipeline.errors import UserError
 from pipeline.files import ordinary_mode
+from pipeline.npyfile import check_npz
 
 __all__ = ["HASH_KEY", "MODEL_KEY", "Model", "load_model"]
 
@@ -325,6 +326,7 @@ class Model:
 
 def read_npz(path: Path, *, what: str) -> dict[str, np.ndarray]:
     """All arrays of an .npz file (no pickles), or a UserError naming the file."""
+    check_npz(path, what=what)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}

@@ -15,6 +15,7 @@ Anything else is refused with one line that names every unsupported operator.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ import onnx
 import yaml
 from onnx import numpy_helper
 
+from pipeline import limits
 from pipeline.cnn.graph import parse_graph
 from pipeline.cnn.layers import onnx_importers
 from pipeline.cnn.model import Model
@@ -73,6 +75,43 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise UserError(f"not a readable ONNX model: {exc}", file=path) from None
 
 
+def initializer_array(t: onnx.TensorProto, file: str | None) -> np.ndarray:
+    """An initializer as an array, after checking its dims against its data and the limits.
+
+    Raises
+    ------
+    UserError : more values than the ``layer_params`` limit, or dims that do not match the
+        number of values stored.
+    """
+    what = f"initializer {t.name[:60]!r}"
+    if any(d < 0 for d in t.dims):
+        raise UserError(f"{what} has negative dims {list(t.dims)}", file=file)
+    count = math.prod(int(d) for d in t.dims)
+    limits.check("layer_params", count, what=what, file=file)
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        raise UserError(f"{what} keeps its data in an external file (not supported)", file=file)
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{what} has an unknown data type {t.data_type}", file=file) from None
+    stored = len(t.raw_data) // itemsize if t.raw_data else _field_values(t)
+    if stored != count:
+        raise UserError(
+            f"{what} declares dims {list(t.dims)} ({count:,} values) but holds {stored:,}",
+            file=file,
+        )
+    return numpy_helper.to_array(t)
+
+
+def _field_values(t: onnx.TensorProto) -> int:
+    """How many values an initializer stores in its typed fields (not ``raw_data``)."""
+    fields = (t.float_data, t.int32_data, t.int64_data, t.double_data, t.uint64_data)
+    n = sum(len(f) for f in fields) + len(t.string_data)
+    if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+        n //= 2
+    return n
+
+
 class OnnxReader:
     """Walks a graph in node order and writes layer rows; each node goes to the layer class
     that claims its operator (``Layer.from_onnx``), which uses the helpers below (``add``,
@@ -84,7 +123,7 @@ class OnnxReader:
         self.graph = proto.graph
         self.meta = read_metadata(proto)
         self.consts: dict[str, np.ndarray] = {
-            t.name: numpy_helper.to_array(t) for t in self.graph.initializer
+            t.name: initializer_array(t, file) for t in self.graph.initializer
         }
         self.rows: list[dict[str, Any]] = []
         self.weights: dict[str, np.ndarray] = {}
@@ -392,6 +431,9 @@ def write_imported(imported: ImportedModel, out_dir: str | Path) -> tuple[Path, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in imported.data["name"])
+    limits.check(
+        "name_chars", len(stem), what="the model name (use --name to choose a shorter one)"
+    )
     yaml_path = out_dir / f"{stem}.yaml"
     npz_path = out_dir / f"{stem}.npz"
     text = _yaml_text(imported.data)

@@ -15,8 +15,10 @@ from typing import Annotated, Literal
 
 import cv2
 import numpy as np
+from PIL import Image
 from pydantic import Field
 
+from pipeline import limits
 from pipeline.datasets.base import IndexedDataset, encoding_for_dtype
 from pipeline.datasets.splits import FractionFields, apply_limit, split_indices
 from pipeline.errors import UserError, did_you_mean
@@ -125,11 +127,12 @@ def read_image(path: Path, *, key: str | None = None) -> np.ndarray:
     OpenCV decodes BGR(A); this returns RGB, repeats grayscale to three channels and drops
     alpha. Decoding from bytes (``imdecode``) also works for non-ASCII paths.
     """
+    check_image_header(path, key=key)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}", key=key) from None
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    img = _decode_quietly(data) if data.size else None
     if img is None:
         raise UserError(f"cannot decode {path} as an image", key=key)
     if img.dtype not in _BITS:
@@ -142,6 +145,33 @@ def read_image(path: Path, *, key: str | None = None) -> np.ndarray:
     if channels in (3, 4):  # BGR, BGRA
         return np.ascontiguousarray(img[:, :, 2::-1])
     raise UserError(f"{path} has {channels} channels; expected 1, 3 or 4", key=key)
+
+
+def check_image_header(path: Path, *, key: str | None = None) -> None:
+    """Refuse an image file whose header declares more than the ``decoded_pixels`` limit.
+
+    Only the header is read (Pillow opens lazily); files Pillow cannot identify are left
+    to OpenCV, which has its own limit (2^30 pixels).
+    """
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # we check, not Pillow
+    try:
+        with Image.open(path) as im:
+            count = im.size[0] * im.size[1]
+    except (OSError, ValueError, SyntaxError):  # unidentified or damaged: OpenCV decides
+        return
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    limits.check("decoded_pixels", count, what=f"image {path}", key=key)
+
+
+def _decode_quietly(data: np.ndarray) -> np.ndarray | None:
+    """``cv2.imdecode`` without OpenCV's ``[ WARN ]`` lines (a damaged file is our error)."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def _scan(root: Path, classes: list[str] | None) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:

@@ -20,9 +20,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from pipeline import limits
 from pipeline.datasets.base import ArrayDataset, check_images, check_labels
 from pipeline.datasets.splits import FractionFields, apply_limit, split_indices
 from pipeline.errors import UserError
+from pipeline.npyfile import npz_member_header
 
 __all__ = ["NpzConfig", "open_npz", "read_npz_member"]
 
@@ -104,8 +106,14 @@ def read_npz_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
     Object (pickled) arrays are refused.
     """
     info = zf.getinfo(name)
+    header = npz_member_header(zf, name, what="array", file=path, key=_KEY)
+    if Path(name).stem == "x" and len(header.shape) >= 3:
+        limits.check("dataset_images", header.shape[0], what=f"x in {path}", key=_KEY)
+        pixels = header.shape[1] * header.shape[2]
+        limits.check("image_pixels", pixels, what=f"x in {path}", key=_KEY)
     try:
         if info.compress_type != zipfile.ZIP_STORED:
+            limits.check("array_bytes", header.nbytes, what=f"{name} in {path}", key=_KEY)
             with zf.open(info) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
         with open(path, "rb") as f:

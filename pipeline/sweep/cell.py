@@ -3,8 +3,11 @@
 A cell's record is its run folder ``cells/<id>/`` written by the runner (atomically:
 ``manifest.json`` appears with the folder's final rename) plus ``cell.json``, written
 by the sweep after the run (atomically) with what the runner does not know: the cell's
-axis values, its SNR, the trained model, the wall time and the fingerprint that a rerun
-compares before reusing the record. A cell is complete when both files exist.
+axis values, its SNR, the trained model, the wall time, the fingerprint that a rerun
+compares before reusing the record, and ``checksum``: the SHA-256 of every other file
+of the folder. A cell is complete when both files exist; a rerun reuses it only when
+:func:`damage` finds nothing (readable records, the checksum matches), else it is
+recomputed and reported.
 
 Training hook
 -------------
@@ -21,6 +24,7 @@ pair (model YAML, weights). The cell is then evaluated with that model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -37,7 +41,16 @@ from pipeline.store import write_json_atomic
 from pipeline.sweep.check import load_cell, reference_raw, train_hook
 from pipeline.sweep.snr import SnrSums
 
-__all__ = ["CELL_RECORD", "CellTask", "execute_cell", "is_complete", "measure_snr", "read_record"]
+__all__ = [
+    "CELL_RECORD",
+    "CellTask",
+    "damage",
+    "execute_cell",
+    "folder_checksum",
+    "is_complete",
+    "measure_snr",
+    "read_record",
+]
 
 CELL_RECORD = "cell.json"
 TRAINED_RECORD = "trained.json"
@@ -82,6 +95,42 @@ def read_record(cell_dir: Path) -> dict[str, Any]:
     return json.loads((cell_dir / CELL_RECORD).read_text(encoding="utf-8"))
 
 
+def folder_checksum(folder: Path) -> str:
+    """SHA-256 over the relative path and bytes of every file in ``folder`` except
+    ``cell.json`` (in sorted path order): the fingerprint of a cell's records."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CELL_RECORD)
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def damage(cell_dir: Path) -> str | None:
+    """What is wrong with a complete cell's records, or None when they are intact.
+
+    Checked: ``cell.json`` and ``manifest.json`` parse as JSON objects and the folder's
+    files match the checksum in ``cell.json`` (records written before checksums existed
+    are checked for readability only).
+    """
+    record: Any = None
+    for name in (CELL_RECORD, "manifest.json"):
+        try:
+            data = json.loads((cell_dir / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return f"{name} is unreadable ({type(exc).__name__})"
+        if not isinstance(data, dict):
+            return f"{name} is not a JSON object"
+        record = data if name == CELL_RECORD else record
+    expected = record.get("checksum")
+    if expected is not None and expected != folder_checksum(cell_dir):
+        return "its files changed since they were written (checksum mismatch)"
+    return None
+
+
 def execute_cell(task: CellTask) -> dict[str, Any]:
     """Compute one cell: train (if asked), measure SNR (if asked), run, write cell.json.
 
@@ -122,6 +171,7 @@ def execute_cell(task: CellTask) -> dict[str, Any]:
         "trained_model": trained,
         "wall_seconds": round(time.perf_counter() - t0, 6),
         "fingerprint": task.fingerprint,
+        "checksum": folder_checksum(result.path),
     }
     write_json_atomic(result.path / CELL_RECORD, record)
     return record

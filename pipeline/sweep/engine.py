@@ -23,16 +23,17 @@ import contextlib
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipeline import limits
 from pipeline.errors import UserError
 from pipeline.progress import progress as progress_reporter
 from pipeline.registry import Registry, default_registry
 from pipeline.store import write_json_atomic
-from pipeline.sweep.cell import CellTask, execute_cell, is_complete, read_record
+from pipeline.sweep.cell import CellTask, damage, execute_cell, is_complete, read_record
 from pipeline.sweep.check import CheckedCell, check_plan
 from pipeline.sweep.plots import write_plots
 from pipeline.sweep.results import collect_rows, columns, write_csv_atomic
@@ -56,6 +57,7 @@ class SweepResult:
     skipped : the cells found complete and reused.
     plots : the figures written.
     wall_seconds : this call's wall time.
+    damaged : complete cells whose records were damaged (id -> why), recomputed.
     """
 
     path: Path
@@ -65,6 +67,7 @@ class SweepResult:
     skipped: list[str]
     plots: list[Path]
     wall_seconds: float
+    damaged: dict[str, str] = field(default_factory=dict)
 
 
 def run_sweep(
@@ -108,11 +111,14 @@ def run_sweep(
         raise UserError("give --workers or --scheduler, not both")
     if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
         raise UserError(f"--workers must be at least 1, got {workers}")
+    if workers is not None:
+        limits.check("workers", int(workers), what="--workers", key="workers")
     if workers is not None or scheduler is not None:
         _import_distributed()
     plan = load_plan(source, out=out, overrides=set, base_dir=base_dir)
     checked = check_plan(plan, registry or default_registry())
-    pending, _ = _split_cells(plan, checked)  # read-only: refuses mixed records early
+    damaged: dict[str, str] = {}
+    pending, _ = _split_cells(plan, checked, {})  # read-only: refuses mixed records early
     use_dask = workers is not None or scheduler is not None
     with contextlib.ExitStack() as stack:
         # Connect before writing anything: a cluster that cannot start leaves no folder.
@@ -126,7 +132,8 @@ def run_sweep(
                 f"cannot write to {plan.folder}: {exc.strerror or exc}", file=plan.file, key="out"
             ) from None
         stack.enter_context(_folder_lock(plan))
-        pending, skipped = _split_cells(plan, checked)  # again, now that the folder is ours
+        # again, now that the folder is ours; damaged cells are recomputed
+        pending, skipped = _split_cells(plan, checked, damaged)
         _remove_leftovers(plan, pending)
         _write_sweep_json(plan, workers, scheduler)
         cols = columns(plan)
@@ -155,6 +162,7 @@ def run_sweep(
         cells=[c.id for c in plan.cells],
         computed=sorted(computed, key=order.__getitem__),
         skipped=[c.cell.id for c in skipped],
+        damaged=damaged,
         plots=figures,
         wall_seconds=time.perf_counter() - t0,
     )
@@ -162,9 +170,12 @@ def run_sweep(
 
 # --------------------------------------------------------------------------- resume
 def _split_cells(
-    plan: SweepPlan, checked: list[CheckedCell]
+    plan: SweepPlan, checked: list[CheckedCell], damaged: dict[str, str] | None = None
 ) -> tuple[list[CheckedCell], list[CheckedCell]]:
     """Split cells into (to compute, complete), reading the folder only.
+
+    With ``damaged`` (a dict), a complete cell whose records fail
+    :func:`~pipeline.sweep.cell.damage` is put to compute and ``damaged[id]`` says why.
 
     A complete cell recorded with another config or other sweep options is an error:
     reusing it would mix two sweeps in one table.
@@ -172,7 +183,10 @@ def _split_cells(
     pending, done = [], []
     for c in checked:
         folder = plan.cells_dir / c.cell.id
-        if is_complete(folder):
+        if is_complete(folder) and damaged is not None and (why := damage(folder)):
+            damaged[c.cell.id] = why
+            pending.append(c)
+        elif is_complete(folder):
             recorded = read_record(folder).get("fingerprint")
             if recorded != c.fingerprint:
                 where = _first_difference(recorded, c.fingerprint)

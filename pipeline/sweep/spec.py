@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline import limits
 from pipeline.config import apply_overrides, format_loc, parse_override, read_yaml
 from pipeline.errors import UserError, did_you_mean
 
@@ -347,12 +349,15 @@ def _check_axes_shape(raw: dict, file: str) -> None:
 def _expand(spec: SweepSpec, file: str) -> tuple[list[str], list[Cell]]:
     if spec.axes is not None:
         axes = list(spec.axes)
+        n_cells = math.prod(len(spec.axes[k]) for k in axes)
+        limits.check("sweep_cells", n_cells, what="the grid", file=file, key="axes")
         combos = [
             dict(zip(axes, values, strict=True))
             for values in itertools.product(*(spec.axes[k] for k in axes))
         ]
     else:
         assert spec.cells is not None
+        limits.check("sweep_cells", len(spec.cells), what="the list", file=file, key="cells")
         axes = list(spec.cells[0])
         for i, c in enumerate(spec.cells):
             if set(c) != set(axes):
