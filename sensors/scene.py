@@ -263,9 +263,11 @@ class SceneStage(Stage):
         self._mode = levels[0] if levels else "mean_photons"
         k = p.pixels_per_image_pixel
         if self._mode == "illuminance_lux":
-            for key in ("exposure_s", "f_number", "pixel_pitch_um"):
-                if getattr(p, key) is None:
-                    raise StageError(f"illuminance_lux needs {key}", key=key)
+            missing = [
+                k for k in ("exposure_s", "f_number", "pixel_pitch_um") if getattr(p, k) is None
+            ]
+            if missing:  # all of them in one message: one run to get it right
+                raise StageError(f"illuminance_lux needs {', '.join(missing)} too", key=missing[0])
             self._photons_per_sensor_px = photons_from_illuminance(
                 p.illuminance_lux,
                 exposure_s=p.exposure_s,

@@ -303,3 +303,19 @@ def test_absurd_psf_size_is_refused_in_one_line(tmp_path):
         "cfg.yaml: sensor[1].optics.sigma_px: the PSF needs a kernel half-width of 4000000 px, "
         "more than 512 px",
     )
+
+
+def test_lux_mode_names_every_missing_key_at_once(tmp_path):
+    """Lux mode needs exposure_s, f_number and pixel_pitch_um: one error lists all that are
+    missing (it used to name one per run: three runs to get a config right)."""
+    cfg = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    scene = cfg["sensor"][0]
+    scene.pop("mean_photons")
+    scene.pop("exposure_s")
+    scene["illuminance_lux"] = 100.0
+    cfg["model"]["path"] = str(ROOT / "data" / "models" / "procedural32-default" / "model.yaml")
+    cfg["dataset"]["n"] = 4
+    path = _write(tmp_path, cfg)
+    proc = sensorlab("run", path, "--quiet", cwd=tmp_path)
+    line = _assert_user_error(proc, tmp_path, "cfg.yaml: sensor[0].scene.exposure_s: ")
+    assert "illuminance_lux needs exposure_s, f_number, pixel_pitch_um too" in line
