@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.stage import read_attr
+from sensors.colour import linear_to_srgb
 
 __all__ = [
     "MAX_DISPLAY_PX",
@@ -47,7 +48,7 @@ def offset_note(x: np.ndarray, unit: str, attrs: Mapping[str, Any]) -> str | Non
     lo, hi = display_levels(x, unit, attrs)
     if lo >= 0.0:
         return None
-    zero = float(_srgb(np.array((0.0 - lo) / (hi - lo))))
+    zero = float(linear_to_srgb(np.array((0.0 - lo) / (hi - lo))))
     return f"min {lo:.3g} black, 0 = grey {zero:.2f}"
 
 
@@ -85,17 +86,12 @@ def display_image(
     f = _factor(rgb.shape[:2], max_px, step)
     if f > 1:
         rgb = _block_sum(rgb, f) / _block_sum(weight, f)
-    return np.clip(rgb if srgb8 else _srgb(rgb), 0.0, 1.0)
+    return np.clip(rgb if srgb8 else linear_to_srgb(rgb), 0.0, 1.0)
 
 
 def _linear(x: np.ndarray, unit: str, attrs: Mapping[str, Any]) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x - float(read_attr(attrs, "black_level_dn", 0.0)) if unit == "DN" else x
-
-
-def _srgb(x: np.ndarray) -> np.ndarray:
-    """The sRGB display curve (IEC 61966-2-1) of linear values in [0, 1]."""
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
 
 
 def _mosaic_planes(x: np.ndarray, tile: Any) -> tuple[np.ndarray, np.ndarray]:

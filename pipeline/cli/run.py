@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     p.add_argument("config", help="run config YAML")
     add_set_option(p)
     p.add_argument("--out", help="folder that receives the run folder (run.out)")
-    p.add_argument("--name", help="run folder name (run.name)")
+    p.add_argument("--name", help="run folder name (overrides run.name, --set included)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, summary only")
     p.set_defaults(func=cmd_run)
 

@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     p.add_argument("config", help="run config YAML (with model: and train: sections)")
     add_set_option(p)
     p.add_argument("--out", help="folder that receives the run folder (run.out)")
-    p.add_argument("--name", help="run folder name (run.name)")
+    p.add_argument("--name", help="run folder name (overrides run.name, --set included)")
     p.add_argument(
         "--resume",
         action="store_true",

@@ -16,7 +16,7 @@ data, so every graph keeps the layers' semantics, whatever its input shape ((C, 
 (D,)). There is no second vocabulary: a new layer type runs here through its ``forward``,
 and is fused once its ``fused`` returns a form.
 
-How it is fast (the measured recipe of shared/perf-notes.md):
+How it is fast (the measured recipe of docs/performance.md):
 
 - feature maps that a fused convolution reads live in a flat padded NHWC matrix
   (:class:`pipeline.cnn.flat_conv.FlatLayout`); the convolution is computed in chunks of

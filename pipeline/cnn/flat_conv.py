@@ -5,7 +5,7 @@ its right padding, each image by its bottom padding, so an output pixel anchored
 window's top-left input pixel ``q`` reads kernel tap ``(i, j)`` at row
 ``q + i*row_step + j*col_step`` (``row_step`` = dilation * padded width, ``col_step`` =
 dilation). A convolution is then a sum of GEMMs of shifted views of that matrix, with no
-im2col copy of the whole batch (shared/perf-notes.md: "a tap is a row offset").
+im2col copy of the whole batch ("a tap is a row offset": docs/performance.md).
 
 :func:`corr_chunk` computes one chunk of output rows: the ``kw`` taps of a kernel row are
 copied side by side into a chunk matrix and ``kh`` GEMMs at row offsets accumulate (or one

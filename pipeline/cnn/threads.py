@@ -3,7 +3,7 @@
 Training (:mod:`pipeline.cnn.functional`) and evaluation (:mod:`pipeline.cnn.fast`) split
 work over one Python thread per usable core, each with single-threaded BLAS: measured
 faster than one multi-threaded GEMM between single-threaded copies, and far more robust on
-a busy machine, where OpenBLAS's spinning threads stall (shared/perf-notes.md). While a
+a busy machine, where OpenBLAS's spinning threads stall (docs/performance.md). While a
 split runs, the process's BLAS is limited to one thread (threadpoolctl, reference-counted
 so concurrent users in this process restore it once, at the end). Inside
 :class:`serial_region` nothing splits (for callers that already run one thread per core).

@@ -358,8 +358,7 @@ def test_model_with_every_layer_type_matches_layers():
     a, b = _eval_both(model, x)
     _close(a, b)
     # the compiled plan fused c1 + batch norm + relu, the 1x1 side conv and the dense
-    # layer; every other
-    # layer ran its own forward inside the compiled network
+    # layer; every other layer ran its own forward inside the compiled network
     net = fast._compiled[model][1]
     assert net.fused_kernels == {"conv": 2, "dense": 1}
     ran = {net.nodes[s.node].type for s in net.steps if isinstance(s, fast._Forward)}
