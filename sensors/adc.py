@@ -218,7 +218,12 @@ class ADCStage(Stage):
       (:func:`sensors.curves.transition_levels`). A width <= 0 is a missing code; the
       integral non-linearity is the cumulative DNL.
 
-    None of them apply to the table curve, whose thresholds are the transitions.
+    The table curve takes the same non-idealities in the same unit, the linear LSB
+    ``full_scale / 2**bits`` (so a designed table is simulated with the errors of the
+    linear ADC it replaces): offset and noise are input-referred, added to
+    ``2**bits · signal / full_scale`` before the thresholds, and the DNL pattern (the same
+    draw for the same sensor seed) moves each threshold by the INL ``T_c - c`` of its
+    transition (:func:`sensors.curves.quantize`).
     """
 
     name = "adc"
@@ -350,16 +355,6 @@ class ADCStage(Stage):
     def _dnl_transitions(self, bits: int) -> np.ndarray | None:
         """The comparators' transitions with DNL (None: ideal), fixed per sensor seed."""
         p = self.params
-        nonideal = {"offset_lsb": p.offset_lsb, "noise_lsb": p.noise_lsb}
-        nonideal |= {"dnl_rms_lsb": p.dnl_rms_lsb, "dnl_table": p.dnl_table}
-        if p.curve == "table":
-            for key, value in nonideal.items():
-                if value:
-                    raise StageError(
-                        f"the table curve's thresholds are its transitions; it takes no {key}",
-                        key=key,
-                    )
-            return None
         if p.dnl_table is not None:
             if p.dnl_rms_lsb > 0:
                 raise StageError("give dnl_rms_lsb or dnl_table, not both", key="dnl_table")

@@ -7,7 +7,8 @@
   representative signal of each code.
 
 - :func:`transition_levels`: the decision levels of an ADC with given code widths
-  (differential non-linearity, missing codes).
+  (differential non-linearity, missing codes); :func:`table_transitions`: a table
+  curve's nominal decision level of every code transition.
 
 The transfer equation (linear curve, black level ``b`` in codes, offset ``o`` in LSB)::
 
@@ -47,6 +48,7 @@ __all__ = [
     "dtype_for_bits",
     "expand",
     "quantize",
+    "table_transitions",
     "transition_levels",
 ]
 
@@ -214,6 +216,75 @@ def transition_levels(code_widths: ArrayLike | None, bits: int) -> np.ndarray:
     return np.concatenate([[1.0], 1.0 + np.cumsum(steps)])
 
 
+def table_transitions(thresholds: ArrayLike, bits: int, black_level: int = 0) -> np.ndarray:
+    """The nominal decision level of every code transition of a table ADC.
+
+    Transition ``c`` (``c = 1 .. 2**bits - 1``) is the input above which the code is at
+    least ``c``. With the table's odd extension (see :func:`quantize`) it sits at
+    ``t_(c - black_level - 1)`` above the black code and at ``-t_(black_level - c)`` at or
+    below it; transitions the table does not reach are ``+inf`` (codes above
+    ``black_level + len(thresholds)``) or ``-inf`` (codes below
+    ``black_level - len(thresholds)``, reached by every negative input).
+
+    Parameters
+    ----------
+    thresholds : the table's decision thresholds, fractions of full scale
+        (:func:`check_thresholds`).
+    bits : resolution, 1 to 24.
+    black_level : the code of a zero signal.
+
+    Returns
+    -------
+    float64 levels as fractions of full scale, non-decreasing, ``2**bits - 1`` of them.
+    """
+    bits = check_bits(bits)
+    t = check_thresholds(thresholds, bits)
+    black_level = _check_black_level(black_level, bits)
+    c = np.arange(1, 1 << bits)
+    above = c - black_level - 1  # threshold index of a transition above the black code
+    below = black_level - c  # and of one at or below it (mirrored)
+    levels = np.where(above >= 0, np.inf, -np.inf)
+    up = (above >= 0) & (above < t.size)
+    down = (below >= 0) & (below < t.size)
+    levels[up] = t[above[up]]
+    levels[down] = -t[below[down]]
+    return levels
+
+
+def _quantize_table_nonideal(
+    u: np.ndarray,
+    bits: int,
+    thresholds: np.ndarray,
+    black_level: int,
+    offset_lsb: ArrayLike,
+    transitions: ArrayLike | None,
+) -> np.ndarray:
+    """Table-curve codes with an input-referred offset/noise and comparator errors (INL).
+
+    ``u`` is the signal as a fraction of full scale; levels are worked in linear LSB
+    (``full_scale / 2**bits``; a power of two, so exact)::
+
+        a   = 2**bits · u + offset_lsb
+        L_c = 2**bits · τ_c + (T_c - c)       (τ: :func:`table_transitions`)
+        code = #{c : L_c <= a}
+
+    ``T_c - c`` is the integral non-linearity of transition ``c`` (0 without
+    ``transitions``). Comparators that cross give a missing code: the count is that of
+    the comparators that fire (a thermometer-code ones counter).
+    """
+    top = (1 << bits) - 1
+    n_codes = float(1 << bits)
+    levels = table_transitions(thresholds, bits, black_level) * n_codes
+    if transitions is not None:
+        t = np.asarray(transitions, dtype=np.float64)
+        if t.shape != (top,) or np.any(np.diff(t) < 0):
+            raise ValueError(f"transitions must be {top} non-decreasing levels in LSB")
+        levels = np.sort(levels + (t - np.arange(1, top + 1)))
+    a = u * n_codes
+    a += np.asarray(offset_lsb, dtype=np.float64)
+    return np.searchsorted(levels, a, side="right")
+
+
 def quantize(
     signal: ArrayLike,
     bits: int,
@@ -248,7 +319,19 @@ def quantize(
         code = clip(black_level + sign(u) · #{k : t_k <= |u|}, 0, 2**bits - 1)
 
     extended to negative inputs as an odd function like the companding curves, so the
-    black code spans ``(-t_0, t_0)``, centred on a zero signal.
+    black code spans ``(-t_0, t_0)``, centred on a zero signal. Its non-idealities are
+    stated in the linear LSB ``full_scale / 2**bits``, so a table ADC and a linear one
+    with the same parameters suffer the same errors: ``offset_lsb`` (offset plus temporal
+    noise) is input-referred, added to ``2**bits · u`` before the thresholds, and
+    ``transitions`` moves the decision level of transition ``c`` (code ``c - 1`` to
+    ``c``) by the linear ADC's integral non-linearity there, ``T_c - c`` LSB::
+
+        code = #{c : 2**bits · τ_c + (T_c - c) <= 2**bits · u + offset_lsb}
+
+    with ``τ_c`` the nominal levels of :func:`table_transitions` (``±t``). So Gaussian
+    noise of ``σ`` LSB on a signal at a threshold ``t_j`` gives the upper code with
+    probability ``Φ(2**bits · (u - t_j) / σ)``, and DNL widens the table's code
+    ``c`` by ``DNL_c`` LSB (the ladder's, not the table's, code width).
 
     Parameters
     ----------
@@ -262,9 +345,10 @@ def quantize(
         ``0 <= black_level < 2**bits``.
     offset_lsb : extra analog level at the comparators' input, in LSB (an ADC offset,
         or offset plus temporal noise per pixel); a number or an array broadcasting
-        against ``signal``. Not for the table curve.
+        against ``signal``. For the table curve, input-referred in linear LSB (above).
     transitions : the ``2**bits - 1`` decision levels in LSB (:func:`transition_levels`);
-        None for the ideal ADC. Not for the table curve.
+        None for the ideal ADC. For the table curve, their INL ``T_c - c`` moves the
+        table's levels (above).
     log_compression : μ of the ``"log"`` curve.
     thresholds : for ``curve="table"``: strictly increasing decision thresholds as
         fractions of full scale, at most ``2**bits - 1`` of them.
@@ -300,9 +384,10 @@ def quantize(
             raise ValueError(
                 "curve 'table' takes rounding 'floor' (thresholds are decision levels)"
             )
-        if transitions is not None or np.any(np.asarray(offset_lsb) != 0):
-            raise ValueError("curve 'table' takes no offset_lsb or transitions")
         t = check_thresholds(thresholds, bits)
+        if transitions is not None or np.any(np.asarray(offset_lsb) != 0):
+            y = _quantize_table_nonideal(u, bits, t, black_level, offset_lsb, transitions)
+            return y.astype(dtype_for_bits(bits)).reshape(shape)
         steps = np.searchsorted(t, np.abs(u), side="right")
         y = np.where(u < 0, -steps, steps) + black_level
         return np.clip(y, 0, top).astype(dtype_for_bits(bits)).reshape(shape)

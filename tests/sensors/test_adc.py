@@ -194,7 +194,7 @@ def test_scalar_and_shape_are_kept():
         ({"bits": 2, "curve": "table", "thresholds": [0.0, 0.1]}, "above 0"),
         ({"bits": 8, "transitions": [1.0, 2.0]}, "transitions"),
         ({"bits": 2, "transitions": [1.0, 3.0, 2.0]}, "non-decreasing"),
-        ({"bits": 2, "curve": "table", "thresholds": [0.2], "offset_lsb": 0.5}, "offset"),
+        ({"bits": 2, "curve": "table", "thresholds": [0.2], "transitions": [1.0]}, "transitions"),
     ],
 )
 def test_bad_parameters_raise(kwargs, match):

@@ -187,9 +187,7 @@ def test_defaults_are_an_ideal_adc():
         ({"dnl_table": [1.0, 1.0]}, "dnl_table"),
         ({"bits": 2, "dnl_table": [0.0, -1.0]}, "dnl_table"),
         ({"bits": 2, "dnl_table": [1.0, 1.0], "dnl_rms_lsb": 0.1}, "dnl_table"),
-        ({"curve": "table", "thresholds": [0.5], "noise_lsb": 0.5}, "noise_lsb"),
-        ({"curve": "table", "thresholds": [0.5], "offset_lsb": 1.0}, "offset_lsb"),
-        ({"curve": "table", "thresholds": [0.5], "dnl_rms_lsb": 0.1}, "dnl_rms_lsb"),
+        ({"curve": "table", "thresholds": [0.5], "dnl_table": [1.0, 1.0]}, "dnl_table"),
     ],
 )
 def test_bad_nonideal_parameters_name_the_key(params, key):
