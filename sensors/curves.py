@@ -6,6 +6,8 @@
   through a curve (or a table of decision thresholds); :func:`dequantize` gives the
   representative signal of each code.
 
+- :func:`linearize_codes`: codes to float32 linear signal above black, the one
+  linearisation of the raw stage and of the ONNX raw front end's lookup table.
 - :func:`transition_levels`: the decision levels of an ADC with given code widths
   (differential non-linearity, missing codes); :func:`table_transitions`: a table
   curve's nominal decision level of every code transition.
@@ -32,7 +34,8 @@ converters.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -47,6 +50,7 @@ __all__ = [
     "dequantize",
     "dtype_for_bits",
     "expand",
+    "linearize_codes",
     "quantize",
     "table_transitions",
     "transition_levels",
@@ -462,3 +466,30 @@ def dequantize(
     y = k / (1 << bits)
     u = expand(y, curve, log_compression=log_compression) if curve != "linear" else y
     return u * full_scale
+
+
+def linearize_codes(
+    codes: ArrayLike, black_level_dn: float, transfer: Mapping[str, Any]
+) -> np.ndarray:
+    """ADC codes → float32 linear signal above the black level: the raw stage's linearisation.
+
+    ``float32(dequantize(codes)) - float32(dequantize(black_level_dn))``, both through
+    :func:`dequantize` with the ADC's ``transfer``, subtracted in float32. The raw stage
+    linearises log, sqrt and table codes with it, and the ONNX raw front end's lookup
+    table is it evaluated on every code ``0 .. 2**bits - 1``, so the two agree bit for bit.
+
+    Parameters
+    ----------
+    codes : integer ADC codes, any shape.
+    black_level_dn : the code (or level, DN) whose signal is subtracted: 0 after this.
+    transfer : the keyword arguments of :func:`dequantize` (the ADC's ``adc_transfer``
+        attrs: ``bits``, ``full_scale``, ``curve``, ``rounding``, ``black_level``,
+        ``log_compression``, ``thresholds``).
+
+    Returns
+    -------
+    float32 signal in the unit of ``transfer["full_scale"]``, same shape as ``codes``.
+    """
+    y = dequantize(codes, **transfer).astype(np.float32)
+    y -= np.float32(dequantize(black_level_dn, **transfer))
+    return y

@@ -48,7 +48,7 @@ import numpy as np
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
 from sensors.colour import linear_to_srgb
-from sensors.curves import dequantize
+from sensors.curves import dequantize, linearize_codes
 
 __all__ = [
     "BAYER_TILES",
@@ -426,8 +426,8 @@ class RawStage(Stage):
         span = self._white - self._black
         if self._transfer is not None:  # normalise in signal units: black 0, white 1
             ends = dequantize(np.array([self._black, self._white]), **self._transfer)
-            self._black_signal = float(ends[0])
             span = float(ends[1] - ends[0])
+        self._span = span
         cfa = attrs.get("cfa")
         shape = info.shape
         if len(shape) == 3 and shape[2] == 1:
@@ -471,6 +471,24 @@ class RawStage(Stage):
                 "linearized": self._transfer is not None,
             },
         )
+
+    def linear_lookup(self) -> tuple[np.ndarray, float] | None:
+        """The linearisation as a lookup table, for a front end that runs this stage
+        elsewhere (the ONNX raw front end); None when this stage does not linearise.
+
+        Returns
+        -------
+        (values, span) : ``values[code]`` is the float32 this stage gives code ``0 ..
+        2**bits - 1`` after linearising and subtracting the black level, before the
+        white-level and white-balance scaling (:func:`sensors.curves.linearize_codes`,
+        the function :meth:`process` uses); ``span`` is the signal between the black and
+        white levels that the stage then divides by (``wb_gain / span``, in float64,
+        then float32).
+        """
+        if self._transfer is None:
+            return None
+        codes = np.arange(1 << int(self._transfer["bits"]))
+        return linearize_codes(codes, self._black, self._transfer), self._span
 
     def _linear_transfer(self, attrs) -> dict | None:
         """The ADC's quantize() arguments when codes must be linearised, else None."""
@@ -549,8 +567,7 @@ class RawStage(Stage):
         if self._layout != "stacked" and x.ndim == 4:
             x = x[..., 0]
         if self._transfer is not None:
-            y = dequantize(x, **self._transfer).astype(np.float32)
-            y -= np.float32(self._black_signal)
+            y = linearize_codes(x, self._black, self._transfer)
         else:
             y = x.astype(np.float32)  # a copy, normalised in place below
             y -= np.float32(self._black)

@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
         choices=("none", "raw"),
         default="none",
         help="raw: the model takes the ADC's integer codes (black level, white "
-        "level, demosaic in the graph)",
+        "level, demosaic in the graph; log, sqrt and table codes linearised by a lookup)",
     )
     p.add_argument("--int8", action="store_true", help="static int8 (QDQ) quantisation")
     p.add_argument(

@@ -9,7 +9,8 @@ The model takes ``input`` (N, C, H, W) float32 (N dynamic) and gives ``logits`` 
 weights are initializers named ``<layer>.<param>``. With a :class:`SensorFront` the graph
 takes the ADC's integer codes instead (``dn``: (N, H, W) for a mosaic or mono sensor,
 (N, H, W, 3) for a stacked one) and computes what :class:`sensors.raw.RawStage` does:
-cast to float, black-level subtraction, white-level (and white-balance) scaling, and the
+cast to float, black-level subtraction (for log, sqrt and table ADC curves: a Gather from
+the raw stage's own table of linearised codes), white-level (and white-balance) scaling, and the
 bilinear demosaic as a fixed reflect-padded depthwise convolution (the normalised
 convolution of :func:`sensors.raw.demosaic_bilinear`), then the CNN.
 
@@ -19,11 +20,12 @@ checker does not catch an IR newer than a runtime accepts.
 References
 ----------
 ONNX operator specifications, https://onnx.ai/onnx/operators/ (Conv, Gemm, MaxPool,
-AveragePool, BatchNormalization, Pad, Cast, Reshape).
+AveragePool, BatchNormalization, Pad, Cast, Reshape, Gather).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -49,6 +51,7 @@ __all__ = [
     "INPUT_NAME",
     "INT8_OP_TYPES",
     "LOGITS_NAME",
+    "MAX_LOOKUP_BITS",
     "MAX_OPSET",
     "MIN_OPSET",
     "PROBS_NAME",
@@ -71,6 +74,7 @@ LOGITS_NAME = "logits"
 PROBS_NAME = "probabilities"
 BATCH_DIM = "N"
 FRONT_PREFIX = "front/"  # names of the front end's nodes and constants
+MAX_LOOKUP_BITS = 16  # a linearised front end's Gather table: 2**16 float32 at most (256 KiB)
 PRODUCER = "sensorlab"
 INT8_OP_TYPES = int8_op_types()
 """ONNX operators the int8 export quantises: those the layer classes declare (``int8_ops``)."""
@@ -124,6 +128,13 @@ class SensorFront:
     clip : the raw stage clips to [0, 1].
     encode : "linear", "srgb" or "gamma"; gamma : its exponent.
     auto_gain, gain_target, max_gain : the raw stage's per-image digital gain.
+    linearized : the raw stage undid the ADC's transfer curve (log, sqrt, table).
+    curve, log_compression, thresholds : the ADC's transfer curve (``adc_transfer``
+        attrs): two sensors with another curve give the model other inputs.
+    code_lookup, lookup_span : for a linearised front: the raw stage's float32 value of
+        every code 0 .. 2**bits - 1 after linearising and subtracting black, and the
+        signal span it divides by (``RawStage.linear_lookup``); set by
+        :meth:`from_chain`, not part of :meth:`as_dict` (the graph holds the table).
     """
 
     bits: int
@@ -144,6 +155,11 @@ class SensorFront:
     gain_target: float = 0.18
     max_gain: float = 256.0
     linearized: bool = False
+    curve: str = "linear"
+    log_compression: float = 255.0
+    thresholds: tuple[float, ...] | None = None
+    code_lookup: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    lookup_span: float | None = dataclasses.field(default=None, compare=False)
 
     @property
     def layout(self) -> str:
@@ -164,18 +180,23 @@ class SensorFront:
 
     def input_range(self) -> tuple[float, float]:
         """The normalised values the raw stage can give: codes 0 and 2**bits - 1 (before clip
-        and encode)."""
-        top = float(2**self.bits - 1)
-        span = self.white_level_dn - self.black_level_dn
+        and encode), linearised through :attr:`code_lookup` when the stage linearises."""
         gains = (1.0,) if self.layout == "mono" else self.wb_gains
-        lo = min(g * (0.0 - self.black_level_dn) / span for g in gains)
-        hi = max(g * (top - self.black_level_dn) / span for g in gains)
+        if self.linearized and self.code_lookup is not None and self.lookup_span:
+            low, high, span = *_ends(self.code_lookup), self.lookup_span
+        else:
+            low = 0.0 - self.black_level_dn
+            high = float(2**self.bits - 1) - self.black_level_dn
+            span = self.white_level_dn - self.black_level_dn
+        lo = min(g * low / span for g in gains)
+        hi = max(g * high / span for g in gains)
         if self.clip:
             lo, hi = max(lo, 0.0), min(hi, 1.0)
         return lo, hi
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k not in _NOT_METADATA}
+        d["thresholds"] = None if self.thresholds is None else list(self.thresholds)
         d["cfa_tile"] = None if self.cfa_tile is None else ["".join(r) for r in self.cfa_tile]
         d["adc_shape"] = list(self.adc_shape)
         d["wb_gains"] = list(self.wb_gains)
@@ -188,6 +209,10 @@ class SensorFront:
         d["cfa_tile"] = None if tile is None else tuple(tuple(row) for row in tile)
         d["adc_shape"] = tuple(d["adc_shape"])
         d["wb_gains"] = tuple(d.get("wb_gains", (1.0, 1.0, 1.0)))
+        if d.get("thresholds") is not None:
+            d["thresholds"] = tuple(float(t) for t in d["thresholds"])
+        for key in _NOT_METADATA:
+            d.pop(key, None)
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     @classmethod
@@ -210,6 +235,11 @@ class SensorFront:
         if bits is None:
             return None
         tile = adc_info.attr("cfa_tile")
+        transfer = adc_info.attr("adc_transfer") or {}
+        thresholds = transfer.get("thresholds")
+        linearized = bool(raw_info.attr("linearized", False))
+        lookup = getattr(stages[r], "linear_lookup", None) if linearized else None
+        code_lookup, lookup_span = lookup() if lookup is not None else (None, None)
         return cls(
             bits=int(bits),
             black_level_dn=float(raw_info.attr("black_level_dn")),
@@ -218,9 +248,22 @@ class SensorFront:
             cfa_tile=None if tile is None else tuple(tuple(str(c) for c in row) for row in tile),
             adc_dtype=str(adc_info.dtype),
             adc_shape=tuple(adc_info.shape),
-            linearized=bool(raw_info.attr("linearized", False)),
+            linearized=linearized,
+            curve=str(adc_info.attr("curve", "linear")),
+            log_compression=float(transfer.get("log_compression", 255.0)),
+            thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
+            code_lookup=code_lookup,
+            lookup_span=lookup_span,
             **_raw_settings(stages[r], chain.keys[r]),
         )
+
+
+# SensorFront fields the graph holds as a table instead of the metadata.
+_NOT_METADATA = ("code_lookup", "lookup_span")
+
+
+def _ends(values: np.ndarray) -> tuple[float, float]:
+    return float(np.min(values)), float(np.max(values))
 
 
 # SensorFront field -> the raw stage's parameter it is read from.
@@ -322,6 +365,62 @@ def _auto_gain_nodes(front: SensorFront, src: str, nodes: list, inits: list) -> 
     return f + "gained"
 
 
+def _black_nodes(front: SensorFront, out: str, nodes: list, inits: list) -> None:
+    """Linear codes: ``out = float(dn) - black_level_dn`` (the raw stage's subtraction)."""
+    f = FRONT_PREFIX
+    nodes.append(
+        helper.make_node(
+            "Cast", [RAW_INPUT_NAME], [f + "dn_float"], name=f + "cast", to=TensorProto.FLOAT
+        )
+    )
+    inits.append(_const(f + "black_level", np.array(front.black_level_dn, np.float32)))
+    nodes.append(
+        helper.make_node("Sub", [f + "dn_float", f + "black_level"], [out], name=f + "black")
+    )
+
+
+def _lookup_nodes(front: SensorFront, out: str, nodes: list, inits: list) -> float:
+    """Companded codes (log, sqrt, table): ``out = lookup[int64(dn)]``, a Gather from the
+    raw stage's own table of linearised values (:attr:`SensorFront.code_lookup`), so every
+    code gives the raw stage's float32 bit for bit. Returns the signal span to divide by.
+
+    Codes must lie in ``0 .. 2**bits - 1`` (an N-bit ADC's); a runtime refuses others
+    (onnxruntime: index out of bounds)."""
+    f = FRONT_PREFIX
+    lookup = front.code_lookup
+    if lookup is None or front.lookup_span is None:
+        raise UserError(
+            "the raw front end of a linearised (log/sqrt/table) ADC needs the raw stage's "
+            "lookup table (RawStage.linear_lookup); build the front end from the chain",
+            key="front",
+        )
+    if front.bits > MAX_LOOKUP_BITS:
+        raise UserError(
+            f"the raw front end linearises ADCs of up to {MAX_LOOKUP_BITS} bits by a lookup "
+            f"table; this one has {front.bits} (export without --front)",
+            key="front",
+        )
+    lookup = np.asarray(lookup, dtype=np.float32)
+    if lookup.shape != (1 << front.bits,):
+        raise UserError(
+            f"the lookup table has {lookup.size} values, a {front.bits}-bit ADC "
+            f"{1 << front.bits} codes",
+            key="front",
+        )
+    nodes.append(
+        helper.make_node(
+            "Cast", [RAW_INPUT_NAME], [f + "code_index"], name=f + "cast", to=TensorProto.INT64
+        )
+    )
+    inits.append(_const(f + "linearize_table", lookup))
+    nodes.append(
+        helper.make_node(
+            "Gather", [f + "linearize_table", f + "code_index"], [out], name=f + "linearize", axis=0
+        )
+    )
+    return float(front.lookup_span)
+
+
 def _front_nodes(front: SensorFront, input_dtype: str, out: str):
     """Nodes and initializers of the raw front end: ``dn`` codes -> ``out`` (N, C, H, W)."""
     if input_dtype not in _INPUT_TYPES:
@@ -341,30 +440,17 @@ def _front_nodes(front: SensorFront, input_dtype: str, out: str):
             f"with demosaic: {front.demosaic} (retrain with bilinear, or export without --front)",
             key="front",
         )
-    if front.linearized:
-        raise UserError(
-            "the raw front end computes linear ADC curves only; the model was trained on "
-            "linearised log/sqrt/table codes (export without --front)",
-            key="front",
-        )
     if front.encode != "linear":
         raise UserError(
             f"the raw front end does not compute encode: {front.encode}; export without --front",
             key="front",
         )
-    span = front.white_level_dn - front.black_level_dn
+    if front.linearized:
+        span = _lookup_nodes(front, f + "offset", nodes, inits)
+    else:
+        span = front.white_level_dn - front.black_level_dn
+        _black_nodes(front, f + "offset", nodes, inits)
     gains = np.array([*front.wb_gains, 1.0], dtype=np.float64) / span
-    nodes.append(
-        helper.make_node(
-            "Cast", [RAW_INPUT_NAME], [f + "dn_float"], name=f + "cast", to=TensorProto.FLOAT
-        )
-    )
-    inits.append(_const(f + "black_level", np.array(front.black_level_dn, np.float32)))
-    nodes.append(
-        helper.make_node(
-            "Sub", [f + "dn_float", f + "black_level"], [f + "offset"], name=f + "black"
-        )
-    )
     if layout == "mosaic":
         tile = front.cfa_tile
         if tile is None:
@@ -497,6 +583,11 @@ def metadata(
             "formula": "(DN - black_level_dn) * wb_gain / (white_level_dn - black_level_dn)",
             "layout": "NCHW",
         }
+        if front is not None and front.linearized:
+            input_range["formula"] = (
+                "(s(DN) - s(black_level_dn)) * wb_gain / (s(white_level_dn) - "
+                f"s(black_level_dn)), s the inverse of the ADC's {front.curve} curve"
+            )
         if front is not None and front.auto_gain:
             input_range["formula"] += (
                 f", then times gain_target / max(image mean, gain_target / max_gain) per image "

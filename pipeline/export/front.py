@@ -42,6 +42,9 @@ FRONT_FIELDS = (
     "clip",
     "encode",
     "gamma",
+    "curve",
+    "log_compression",
+    "thresholds",
 )
 
 
@@ -87,7 +90,13 @@ def sensor_front(
 def front_mismatch(expected: SensorFront, got: SensorFront) -> list[str]:
     """Fields in which ``got`` differs from ``expected``, as ``"bits 12 (model: 10)"``."""
     e, g = expected.as_dict(), got.as_dict()
-    return [f"{k} {g[k]} (model: {e[k]})" for k in FRONT_FIELDS if e[k] != g[k]]
+    return [_difference(k, g[k], e[k]) for k in FRONT_FIELDS if e[k] != g[k]]
+
+
+def _difference(key: str, got: Any, expected: Any) -> str:
+    if key == "thresholds" and got is not None and expected is not None:
+        return f"thresholds ({len(got)} values, not the model's {len(expected)})"
+    return f"{key} {got} (model: {expected})"
 
 
 def check_same_sensor(

@@ -553,13 +553,10 @@ def test_raw_front_accepts_an_int32_input(tmp_path):
     [
         ({"demosaic": "malvar"}, "bilinear demosaic only"),
         ({"encode": "srgb"}, "encode: srgb"),
-        ({"linearize": "auto"}, "linear ADC curves only"),
     ],
 )
 def test_raw_front_refuses_what_it_does_not_compute(tmp_path, raw, message):
     sensor = [*SENSOR[:3], {"stage": "raw", **raw}]
-    if raw.get("linearize"):
-        sensor[2] = {"stage": "adc", "bits": 10, "curve": "log"}
     front, _, nchw = chain_for(tmp_path, sensor)
     model = case_model(LAYER_CASES["relu"], input_shape=nchw.shape[1:])
     with pytest.raises(UserError, match=message):
@@ -680,6 +677,18 @@ def test_onnx_reference_has_no_int8_before_opset_19(tmp_path):
 
 TABLE_OPSETS = (13, 17, 19, 21)
 TABLE_RUNTIMES = ("onnxruntime", "onnx.reference", "opencv-new", "opencv-classic", "openvino")
+FRONT_ROWS = ("none", "raw", "raw-table")
+# SENSOR with a 10-bit companding table ADC: the raw front end linearises by a lookup
+TABLE_SENSOR = [
+    *SENSOR[:2],
+    {
+        "stage": "adc",
+        "bits": 10,
+        "curve": "table",
+        "thresholds": (((np.arange(959) + 0.5) / 959.5) ** 2).tolist(),
+    },
+    SENSOR[3],
+]
 
 
 def _openvino_runner(tmp: Path):
@@ -736,19 +745,25 @@ def test_compatibility_table_in_the_docs(tmp_path):
 
     Float cells compare with the NumPy engine (tolerance 1e-4); int8 cells with
     onnxruntime's int8 output (tolerance 1e-3 of the logits' range, same predictions)."""
-    front, dn, nchw = chain_for(tmp_path, SENSOR, size=(16, 16), n=40, seed=9)
+    chains = {
+        "raw": chain_for(tmp_path, SENSOR, size=(16, 16), n=40, seed=9),
+        "raw-table": chain_for(tmp_path, TABLE_SENSOR, size=(16, 16), n=40, seed=9),
+    }
+    chains["none"] = chains["raw"]
     model = case_model(TINY["layers"], input_shape=(3, 16, 16), seed=3)
     run_fns = runtimes(tmp_path)
     ov_run = _openvino_runner(tmp_path)
-    expected = model.forward(nchw[32:])
     rows: dict[tuple[str, str, str], list[str]] = {}
     ok: dict[tuple[str, str, str, int], bool] = {}
     for precision in ("float", "int8"):
-        for front_name in ("none", "raw"):
-            x = dn if front_name == "raw" else nchw
-            name = RAW_INPUT_NAME if front_name == "raw" else INPUT_NAME
+        for front_name in FRONT_ROWS:
+            front, dn, nchw = chains[front_name]
+            expected = model.forward(nchw[32:])
+            with_front = front_name != "none"
+            x = dn if with_front else nchw
+            name = RAW_INPUT_NAME if with_front else INPUT_NAME
             for opset in TABLE_OPSETS:
-                proto = export_onnx(model, opset=opset, front=front, with_front=front_name == "raw")
+                proto = export_onnx(model, opset=opset, front=front, with_front=with_front)
                 want, tol = expected, TOL
                 if precision == "int8":
                     proto = quantize_int8(proto, [x[0:16], x[16:32]])
@@ -764,7 +779,7 @@ def test_compatibility_table_in_the_docs(tmp_path):
                     ok[(rt, precision, front_name, opset)] = good
     # what the table must say on this machine (declared dependencies, never skipped)
     for rt in ("onnxruntime", "onnx.reference", "opencv-new", "opencv-classic"):
-        for front_name in ("none", "raw"):
+        for front_name in FRONT_ROWS:
             for opset in TABLE_OPSETS:
                 assert ok[(rt, "float", front_name, opset)], (rt, front_name, opset)
                 if rt != "onnx.reference" or opset >= 19:
@@ -829,11 +844,12 @@ def _table_text(rows, have_openvino: bool, depthwise_probe: str) -> str:
         "outputs come. The model is a small CNN (conv, ReLU, max-pool, conv, batch norm,",
         "global average pool, dense) on 16×16 images; the raw front end takes the 10-bit",
         "codes of an RGGB sensor (cast, black level, white level, bilinear demosaic in the",
-        "graph). Float cells compare the logits with sensorlab's NumPy engine (pass:",
-        "max |Δ| ≤ 1e-4); int8 cells (static QDQ, per-channel int8 weights, uint8",
-        "activations, float bias) compare with onnxruntime's int8 output (pass: max |Δ| ≤",
-        "1e-3 of the logits' range and the same predictions). `✓ <1e-6` gives the bound",
-        "on the measured max |Δ|.",
+        "graph); raw-table, those of a 10-bit companding (table) ADC, linearised by a",
+        "lookup (Cast to int64, Gather) before the same steps. Float cells compare the",
+        "logits with sensorlab's NumPy engine (pass: max |Δ| ≤ 1e-4); int8 cells (static",
+        "QDQ, per-channel int8 weights, uint8 activations, float bias) compare with",
+        "onnxruntime's int8 output (pass: max |Δ| ≤ 1e-3 of the logits' range and the",
+        "same predictions). `✓ <1e-6` gives the bound on the measured max |Δ|.",
         "",
         f"Measured with {versions}.",
         "",
