@@ -10,7 +10,8 @@
   linearisation of the raw stage and of the ONNX raw front end's lookup table.
 - :func:`transition_levels`: the decision levels of an ADC with given code widths
   (differential non-linearity, missing codes); :func:`table_transitions`: a table
-  curve's nominal decision level of every code transition.
+  curve's nominal decision level of every code transition; :func:`curve_thresholds`:
+  the table that reproduces a linear, log or sqrt ADC.
 
 The transfer equation (linear curve, black level ``b`` in codes, offset ``o`` in LSB)::
 
@@ -47,6 +48,7 @@ __all__ = [
     "check_bits",
     "check_thresholds",
     "compand",
+    "curve_thresholds",
     "dequantize",
     "dtype_for_bits",
     "expand",
@@ -253,6 +255,41 @@ def table_transitions(thresholds: ArrayLike, bits: int, black_level: int = 0) ->
     levels[up] = t[above[up]]
     levels[down] = -t[below[down]]
     return levels
+
+
+def curve_thresholds(
+    bits: int, curve: str = "linear", *, black_level: int = 0, log_compression: float = 255.0
+) -> np.ndarray:
+    """The table that gives a linear, log or sqrt ADC's codes: its decision thresholds.
+
+    The companding ADC moves from code ``black_level + j`` to ``black_level + j + 1`` where
+    ``2**bits · f(u) + black_level + 1/2`` reaches ``black_level + j + 1``, so::
+
+        t_j = f⁻¹((j + 1/2) / 2**bits),     j = 0 .. 2**bits - 2 - black_level
+
+    one threshold per code above the black level (a table that uses every code). With
+    ``curve="table"`` and these thresholds, :func:`quantize` gives the curve's codes (up
+    to round-off at a threshold), below the black level too (both are odd extensions), so
+    they are a search's starting tables for the fixed curves.
+
+    Parameters
+    ----------
+    bits : resolution, 1 to 24.
+    curve : ``"linear"``, ``"log"`` or ``"sqrt"`` (:func:`compand`).
+    black_level : the code of a zero signal; ``2**bits - 1 - black_level`` thresholds.
+    log_compression : μ of the log curve.
+
+    Returns
+    -------
+    float64 thresholds as fractions of full scale, strictly increasing.
+    """
+    bits = check_bits(bits)
+    black_level = _check_black_level(black_level, bits)
+    n_thresholds = (1 << bits) - 1 - black_level
+    if n_thresholds < 1:
+        raise ValueError(f"black_level {black_level} leaves no code above it at {bits} bits")
+    y = (np.arange(n_thresholds) + 0.5) / (1 << bits)
+    return expand(y, curve, log_compression=log_compression)
 
 
 def _quantize_table_nonideal(

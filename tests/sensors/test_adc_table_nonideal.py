@@ -13,7 +13,7 @@ from scipy import stats
 
 from pipeline.stage import Batch, SignalInfo, Unit
 from sensors.adc import ADCStage
-from sensors.curves import quantize, table_transitions, transition_levels
+from sensors.curves import curve_thresholds, expand, quantize, table_transitions, transition_levels
 
 FULL_WELL = 10_000.0
 GAIN = 0.05  # DN/e-: fixed so that linear and table stages share full_scale
@@ -174,3 +174,18 @@ def test_table_defaults_keep_the_ideal_codes():
     got = stage.process(x, Batch(np.arange(1)))
     want = quantize(x, **info.attrs["adc_transfer"] | {"thresholds": np.array(t)})
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("curve", ["linear", "log", "sqrt"])
+@pytest.mark.parametrize(("bits", "black"), [(2, 0), (4, 1), (8, 16), (10, 64)])
+def test_curve_thresholds_reproduce_the_curves_codes(curve, bits, black):
+    t = curve_thresholds(bits, curve, black_level=black)
+    assert t.size == (1 << bits) - 1 - black and np.all(np.diff(t) > 0)
+    # uniform in the companded domain: every code, the narrow ones of log and sqrt too
+    y = np.random.default_rng(bits).uniform(-(black + 1) / (1 << bits), 1.01, 50_000)
+    u = expand(y, curve)
+    want = quantize(u, bits, curve=curve, black_level=black)
+    got = quantize(u, bits, curve="table", thresholds=t, black_level=black)
+    # the two compare f(u) and u against f⁻¹ of the same level: a tie may go either way
+    assert np.count_nonzero(got != want) <= 2
+    assert np.array_equal(np.unique(want), np.arange(1 << bits))  # every code tested
