@@ -238,7 +238,8 @@ class SensorFront:
         transfer = adc_info.attr("adc_transfer") or {}
         thresholds = transfer.get("thresholds")
         linearized = bool(raw_info.attr("linearized", False))
-        lookup = getattr(stages[r], "linear_lookup", None) if linearized else None
+        in_graph = linearized and int(bits) <= MAX_LOOKUP_BITS  # no table a graph cannot hold
+        lookup = getattr(stages[r], "linear_lookup", None) if in_graph else None
         code_lookup, lookup_span = lookup() if lookup is not None else (None, None)
         return cls(
             bits=int(bits),
@@ -387,17 +388,17 @@ def _lookup_nodes(front: SensorFront, out: str, nodes: list, inits: list) -> flo
     Codes must lie in ``0 .. 2**bits - 1`` (an N-bit ADC's); a runtime refuses others
     (onnxruntime: index out of bounds)."""
     f = FRONT_PREFIX
+    if front.bits > MAX_LOOKUP_BITS:
+        raise UserError(
+            f"the raw front end linearises ADCs of up to {MAX_LOOKUP_BITS} bits by a lookup "
+            f"table; this one has {front.bits} (export without --front)",
+            key="front",
+        )
     lookup = front.code_lookup
     if lookup is None or front.lookup_span is None:
         raise UserError(
             "the raw front end of a linearised (log/sqrt/table) ADC needs the raw stage's "
             "lookup table (RawStage.linear_lookup); build the front end from the chain",
-            key="front",
-        )
-    if front.bits > MAX_LOOKUP_BITS:
-        raise UserError(
-            f"the raw front end linearises ADCs of up to {MAX_LOOKUP_BITS} bits by a lookup "
-            f"table; this one has {front.bits} (export without --front)",
             key="front",
         )
     lookup = np.asarray(lookup, dtype=np.float32)
