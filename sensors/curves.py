@@ -13,6 +13,18 @@
   curve's nominal decision level of every code transition; :func:`curve_thresholds`:
   the table that reproduces a linear, log or sqrt ADC.
 
+A designed (searched) table ADC is a config's adc stage such as::
+
+    {"stage": "adc", "bits": N, "curve": "table", "thresholds": t.tolist(),
+     "system_gain_dn_per_e": K, "noise_lsb": 0.5, "dnl_rms_lsb": 0.3}
+
+with ``t`` strictly increasing fractions of full scale, ``2**N - 1 - black_level`` of
+them to use every code above black (:func:`curve_thresholds` gives the tables of the
+linear, log and sqrt ADCs); its noise, offset and DNL are those of the linear ADC with
+the same parameters. Fix the gain when comparing tables (``system_gain_dn_per_e``, or
+``conversion_gain_uv_per_e`` with ``full_scale_v``): by default the adc stage maps the
+full well to a table's last threshold, so the table's own scale would set full scale.
+
 The transfer equation (linear curve, black level ``b`` in codes, offset ``o`` in LSB)::
 
     code = clip(floor(2**bits * signal / full_scale + b + 1/2 + o), 0, 2**bits - 1)

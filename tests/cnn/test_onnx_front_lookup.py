@@ -86,7 +86,7 @@ def _every_code(bits: int, dtype: str) -> np.ndarray:
 @pytest.mark.parametrize("curve", ["log", "sqrt", "table"])
 @pytest.mark.parametrize(
     ("bits", "dtype"),
-    [(2, "uint8"), (4, "uint8"), (8, "uint8"), (8, "uint16"), (10, "uint16"), (12, "uint16")],
+    [(b, d) for b in (2, 4, 8) for d in ("uint8", "uint16")] + [(10, "uint16"), (12, "uint16")],
 )
 def test_every_code_gives_the_raw_stages_float32_on_every_runtime(tmp_path, curve, bits, dtype):
     chain = _chain(tmp_path, _adc(bits, curve))
