@@ -113,5 +113,5 @@ def test_a_sensor_with_another_table_is_refused(companded):
         name="other",
     )
     source = load_source(companded["run"])
-    with pytest.raises(UserError, match="thresholds"):
+    with pytest.raises(UserError, match=r"thresholds differ \(59 values; model: 59 values\)"):
         evaluate(source, backend="onnxruntime", onnx_file=companded["onnx"], config=cfg)

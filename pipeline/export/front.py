@@ -94,8 +94,10 @@ def front_mismatch(expected: SensorFront, got: SensorFront) -> list[str]:
 
 
 def _difference(key: str, got: Any, expected: Any) -> str:
-    if key == "thresholds" and got is not None and expected is not None:
-        return f"thresholds ({len(got)} values, not the model's {len(expected)})"
+    """``"bits 12 (model: 10)"``; a threshold table by its size, not its values."""
+    if key == "thresholds":
+        got_n, expected_n = ("none" if t is None else f"{len(t)} values" for t in (got, expected))
+        return f"thresholds differ ({got_n}; model: {expected_n})"
     return f"{key} {got} (model: {expected})"
 
 
