@@ -487,7 +487,9 @@ class PhotodetectorStage(Stage):
                 self._weights *= line if stacked else line[..., None]
         self._dark_e = self._dark_electrons(pattern_shape)
         self._offsets = self._offset_pattern(pattern_shape)
-        attrs = {k: v for k, v in info.attrs.items() if k != "cfa_tile"}
+        # after integration the channels are the photosites' colours, no longer bands
+        dropped = {"cfa_tile", "spectral", "wavelength_nm"} if is_spectral else {"cfa_tile"}
+        attrs = {k: v for k, v in info.attrs.items() if k not in dropped}
         attrs |= {"cfa": p.cfa, "full_well_e": p.full_well_e, "exposure_s": self._exposure_s}
         if not stacked:
             attrs["cfa_tile"] = CFA_TILES[p.cfa]

@@ -60,6 +60,7 @@ def test_flat_spectrum_through_delta_qe_reproduces_the_rgb_chain(level, cfa):
     spec_pd = (PhotodetectorStage, {**rgb_pd[1], **delta})
     (spec_photons, _, spec_e), infos = run_chain(images, [(SceneStage, scene), optics, spec_pd])
     assert infos[0].attrs["spectral"] is True and infos[0].shape[-1] == 3
+    assert "spectral" not in infos[2].attrs  # the electrons are per photosite colour
     np.testing.assert_allclose(spec_photons[..., ::-1], rgb_photons, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(spec_e, rgb_e, rtol=1e-6, atol=1e-9)
 
