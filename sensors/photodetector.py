@@ -110,6 +110,7 @@ DEFAULT_POISSON_GAUSSIAN_ABOVE = 1e4
 PRNU_TAG, DSNU_TAG, ROW_OFFSET_TAG, COL_OFFSET_TAG, ROW_GAIN_TAG, COL_GAIN_TAG, DCNU_TAG = range(7)
 
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
+PositiveNm = Annotated[float, Field(gt=0)]
 CFA = Literal["RGGB", "BGGR", "GRBG", "GBRG", "RGBW", "mono", "stacked"]
 
 
@@ -437,10 +438,10 @@ class PhotodetectorStage(Stage):
         qe_csv_path: str | None = param(
             None, doc="qe_curves: csv: columns wavelength_nm, R, G, B (W optional).", path=True
         )
-        filter_centre_nm: tuple[float, float, float] = param(
+        filter_centre_nm: tuple[PositiveNm, PositiveNm, PositiveNm] = param(
             (610.0, 550.0, 465.0), unit="nm", doc="qe_curves: gaussian: R, G, B filter centres."
         )
-        filter_fwhm_nm: tuple[float, float, float] = param(
+        filter_fwhm_nm: tuple[PositiveNm, PositiveNm, PositiveNm] = param(
             (100.0, 100.0, 100.0), unit="nm", doc="qe_curves: gaussian: R, G, B filter FWHM."
         )
         ir_cut_nm: float | None = param(

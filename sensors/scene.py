@@ -429,7 +429,8 @@ class SceneStage(Stage):
                 return check_bands(p.bands_nm)
             return band_grid(*p.band_range_nm)
         except ValueError as err:
-            raise StageError(str(err), key="bands_nm" if p.bands_nm else "band_range_nm") from None
+            key = "band_range_nm" if p.bands_nm is None else "bands_nm"
+            raise StageError(str(err), key=key) from None
 
     @staticmethod
     def _spectra_call(function: Callable[..., _T], key: str, *args: object) -> _T:

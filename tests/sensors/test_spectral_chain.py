@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from pipeline.stage import Batch, SignalInfo, Unit
+from pipeline.stage import Batch, SignalInfo, StageError, Unit
 from sensors import psf, spectral
 from sensors.optics import OpticsStage
 from sensors.photodetector import PhotodetectorStage
@@ -227,3 +227,43 @@ def test_chromatic_defocus_gives_each_band_its_disk():
         r = disk.shape[0] // 2
         np.testing.assert_allclose(response[16 - r : 17 + r, 16 - r : 17 + r], disk, atol=1e-7)
         assert response.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_lux_mode_sends_the_camera_equations_photons_over_all_bands():
+    """RGB: the channels share the camera equation's photons; spectral: the bands do."""
+    white = np.full((1, 2, 2, 3), 65535, dtype=np.uint16)
+    lux = {"illuminance_lux": 200.0, "exposure_s": 0.01, "f_number": 2.8, "pixel_pitch_um": 3.0}
+    (rgb,), _ = run_chain(white, [(SceneStage, lux)])
+    (bands,), _ = run_chain(white, [(SceneStage, {**lux, "spectral": "recover"})])
+    total = rgb[0, 0, 0].astype(np.float64).sum()
+    assert bands[0, 0, 0].astype(np.float64).sum() == pytest.approx(total, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("stage", "params", "key", "fragment"),
+    [
+        (SceneStage, {"illuminant": "D66"}, "illuminant", "did you mean 'D65'"),
+        (SceneStage, {"illuminant": "FL2", "band_range_nm": (360, 700, 10)}, "illuminant", "380"),
+        (SceneStage, {"band_range_nm": (700, 400, 10)}, "band_range_nm", "start <= stop"),
+        (SceneStage, {"bands_nm": ()}, "bands_nm", "1 to 1000 wavelengths"),
+        (SceneStage, {"bands_nm": (500, 450)}, "bands_nm", "strictly increasing"),
+        (SceneStage, {"band_fractions": (0.5, 0.25, 0.25)}, "band_fractions", "illuminant"),
+        (SceneStage, {"spectral": "colorchecker", "chart": "ISO"}, "chart", "ColorChecker"),
+        (SceneStage, {"spectral": "cube"}, "cube_path", "needs cube_path"),
+        (PhotodetectorStage, {"qe_curves": "camera", "camera": "Canon"}, "camera", "unknown"),
+        (PhotodetectorStage, {"qe_curves": "csv"}, "qe_csv_path", "needs a file"),
+    ],
+)
+def test_spectral_parameter_errors_name_the_key(stage, params, key, fragment):
+    scene = {"spectral": "recover"}
+    stages = (
+        [(SceneStage, {**scene, **params})]
+        if stage is SceneStage
+        else [
+            (SceneStage, scene),
+            (stage, params),
+        ]
+    )
+    with pytest.raises(StageError) as err:
+        run_chain(grey_images(1, 4), stages)
+    assert err.value.key == key and fragment in str(err.value), str(err.value)
