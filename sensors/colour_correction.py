@@ -24,6 +24,7 @@ Appl. 30(1), 2005.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -60,8 +61,14 @@ def chart_xyz(illuminant: str, chart: str = "BabelColor Average") -> tuple[np.nd
 
     Returns
     -------
-    ((24, 3) XYZ of the patches, (3,) XYZ of the perfect white reflector).
+    ((24, 3) XYZ of the patches, (3,) XYZ of the perfect white reflector), new arrays.
     """
+    xyz, white = _chart_xyz(illuminant, chart)
+    return xyz.copy(), white.copy()
+
+
+@functools.lru_cache(maxsize=32)
+def _chart_xyz(illuminant: str, chart: str) -> tuple[np.ndarray, np.ndarray]:
     import colour
 
     light = colour.SDS_ILLUMINANTS[illuminant]

@@ -267,3 +267,11 @@ def test_spectral_parameter_errors_name_the_key(stage, params, key, fragment):
     with pytest.raises(StageError) as err:
         run_chain(grey_images(1, 4), stages)
     assert err.value.key == key and fragment in str(err.value), str(err.value)
+
+
+def test_spectral_photons_need_one_band_per_wavelength():
+    info = SignalInfo(
+        Unit.PHOTONS, (4, 4, 3), np.float32, {"spectral": True, "wavelength_nm": (500.0, 600.0)}
+    )
+    with pytest.raises(StageError, match="one band per wavelength"):
+        PhotodetectorStage().setup(info)
