@@ -459,9 +459,10 @@ class PhotodetectorStage(Stage):
         if len(info.shape) != 3 or (info.shape[2] != 3 and not is_spectral):
             raise StageError(f"photodetector takes (H, W, 3) photons (R, G, B), got {info.shape}")
         if is_spectral and len(info.attr("wavelength_nm") or ()) != info.shape[2]:
+            bands = len(info.attr("wavelength_nm") or ())
             raise StageError(
-                f"spectral photons with {info.shape[2]} channels for the wavelengths "
-                f"{info.attr('wavelength_nm')}: need one band per wavelength"
+                f"spectral photons with {info.shape[2]} channels for {bands} wavelengths: "
+                "need one band per wavelength"
             )
         problem = noise.check_shape(p.read_noise_dist, p.read_noise_shape)
         if problem:
