@@ -325,6 +325,25 @@ def _gain(pattern: np.ndarray) -> np.ndarray:
     return np.maximum(1.0 + pattern, 0.0)
 
 
+#: Parameters that only spectral input reads.
+_SPECTRAL_KEYS = (
+    "qe_curves",
+    "camera",
+    "qe_csv_path",
+    "filter_centre_nm",
+    "filter_fwhm_nm",
+    "ir_cut_nm",
+    "ir_cut_edge_nm",
+)
+
+
+def _refuse_changed(params: StageParams, keys: tuple[str, ...], needs: str) -> None:
+    """StageError on the first of ``keys`` set away from its default: it would be unused."""
+    for key in keys:
+        if getattr(params, key) != type(params).model_fields[key].default:
+            raise StageError(f"only read with {needs}; this chain would ignore it", key=key)
+
+
 def _exposure_s(own_s: float | None, scene_s: float | None) -> float:
     """The one exposure time, s: the scene's, else this stage's, else the default.
 
@@ -458,12 +477,14 @@ class PhotodetectorStage(Stage):
         is_spectral = bool(info.attr("spectral", False))
         if len(info.shape) != 3 or (info.shape[2] != 3 and not is_spectral):
             raise StageError(f"photodetector takes (H, W, 3) photons (R, G, B), got {info.shape}")
-        if is_spectral and len(info.attr("wavelength_nm") or ()) != info.shape[2]:
-            bands = len(info.attr("wavelength_nm") or ())
+        bands = len(info.attr("wavelength_nm") or ())
+        if is_spectral and bands != info.shape[2]:
             raise StageError(
                 f"spectral photons with {info.shape[2]} channels for {bands} wavelengths: "
                 "need one band per wavelength"
             )
+        if not is_spectral:
+            _refuse_changed(p, _SPECTRAL_KEYS, "spectral photons (a scene with spectral: ...)")
         problem = noise.check_shape(p.read_noise_dist, p.read_noise_shape)
         if problem:
             raise StageError(problem, key="read_noise_shape")

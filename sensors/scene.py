@@ -172,6 +172,18 @@ def upsample_photons(photons: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
+#: Parameters that only a spectral scene reads.
+_SPECTRAL_KEYS = (
+    "recovery",
+    "illuminant",
+    "band_range_nm",
+    "bands_nm",
+    "chart",
+    "chart_patch_px",
+    "cube_path",
+    "cube_wavelengths_nm",
+)
+
 # The most photons per sensor pixel and channel a scene may give: far above any pixel's
 # full well (1e4–1e6 e-), far below float32's range (3.4e38) after any later gain.
 MAX_PHOTONS_PER_PX = 1e12
@@ -365,7 +377,9 @@ class SceneStage(Stage):
             attrs["photons_at_white"] = self._photons_per_sensor_px
         channels, self._channel_scale = 3, 1.0
         self._recovery = self._chart = self._cube = None
-        if p.spectral != "off":
+        if p.spectral == "off":
+            self._refuse_spectral_keys()
+        else:
             bands, (height, width) = self._setup_spectral(height, width)
             channels, self._channel_scale = len(bands), len(bands) / 3.0
             attrs |= {
@@ -421,6 +435,16 @@ class SceneStage(Stage):
             self._chart = np.repeat(np.repeat(chart, side, axis=0), side, axis=1).astype(np.float32)
             height, width = self._chart.shape[:2]
         return bands, (height, width)
+
+    def _refuse_spectral_keys(self) -> None:
+        """StageError for a spectral parameter set while ``spectral`` is off (unused)."""
+        p = self.params
+        for key in _SPECTRAL_KEYS:
+            if getattr(p, key) != self.Params.model_fields[key].default:
+                raise StageError(
+                    "only read by a spectral scene; set spectral: recover, colorchecker or cube",
+                    key=key,
+                )
 
     def _band_grid(self) -> np.ndarray:
         p = self.params

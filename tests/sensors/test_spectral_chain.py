@@ -275,3 +275,20 @@ def test_spectral_photons_need_one_band_per_wavelength():
     )
     with pytest.raises(StageError, match="one band per wavelength"):
         PhotodetectorStage().setup(info)
+
+
+@pytest.mark.parametrize(
+    ("stage", "key", "value"),
+    [
+        (SceneStage, "illuminant", "A"),
+        (SceneStage, "band_range_nm", (400.0, 700.0, 5.0)),
+        (PhotodetectorStage, "qe_curves", "camera"),
+        (PhotodetectorStage, "ir_cut_nm", 650.0),
+    ],
+)
+def test_spectral_parameters_on_an_rgb_chain_are_refused_not_ignored(stage, key, value):
+    stages = [(SceneStage, {}), (PhotodetectorStage, {})]
+    stages[0 if stage is SceneStage else 1] = (stage, {key: value})
+    with pytest.raises(StageError, match="only read") as err:
+        run_chain(grey_images(1, 4), stages)
+    assert err.value.key == key
