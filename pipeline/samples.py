@@ -69,6 +69,8 @@ def display_image(
     moiré; the average is taken in linear light.
     """
     x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 3 and read_attr(attrs, "spectral"):
+        x = spectral_display_rgb(x, read_attr(attrs, "wavelength_nm"))
     srgb8 = unit == "image" and read_attr(attrs, "encoding") == "srgb8"
     if srgb8:
         x = x / 255.0
@@ -87,6 +89,21 @@ def display_image(
     if f > 1:
         rgb = _block_sum(rgb, f) / _block_sum(weight, f)
     return np.clip(rgb if srgb8 else linear_to_srgb(rgb), 0.0, 1.0)
+
+
+#: Display only: the bands a spectral panel averages into its blue, green and red, nm.
+SPECTRAL_DISPLAY_EDGES_NM = (490.0, 590.0)
+
+
+def spectral_display_rgb(x: np.ndarray, wavelength_nm: Sequence[float]) -> np.ndarray:
+    """(H, W, B) photons per band → (H, W, 3) for display: the mean of the bands at
+    ≥ 590 nm (red), 490–590 nm (green) and < 490 nm (blue); a missing range is black.
+    A picture of where the light is, not a colorimetric rendering."""
+    bands = np.asarray(wavelength_nm, dtype=np.float64)
+    blue_end, red_start = SPECTRAL_DISPLAY_EDGES_NM
+    groups = (bands >= red_start, (bands >= blue_end) & (bands < red_start), bands < blue_end)
+    planes = [x[..., g].mean(axis=-1) if g.any() else np.zeros(x.shape[:-1]) for g in groups]
+    return np.stack(planes, axis=-1)
 
 
 def _linear(x: np.ndarray, unit: str, attrs: Mapping[str, Any]) -> np.ndarray:

@@ -139,7 +139,21 @@ SIGNAL_ATTRS: Mapping[str, SignalAttr] = MappingProxyType(
                 "wavelength_nm",
                 "nm",
                 "scene",
-                "Centre wavelengths of the R, G, B bands; the optics' Airy PSF per channel.",
+                "Centre wavelengths of the channels: the R, G, B bands, or the spectral "
+                "bands when spectral is set; the optics' PSFs per channel.",
+            ),
+            SignalAttr(
+                "spectral",
+                "",
+                "scene (spectral modes)",
+                "True: the channels are spectral bands centred on wavelength_nm, photons per "
+                "band; the photodetector integrates them with its QE curves.",
+            ),
+            SignalAttr(
+                "illuminant",
+                "",
+                "scene (spectral modes)",
+                "Name of the light's spectrum (a colour.SDS_ILLUMINANTS key or flat_photons).",
             ),
             SignalAttr(
                 "exposure_s",

@@ -479,6 +479,15 @@ class OpticsStage(Stage):
         )
         sigma_px: float = param(0.7, unit="px", doc="Gaussian PSF standard deviation.", ge=0)
         defocus_radius_px: float = param(1.0, unit="px", doc="Defocus blur disk radius.", ge=0)
+        chromatic_defocus_px_per_nm: float = param(
+            0.0,
+            unit="px/nm",
+            doc="Defocus: blur-disk radius change per nm away from focus_wavelength_nm "
+            "(longitudinal chromatic aberration; each channel at its wavelength).",
+        )
+        focus_wavelength_nm: float = param(
+            550.0, unit="nm", doc="Defocus: the wavelength whose blur is defocus_radius_px.", gt=0
+        )
         kernel_path: str | None = param(
             None,
             doc="User PSF: a .npy file, (h, w) or (h, w, C); normalised to sum 1.",
@@ -532,10 +541,13 @@ class OpticsStage(Stage):
         if p.psf in ("gaussian", "gaussian_point"):
             self._gaussian(p.psf == "gaussian")
         elif p.psf == "defocus":
-            _check_radius(defocus_radius_of_kernel_px(p.defocus_radius_px), "defocus_radius_px")
-            self._kernel = defocus_psf(p.defocus_radius_px)
-            if p.psf_radius_px is not None:
-                self._kernel = _recrop(self._kernel, p.psf_radius_px)
+            radii = self._defocus_radii_px(info, channels)
+            _check_radius(defocus_radius_of_kernel_px(max(radii)), "defocus_radius_px")
+            reach = p.psf_radius_px
+            if reach is None:
+                reach = max(defocus_radius_of_kernel_px(r) for r in radii)
+            kernels = [_recrop(defocus_psf(r), reach) for r in radii]
+            self._kernel = kernels[0] if len(radii) == 1 else np.stack(kernels)
         elif p.psf == "kernel":
             if p.kernel_path is None:
                 raise StageError("psf: kernel needs kernel_path (a .npy file)", key="kernel_path")
@@ -559,6 +571,21 @@ class OpticsStage(Stage):
             self._kernel = np.outer(k1, k1)
         else:
             self._kernel1d = k1
+
+    def _defocus_radii_px(self, info: SignalInfo, channels: int) -> list[float]:
+        """The blur-disk radius of every channel, px: one value without chromatic defocus,
+        else |r + k·(λ_c − λ_focus)| at each channel's wavelength (the scene's)."""
+        p = self.params
+        if p.chromatic_defocus_px_per_nm == 0:
+            return [p.defocus_radius_px]
+        wavelengths = info.attr("wavelength_nm")
+        if wavelengths is None or len(wavelengths) != channels:
+            raise StageError(
+                f"chromatic defocus needs one wavelength per channel ({channels}) from the scene",
+                key="chromatic_defocus_px_per_nm",
+            )
+        slope, focus = p.chromatic_defocus_px_per_nm, p.focus_wavelength_nm
+        return [abs(p.defocus_radius_px + slope * (w - focus)) for w in wavelengths]
 
     def _lambda_n_px(self, info: SignalInfo, channels: int) -> list[float]:
         """λ·N in pixels for each channel, from this stage's parameters or the scene's."""

@@ -34,6 +34,13 @@ with its own row and column patterns). A ``W`` (panchromatic) pixel has no colou
 filter: it collects the photons of all three channels, ``λ = QE_W · (R + G + B)``; a
 ``mono`` sensor is all W pixels.
 
+Spectral input (the scene's ``spectral`` attr: photons per band at ``wavelength_nm``):
+each photosite's channel has a spectral QE curve (``qe_curves``: Gaussian filters,
+colour-science's measured camera sensitivities or a CSV, optional IR-cut filter;
+:mod:`sensors.spectral`), and ``photons(channel of x)`` above becomes the integral
+``Σ_b QE_ch(λ_b) · photons_b`` (then ``QE`` in the mean is 1). The bands are integrated
+per batch before any noise is drawn, so the noise path is the same as for RGB input.
+
 References
 ----------
 EMVA Standard 1288, Release 4.0 Linear (2021), section 2: the linear sensor model
@@ -55,7 +62,7 @@ from numpy.typing import ArrayLike
 from pydantic import Field
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
-from sensors import noise
+from sensors import noise, spectral
 
 __all__ = [
     "CFA_TILES",
@@ -63,6 +70,7 @@ __all__ = [
     "PhotodetectorStage",
     "cfa_weights",
     "channel_map",
+    "channel_selector",
     "expected_electrons",
     "fixed_pattern",
     "line_pattern",
@@ -102,6 +110,7 @@ DEFAULT_POISSON_GAUSSIAN_ABOVE = 1e4
 PRNU_TAG, DSNU_TAG, ROW_OFFSET_TAG, COL_OFFSET_TAG, ROW_GAIN_TAG, COL_GAIN_TAG, DCNU_TAG = range(7)
 
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
+PositiveNm = Annotated[float, Field(gt=0)]
 CFA = Literal["RGGB", "BGGR", "GRBG", "GBRG", "RGBW", "mono", "stacked"]
 
 
@@ -156,6 +165,21 @@ def cfa_weights(
         weights[..., c] = np.where(letters == letter, qe_rgb[c], 0.0)
     weights[letters == "W"] = qe_w
     return weights
+
+
+def channel_selector(cfa: str, shape: tuple[int, int]) -> np.ndarray:
+    """Which spectral QE curve each photosite has, as one-hot weights.
+
+    Returns
+    -------
+    ``(H, W, 4)`` float64 over the curves R, G, B, W (:data:`sensors.spectral.CURVE_CHANNELS`)
+    for a mosaic, ``(H, W, 3)`` ones for ``stacked`` (each layer its own curve).
+    """
+    h, w = shape
+    if cfa == "stacked":
+        return np.ones((h, w, 3))
+    letters = channel_map(cfa, shape)
+    return np.stack([letters == c for c in spectral.CURVE_CHANNELS], axis=-1).astype(np.float64)
 
 
 def expected_electrons(
@@ -301,6 +325,25 @@ def _gain(pattern: np.ndarray) -> np.ndarray:
     return np.maximum(1.0 + pattern, 0.0)
 
 
+#: Parameters that only spectral input reads.
+_SPECTRAL_KEYS = (
+    "qe_curves",
+    "camera",
+    "qe_csv_path",
+    "filter_centre_nm",
+    "filter_fwhm_nm",
+    "ir_cut_nm",
+    "ir_cut_edge_nm",
+)
+
+
+def _refuse_changed(params: StageParams, keys: tuple[str, ...], needs: str) -> None:
+    """StageError on the first of ``keys`` set away from its default: it would be unused."""
+    for key in keys:
+        if getattr(params, key) != type(params).model_fields[key].default:
+            raise StageError(f"only read with {needs}; this chain would ignore it", key=key)
+
+
 def _exposure_s(own_s: float | None, scene_s: float | None) -> float:
     """The one exposure time, s: the scene's, else this stage's, else the default.
 
@@ -347,7 +390,10 @@ class PhotodetectorStage(Stage):
             "RGGB", doc="Colour filter array: RGGB, BGGR, GRBG, GBRG, RGBW, mono, stacked."
         )
         qe: Fraction01 | tuple[Fraction01, Fraction01, Fraction01] = param(
-            0.6, unit="e-/photon", doc="Quantum efficiency of R, G, B pixels (one value or three)."
+            0.6,
+            unit="e-/photon",
+            doc="Quantum efficiency of R, G, B pixels (one value or three); spectral input: "
+            "the Gaussian filters' peaks or the camera curves' scale.",
         )
         qe_w: Fraction01 = param(
             0.6, unit="e-/photon", doc="Quantum efficiency of panchromatic (W, mono) pixels."
@@ -400,13 +446,45 @@ class PhotodetectorStage(Stage):
             gt=0,
         )
         output_dtype: Literal["float32", "float64"] = param("float32", doc="Output dtype.")
+        qe_curves: Literal["gaussian", "camera", "csv"] = param(
+            "gaussian",
+            doc="Spectral input: QE curves from Gaussian filters (peak qe), colour-science's "
+            "camera sensitivities (scaled by qe) or a CSV (absolute QE).",
+        )
+        camera: str = param(
+            "Nikon 5100 (NPL)", doc="qe_curves: camera: a colour.MSDS_CAMERA_SENSITIVITIES name."
+        )
+        qe_csv_path: str | None = param(
+            None, doc="qe_curves: csv: columns wavelength_nm, R, G, B (W optional).", path=True
+        )
+        filter_centre_nm: tuple[PositiveNm, PositiveNm, PositiveNm] = param(
+            (610.0, 550.0, 465.0), unit="nm", doc="qe_curves: gaussian: R, G, B filter centres."
+        )
+        filter_fwhm_nm: tuple[PositiveNm, PositiveNm, PositiveNm] = param(
+            (100.0, 100.0, 100.0), unit="nm", doc="qe_curves: gaussian: R, G, B filter FWHM."
+        )
+        ir_cut_nm: float | None = param(
+            None, unit="nm", doc="Spectral input: IR-cut filter's 50 % wavelength (none).", gt=0
+        )
+        ir_cut_edge_nm: float = param(
+            20.0, unit="nm", doc="IR-cut filter: 90 % → 10 % transition width (0: a step).", ge=0
+        )
 
     def setup(self, info: SignalInfo) -> SignalInfo:
         p = self.params
         if info.unit != Unit.PHOTONS:
             raise StageError(f"photodetector takes photons, got {info.unit}")
-        if len(info.shape) != 3 or info.shape[2] != 3:
+        is_spectral = bool(info.attr("spectral", False))
+        if len(info.shape) != 3 or (info.shape[2] != 3 and not is_spectral):
             raise StageError(f"photodetector takes (H, W, 3) photons (R, G, B), got {info.shape}")
+        bands = len(info.attr("wavelength_nm") or ())
+        if is_spectral and bands != info.shape[2]:
+            raise StageError(
+                f"spectral photons with {info.shape[2]} channels for {bands} wavelengths: "
+                "need one band per wavelength"
+            )
+        if not is_spectral:
+            _refuse_changed(p, _SPECTRAL_KEYS, "spectral photons (a scene with spectral: ...)")
         problem = noise.check_shape(p.read_noise_dist, p.read_noise_shape)
         if problem:
             raise StageError(problem, key="read_noise_shape")
@@ -422,6 +500,10 @@ class PhotodetectorStage(Stage):
             dsnu_rng=self.pattern_rng(DSNU_TAG),
         )
         self._weights = cfa_weights(p.cfa, (h, w), qe=p.qe, qe_w=p.qe_w)
+        self._curves = None  # spectral input: (K, B) QE curves, K = 4 (mosaic) or 3
+        if is_spectral:
+            self._curves = self._qe_curves(info.attr("wavelength_nm"), stacked)
+            self._weights = channel_selector(p.cfa, (h, w))
         if gain is not None:
             self._weights *= gain if stacked else gain[..., None]
         for along, pct, tag in (
@@ -433,13 +515,36 @@ class PhotodetectorStage(Stage):
                 self._weights *= line if stacked else line[..., None]
         self._dark_e = self._dark_electrons(pattern_shape)
         self._offsets = self._offset_pattern(pattern_shape)
-        attrs = {k: v for k, v in info.attrs.items() if k != "cfa_tile"}
+        # after integration the channels are the photosites' colours, no longer bands
+        dropped = {"cfa_tile", "spectral", "wavelength_nm"} if is_spectral else {"cfa_tile"}
+        attrs = {k: v for k, v in info.attrs.items() if k not in dropped}
         attrs |= {"cfa": p.cfa, "full_well_e": p.full_well_e, "exposure_s": self._exposure_s}
         if not stacked:
             attrs["cfa_tile"] = CFA_TILES[p.cfa]
         self._out_shape = pattern_shape
         self._dtype = np.dtype(p.output_dtype)
         return SignalInfo(Unit.ELECTRONS, pattern_shape, self._dtype, attrs)
+
+    def _qe_curves(self, bands_nm: tuple[float, ...], stacked: bool) -> np.ndarray:
+        """Spectral QE of R, G, B, W (or R, G, B for stacked) on the signal's bands."""
+        p = self.params
+        try:
+            curves = spectral.qe_curves(
+                p.qe_curves,
+                bands_nm,
+                qe=p.qe,
+                qe_w=p.qe_w,
+                camera=p.camera,
+                csv_path=p.qe_csv_path,
+                centre_nm=p.filter_centre_nm,
+                fwhm_nm=p.filter_fwhm_nm,
+                ir_cut_nm=p.ir_cut_nm,
+                ir_cut_edge_nm=p.ir_cut_edge_nm,
+            )
+        except ValueError as err:
+            key = {"camera": "camera", "csv": "qe_csv_path"}.get(p.qe_curves, "filter_fwhm_nm")
+            raise StageError(str(err), key=key) from None
+        return curves[:3] if stacked else curves
 
     def _dark_electrons(self, shape: tuple[int, ...]) -> float | np.ndarray:
         """Mean dark electrons ``D·t``, or per pixel ``D·t·(1 + DCNU·d(x))`` (d ~ N(0, 1))."""
@@ -465,6 +570,8 @@ class PhotodetectorStage(Stage):
 
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
         p = self.params
+        if self._curves is not None:  # spectral: Σ_b QE(λ_b)·photons_b per channel, no noise yet
+            x = spectral.integrate_bands(x, self._curves)
         lam = _mean_electrons(x, self._weights, stacked=p.cfa == "stacked", dark_e=self._dark_e)
         if np.isnan(lam).any():
             raise StageError("photodetector input contains NaN")

@@ -20,16 +20,36 @@ Each channel's value is the photon count in that channel's band: a white pixel
 sends the same photon count in R, G and B. In lux mode the camera equation gives the
 photons of all the light; ``band_fractions`` (default a third each) shares them among
 the R, G and B bands, so R + G + B is what the camera equation allows.
+
+Spectral scenes (``spectral``, default ``off``: the three RGB channels above) give
+photons per band on a wavelength grid (``band_range_nm``, default 400–700 nm in 10 nm
+steps, or ``bands_nm``), (N, H, W, B), with the ``spectral`` attr set:
+
+* ``recover``: each pixel's linear RGB becomes a reflectance spectrum by colour's
+  ``recovery`` method (:mod:`sensors.spectra`), lit by ``illuminant``;
+* ``colorchecker``: a 4 × 6 chart of colour's ColorChecker reflectances (``chart``),
+  ``chart_patch_px`` per patch side, under ``illuminant``, for every dataset image;
+* ``cube``: a user's hyperspectral cube file (:mod:`sensors.cube`) under ``illuminant``.
+
+The light is the same as the RGB scene's: a white surface sends ``3 ×`` the photons of
+one RGB channel over all bands (the three channels' worth), shared among the bands by
+the illuminant's photon spectrum; ``mean_photons`` likewise fixes each image's mean of
+``Σ_b photons / 3`` per pixel. Under ``flat_photons`` on the three RGB wavelengths a
+grey image gives the RGB scene's photons in each band.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 import numpy as np
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
+from sensors import spectra
 from sensors.colour import srgb_to_linear
+from sensors.cube import open_cube
+from sensors.spectral import DEFAULT_BAND_RANGE_NM, band_grid, check_bands
 
 __all__ = [
     "PLANCK_J_S",
@@ -42,7 +62,8 @@ __all__ = [
 
 PLANCK_J_S = 6.62607015e-34  # exact (SI 2019)
 SPEED_OF_LIGHT_M_PER_S = 299_792_458.0  # exact
-MAX_LUMINOUS_EFFICACY_LM_PER_W = 683.0  # at 555 nm (540 THz), by definition of the candela
+MAX_LUMINOUS_EFFICACY_LM_PER_W = 683.0
+_T = TypeVar("_T")  # at 555 nm (540 THz), by definition of the candela
 
 _ENCODING_OF_ATTR = {"srgb8": "srgb", "linear16": "linear", "float": "linear"}
 _INTEGER_FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -151,6 +172,18 @@ def upsample_photons(photons: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
+#: Parameters that only a spectral scene reads.
+_SPECTRAL_KEYS = (
+    "recovery",
+    "illuminant",
+    "band_range_nm",
+    "bands_nm",
+    "chart",
+    "chart_patch_px",
+    "cube_path",
+    "cube_wavelengths_nm",
+)
+
 # The most photons per sensor pixel and channel a scene may give: far above any pixel's
 # full well (1e4–1e6 e-), far below float32's range (3.4e38) after any later gain.
 MAX_PHOTONS_PER_PX = 1e12
@@ -227,6 +260,43 @@ class SceneStage(Stage):
             doc="Sensor pixels per image pixel along each axis (area-preserving upsampling).",
             ge=1,
             le=16,
+        )
+        spectral: Literal["off", "recover", "colorchecker", "cube"] = param(
+            "off",
+            doc="Spectral scene: off (R, G, B channels), recover (RGB → spectrum per pixel), "
+            "colorchecker (the 24-patch chart) or cube (a hyperspectral file).",
+        )
+        recovery: Literal["mallett2019", "smits1999"] = param(
+            "mallett2019", doc="spectral: recover: colour-science's RGB → reflectance method."
+        )
+        illuminant: str = param(
+            "D65",
+            doc="Spectral: a colour.SDS_ILLUMINANTS name (D65, A, E, FL2, LED-B1, ...) or "
+            "flat_photons (equal photons per band).",
+        )
+        band_range_nm: tuple[float, float, float] = param(
+            DEFAULT_BAND_RANGE_NM,
+            unit="nm",
+            doc="Spectral: band centres from, to (inclusive), step.",
+        )
+        bands_nm: tuple[float, ...] | None = param(
+            None, unit="nm", doc="Spectral: explicit band centres (instead of band_range_nm)."
+        )
+        chart: str = param(
+            "BabelColor Average",
+            doc="spectral: colorchecker: a colour.SDS_COLOURCHECKERS data set.",
+        )
+        chart_patch_px: int = param(
+            8, unit="px", doc="spectral: colorchecker: side of one patch.", ge=1, le=256
+        )
+        cube_path: str | None = param(
+            None,
+            doc="spectral: cube: .npz (cube, wavelengths_nm) or .npy cube, (H, W, B) or "
+            "(N, H, W, B) reflectance.",
+            path=True,
+        )
+        cube_wavelengths_nm: tuple[float, ...] | None = param(
+            None, unit="nm", doc="spectral: cube: band centres of a .npy cube."
         )
 
     DEFAULT_MEAN_PHOTONS = 1000.0
@@ -305,12 +375,94 @@ class SceneStage(Stage):
                 attrs[key] = float(getattr(p, key))
         if self._mode != "mean_photons":
             attrs["photons_at_white"] = self._photons_per_sensor_px
+        channels, self._channel_scale = 3, 1.0
+        self._recovery = self._chart = self._cube = None
+        if p.spectral == "off":
+            self._refuse_spectral_keys()
+        else:
+            bands, (height, width) = self._setup_spectral(height, width)
+            channels, self._channel_scale = len(bands), len(bands) / 3.0
+            attrs |= {
+                "wavelength_nm": tuple(float(w) for w in bands),
+                "spectral": True,
+                "illuminant": p.illuminant,
+            }
         return info.evolve(
             unit=Unit.PHOTONS,
-            shape=(height * k, width * k, 3),
+            shape=(height * k, width * k, channels),
             dtype=np.dtype(np.float32),
             attrs=attrs,
         )
+
+    def _setup_spectral(self, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """Band grid, white spectrum and the spectral source; returns (bands, (H, W))."""
+        p = self.params
+        if p.band_fractions != self.Params.model_fields["band_fractions"].default:
+            raise StageError(
+                "band_fractions shares light among R, G, B; a spectral scene shares it "
+                "among bands by the illuminant",
+                key="band_fractions",
+            )
+        if p.spectral == "cube":
+            if p.cube_path is None:
+                raise StageError("spectral: cube needs cube_path (.npz or .npy)", key="cube_path")
+            for key in ("bands_nm", "band_range_nm"):
+                if getattr(p, key) != self.Params.model_fields[key].default:
+                    raise StageError("a cube's bands are its wavelengths; drop this", key=key)
+            try:
+                self._cube = open_cube(p.cube_path, p.cube_wavelengths_nm)
+            except ValueError as err:
+                raise StageError(str(err), key="cube_path") from None
+            bands = self._cube.wavelengths_nm
+            height, width = self._cube.image_shape[:2]
+        else:
+            bands = self._band_grid()
+        white = self._spectra_call(spectra.illuminant_photons, "illuminant", p.illuminant, bands)
+        if not (white.sum() > 0 and (white >= 0).all()):
+            raise StageError(
+                f"illuminant {p.illuminant!r} has no light in the bands", key="illuminant"
+            )
+        # a white surface: the photons of the RGB scene's three channels, shared by band
+        self._white = (white * (3.0 / white.sum())).astype(np.float32)
+        if p.spectral == "recover":
+            self._recovery = self._spectra_call(spectra.recovery, "recovery", p.recovery, bands)
+        elif p.spectral == "colorchecker":
+            reflectances, _ = self._spectra_call(
+                spectra.colourchecker_reflectances, "chart", p.chart, bands
+            )
+            side = p.chart_patch_px
+            chart = reflectances.reshape(4, 6, len(bands)) * self._white
+            self._chart = np.repeat(np.repeat(chart, side, axis=0), side, axis=1).astype(np.float32)
+            height, width = self._chart.shape[:2]
+        return bands, (height, width)
+
+    def _refuse_spectral_keys(self) -> None:
+        """StageError for a spectral parameter set while ``spectral`` is off (unused)."""
+        p = self.params
+        for key in _SPECTRAL_KEYS:
+            if getattr(p, key) != self.Params.model_fields[key].default:
+                raise StageError(
+                    "only read by a spectral scene; set spectral: recover, colorchecker or cube",
+                    key=key,
+                )
+
+    def _band_grid(self) -> np.ndarray:
+        p = self.params
+        try:
+            if p.bands_nm is not None:
+                return check_bands(p.bands_nm)
+            return band_grid(*p.band_range_nm)
+        except ValueError as err:
+            key = "band_range_nm" if p.bands_nm is None else "bands_nm"
+            raise StageError(str(err), key=key) from None
+
+    @staticmethod
+    def _spectra_call(function: Callable[..., _T], key: str, *args: object) -> _T:
+        """``function(*args)`` with its ValueError as a StageError on ``key``."""
+        try:
+            return function(*args)
+        except ValueError as err:
+            raise StageError(str(err), key=key) from None
 
     def _resolve_encoding(self, info: SignalInfo) -> str:
         if self.params.encoding != "auto":
@@ -327,22 +479,39 @@ class SceneStage(Stage):
         return _ENCODING_OF_ATTR[coded]
 
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            raise StageError("image values contain NaN or infinity", key="dataset")
-        linear = decode_image(x, encoding=self._transfer)
-        if linear.ndim == 3:
-            linear = linear[..., None]
-        if linear.shape[-1] == 1:
-            linear = np.repeat(linear, 3, axis=-1)
+        if self._chart is not None or self._cube is not None:
+            linear = self._stored_spectra(batch)  # the dataset's images give only the count
+        else:
+            if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+                raise StageError("image values contain NaN or infinity", key="dataset")
+            linear = decode_image(x, encoding=self._transfer)
+            if linear.ndim == 3:
+                linear = linear[..., None]
+            if linear.shape[-1] == 1:
+                linear = np.repeat(linear, 3, axis=-1)
+            if self._recovery is not None:  # reflectance per band × the white's photons
+                linear = self._recovery(linear)
+                linear *= self._white
         k = self.params.pixels_per_image_pixel
         # Photons per *image* pixel: k² sensor pixels share it after upsampling.
         per_image_px = self._photons_per_sensor_px * k * k
         if self._mode == "mean_photons":
             means = linear.mean(axis=(1, 2, 3), dtype=np.float64)
+            if self._channel_scale != 1.0:  # spectral: the mean of Σ_b photons / 3
+                means *= self._channel_scale
             scale = np.divide(per_image_px, means, out=np.zeros_like(means), where=means > 0)
             linear *= scale.astype(np.float32)[:, None, None, None]
         else:
             linear *= np.float32(per_image_px)
-            if self._mode == "illuminance_lux":
+            if self._mode == "illuminance_lux" and self.params.spectral == "off":
                 linear *= self._band_weights
         return upsample_photons(linear, k)
+
+    def _stored_spectra(self, batch: Batch) -> np.ndarray:
+        """The chart, or the cube's scenes, as relative photons per band (n, H, W, B)."""
+        if self._chart is not None:
+            return np.repeat(self._chart[None], len(batch), axis=0)
+        try:
+            return self._cube.images(batch.image_index) * self._white
+        except ValueError as err:
+            raise StageError(str(err), key="cube_path") from None

@@ -15,6 +15,7 @@ from pipeline.samples import (
     offset_note,
     prediction_text,
     samples_grid,
+    spectral_display_rgb,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +80,15 @@ def test_negative_values_are_shown_below_a_marked_zero() -> None:
 def test_dn_below_the_black_level_counts_as_negative() -> None:
     dn = np.array([[60, 64], [100, 200]], dtype=np.uint16)
     assert display_levels(dn, "DN", {"black_level_dn": 64})[0] == -4.0
+
+
+def test_a_spectral_panel_shows_long_bands_red_and_short_bands_blue() -> None:
+    bands = (450.0, 550.0, 650.0, 700.0)
+    x = np.zeros((4, 4, 4))
+    x[:2, :, 2:] = 100.0  # light at 650 and 700 nm in the top half
+    x[2:, :, 0] = 100.0  # light at 450 nm in the bottom half
+    attrs = {"spectral": True, "wavelength_nm": bands}
+    np.testing.assert_array_equal(spectral_display_rgb(x, bands)[0, 0], [100.0, 0.0, 0.0])
+    shown = display_image(x, "photons", attrs)
+    assert shown[0, 0, 0] > 0.9 and shown[0, 0, 1:].max() == 0.0
+    assert shown[3, 0, 2] > 0.9 and shown[3, 0, :2].max() == 0.0

@@ -57,6 +57,13 @@ def test_keys_depend_on_seed_stage_and_image():
             "sensor.photodetector.cfa=stacked",
             "sensor.adc.curve=log",
         ],
+        [  # a spectral signal: bands, per-band Airy PSF, camera QE curves
+            "sensor.scene.spectral=recover",
+            "sensor.scene.f_number=4.0",
+            "sensor.scene.pixel_pitch_um=2.0",
+            "sensor.optics.psf=airy",
+            "sensor.photodetector.qe_curves=camera",
+        ],
     ],
 )
 def test_every_attr_the_shipped_stages_set_is_declared(overrides):
