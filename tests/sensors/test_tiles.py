@@ -16,6 +16,7 @@ import pipeline.stage
 from pipeline.stage import THREADS_ENV, Batch, SignalInfo, Unit
 from sensors.adc import ADCStage
 from sensors.curves import quantize
+from sensors.optics import OpticsStage
 from sensors.photodetector import PhotodetectorStage, expected_electrons
 
 H, W = 24, 20
@@ -87,8 +88,8 @@ def test_a_single_tile_image_draws_exactly_the_per_image_stream(monkeypatch):
 
 
 def test_tiles_draw_independent_poisson_counts(monkeypatch):
-    """A flat field of 40 images cut into 12 tiles each: the counts are Poisson(λ) (chi-square against
-    scipy.stats.poisson) and no tile repeats another's draws."""
+    """A flat field of 40 images cut into 12 tiles each: the counts are Poisson(λ)
+    (chi-square against scipy.stats.poisson) and no tile repeats another's draws."""
     monkeypatch.setattr(pipeline.stage, "TILE_ELEMENTS", 2 * W * 3)  # 2 rows of (W, 3)
     pd = {"read_noise_e": 0.0, "prnu_pct": 0.0, "dsnu_e": 0.0, "dark_current_e_per_s": 0.0}
     pd_stage, _, _ = _chain("stacked", pd=pd)
@@ -111,3 +112,17 @@ def test_tiles_draw_independent_poisson_counts(monkeypatch):
     exp = n * np.asarray(cells)
     _, p_value = scipy.stats.chisquare(obs, exp)
     assert p_value > 1e-4, p_value
+
+
+@pytest.mark.parametrize("psf", ["gaussian", "defocus"])  # separable, and a 2-D kernel
+def test_optics_gives_the_same_planes_on_one_thread_and_two(monkeypatch, psf):
+    photons = _photons(9)
+    stage = OpticsStage(OpticsStage.Params(psf=psf, sigma_px=1.2, defocus_radius_px=2.5))
+    stage.setup(SignalInfo(Unit.PHOTONS, (H, W, 3), np.float32))
+    runs = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv(THREADS_ENV, threads)
+        runs.append(stage.process(photons, Batch(np.arange(9))))
+    assert np.array_equal(runs[0], runs[1])
+    # and each image is blurred on its own: the same as a batch of one
+    np.testing.assert_array_equal(stage.process(photons[4:5], Batch(np.arange(1))), runs[0][4:5])
