@@ -204,16 +204,18 @@ def main(argv: list[str] | None = None) -> int:
 
         tree = run_pyxel()  # warm-up, and the outputs compared below
         ours = run_chain(stages, planes)
-        t_pyxel, t_ours = interleaved_pairs(
+        t_pyxel, t_ours, cpu_pyxel, cpu_ours = interleaved_pairs(
             run_pyxel, lambda: run_chain(stages, planes), args.pairs
         )
         tp, to, ratio = pair_summary(t_pyxel, t_ours)
+        cp, co, _ = pair_summary(cpu_pyxel, cpu_ours)
         print(f"{size}×{size} exposure, {args.pairs} interleaved pairs, medians:")
         print(f"  pyxel     {tp * 1e3:7.0f} ms")
         print(f"  sensorlab {to * 1e3:7.0f} ms")
         print(
             f"  ratio {ratio:.1f}× (median of the pairs' ratios; ratio of medians {tp / to:.1f}×)"
         )
+        print(f"  CPU time: pyxel {cp * 1e3:.0f} ms, sensorlab {co * 1e3:.0f} ms (all threads)")
         repeats = max(3, args.pairs // 2)
         print("  sensorlab per stage: " + format_times(stage_times(stages, planes, repeats)))
         models = pyxel_model_times(config, repeats)

@@ -168,17 +168,20 @@ class _StepClock:
 
 def interleaved_pairs(
     fn_ref: Callable[[], object], fn_ours: Callable[[], object], pairs: int
-) -> tuple[list[float], list[float]]:
-    """Times of ``pairs`` interleaved (reference, ours) runs; which runs first alternates,
-    so both see the same machine load."""
-    t_ref, t_ours = [], []
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Wall and process CPU seconds of ``pairs`` interleaved (reference, ours) runs:
+    (wall ref, wall ours, cpu ref, cpu ours). Which runs first alternates, so both see the
+    same machine load. CPU seconds add up all threads: on a loaded machine they show the
+    work done when the wall times mostly show the wait."""
+    wall: tuple[list[float], list[float]] = ([], [])
+    cpu: tuple[list[float], list[float]] = ([], [])
     for k in range(pairs):
-        order = ((fn_ref, t_ref), (fn_ours, t_ours))
-        for fn, times in order if k % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return t_ref, t_ours
+        for side in (0, 1) if k % 2 == 0 else (1, 0):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            (fn_ref, fn_ours)[side]()
+            wall[side].append(time.perf_counter() - start)
+            cpu[side].append(time.process_time() - start_cpu)
+    return wall[0], wall[1], cpu[0], cpu[1]
 
 
 def pair_summary(t_ref: list[float], t_ours: list[float]) -> tuple[float, float, float]:
@@ -248,15 +251,17 @@ def bench_case(n: int, h: int, w: int, pairs: int) -> float:
     index = np.arange(n)
     ours_out = run_chain(stages, photons)  # warm-up, and the outputs compared below
     ref_out = reference(photons, index)
-    t_ref, t_ours = interleaved_pairs(
+    t_ref, t_ours, cpu_ref, cpu_ours = interleaved_pairs(
         lambda: reference(photons, index), lambda: run_chain(stages, photons), pairs
     )
     tr, to, ratio = pair_summary(t_ref, t_ours)
+    cr, co, _ = pair_summary(cpu_ref, cpu_ours)
     mpix = n * h * w / 1e6
     print(f"{n}×{h}×{w} ({mpix:.2f} Mpx), {pairs} interleaved pairs, medians:")
     print(f"  reference {mpix / tr:7.2f} Mpx/s  ({tr * 1e3:.0f} ms)")
     print(f"  sensorlab {mpix / to:7.2f} Mpx/s  ({to * 1e3:.0f} ms)")
     print(f"  ratio {ratio:.2f}× (median of the pairs' ratios; ratio of medians {tr / to:.2f}×)")
+    print(f"  CPU time: reference {cr * 1e3:.0f} ms, sensorlab {co * 1e3:.0f} ms (all threads)")
     repeats = max(3, pairs // 2)
     print("  sensorlab per stage: " + format_times(stage_times(stages, photons, repeats)))
     print("  reference per step:  " + format_times(reference_steps(reference, photons, repeats)))
