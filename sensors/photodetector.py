@@ -235,11 +235,9 @@ def shot_noise(
     float64 counts, same shape as ``mean``.
     """
     lam = np.asarray(mean, dtype=np.float64)
-    if poisson_gaussian_above is None:
+    if poisson_gaussian_above is None or not lam.max(initial=0.0) > poisson_gaussian_above:
         return rng.poisson(lam).astype(np.float64)
     big = lam > poisson_gaussian_above
-    if not big.any():
-        return rng.poisson(lam).astype(np.float64)
     if big.all():
         return lam + np.sqrt(lam) * rng.standard_normal(lam.shape)
     out = np.empty(lam.shape)
