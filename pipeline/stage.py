@@ -4,9 +4,10 @@ A stage is a small object built from validated parameters. It declares the unit
 it takes and the unit it gives, learns the shape of what it will receive before
 any data flows (:meth:`Stage.setup`), and maps one batch to the next
 (:meth:`Stage.process`). It holds no global state; randomness comes from
-generators derived per image (:meth:`Stage.image_rngs`) or per sensor
-(:meth:`Stage.pattern_rng`), never from one stream, so a run gives the same arrays
-bit for bit whatever the batch size or the order in which batches run.
+generators derived per image (:meth:`Stage.image_rngs`), per image tile
+(:meth:`Stage.tile_rng`) or per sensor (:meth:`Stage.pattern_rng`), never from one
+stream, so a run gives the same arrays bit for bit whatever the batch size, the number of
+threads (:meth:`Stage.map_tiles`, :func:`worker_threads`) or the order in which batches run.
 
 A plugin package exposes a stage class through the entry-point group
 ``sensorlab.stages``::
@@ -18,36 +19,61 @@ A plugin package exposes a stage class through the entry-point group
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "SIGNAL_ATTRS",
+    "THREADS_ENV",
+    "TILE_ELEMENTS",
     "Batch",
     "SignalAttr",
     "SignalInfo",
     "Stage",
     "StageError",
     "StageParams",
+    "Tile",
     "Unit",
     "param",
     "read_attr",
+    "run_parallel",
     "signal_attr",
+    "tile_rows",
+    "worker_threads",
 ]
 
 ENTRY_POINT_GROUP = "sensorlab.stages"
 
 # Domain tags in the third place of every seed-sequence key. Image and fixed-pattern keys
 # have the same length (4) and differ in the tag: NumPy's SeedSequence pads shorter
-# entropy with zeros, so keys of different lengths could otherwise coincide.
+# entropy with zeros, so keys of different lengths could otherwise coincide. Tile keys
+# (tiles after an image's first, which uses the image key) have a tag of their own.
 _IMAGE_DOMAIN = 0
 _PATTERN_DOMAIN = 1
+_TILE_DOMAIN = 2
+
+#: The most elements of one image that one generator draws per-pixel noise for. A larger
+#: image is cut into row bands (tiles) of at most this many elements (at least one row),
+#: each with its own generator, so that tiles can be drawn on several threads; an image
+#: of at most this many elements (the 32×32 default, up to 512×512 px for a mosaic) is one
+#: tile whose generator is the image's own (:meth:`Stage.image_rngs`). 2**18 float64
+#: values are 2 MiB: a tile's temporaries stay in cache.
+TILE_ELEMENTS = 1 << 18
+
+#: Environment variable that sets the number of threads stages split their work over.
+THREADS_ENV = "SENSORLAB_THREADS"
+
+_T = TypeVar("_T")
 
 
 class Unit(str, Enum):
@@ -313,6 +339,121 @@ class Batch:
         return len(self.image_index)
 
 
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """One row band of one image of a batch (see :func:`tile_rows`).
+
+    Attributes
+    ----------
+    position : the image's position in the batch.
+    image_key : the image's global index (``Batch.image_index[position]``).
+    number : the tile's number within its image, 0 for the first band.
+    rows : the band's rows of the image.
+    """
+
+    position: int
+    image_key: int
+    number: int
+    rows: slice
+
+
+def tile_rows(shape: Sequence[int]) -> list[slice]:
+    """The row bands that one image of ``shape`` (``(H, W)`` or ``(H, W, C)``) is cut into.
+
+    Each band has ``max(1, TILE_ELEMENTS // (W·C))`` rows (the last one fewer), so an image
+    of at most :data:`TILE_ELEMENTS` elements is a single band. The bands depend on the
+    shape alone: never on the batch size or the number of threads.
+    """
+    height = int(shape[0])
+    per_row = max(1, int(np.prod(shape[1:], dtype=np.int64)))
+    rows = max(1, TILE_ELEMENTS // per_row)
+    return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
+
+
+def worker_threads() -> int:
+    """Threads that :func:`run_parallel` uses: ``SENSORLAB_THREADS`` when it is a positive
+    integer, else the cores this process may run on."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_local = threading.local()
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: start afresh."""
+    global _pool, _pool_size, _pool_lock, _local
+    _pool, _pool_size, _pool_lock, _local = None, 0, threading.Lock(), threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _helpers(count: int) -> ThreadPoolExecutor:
+    """A pool with at least ``count`` threads (made once, grown when asked for more)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < count:
+            old = _pool
+            _pool, _pool_size = ThreadPoolExecutor(count, thread_name_prefix="sensorlab"), count
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
+
+
+def run_parallel(tasks: Sequence[Callable[[], _T]]) -> list[_T]:
+    """Run ``tasks`` on :func:`worker_threads` threads (the caller's among them).
+
+    Threads take the next task in order until none is left, so the split adapts to the
+    load; each task must write only its own output, and then the result does not depend
+    on the number of threads. Inside a task nothing splits further (a nested call runs
+    its tasks in turn). NumPy releases the GIL in its loops and random samplers.
+
+    Returns
+    -------
+    The tasks' results, in task order. The error of the first failed task (in task order)
+    is raised once all have stopped.
+    """
+    tasks = list(tasks)
+    threads = min(worker_threads(), len(tasks))
+    if threads <= 1 or getattr(_local, "inside", False):
+        return [task() for task in tasks]
+    results: list[Any] = [None] * len(tasks)
+    errors: dict[int, BaseException] = {}
+    counter = itertools.count()  # next() is atomic under the GIL
+
+    def drain() -> None:
+        was, _local.inside = getattr(_local, "inside", False), True
+        try:
+            for k in iter(counter.__next__, None):
+                if k >= len(tasks):
+                    return
+                try:
+                    results[k] = tasks[k]()
+                except BaseException as err:  # re-raised in the caller's thread
+                    errors[k] = err
+        finally:
+            _local.inside = was
+
+    pool = _helpers(threads - 1)
+    helpers = [pool.submit(drain) for _ in range(threads - 1)]
+    drain()
+    for helper in helpers:
+        helper.result()
+    if errors:
+        raise errors[min(errors)]
+    return results
+
+
 class Stage(ABC):
     """Base class of every stage.
 
@@ -364,8 +505,61 @@ class Stage(ABC):
     # -- randomness -------------------------------------------------------------
     def image_rngs(self, image_index: Sequence[int] | np.ndarray) -> list[np.random.Generator]:
         """One generator per image, keyed by (seed, stage index, image key)."""
-        seed, index = self.seed, self.index
-        return [np.random.default_rng([seed, index, _IMAGE_DOMAIN, int(i)]) for i in image_index]
+        return [self._image_rng(int(i)) for i in image_index]
+
+    def _image_rng(self, image_key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.index, _IMAGE_DOMAIN, image_key])
+
+    def tile_rng(self, tile: Tile) -> np.random.Generator:
+        """The generator of one tile, keyed by (seed, stage index, image key, tile number).
+
+        Tile 0 gets the image's own generator (the one :meth:`image_rngs` gives), so an
+        image that is a single tile draws exactly what it drew before tiles existed.
+        """
+        if tile.number == 0:
+            return self._image_rng(tile.image_key)
+        key = [self.seed, self.index, _TILE_DOMAIN, tile.image_key, tile.number]
+        return np.random.default_rng(key)
+
+    def map_tiles(
+        self,
+        fn: Callable[[np.ndarray, Tile], np.ndarray],
+        x: np.ndarray,
+        batch: Batch,
+        out_shape: Sequence[int],
+        dtype: np.dtype | type,
+    ) -> np.ndarray:
+        """Map every tile of a batch through ``fn``, over :func:`worker_threads` threads.
+
+        Parameters
+        ----------
+        fn : ``fn(x_tile, tile)`` gives the output of one tile, ``x_tile`` being
+            ``x[tile.position, tile.rows]``; it draws its noise from
+            :meth:`tile_rng` ``(tile)`` and so gives the same values on any thread.
+        x : the batch ``(n, H, ...)``.
+        batch : where the batch sits in the dataset (the image keys).
+        out_shape : the shape of one output image, ``(H, ...)``; its rows are cut into
+            tiles by :func:`tile_rows`.
+        dtype : the output dtype.
+
+        Returns
+        -------
+        ``(n, *out_shape)`` array: bit for bit the same for any batch size and thread count.
+        """
+        out = np.empty((len(x), *out_shape), dtype=dtype)
+        bands = tile_rows(out_shape)
+
+        def task(tile: Tile) -> Callable[[], None]:
+            def run() -> None:
+                out[tile.position, tile.rows] = fn(x[tile.position, tile.rows], tile)
+
+            return run
+
+        keys = [int(k) for k in batch.image_index]
+        run_parallel(
+            [task(Tile(i, keys[i], t, rows)) for i in range(len(x)) for t, rows in enumerate(bands)]
+        )
+        return out
 
     def pattern_rng(self, key: int = 0) -> np.random.Generator:
         """A generator for fixed-pattern draws: one pattern per sensor seed and stage."""

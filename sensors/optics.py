@@ -30,7 +30,9 @@ the half-planes and quadrants of PSF that edge and corner pixels gather
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +40,16 @@ import cv2
 import numpy as np
 import scipy.fft
 
-from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
+from pipeline.stage import (
+    Batch,
+    SignalInfo,
+    Stage,
+    StageError,
+    StageParams,
+    Unit,
+    param,
+    run_parallel,
+)
 from sensors.psf import (
     MAX_KERNEL_RADIUS_PX,
     airy_line_spread,
@@ -247,14 +258,22 @@ def apply_psf(
     else:
         flipped = np.ascontiguousarray(kernel[..., ::-1, ::-1])  # filter2D correlates
         out = np.empty_like(x)
-        for i in range(x.shape[0]):
+
+        def blur(i: int) -> None:
             if per_channel:
                 for c in range(x.shape[3]):
                     out[i, ..., c] = _filter_image(x[i, ..., c], flipped[c], None, edge)
             else:
-                res = _filter_image(x[i], flipped, None, edge)
-                out[i] = res.reshape(out[i].shape)
+                out[i] = _filter_image(x[i], flipped, None, edge).reshape(out[i].shape)
+
+        _per_image(len(x), blur)
     return out[0] if squeeze else out
+
+
+def _per_image(count: int, fn: Callable[[int], None]) -> None:
+    """``fn(i)`` for every image i of a batch, spread over the worker threads (OpenCV
+    releases the GIL; a single large image uses OpenCV's own threads)."""
+    run_parallel([functools.partial(fn, i) for i in range(count)])
 
 
 def _filter_image(
@@ -315,8 +334,11 @@ def separable_blur(
         out = apply_psf(x, np.outer(k1, k1), edge=edge, method="fft")
         return out[0] if squeeze else out
     out = np.empty_like(x)
-    for i in range(x.shape[0]):
+
+    def blur(i: int) -> None:
         out[i] = _filter_image(x[i], None, k1, edge).reshape(out[i].shape)
+
+    _per_image(len(x), blur)
     return out[0] if squeeze else out
 
 

@@ -93,3 +93,60 @@ def test_reading_an_undeclared_attr_fails_with_the_closest_key():
         info.attr("black_level")
     with pytest.raises(KeyError, match="not a declared"):
         read_attr({"bitz": 3}, "bitz")
+
+
+# -- tiles and threads ------------------------------------------------------------------------
+def test_tile_rows_cover_every_row_once_within_the_tile_size():
+    from pipeline.stage import TILE_ELEMENTS, tile_rows
+
+    assert tile_rows((32, 32)) == [slice(0, 32)]  # the default image: one tile
+    assert tile_rows((512, 512)) == [slice(0, 512)]  # TILE_ELEMENTS exactly
+    for shape in [(2048, 2048), (1000, 333, 3), (7, 2**20), (513, 512)]:
+        bands = tile_rows(shape)
+        assert len(bands) > 1
+        rows = np.concatenate([np.arange(shape[0])[b] for b in bands])
+        np.testing.assert_array_equal(rows, np.arange(shape[0]))
+        per_row = int(np.prod(shape[1:]))
+        assert all((b.stop - b.start) * per_row <= max(TILE_ELEMENTS, per_row) for b in bands)
+
+
+def test_tile_zero_draws_the_image_stream_and_later_tiles_their_own():
+    from pipeline.stage import Tile
+
+    stage = ToyShot(seed=5, sensor_seed=5, index=1)
+    image = _draws(stage.image_rngs([7])[0])
+    np.testing.assert_array_equal(_draws(stage.tile_rng(Tile(3, 7, 0, slice(0, 4)))), image)
+    later = [_draws(stage.tile_rng(Tile(0, 7, t, slice(0, 4)))) for t in (1, 2)]
+    others = [image, later[1], *(_draws(stage.pattern_rng(k)) for k in range(4))]
+    others += [_draws(r) for r in stage.image_rngs([0, 1, 2, 8])]
+    assert not any(np.array_equal(later[0], o) for o in others)
+    # the key is (image key, tile number): the image's position in the batch does not count
+    np.testing.assert_array_equal(_draws(stage.tile_rng(Tile(9, 7, 1, slice(4, 8)))), later[0])
+
+
+def test_worker_threads_reads_the_environment(monkeypatch):
+    from pipeline.stage import THREADS_ENV, worker_threads
+
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert worker_threads() == 3
+    for bad in ("0", "-2", "two", ""):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        assert worker_threads() >= 1
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "5"])
+def test_run_parallel_keeps_task_order_and_raises_the_first_error(monkeypatch, threads):
+    from pipeline.stage import THREADS_ENV, run_parallel
+
+    monkeypatch.setenv(THREADS_ENV, threads)
+    assert run_parallel([lambda k=k: k * k for k in range(40)]) == [k * k for k in range(40)]
+    # a task that splits again runs its subtasks in turn, in order
+    nested = run_parallel([lambda: run_parallel([lambda k=k: k for k in range(5)])] * 3)
+    assert nested == [list(range(5))] * 3
+
+    def fail(k):
+        raise ValueError(f"task {k}")
+
+    tasks = [lambda: 1, lambda: fail(1), lambda: 2, lambda: fail(3)]
+    with pytest.raises(ValueError, match="task 1"):
+        run_parallel(tasks)
