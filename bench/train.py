@@ -66,34 +66,36 @@ def numpy_step(model: Model, opt: AdamW, x: np.ndarray, labels: np.ndarray) -> f
     return loss
 
 
-def layer_times(
-    model: Model, x: np.ndarray, labels: np.ndarray, reps: int
-) -> list[tuple[str, float, float]]:
-    """(layer, median forward s, median backward s) of each node over ``reps`` steps, run
-    node by node as ``Model.forward(train=True)`` / ``Model.backward`` do (no update)."""
+def layer_times(model: Model, x: np.ndarray, labels: np.ndarray, reps: int) -> list[list]:
+    """[layer, forward s, backward s, forward CPU s, backward CPU s] of each node, medians
+    over ``reps`` steps run node by node as ``Model.forward(train=True)`` and
+    ``Model.backward`` do (no update). CPU time is summed over the process's threads: the
+    work, which a busy machine disturbs less than the wall time."""
     nodes = model.spec.nodes[: model.spec.output_index + 1]
-    fwd: dict[int, list[float]] = {nd.index: [] for nd in nodes}
-    bwd: dict[int, list[float]] = {nd.index: [] for nd in nodes}
+    times = {nd.index: [] for nd in nodes}  # per rep: (fwd, bwd, fwd cpu, bwd cpu)
     rng = np.random.default_rng(0)
+    clocks = (time.perf_counter, time.process_time)
     for _ in range(reps):
-        outs, tape = {INPUT: x}, {}
+        outs, tape, fwd = {INPUT: x}, {}, {}
         for nd in nodes:
-            t0 = time.perf_counter()
+            t0 = [c() for c in clocks]
             outs[nd.index], tape[nd.index] = nd.layer.forward(
                 [outs[j] for j in nd.inputs], model.layer_params(nd), train=True, rng=rng
             )
-            fwd[nd.index].append(time.perf_counter() - t0)
+            fwd[nd.index] = [c() - t for c, t in zip(clocks, t0, strict=True)]
         _, d = F.cross_entropy(outs[nodes[-1].index], labels)
         dys = {nodes[-1].index: d}
         for nd in reversed(nodes):
-            t0 = time.perf_counter()
+            t0 = [c() for c in clocks]
             dxs, _ = nd.layer.backward(dys.pop(nd.index), tape[nd.index], model.layer_params(nd))
-            bwd[nd.index].append(time.perf_counter() - t0)
+            (wall, cpu), (fwall, fcpu) = (
+                [c() - t for c, t in zip(clocks, t0, strict=True)],
+                fwd[nd.index],
+            )
+            times[nd.index].append((fwall, wall, fcpu, cpu))
             for j, dx in zip(nd.inputs, dxs, strict=True):
                 dys[j] = dx
-    return [
-        (nd.name, float(np.median(fwd[nd.index])), float(np.median(bwd[nd.index]))) for nd in nodes
-    ]
+    return [[nd.name, *np.median(times[nd.index], axis=0).tolist()] for nd in nodes]
 
 
 # ----------------------------------------------------------------------------- torch
@@ -186,6 +188,13 @@ def check_same_net(model, wts, x, labels, t_loss, t_grads) -> float:
     return worst
 
 
+def _timed(fn) -> tuple[float, float]:
+    """(wall s, CPU s of all the process's threads) of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
 def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
     threads = usable_cpus()
     wts = make_weights(seed)
@@ -208,21 +217,18 @@ def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
         result["max_rel_diff_vs_torch"] = check_same_net(model, wts, x, labels, t_loss, t_grads)
         theirs()
     ours()
-    t_ours, t_torch = [], []
+    t_ours, t_torch = [], []  # (wall s, CPU s) per step
     for _ in range(reps):
-        t0 = time.perf_counter()
-        ours()
-        t_ours.append(time.perf_counter() - t0)
+        t_ours.append(_timed(ours))
         if has_torch:
-            t0 = time.perf_counter()
-            theirs()
-            t_torch.append(time.perf_counter() - t0)
-    result["numpy_img_s"] = batch / float(np.median(t_ours))
+            t_torch.append(_timed(theirs))
+    t_ours, t_torch = np.array(t_ours), np.array(t_torch)
+    result["numpy_img_s"] = batch / float(np.median(t_ours[:, 0]))
+    result["numpy_cpu_ms"] = 1e3 * float(np.median(t_ours[:, 1]))
     if has_torch:
-        result["torch_img_s"] = batch / float(np.median(t_torch))
-        result["ratio_median_of_pairs"] = float(
-            np.median([t / o for o, t in zip(t_ours, t_torch, strict=True)])
-        )
+        result["torch_img_s"] = batch / float(np.median(t_torch[:, 0]))
+        result["torch_cpu_ms"] = 1e3 * float(np.median(t_torch[:, 1]))
+        result["ratio_median_of_pairs"] = float(np.median(t_torch[:, 0] / t_ours[:, 0]))
     result["layers"] = layer_times(model, x, labels, profile_reps)
     return result
 
@@ -237,22 +243,23 @@ def report(r: dict) -> None:
     print(f"threads: ours {r['threads']} (one Python thread per core, BLAS at 1 each)", end="")
     print(f", torch.set_num_threads({r['threads']})" if r["torch"] else "")
     print(f"training step, batch {r['batch']}, float32, AdamW:")
-    print(f"  numpy  {r['numpy_img_s']:8.0f} images/s")
+    print(f"  numpy  {r['numpy_img_s']:8.0f} images/s, {r['numpy_cpu_ms']:6.1f} ms CPU a step")
     if r["torch"] is None:
         print("  torch  skipped: torch is not installed (it is not a sensorlab dependency)")
     else:
-        print(f"  torch  {r['torch_img_s']:8.0f} images/s  (torch {r['torch']})")
+        print(
+            f"  torch  {r['torch_img_s']:8.0f} images/s, {r['torch_cpu_ms']:6.1f} ms CPU a step"
+            f"  (torch {r['torch']})"
+        )
         print(
             f"  ratio numpy / torch {r['ratio_median_of_pairs']:.2f}x "
             "(median over interleaved pairs of torch time / numpy time)"
         )
         print(f"  first step vs torch: max relative difference {r['max_rel_diff_vs_torch']:.1e}")
-    print("per layer, ours (median ms): forward, backward")
-    total_f = sum(f for _, f, _ in r["layers"])
-    total_b = sum(b for _, _, b in r["layers"])
-    for name, f, b in r["layers"]:
-        print(f"  {name:14s} {f * 1e3:7.2f} {b * 1e3:7.2f}")
-    print(f"  {'sum':14s} {total_f * 1e3:7.2f} {total_b * 1e3:7.2f}")
+    print("per layer, ours (median ms): forward, backward wall; forward, backward CPU")
+    rows = [*r["layers"], ["sum", *np.sum([row[1:] for row in r["layers"]], axis=0)]]
+    for name, *ms in rows:
+        print(f"  {name:14s} " + " ".join(f"{v * 1e3:7.2f}" for v in ms))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1170,7 +1170,9 @@ def batch_norm_train(
     reference does; PyTorch uses the unbiased one for the running variance — multiply
     by m/(m-1) for that). ``cache`` goes to :func:`batch_norm_backward`.
     """
-    x = _float(x)
+    # C order first: on a channels-last view (a convolution's output) the per-channel
+    # broadcasts below would run in inner loops of C values, several times slower
+    x = np.ascontiguousarray(_float(x))
     shp, axes = _channel_shape(x), _reduce_axes(x)
     mean = x.mean(axis=axes, dtype=x.dtype)
     xc = x - mean.reshape(shp)
