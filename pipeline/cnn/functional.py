@@ -409,8 +409,6 @@ def _batch_chunk(rows_per_image: int) -> int:
 # Outputs are returned as (N, C, H, W) views of the NHWC data (no transposing copy); the
 # next layer's flat_padded copy then reads them contiguously. Larger strides use im2col.
 
-_CHUNK_ROWS = CHUNK_ROWS
-"""Rows per chunk of the training kernels."""
 _MIN_CHUNKS_ROWS = 1024
 """Rows per chunk below which a convolution is not cut into more chunks than its size
 needs (up to 4 chunks, for threads to share)."""
@@ -430,9 +428,9 @@ def _scratch(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
 
 
 def _row_chunks(rows: int) -> list[tuple[int, int]]:
-    """(first row, rows) of equal chunks of at most _CHUNK_ROWS rows (at least
+    """(first row, rows) of equal chunks of at most CHUNK_ROWS rows (at least
     min(4, rows // 1024) chunks): a function of ``rows`` alone."""
-    n = max(-(-rows // _CHUNK_ROWS), min(4, rows // _MIN_CHUNKS_ROWS), 1)
+    n = max(-(-rows // CHUNK_ROWS), min(4, rows // _MIN_CHUNKS_ROWS), 1)
     bounds = [rows * k // n for k in range(n + 1)]
     return [(bounds[k], bounds[k + 1] - bounds[k]) for k in range(n)]
 
@@ -535,6 +533,7 @@ class _FlatGeometry:
 def _flat_geometry(
     x_shape: tuple[int, ...], kernel: tuple[int, int], pads: Pads, d: tuple[int, int]
 ) -> _FlatGeometry:
+    """The :class:`_FlatGeometry` of a stride-1 convolution of an (N, C, H, W) input."""
     n, _, h, w = x_shape
     (kh, kw), ((t, b), (lft, r)) = kernel, pads
     span_h, span_w = d[0] * (kh - 1), d[1] * (kw - 1)
@@ -580,9 +579,9 @@ def _conv2d_s1(
     b: np.ndarray | None,
     pads: Pads,
     d: tuple[int, int],
-    out_hw: tuple[int, int],
     groups: int,
 ) -> np.ndarray:
+    """Stride-1 convolution on the flat padded layout (bias added per chunk)."""
     n_f, c_g, kh, kw = w.shape
     geo = _flat_geometry(x.shape, (kh, kw), pads, d)
     f_g = n_f // groups
@@ -610,6 +609,7 @@ def _conv2d_s1(
 def _conv2d_backward_s1(
     dy: np.ndarray, x: np.ndarray, w: np.ndarray, pads: Pads, d: tuple[int, int], groups: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dw, db) of :func:`_conv2d_s1`; dw and db summed over chunks in chunk order."""
     c = x.shape[1]
     n_f, c_g, kh, kw = w.shape
     geo = _flat_geometry(x.shape, (kh, kw), pads, d)
@@ -662,7 +662,7 @@ def _conv2d_nchw(
     n_f, c_g, kh, kw = w.shape
     pads, s, d, (ho, wo) = _geometry(x.shape, (kh, kw), stride, padding, dilation)
     if s == (1, 1):
-        return _conv2d_s1(x, w, b, pads, d, (ho, wo), groups)
+        return _conv2d_s1(x, w, b, pads, d, groups)
     n = x.shape[0]
     f_g = n_f // groups
     # NHWC inside: the im2col rows are then (kh, kw, C) contiguous pieces.
