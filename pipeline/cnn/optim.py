@@ -18,7 +18,14 @@ from typing import Literal
 
 import numpy as np
 
+from pipeline.cnn.threads import run_chunks
+
 __all__ = ["SGD", "Adam", "AdamW", "LRSchedule", "Optimizer", "default_decay", "make_optimizer"]
+
+
+_BLOCK = 1 << 16
+"""Values per block of an Adam update; large parameters are updated by threads, a block
+each."""
 
 
 def default_decay(params: Mapping[str, np.ndarray]) -> set[str]:
@@ -158,23 +165,43 @@ class Adam(Optimizer):
 
     def _update(self, name, p, g, lr):
         wd = self._wd(name)
-        if wd and self.decoupled:
-            p *= 1.0 - lr * wd
-        elif wd:
-            g = g + wd * p
         slots = self.state[name]
         if "m" not in slots:
             slots["m"] = np.zeros_like(p)
             slots["v"] = np.zeros_like(p)
-        m, v = slots["m"], slots["v"]
+        flat = [a.reshape(-1) for a in (p, np.ascontiguousarray(g), slots["m"], slots["v"])]
+        blocks = [slice(a, a + _BLOCK) for a in range(0, p.size, _BLOCK)]
+        if len(blocks) > 1:  # element-wise: any split gives the same values
+            run_chunks(
+                len(blocks), lambda k: self._adam_block(*(a[blocks[k]] for a in flat), lr, wd)
+            )
+        else:
+            self._adam_block(*flat, lr, wd)
+
+    def _adam_block(
+        self, p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float, wd: float
+    ) -> None:
+        """The update of one flat block, in place, with the class docstring's operations
+        in their order (so the rounding does not depend on the blocks)."""
+        if wd and self.decoupled:
+            p *= 1.0 - lr * wd
+        elif wd:
+            g = g + wd * p
         m *= self.beta1
-        m += (1.0 - self.beta1) * g
+        tmp = np.multiply(g, 1.0 - self.beta1)
+        m += tmp
         v *= self.beta2
-        v += (1.0 - self.beta2) * (g * g)
+        np.multiply(g, g, out=tmp)
+        tmp *= 1.0 - self.beta2
+        v += tmp
         bias1 = 1.0 - self.beta1**self.t
         bias2 = 1.0 - self.beta2**self.t
-        denom = np.sqrt(v) / math.sqrt(bias2) + self.eps
-        p -= (lr / bias1) * m / denom
+        denom = np.sqrt(v)
+        denom /= math.sqrt(bias2)
+        denom += self.eps
+        np.multiply(m, lr / bias1, out=tmp)
+        tmp /= denom
+        p -= tmp
 
 
 class AdamW(Adam):

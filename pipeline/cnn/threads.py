@@ -130,3 +130,48 @@ def run_parts(fns: Sequence[Callable[[], Any]]) -> None:
             t.join()
     if errors:
         raise errors[0]
+
+
+def run_chunks(n_chunks: int, fn: Callable[[int], _T]) -> list[_T]:
+    """``[fn(0), ..., fn(n_chunks - 1)]``, computed by one Python thread per usable core.
+
+    Threads take the next chunk from a shared counter (a slow or busy core takes fewer),
+    and BLAS runs single-threaded, also when only one thread runs: each chunk is then
+    computed by the same calls whatever the number of threads, so results that depend on
+    the chunk index alone are bit-identical for any thread count (the reproducible
+    training of :mod:`pipeline.cnn.functional` relies on it). Inside
+    :class:`serial_region` the chunks run in the caller's thread.
+    """
+    import itertools
+
+    global _pool
+    results: list[Any] = [None] * n_chunks
+    parts = min(usable_cpus(), n_chunks)
+    if getattr(_state, "inside", False):
+        parts = 1
+    counter = itertools.count()
+
+    def work() -> None:
+        with serial_region():
+            while (k := next(counter)) < n_chunks:
+                results[k] = fn(k)
+
+    with single_thread_blas():
+        if parts <= 1:
+            work()
+            return results
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(usable_cpus(), thread_name_prefix="sensorlab-cnn")
+        futures = [_pool.submit(work) for _ in range(parts - 1)]
+        try:
+            work()
+        finally:
+            errors = [f.exception() for f in futures]
+        for e in errors:
+            if e is not None:
+                raise e
+        return results
+
+
+__all__ += ["run_chunks"]

@@ -517,3 +517,32 @@ def test_pooling_takes_a_single_image_or_channel_stack():
     stack = np.stack([x, -x])
     assert F.max_pool2d(stack, 2).shape == (2, 2, 2)
     np.testing.assert_array_equal(F.avg_pool2d(stack, 2)[1], -F.avg_pool2d(x, 2))
+
+
+def test_layers_chain_nhwc_views_with_the_values_of_c_order_arrays():
+    """Conv, ReLU and max-pool return (N, C, H, W) views of channels-last data; fed to
+    the next layer (forward and backward) they give the same values, bit for bit, as C
+    order copies of themselves."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 4, 10, 9)).astype(np.float32)
+    w1 = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((5, 6, 3, 3)).astype(np.float32)
+    y = F.relu(F.conv2d(x, w1, padding=1))
+    p = F.max_pool2d(y, 2)
+    assert y.strides[1] == p.strides[1] == 4  # channels innermost
+    for a in (y, p):
+        c = np.ascontiguousarray(a)
+        out, ref = F.conv2d(a, w2, padding="same"), F.conv2d(c, w2, padding="same")
+        np.testing.assert_array_equal(out, ref)
+        dy = rng.standard_normal(out.shape).astype(np.float32)
+        for g, g_ref in zip(
+            F.conv2d_backward(out, a, w2, padding="same"),
+            F.conv2d_backward(np.ascontiguousarray(out), c, w2, padding="same"),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(g, g_ref)
+        np.testing.assert_array_equal(F.relu_backward(dy, out), F.relu_backward(dy, ref))
+    dp = rng.standard_normal(p.shape).astype(np.float32)
+    np.testing.assert_array_equal(
+        F.max_pool2d_backward(dp, y, 2), F.max_pool2d_backward(dp, np.ascontiguousarray(y), 2)
+    )

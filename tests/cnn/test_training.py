@@ -391,3 +391,45 @@ def test_rgb32_learns_colour_shapes():
     assert result.history[-1]["train_accuracy"] > 0.85
     x_test, y_test = colour_shapes(500, seed=1)
     assert evaluate(model, (x_test, y_test))["accuracy"] >= 0.85
+
+
+# Big enough that every split the training kernels make has several pieces: the
+# same-size conv 4 row chunks (16 images of 17x17 flat rows), the valid conv the
+# plain padded layout, the dense layer 2 forward and 3 backward column blocks, and
+# AdamW 2 blocks of its 73,728 weights.
+THREADED = {
+    "input": [3, 16, 16],
+    "classes": ["0deg", "45deg", "90deg", "135deg"],
+    "layers": [
+        {"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "conv2d", "filters": 8, "kernel": 3},
+        {"type": "relu"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 256},
+        {"type": "relu"},
+        {"type": "dense", "units": 4},
+    ],
+}
+
+
+def test_trained_weights_are_bit_identical_for_any_thread_count(monkeypatch):
+    """Weight gradients are summed over fixed chunks in a fixed order, whichever thread
+    computed each chunk: 1, 2 and 3 worker threads train the same weights, bit for bit."""
+    from pipeline.cnn import threads
+
+    x, y = bars(48, seed=3, size=16)
+    x = np.repeat(x, 3, axis=1)
+    cfg = TrainConfig(epochs=1, batch_size=16, optimizer="adamw", lr=0.01, weight_decay=0.01)
+    weights = []
+    for n_threads in (1, 2, 3):
+        monkeypatch.setattr(threads, "usable_cpus", lambda n=n_threads: n)
+        model = Model(parse_graph(THREADED), init_seed=4)
+        fit(model, (x, y), cfg=cfg)
+        weights.append(model.state_arrays())
+    for other in weights[1:]:
+        for k, v in weights[0].items():
+            np.testing.assert_array_equal(other[k], v, err_msg=k)
+    initial = Model(parse_graph(THREADED), init_seed=4).params
+    assert all(not np.array_equal(weights[0][k], v) for k, v in initial.items())
