@@ -584,7 +584,8 @@ class CompiledNet:
         of the blocks count as the step ``"blocks in/out"``."""
         clocks: dict[int, _Clock] = {}
         y = self._run(x, lambda k: clocks.setdefault(k, _Clock(clock, len(self.steps))))
-        mean = np.mean([c.acc for c in clocks.values()], axis=0)
+        accs = [c.acc for c in clocks.values()] or [np.zeros(len(self.steps) + 1)]  # n == 0
+        mean = np.mean(accs, axis=0)
         labels = [*self.labels, "blocks in/out"]
         return y, [(lab, float(t)) for lab, t in zip(labels, mean, strict=True)]
 

@@ -152,3 +152,5 @@ def test_profile_names_every_step_and_returns_the_call_output(model_and_batch):
     assert all(t >= 0 for _, t in steps) and len(steps) == len(net.steps) + 1
     _, cpu = net.profile(x[:9], clock=time.thread_time)
     assert [lab for lab, _ in cpu] == labels
+    empty, none = net.profile(x[:0])
+    assert empty.shape == (0, 5) and [t for _, t in none] == [0.0] * len(labels)
