@@ -18,16 +18,25 @@ and is fused once its ``fused`` returns a form.
 
 How it is fast (the measured recipe of docs/performance.md):
 
+- the batch runs in blocks of a fixed number of images (``block_images``), each block
+  through the whole network while its feature maps are still in cache;
 - feature maps that a fused convolution reads live in a flat padded NHWC matrix
   (:class:`pipeline.cnn.flat_conv.FlatLayout`); the convolution is computed in chunks of
   whole images by :func:`pipeline.cnn.flat_conv.corr_chunk` (the kernel training uses too),
   and each chunk adds bias, applies the activation and writes straight into the next
-  layer's padded buffer; the padding it overwrote is re-zeroed;
+  layer's padded buffer; the padding it overwrote is re-zeroed. A few-channel map that no
+  fused convolution writes (the RGB input) is kept planar, one flat row per channel, and
+  read by :func:`pipeline.cnn.flat_conv.corr_chunk_planar` (contiguous tap copies);
 - a following max-pool is applied to the chunk before bias and activation (max commutes
   with a per-channel shift and a monotone activation), a following batch norm is folded
   into the weights (float64, then float32);
-- the batch is split over one Python thread per core, each with single-threaded BLAS
+- the blocks are shared out to one Python thread per core, each with single-threaded BLAS
   (:func:`pipeline.cnn.threads.run_parts`).
+
+Determinism: every GEMM's shape and every image's place in it depend only on the network
+and ``block_images`` (a short last block is padded with zero images), never on the batch
+size or the thread count, and BLAS always runs single-threaded; so the outputs are the
+same bits for any batch size and any ``threads``.
 
 It agrees with the layers' forward to float32 rounding (sums run in another order); the
 tests hold it to 1e-5 of the output's largest magnitude. ``Model.forward`` in evaluation
@@ -37,6 +46,7 @@ mode uses it for float32 models (:func:`fast_forward`, cached per model).
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +55,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cnn.flat_conv import FlatLayout, corr_chunk, use_im2col, weight_rows
+from pipeline.cnn.flat_conv import (
+    FlatLayout,
+    corr_chunk,
+    corr_chunk_planar,
+    use_im2col,
+    weight_rows,
+)
 from pipeline.cnn.graph import INPUT, Node
 from pipeline.cnn.layers.base import (
     Activation,
@@ -57,7 +73,13 @@ from pipeline.cnn.layers.base import (
 )
 from pipeline.cnn.threads import run_parts, usable_cpus
 
-__all__ = ["CompiledNet", "compile_model", "fast_forward"]
+__all__ = [
+    "CompiledNet",
+    "block_chunks",
+    "compile_model",
+    "default_block_images",
+    "fast_forward",
+]
 
 
 class _Val:
@@ -85,19 +107,26 @@ class _Val:
 
 
 class _Worker:
-    """Buffers of one thread, for one batch-part size."""
+    """Buffers of one thread, for one block of ``n`` images."""
 
     def __init__(self, net: CompiledNet, n: int):
         self.n = n
-        self.bufs = {key: g.alloc(n) for key, g in net.layouts.items()}
+        self.x = np.zeros((n, *net.input_shape), dtype=np.float32)  # a short block, padded
+        self.bufs = {
+            key: g.alloc_planar(n) if key in net.planar else g.alloc(n)
+            for key, g in net.layouts.items()
+        }
         self.scratch = np.empty(net.scratch_elems, dtype=np.float32)
         self.scratch2 = np.empty(net.scratch2_elems, dtype=np.float32)
         self.scratch3 = np.empty(net.scratch2_elems, dtype=np.float32)
-        self.dense_out = {
-            s.node: np.empty((n, s.w.shape[1]), np.float32)
-            for s in net.steps
-            if isinstance(s, _Dense)
-        }
+        self.dense_out: dict[tuple[int, int], np.ndarray] = {}
+
+    def dense(self, node: int, n: int, width: int) -> np.ndarray:
+        """The (n, width) output buffer of dense node ``node``."""
+        y = self.dense_out.get((node, n))
+        if y is None:
+            y = self.dense_out[(node, n)] = np.empty((n, width), np.float32)
+        return y
 
 
 def _activate(y: np.ndarray, act: Activation | None) -> None:
@@ -120,8 +149,11 @@ class _ToPadded:
     node: int
 
     def run(self, net: CompiledNet, vals: dict[int, _Val], wk: _Worker, n: int) -> None:
-        buf = wk.bufs[self.node]
-        inner = net.layouts[self.node].interior(buf, n)
+        buf, layout = wk.bufs[self.node], net.layouts[self.node]
+        if self.node in net.planar:  # only fused convolutions read the planar form
+            layout.interior_planar(buf, n)[...] = vals[self.node].get_std().transpose(1, 0, 2, 3)
+            return
+        inner = layout.interior(buf, n)
         inner[...] = vals[self.node].get_nhwc()
         vals[self.node] = _Val(nhwc=inner, buf=buf)
 
@@ -164,7 +196,7 @@ class _Dense:
     def run(self, net: CompiledNet, vals: dict[int, _Val], wk: _Worker, n: int) -> None:
         src = vals[net.nodes[self.node].inputs[0]]
         x = src.flat_hwc if self.hwc else src.get_std()
-        y = wk.dense_out[self.node]
+        y = wk.dense(self.node, n, self.w.shape[1])
         np.matmul(x, self.w, out=y)
         if self.bias is not None:
             y += self.bias
@@ -176,6 +208,7 @@ class _Dense:
 class _Conv:
     """A same-size stride-1 conv + folded batch norm + activation + max-pool."""
 
+    nodes: tuple[int, ...]  # the conv and the nodes fused into it
     src: int  # node read (the key of its flat padded layout)
     dst: int  # node whose value it writes (the key of the destination layout)
     pads: tuple[tuple[int, int], tuple[int, int]]
@@ -183,12 +216,13 @@ class _Conv:
     bias: np.ndarray  # (F,)
     act: Activation | None
     pool: int  # 0: none, else size == stride
-    chunk_imgs: int
+    chunks: tuple[tuple[int, int], ...]  # (first image, images) of each chunk of a block
+    planar: bool  # the source is planar (C, rows): corr_chunk_planar
 
     def scratch(self, gi: FlatLayout) -> tuple[int, int]:
         """Values of the tap buffer and of the accumulator this step needs."""
         kh, k_row, n_f = self.w_rows.shape
-        rows = self.chunk_imgs * gi.img_rows
+        rows = max(m for _, m in self.chunks) * gi.img_rows
         if use_im2col(kh, k_row):
             return rows * kh * k_row, rows * n_f
         return (rows + (kh - 1) * gi.wq) * k_row, rows * n_f
@@ -200,13 +234,15 @@ class _Conv:
         n_f = self.w_rows.shape[2]
         direct = not self.pool and gi == FlatLayout(go.h, go.w, gi.c, go.pr, go.pc)
         dst_inner = go.interior(dst, n)
-        for k0 in range(0, n, self.chunk_imgs):
-            m = min(self.chunk_imgs, n - k0)
+        for k0, m in self.chunks:
             rows = m * gi.img_rows
             q0 = gi.lead + k0 * gi.img_rows
             first = q0 - t * gi.wq - lft  # buffer row of the chunk's first (top-left) tap
             acc = dst[q0 : q0 + rows] if direct else wk.scratch2[: rows * n_f].reshape(rows, n_f)
-            corr_chunk(src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch, wk.scratch3)
+            if self.planar:
+                corr_chunk_planar(src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch)
+            else:
+                corr_chunk(src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch, wk.scratch3)
             if direct:
                 acc += self.bias
                 _activate(acc, self.act)
@@ -240,6 +276,30 @@ _Step = _ToPadded | _Forward | _FlattenHWC | _Dense | _Conv
 # ---------------------------------------------------------------------------- compile
 
 
+BLOCK_ROWS = 16384
+"""Target flat-layout rows (padded pixels) of the largest map in one block."""
+MAX_BLOCK_IMAGES = 64
+TAIL_IMAGES = 64
+"""Images per tile of the dense tail: a (4096 -> 256) GEMM costs 2.4x more per image at
+16 rows than at 256 (BLAS packs the weights on every call), 1.4x at 64."""
+
+
+def default_block_images(img_rows: int) -> int:
+    """Images per block: the power of two nearest to ``BLOCK_ROWS / img_rows`` (1 to
+    ``MAX_BLOCK_IMAGES``), ``img_rows`` being the flat rows of the largest map a fused
+    convolution reads (16 for a 32x32 map)."""
+    return int(min(MAX_BLOCK_IMAGES, 2 ** max(0, round(np.log2(BLOCK_ROWS / img_rows)))))
+
+
+def block_chunks(n_imgs: int, img_rows: int, chunk_rows: int) -> tuple[tuple[int, int], ...]:
+    """(first image, images) of the GEMM chunks of a block of ``n_imgs`` images of
+    ``img_rows`` rows: ``round(n_imgs * img_rows / chunk_rows)`` (at least 1) chunks of
+    near-equal size."""
+    parts = max(1, min(n_imgs, round(n_imgs * img_rows / chunk_rows)))
+    bounds = [n_imgs * k // parts for k in range(parts + 1)]
+    return tuple((bounds[k], bounds[k + 1] - bounds[k]) for k in range(parts))
+
+
 class CompiledNet:
     """A layer graph compiled for fast float32 inference; call it on an (N, *input_shape)
     batch. Calls are serialised by a lock (buffers are reused between calls).
@@ -249,8 +309,12 @@ class CompiledNet:
     nodes : the graph's nodes up to the output, in file order (``GraphSpec.nodes``).
     params : each node's parameters and buffers by short name, keyed by node index.
     input_shape : one sample's shape, (C, H, W) or (D,).
-    threads : Python worker threads over the batch (default: the usable CPUs).
-    chunk_rows : output pixels per GEMM chunk (about 4-8k keeps temporaries in cache).
+    threads : Python worker threads over the blocks (default: the usable CPUs); the
+        outputs do not depend on it.
+    chunk_rows : target output pixels per GEMM chunk (2k measured best in blocks: the tap
+        matrix stays near the 1 MiB L2 of a core).
+    block_images : images per block, the unit of work (default
+        :func:`default_block_images` of the net; no GEMM's shape depends on the batch).
     """
 
     def __init__(
@@ -259,7 +323,8 @@ class CompiledNet:
         params: Mapping[int, Mapping[str, np.ndarray]],
         input_shape: Sequence[int],
         threads: int | None = None,
-        chunk_rows: int = 4096,
+        chunk_rows: int = 2048,
+        block_images: int | None = None,
     ):
         self.nodes = list(nodes)
         if [n.index for n in self.nodes] != list(range(len(self.nodes))):
@@ -269,6 +334,7 @@ class CompiledNet:
         self.out = self.nodes[-1].index
         self.threads = max(1, int(threads if threads is not None else usable_cpus()))
         self.chunk_rows = int(chunk_rows)
+        self._block_arg = None if block_images is None else max(1, int(block_images))
         self.shapes: dict[int, tuple[int, ...]] = {INPUT: self.input_shape}
         self.shapes |= {node.index: node.output_shape for node in self.nodes}
         self.forms = {node.index: node.layer.fused(self.params[node.index]) for node in self.nodes}
@@ -277,7 +343,7 @@ class CompiledNet:
             for j in node.inputs:
                 self._consumers[j].append(node.index)
         self._lock = threading.Lock()
-        self._workers: dict[tuple[int, int], _Worker] = {}
+        self._workers: dict[int, _Worker] = {}
         self._plan()
 
     @property
@@ -344,6 +410,9 @@ class CompiledNet:
         for chain in chains.values():
             self._fused_into.update(chain["nodes"][1:])
         self.layouts = self._layouts(fast_pads, chains)
+        widest = max([1, *(self.layouts[self.nodes[i].inputs[0]].img_rows for i in chains)])
+        self.block_images = self._block_arg or default_block_images(widest)
+        self.planar = self._planar_sources(fast_pads, chains)
         dense = self._dense_steps()
         steps: list[_Step] = [_ToPadded(INPUT)] if INPUT in self.layouts else []
         for node in self.nodes:
@@ -359,9 +428,79 @@ class CompiledNet:
                 if i in self.layouts:
                     steps.append(_ToPadded(i))
         self.steps = steps
+        self.labels = [self._label(st) for st in steps]
+        self.tail_start, self.tail_value = self._tail_split()
         sizes = [s.scratch(self.layouts[s.src]) for s in steps if isinstance(s, _Conv)]
         self.scratch_elems = max([1, *(a for a, _ in sizes)])
         self.scratch2_elems = max([1, *(b for _, b in sizes)])
+
+    def _planar_sources(self, fast_pads: dict, chains: dict) -> set[int]:
+        """Values kept planar: read only through the single-GEMM (im2col) branch and not
+        written by a fused convolution (which writes NHWC rows)."""
+        written = {chain["nodes"][-1] for chain in chains.values()}
+        readers: dict[int, list[int]] = {}
+        for i in fast_pads:
+            readers.setdefault(self.nodes[i].inputs[0], []).append(i)
+        return {
+            j
+            for j, convs in readers.items()
+            if j not in written and all(use_im2col(*self._kh_krow(i)) for i in convs)
+        }
+
+    def _io(self, step: _Step) -> tuple[set[int], set[int]]:
+        """Values a step reads and values it writes."""
+        if isinstance(step, _Conv):
+            return {step.src}, {step.dst}
+        if isinstance(step, _ToPadded):
+            return {step.node}, {step.node}
+        if isinstance(step, _Dense):
+            return {self.nodes[step.node].inputs[0]}, {step.dst}
+        return set(self.nodes[step.node].inputs), {step.node}
+
+    def _tail_split(self) -> tuple[int, int | None]:
+        """Where the dense tail starts (it runs over tiles of ``TAIL_IMAGES`` images, not
+        blocks) and the one (D,) value it reads from the blocks; no tail: (len, None).
+
+        The tail is the steps from the first dense one on, when all of them are dense or
+        a layer forward with a (D,) output, and they read one value of the blocks."""
+        first = next((k for k, st in enumerate(self.steps) if isinstance(st, _Dense)), None)
+        none = (len(self.steps), None)
+        if first is None:
+            return none
+        before = {INPUT}
+        for st in self.steps[:first]:
+            before |= self._io(st)[1]
+        crossing: set[int] = set()
+        for st in self.steps[first:]:
+            if not isinstance(st, _Dense | _Forward):
+                return none
+            reads, writes = self._io(st)
+            if any(len(self.shapes[j]) != 1 for j in writes):
+                return none
+            crossing |= reads & before
+        if len(crossing) != 1 or self.out in before:
+            return none
+        (value,) = crossing
+        return (first, value) if len(self.shapes[value]) == 1 else none
+
+    def _kh_krow(self, i: int) -> tuple[int, int]:
+        """Kernel height and values per kernel row (kw * C) of convolution node ``i``."""
+        _, c, kh, kw = self.forms[i].weight.shape
+        return kh, kw * c
+
+    def _label(self, step: _Step) -> str:
+        """The names of the nodes a step computes, joined by ``+``."""
+
+        def name(i: int) -> str:
+            return "input" if i == INPUT else self.nodes[i].name
+
+        if isinstance(step, _Conv):
+            return "+".join(name(i) for i in step.nodes)
+        if isinstance(step, _Dense):
+            return "+".join(name(i) for i in sorted({step.node, step.dst}))
+        if isinstance(step, _ToPadded):
+            return f"pad {name(step.node)}"
+        return name(step.node)
 
     def _layouts(self, fast_pads: dict, chains: dict) -> dict[int, FlatLayout]:
         """Flat padded layouts: padded for the values fused convolutions read, plain NHWC
@@ -419,6 +558,7 @@ class CompiledNet:
             b = (b - affine.center) * affine.scale + affine.offset
         src = self.nodes[i].inputs[0]
         return _Conv(
+            nodes=tuple(chain["nodes"]),
             src=src,
             dst=chain["nodes"][-1],
             pads=pads,
@@ -426,12 +566,30 @@ class CompiledNet:
             bias=b.astype(np.float32),
             act=chain["act"],
             pool=chain["pool"],
-            chunk_imgs=max(1, self.chunk_rows // self.layouts[src].img_rows),
+            chunks=block_chunks(self.block_images, self.layouts[src].img_rows, self.chunk_rows),
+            planar=src in self.planar,
         )
 
     # -------------------------------------------------------------------- run time
 
     def __call__(self, x: Any) -> np.ndarray:
+        return self._run(x, None)
+
+    def profile(
+        self, x: Any, clock: Callable[[], float] = time.perf_counter
+    ) -> tuple[np.ndarray, list[tuple[str, float]]]:
+        """Run like a call, also returning each step's label (its nodes' names) and its
+        time (s) by ``clock`` (wall time; ``time.thread_time`` for CPU time): summed over
+        the blocks each thread ran, averaged over the threads. The input and output copies
+        of the blocks count as the step ``"blocks in/out"``."""
+        clocks: dict[int, _Clock] = {}
+        y = self._run(x, lambda k: clocks.setdefault(k, _Clock(clock, len(self.steps))))
+        accs = [c.acc for c in clocks.values()] or [np.zeros(len(self.steps) + 1)]  # n == 0
+        mean = np.mean(accs, axis=0)
+        labels = [*self.labels, "blocks in/out"]
+        return y, [(lab, float(t)) for lab, t in zip(labels, mean, strict=True)]
+
+    def _run(self, x: Any, clock_of: Callable[[int], _Clock] | None) -> np.ndarray:
         x = np.asarray(x)
         if x.shape[1:] != self.input_shape:
             raise ValueError(
@@ -443,39 +601,125 @@ class CompiledNet:
         out = np.empty((n, *self.shapes[self.out]), dtype=np.float32)
         if n == 0:
             return out
-        parts = min(self.threads, n)
-        bounds = [round(k * n / parts) for k in range(parts + 1)]
+        bi = self.block_images
+        if self.tail_value is None:
+            mid = out
+        else:
+            tiles = -(-n // TAIL_IMAGES)
+            mid = np.zeros((tiles * TAIL_IMAGES, *self.shapes[self.tail_value]), np.float32)
 
-        def part(k: int) -> Callable[[], None]:
+        def block(b: int, wk: _Worker, clock: _Clock | None) -> None:
+            self._run_block(x, mid, b * bi, wk, clock)
+
+        def tile(t: int, wk: _Worker, clock: _Clock | None) -> None:
+            self._run_tail(mid, out, t * TAIL_IMAGES, wk, clock)
+
+        with self._lock:
+            self._share(-(-n // bi), clock_of, block)
+            if mid is not out:
+                self._share(len(mid) // TAIL_IMAGES, clock_of, tile)
+        return out
+
+    def _share(
+        self,
+        count: int,
+        clock_of: Callable[[int], _Clock] | None,
+        job: Callable[[int, _Worker, _Clock | None], None],
+    ) -> None:
+        """``job(j, worker, clock)`` for j in range(count), shared out to the threads: each
+        takes the next j (no result depends on which thread ran a j)."""
+        taken = iter(range(count))
+        take_lock = threading.Lock()
+
+        def thread(k: int) -> Callable[[], None]:
             def run() -> None:
-                a, b = bounds[k], bounds[k + 1]
-                out[a:b] = self._run_part(x[a:b], k)
+                wk = self._worker(k)
+                clock = None if clock_of is None else clock_of(k)
+                while True:
+                    with take_lock:
+                        j = next(taken, None)
+                    if j is None:
+                        return
+                    job(j, wk, clock)
 
             return run
 
-        with self._lock:
-            if parts == 1:
-                out[...] = self._run_part(x, 0)
-            else:
-                run_parts([part(k) for k in range(parts)])
-        return out
+        run_parts([thread(k) for k in range(min(self.threads, count))])
 
-    def _worker(self, k: int, n: int) -> _Worker:
-        key = (k, n)
-        wk = self._workers.get(key)
+    def _worker(self, k: int) -> _Worker:
+        wk = self._workers.get(k)
         if wk is None:
-            if len(self._workers) >= 4 * self.threads:  # keep a few batch sizes only
-                self._workers.clear()
-            wk = self._workers[key] = _Worker(self, n)
+            wk = self._workers[k] = _Worker(self, self.block_images)
         return wk
 
-    def _run_part(self, x: np.ndarray, k: int) -> np.ndarray:
-        n = x.shape[0]
-        wk = self._worker(k, n)
-        vals: dict[int, _Val] = {INPUT: _Val(std=x)}
-        for step in self.steps:
-            step.run(self, vals, wk, n)
-        return vals[self.out].get_std()
+    def _steps(
+        self, lo: int, hi: int, vals: dict[int, _Val], wk: _Worker, n: int, clock: _Clock | None
+    ) -> None:
+        """Steps ``lo`` to ``hi`` on ``n`` images."""
+        for s in range(lo, hi):
+            self.steps[s].run(self, vals, wk, n)
+            if clock is not None:
+                clock.lap(s)
+
+    def _run_block(
+        self, x: np.ndarray, dst: np.ndarray, a: int, wk: _Worker, clock: _Clock | None
+    ) -> None:
+        """Images ``a`` to ``a + block_images`` of ``x`` through the steps before the tail,
+        into ``dst`` (the output, or the tail's input); a short last block is padded with
+        zero images, so every GEMM has the same shape."""
+        if clock is not None:
+            clock.start()
+        bi = self.block_images
+        m = min(bi, x.shape[0] - a)
+        xb = x[a : a + bi]
+        if m < bi:
+            wk.x[:m] = xb
+            wk.x[m:] = 0
+            xb = wk.x
+        vals: dict[int, _Val] = {INPUT: _Val(std=xb)}
+        if clock is not None:
+            clock.lap(-1)
+        self._steps(0, self.tail_start, vals, wk, bi, clock)
+        v = vals[self.out if self.tail_value is None else self.tail_value]
+        dst[a : a + m] = (v.flat_hwc if v.flat_hwc is not None else v.get_std())[:m]
+        if clock is not None:
+            clock.lap(-1)
+
+    def _run_tail(
+        self, mid: np.ndarray, out: np.ndarray, a: int, wk: _Worker, clock: _Clock | None
+    ) -> None:
+        """The tail's steps on ``TAIL_IMAGES`` rows of the blocks' value, from row ``a``."""
+        if clock is not None:
+            clock.start()
+        rows = mid[a : a + TAIL_IMAGES]
+        if self.tail_value in self._flatten_hwc:
+            src = self.nodes[self.tail_value].inputs[0]
+            v = _Val(flat_hwc=rows, chw=self.shapes[src])
+        else:
+            v = _Val(std=rows)
+        vals = {self.tail_value: v}
+        self._steps(self.tail_start, len(self.steps), vals, wk, TAIL_IMAGES, clock)
+        m = min(TAIL_IMAGES, out.shape[0] - a)
+        out[a : a + m] = vals[self.out].get_std()[:m]
+        if clock is not None:
+            clock.lap(-1)
+
+
+class _Clock:
+    """One thread's step times in a profiled call: ``acc[s]`` for step s, ``acc[-1]`` for
+    the blocks' input and output copies."""
+
+    def __init__(self, fn: Callable[[], float], n_steps: int):
+        self.fn, self.acc, self.t = fn, np.zeros(n_steps + 1), fn()
+
+    def start(self) -> None:
+        self.t = self.fn()
+
+    def lap(self, slot: int) -> None:
+        """Add the time since the last lap (or start) to ``acc[slot]``."""
+        t = self.fn()
+        self.acc[slot] += t - self.t
+        self.t = t
 
 
 def _pool_fuses(form: MaxPoolWindow) -> bool:

@@ -1,0 +1,156 @@
+"""The compiled evaluator gives the same bits for any batch size and thread count.
+
+Every GEMM's shape and each image's place in it are fixed by the network and
+``block_images`` (a short last block is padded with zero images, the dense tail runs in
+fixed tiles), so an image's logits cannot depend on how many images came with it or on
+how the blocks were shared out. Also: the planar input kernel against the NHWC one and
+the definition, the block and chunk plans, and the per-step profile.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.cnn import fast
+from pipeline.cnn.fast import TAIL_IMAGES, CompiledNet, block_chunks, default_block_images
+from pipeline.cnn.flat_conv import FlatLayout, corr_chunk, corr_chunk_planar, weight_rows
+from tests.cnn.test_fast import _model, assert_matches_layers, compiled, conv
+
+# RGB input (planar kernel), conv + batch norm + relu, conv + relu + pool, an unfused
+# stride-2 conv, flatten + dense tail: every kind of step the compiled plan runs.
+NET = [
+    conv(8, 3, padding=1),
+    {"type": "batchnorm2d"},
+    {"type": "relu"},
+    conv(8, 3, padding=1),
+    {"type": "relu"},
+    {"type": "maxpool2d", "size": 2},
+    conv(6, 3, padding=1, stride=2),
+    {"type": "flatten"},
+    {"type": "dense", "units": 16},
+    {"type": "relu"},
+    {"type": "dense", "units": 5},
+]
+
+
+@pytest.fixture(scope="module")
+def model_and_batch():
+    model = _model(NET, (3, 12, 12), seed=7, classes=5)
+    x = np.random.default_rng(7).standard_normal((70, 3, 12, 12)).astype(np.float32)
+    return model, x
+
+
+def test_plan_uses_blocks_planar_input_and_a_dense_tail(model_and_batch):
+    model, x = model_and_batch
+    net = assert_matches_layers(model, x[:9], threads=2, block_images=4)
+    kinds = [type(s).__name__ for s in net.steps]
+    # the unfused conv's output is flattened by its layer (NCHW order) for the tail
+    assert kinds == ["_ToPadded", "_Conv", "_Conv", "_Forward", "_Forward", "_Dense", "_Dense"]
+    assert net.planar == {fast.INPUT}
+    assert [s.planar for s in net.steps if isinstance(s, fast._Conv)] == [True, False]
+    assert [type(s).__name__ for s in net.steps[net.tail_start :]] == ["_Dense", "_Dense"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_logits_are_the_same_bits_for_any_batch_size_and_thread_count(model_and_batch, threads):
+    model, x = model_and_batch
+    # blocks of 4 images: batch 1 and 7 end in a short (padded) block, 64 and 70 span
+    # many blocks; 70 spans two tail tiles
+    ref = compiled(model, threads=1, block_images=4)(x)
+    net = compiled(model, threads=threads, block_images=4)
+    for n in (1, 7, 64, 70):
+        np.testing.assert_array_equal(net(x[:n]), ref[:n], err_msg=f"batch {n}")
+    # a batch that is not a prefix: the same images in other positions
+    perm = np.random.default_rng(0).permutation(len(x))[:7]
+    np.testing.assert_array_equal(net(x[perm]), ref[perm])
+
+
+def test_default_block_size_is_bit_stable_too():
+    model = _model(
+        [
+            conv(4, 3, padding=1),
+            {"type": "relu"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 3},
+        ],
+        (3, 8, 8),
+    )
+    x = np.random.default_rng(1).random((TAIL_IMAGES + 5, 3, 8, 8)).astype(np.float32)
+    one, two = compiled(model, threads=1), compiled(model, threads=2)
+    ref = one(x)
+    assert one.block_images == default_block_images(9 * 9)
+    for n in (1, 7, TAIL_IMAGES, len(x)):
+        np.testing.assert_array_equal(two(x[:n]), ref[:n], err_msg=f"batch {n}")
+
+
+def test_no_dense_tail_when_the_output_is_a_feature_map():
+    layers = [conv(4, 3, padding=1), {"type": "relu"}, {"type": "flatten"}]
+    model = _model(layers, (3, 6, 6), classes=144)
+    nodes = model.spec.nodes[:2]  # up to the relu: a (4, 6, 6) output
+    params = {n.index: model.layer_params(n) for n in nodes}
+    net = CompiledNet(nodes, params, (3, 6, 6), threads=2, block_images=2)
+    assert net.tail_value is None and net.tail_start == len(net.steps)
+    x = np.random.default_rng(2).random((5, 3, 6, 6)).astype(np.float32)
+    y = net(x)
+    np.testing.assert_array_equal(y.reshape(5, -1), compiled(model)(x))  # flatten is a view
+    np.testing.assert_array_equal(net(x[:1]), y[:1])
+
+
+def test_planar_kernel_matches_the_nhwc_im2col_kernel_and_the_definition():
+    rng = np.random.default_rng(3)
+    g = FlatLayout(7, 9, 3, 2, 2)  # 5x5 kernel, padding 2
+    n = 3
+    src = np.zeros((g.total_rows(n), g.c), np.float32)
+    g.interior(src, n)[...] = rng.standard_normal((n, 7, 9, 3))
+    planes = g.alloc_planar(n)
+    g.interior_planar(planes, n)[...] = g.interior(src, n).transpose(3, 0, 1, 2)
+    wr = weight_rows(rng.standard_normal((4, 3, 5, 5)).astype(np.float32))
+    rows, first = n * g.img_rows, g.lead - 2 * g.wq - 2
+    nhwc, planar = np.empty((rows, 4), np.float32), np.empty((rows, 4), np.float32)
+    buf = np.empty(rows * 75, np.float32)
+    corr_chunk(src, first, rows, g.wq, 1, wr, nhwc, buf, np.empty(rows * 4, np.float32))
+    corr_chunk_planar(planes, first, rows, g.wq, 1, wr, planar, buf)
+    # the same products, summed by another GEMM call (A transposed): float32 rounding
+    np.testing.assert_allclose(planar, nhwc, rtol=0, atol=1e-6 * np.abs(nhwc).max())
+    # and both are the correlation: one output pixel by the definition
+    img, yy, xx = 1, 3, 4
+    q = first + img * g.img_rows + yy * g.wq + xx  # top-left tap of pixel (yy, xx)
+    w64 = wr.astype(np.float64)
+    want = sum(
+        src[q + i * g.wq + j] @ w64[i, j * 3 : (j + 1) * 3] for i in range(5) for j in range(5)
+    )
+    np.testing.assert_allclose(planar[q - first], want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_block_chunks_cover_the_block_and_default_block_sizes():
+    for n_imgs, img_rows, chunk in [(16, 1089, 4096), (16, 289, 4096), (5, 100, 64), (1, 9, 4096)]:
+        chunks = block_chunks(n_imgs, img_rows, chunk)
+        assert chunks[0][0] == 0
+        assert all(a + m == b for (a, m), (b, _) in itertools.pairwise(chunks))
+        assert sum(m for _, m in chunks) == n_imgs and min(m for _, m in chunks) >= 1
+    assert block_chunks(16, 1089, 4096) == ((0, 4), (4, 4), (8, 4), (12, 4))
+    assert block_chunks(16, 289, 4096) == ((0, 16),)
+    assert default_block_images(33 * 33) == 16  # the 32x32 bench net
+    assert default_block_images(10**6) == 1
+    assert default_block_images(4) == fast.MAX_BLOCK_IMAGES
+
+
+def test_profile_names_every_step_and_returns_the_call_output(model_and_batch):
+    model, x = model_and_batch
+    net = compiled(model, threads=2, block_images=4)
+    y, steps = net.profile(x[:9])
+    np.testing.assert_array_equal(y, net(x[:9]))
+    labels = [lab for lab, _ in steps]
+    names = [n.name for n in model.spec.nodes]
+    assert labels[0] == "pad input" and labels[-1] == "blocks in/out"
+    # the first fused conv names itself and the batch norm and relu folded into it
+    assert labels[1] == "+".join(names[:3])
+    assert all(t >= 0 for _, t in steps) and len(steps) == len(net.steps) + 1
+    _, cpu = net.profile(x[:9], clock=time.thread_time)
+    assert [lab for lab, _ in cpu] == labels
+    empty, none = net.profile(x[:0])
+    assert empty.shape == (0, 5) and [t for _, t in none] == [0.0] * len(labels)
