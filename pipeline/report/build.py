@@ -17,6 +17,7 @@ REPORT_HTML = "report.html"
 _MARKERS = (
     ("sweep", "sweep.json"),
     ("characterize", "datasheet.json"),
+    ("calibrate", "fit.json"),
     ("train", "history.csv"),
     ("run", "manifest.json"),
 )
@@ -40,13 +41,14 @@ def folder_kind(folder: Path) -> str:
 
 
 def _builders() -> dict[str, Callable[[Path], dict[str, Any]]]:
-    from pipeline.report import characterize, run, sweep, train
+    from pipeline.report import calibrate, characterize, run, sweep, train
 
     return {
         "run": run.context,
         "sweep": sweep.context,
         "train": train.context,
         "characterize": characterize.context,
+        "calibrate": calibrate.context,
     }
 
 
