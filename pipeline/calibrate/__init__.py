@@ -37,6 +37,7 @@ def calibrate(
     replicates: int = 200,
     seed: int = 0,
     maps: bool = False,
+    report: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Calibrate the sensor that took the manifest's frames; write the folder ``out``.
 
@@ -49,6 +50,7 @@ def calibrate(
     maps : also write ``dsnu_map.npy`` (averaged dark frame minus its mean, DN) and
         ``prnu_map.npy`` (the flat level near 50 % of saturation, dark removed, over its
         mean: relative gain).
+    report : write ``report.html`` (False: skip it, e.g. in validation loops).
 
     Returns
     -------
@@ -101,7 +103,7 @@ def calibrate(
         mean_dark = dark.stats.mean_frame
         flat = mid.stats.mean_frame - mean_dark
         arrays = {"dsnu_map": mean_dark - mean_dark.mean(), "prnu_map": flat / flat.mean()}
-    folder = write_folder(out, fit, rows, notes, source=str(spec.file), maps=arrays)
+    folder = write_folder(out, fit, rows, notes, source=str(spec.file), maps=arrays, report=report)
     return folder, fit
 
 

@@ -27,6 +27,7 @@ __all__ = ["BOOTSTRAPPED", "SPATIAL", "analyse"]
 BOOTSTRAPPED = (
     "system_gain_dn_per_e",
     "quantum_efficiency",
+    "responsivity_dn_per_photon",
     "black_level_dn",
     "dark_current_e_per_s",
     "temporal_dark_noise_e",
@@ -85,6 +86,11 @@ def _figure(value: float, stderr: float, low: float, high: float, method: str) -
         "ci95": [clean(low), clean(high)],
         "method": method,
     }
+
+
+def _boot_figure(value: float, boot: dict[str, float]) -> dict:
+    se = boot["stderr"]
+    return _figure(value, se, value - boot["t95"] * se, value + boot["t95"] * se, "bootstrap")
 
 
 def _with_pattern(fig: dict, pattern_se: float) -> dict:
@@ -154,14 +160,12 @@ def analyse(
     counts = [len(lv.stats.pair_var_dn2) for lv in (*m.darks, *m.flats)]
     boot, failed = bootstrap(statistic, counts, replicates=replicates, seed=seed)
     result: dict[str, Any] = {"channels": {}, "sensor": {}}
-    missing = {"stderr": float("nan"), "ci95_low": float("nan"), "ci95_high": float("nan")}
+    missing = {"stderr": float("nan"), "t95": float("nan")}
     for name in channels:
         figs = {}
         for k in BOOTSTRAPPED:
             b = boot.get(f"{name}.{k}", missing)
-            figs[k] = _figure(
-                point[name][k], b["stderr"], b["ci95_low"], b["ci95_high"], "bootstrap"
-            )
+            figs[k] = _boot_figure(point[name][k], b)
         for k in SPATIAL:
             v, se = spatial[name][k]
             figs[k] = _figure(v, se, v - 1.96 * se, v + 1.96 * se, "analytic")
@@ -181,10 +185,7 @@ def analyse(
         result["channels"][name] = figs
     for k in BOOTSTRAPPED:
         b = boot.get(f"sensor.{k}", missing)
-        value = float(np.mean([point[c][k] for c in channels]))
-        result["sensor"][k] = _figure(
-            value, b["stderr"], b["ci95_low"], b["ci95_high"], "bootstrap"
-        )
+        result["sensor"][k] = _boot_figure(float(np.mean([point[c][k] for c in channels])), b)
     result["sensor"]["black_level_dn"] = _with_pattern(
         result["sensor"]["black_level_dn"],
         float(np.mean([spatial[c]["black_level_pattern_se_dn"][0] for c in channels])),

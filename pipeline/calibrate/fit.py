@@ -8,8 +8,8 @@ exposure times t and flat levels at photon levels μ_p:
 - the EMVA 1288 photon transfer (:func:`pipeline.emva.photon_transfer`): K, R = ηK, η,
   σ_d, the saturation point μ_e.sat; the dark mean and variance of each flat level
   come from the dark line at its exposure;
-- the full well: the plateau ``max_l (μ_y,l − μ_y.dark) / K`` of the mean beyond
-  saturation;
+- the full well: the plateau ``max_l (μ_y,l − μ_y.dark) / K + D t`` of the mean beyond
+  saturation (the dark electrons fill the well too);
 - read noise ``σ_r² = σ_d² − σ_row.t² − σ_col.t² − D t`` (what is left of the temporal
   dark noise once row/column temporal noise and dark shot noise are taken out);
 - the row/column/pixel decomposition (:func:`pipeline.emva.line_nonuniformity`) of the
@@ -109,14 +109,15 @@ def pair_figures(
     return {
         "ptc": ptc,
         "system_gain_dn_per_e": k,
-        "responsivity": ptc.responsivity_dn_per_photon,
+        "responsivity_dn_per_photon": ptc.responsivity_dn_per_photon,
         "quantum_efficiency": ptc.quantum_efficiency,
         "black_level_dn": b,
         "dark_current_e_per_s": dark_current,
         "temporal_dark_noise_e": ptc.sigma_d_e,
         "read_noise_e": math.sqrt(max(read2, 0.0)),
         "saturation_capacity_e": ptc.mu_e_sat,
-        "full_well_e": float(np.max(mu_y - dark_mu)) / k,
+        # the dark electrons (D t) sit in the well with the light and are clipped with it
+        "full_well_e": float(np.max(mu_y - dark_mu)) / k + max(dark_current, 0.0) * t_ref,
         "saturation_dn": float(np.max(mu_y)),
         "linearity_error_pct": linearity_error_pct(x, mu_y - dark_mu, ptc.saturation_index),
         "snr_max_db": emva.ratio_db(ptc.snr_max),

@@ -32,7 +32,8 @@ def read_frames(path: str | Path) -> Iterator[np.ndarray]:
 
     Raises
     ------
-    UserError : missing file, unknown suffix, unreadable file, not 2-D frames, NaN.
+    UserError : missing file, unknown suffix, unreadable or empty file, not 2-D frames,
+        NaN.
     """
     path = Path(path)
     if not path.is_file():
@@ -45,13 +46,18 @@ def read_frames(path: str | Path) -> Iterator[np.ndarray]:
     reader = {".npy": _npy, ".npz": _npz, ".tif": _tiff, ".tiff": _tiff, ".png": _png}.get(
         suffix, _raw
     )
+    count = 0
     try:
         for array in reader(path):
-            yield from _as_frames(array, path)
+            for frame in _as_frames(array, path):
+                count += 1
+                yield frame
     except UserError:
         raise
     except Exception as exc:  # a library's own error on a damaged file
         raise UserError(f"cannot read frames: {' '.join(str(exc).split())}", file=path) from None
+    if count == 0:
+        raise UserError("cannot read frames: the file holds none", file=path)
 
 
 def _as_frames(array: np.ndarray, path: Path) -> Iterator[np.ndarray]:

@@ -32,7 +32,7 @@ __all__ = ["MAX_DARK_SATURATED", "MIN_FLAT_LEVELS", "Measured", "measure", "nois
 MIN_FLAT_LEVELS = 5
 MIN_PHASE_SIZE = 8  # rows and columns of one CFA phase, for the row/column split
 MAX_DARK_SATURATED = 0.01
-NOISE_SAMPLES = 60_000  # samples for the noise-distribution fit (fewer for small frames)
+NOISE_SAMPLES = 20_000  # samples for the noise-distribution fit (fewer for small frames)
 
 
 @dataclasses.dataclass

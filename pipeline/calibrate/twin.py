@@ -1,7 +1,8 @@
 """The fitted figures → a ``sensor:`` list that ``sensorlab run`` takes as it is.
 
 The rows: ``scene`` (the flats' exposure time, and the mid flat level as mean photons),
-``photodetector`` (CFA, QE per colour, full well, read noise and its distribution,
+``photodetector`` (CFA, QE per colour as each channel's responsivity over the
+sensor's K, full well, read noise and its distribution,
 row noise, DSNU/PRNU and row/column FPN, dark current), ``adc`` (bits, K, black level;
 the fitted black level's fraction of a code as ``offset_lsb``) and ``raw``. The
 photodetector's parameters are one per sensor: the channels' mean (QE stays per
@@ -55,7 +56,9 @@ def sensor_rows(
     sensor = fit["sensor"]
     notes: list[str] = []
     pd: dict[str, Any] = {"stage": "photodetector", "cfa": cfa}
-    qe = {c: ch["quantum_efficiency"]["value"] for c, ch in fit["channels"].items()}
+    # η = R / K with the sensor's K (one ADC gain): R is the better-determined slope
+    k = sensor["system_gain_dn_per_e"]["value"]
+    qe = {c: ch["responsivity_dn_per_photon"]["value"] / k for c, ch in fit["channels"].items()}
     if mean_photons is None:
         notes.append("no photon levels in the manifest: qe is 1 (the scene's photons are e-)")
         qe = {c: 1.0 for c in qe}

@@ -44,8 +44,10 @@ def write_folder(
     *,
     source: str,
     maps: dict[str, np.ndarray] | None = None,
+    report: bool = True,
 ) -> Path:
-    """Write ``folder`` (see the module docstring) and its report; returns the folder."""
+    """Write ``folder`` (see the module docstring), with its report unless ``report`` is
+    False; returns the folder."""
     from pipeline.report import write_report
     from pipeline.store import write_json_atomic
 
@@ -64,7 +66,8 @@ def write_folder(
         write_json_atomic(tmp / FIT_JSON, fit)
         for name, array in (maps or {}).items():
             np.save(tmp / f"{name}.npy", array)
-        write_report(tmp)
+        if report:
+            write_report(tmp)
         if folder.exists():
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"
             os.replace(folder, old)

@@ -36,7 +36,17 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 # Command modules in help order. Imported statically: a command that fails to import is
 # an error of the whole command line, never a silently missing command.
 COMMANDS = (
-    run, report, schema, stages, sweep, train, characterize, calibrate, export, eval, import_
+    run,
+    report,
+    schema,
+    stages,
+    sweep,
+    train,
+    characterize,
+    calibrate,
+    export,
+    eval,
+    import_,
 )
 
 

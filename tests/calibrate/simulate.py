@@ -93,3 +93,57 @@ def write_manifest(
     path = folder / "manifest.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path
+
+
+def write_dng(path: Path, frame: np.ndarray, *, cfa: str, black_level_dn: int, bits: int) -> Path:
+    """One raw frame as an uncompressed DNG (PiDNG), readable by LibRaw (rawpy).
+
+    ``path`` without its ``.dng`` suffix is what PiDNG takes; returns the file's path.
+    """
+    from pidng.core import RAW2DNG, DNGTags, Tag
+    from pidng.defs import CFAPattern, DNGVersion, Orientation, PhotometricInterpretation
+
+    h, w = frame.shape
+    tags = DNGTags()
+    for tag, value in (
+        (Tag.ImageWidth, w),
+        (Tag.ImageLength, h),
+        (Tag.TileWidth, w),
+        (Tag.TileLength, h),
+        (Tag.Orientation, Orientation.Horizontal),
+        (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
+        (Tag.SamplesPerPixel, 1),
+        (Tag.BitsPerSample, 16),
+        (Tag.CFARepeatPatternDim, [2, 2]),
+        (Tag.CFAPattern, getattr(CFAPattern, cfa)),
+        (Tag.BlackLevel, black_level_dn),
+        (Tag.WhiteLevel, 2**bits - 1),
+        (Tag.DNGVersion, DNGVersion.V1_4),
+        (Tag.DNGBackwardVersion, DNGVersion.V1_2),
+        (Tag.Make, "sensorlab"),
+        (Tag.Model, "simulated"),
+    ):
+        tags.set(tag, value)
+    writer = RAW2DNG()
+    writer.options(tags, path="", compress=False)
+    stem = path.with_suffix("")
+    writer.convert(np.ascontiguousarray(frame, dtype=np.uint16), filename=str(stem))
+    return stem.with_suffix(".dng")
+
+
+def to_dng_manifest(manifest: Path, folder: Path, *, black_level_dn: int, bits: int) -> Path:
+    """The same frames and manifest with every ``.npy`` stack written as one DNG per frame."""
+    spec = yaml.safe_load(manifest.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for row in spec["frames"]:
+        stack = np.load(manifest.parent / row["file"])
+        for i, frame in enumerate(stack):
+            name = f"{Path(row['file']).stem}_{i:03d}.dng"
+            write_dng(
+                folder / name, frame, cfa=spec["cfa"], black_level_dn=black_level_dn, bits=bits
+            )
+            rows.append({**row, "file": name})
+    path = folder / "manifest.yaml"
+    path.write_text(yaml.safe_dump({**spec, "frames": rows}, sort_keys=False))
+    return path

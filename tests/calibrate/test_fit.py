@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from calibrate.conftest import TRUE_ADC, TRUE_PD
+from calibrate.testsensor import TRUE_ADC, TRUE_PD
 from pipeline import emva
 from pipeline.calibrate.stream import LevelAccumulator
 
