@@ -11,16 +11,22 @@ Prints:
    of the true parameters (target 95 % within binomial error);
 3. the DNG round trip (PiDNG → rawpy): the largest relative difference between the fit
    from DNG files and from the NumPy stacks;
-4. with ``--performance``: wall time and peak memory of ``sensorlab calibrate`` in a
-   fresh process on 12 levels of F frames of N² pixels, for F and 2F frames (memory flat
-   in the number of frames), extrapolated linearly in frames × pixels to the issue's 50
-   frames of 1024² per level.
+4. with ``--performance``: wall time and peak memory of ``sensorlab calibrate`` (200
+   bootstrap replicates, with its report) in a fresh process on 12 flat levels and a
+   dark level of F frames of N² pixels, for F and 2F frames (memory flat in the number
+   of frames), extrapolated linearly in frames × pixels to the issue's 50 frames of 1024²
+   per level.
 
 Run from the repository root::
 
     python -m bench.calibrate_validation                      # 1-3 (a few minutes)
     python -m bench.calibrate_validation --sensors 5          # quicker round trip
     python -m bench.calibrate_validation --performance-only --size 1024 --frames 8
+    python -m bench.calibrate_validation --write-example frames   # example frames only
+
+``--write-example DIR`` writes the frames of the test sensor (64² RGGB, darks at two
+exposures, 15 flat levels; tests/calibrate/testsensor.py) and their manifest, for
+trying ``sensorlab calibrate DIR/manifest.yaml --out twin``.
 """
 
 from __future__ import annotations
@@ -111,7 +117,7 @@ def _frames(folder: Path, size: int, frames: int, levels: int = 12) -> Path:
     rng = np.random.default_rng(0)
     gain = 1 + 0.01 * rng.standard_normal((size, size))
     rows = [{"file": "dark.npy", "kind": "dark", "exposure_s": 0.01}]
-    levels_e = [0.0, *np.linspace(100, 9000, levels - 1)]
+    levels_e = [0.0, *np.linspace(100, 9000, levels)]  # a dark level and 12 flat levels
     for i, e in enumerate(levels_e):
         stack = np.empty((frames, size, size), dtype=np.uint16)
         for f in range(frames):
@@ -121,14 +127,16 @@ def _frames(folder: Path, size: int, frames: int, levels: int = 12) -> Path:
         name = "dark.npy" if i == 0 else f"flat_{i:02d}.npy"
         np.save(folder / name, stack)
         if i:
-            rows.append({"file": name, "kind": "flat", "exposure_s": 0.01, "photons": e / 0.5})
+            rows.append(
+                {"file": name, "kind": "flat", "exposure_s": 0.01, "photons": float(e / 0.5)}
+            )
     path = folder / "manifest.yaml"
     path.write_text(yaml.safe_dump({"cfa": "RGGB", "bits": 12, "frames": rows}))
     return path
 
 
 def _performance(size: int, frames: int) -> None:
-    print(f"4. performance: 12 levels of F frames of {size}x{size}, in a fresh process")
+    print(f"4. performance: 12 flat levels and a dark level of F frames of {size}x{size}")
     print(f"   load average before: {os.getloadavg()}")
     results = {}
     for f in (frames, 2 * frames):
@@ -147,15 +155,15 @@ def _performance(size: int, frames: int) -> None:
                 f"{results[f]['max_rss_mib']:.0f} MiB"
             )
     a, b = results[frames], results[2 * frames]
-    per_frame = (b["seconds"] - a["seconds"]) / (12 * frames)
-    fixed = a["seconds"] - per_frame * 12 * frames
-    target = fixed + per_frame * 12 * 50 * (1024 * 1024) / (size * size)
+    per_frame = (b["seconds"] - a["seconds"]) / (13 * frames)
+    fixed = a["seconds"] - per_frame * 13 * frames
+    target = fixed + per_frame * 13 * 50 * (1024 * 1024) / (size * size)
     print(
         f"   per frame {per_frame:.3f} s, fixed {fixed:.1f} s; peak RSS ratio 2F/F "
         f"{b['max_rss_mib'] / a['max_rss_mib']:.2f}"
     )
     print(
-        f"   extrapolated to 12 x 50 frames of 1024x1024: {target / 60:.1f} min "
+        f"   extrapolated to 13 x 50 frames of 1024x1024: {target / 60:.1f} min "
         "(target 10 min on 2 cores)"
     )
     print(f"   load average after: {os.getloadavg()}")
@@ -169,7 +177,11 @@ def main() -> None:
     parser.add_argument("--performance-only", action="store_true", help="only item 5")
     parser.add_argument("--size", type=int, default=1024, help="performance frame size")
     parser.add_argument("--frames", type=int, default=8, help="performance frames F")
+    parser.add_argument("--write-example", metavar="DIR", help="write example frames, exit")
     args = parser.parse_args()
+    if args.write_example:
+        print(f"wrote {simulate_manifest(Path(args.write_example))}")
+        return
     t0 = time.perf_counter()
     if not args.performance_only:
         _emva1288(args.emva_size)

@@ -9,7 +9,8 @@
 - ``.dng`` and camera raw files (``.cr2 .cr3 .nef .arw .raf .orf .rw2 .pef .srw``): the
   visible raw mosaic before any processing, through rawpy (LibRaw).
 
-Every failure is a :class:`UserError` naming the file.
+Every failure is a :class:`UserError` naming the file. tifffile and rawpy come with the
+``calibrate`` extra (``pip install 'sensorlab[calibrate]'``).
 """
 
 from __future__ import annotations
@@ -88,8 +89,21 @@ def _npz(path: Path) -> Iterator[np.ndarray]:
             yield archive[name]
 
 
+def _optional(module: str, path: Path):
+    """Import a reader's library, or a UserError naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"reading {path.suffix} frames needs {module}: pip install 'sensorlab[calibrate]'",
+            file=path,
+        ) from None
+
+
 def _tiff(path: Path) -> Iterator[np.ndarray]:
-    import tifffile
+    tifffile = _optional("tifffile", path)
 
     with tifffile.TiffFile(path) as tif:
         for page in tif.pages:
@@ -108,7 +122,7 @@ def _png(path: Path) -> Iterator[np.ndarray]:
 
 
 def _raw(path: Path) -> Iterator[np.ndarray]:
-    import rawpy
+    rawpy = _optional("rawpy", path)
 
     with rawpy.imread(str(path)) as raw:
         yield raw.raw_image_visible.copy()

@@ -73,7 +73,8 @@ def sensor_rows(
     if dist and dist["dist"] != "gaussian":
         pd["read_noise_dist"] = dist["dist"]
         pd["read_noise_shape"] = _round(dist["shape"], 4)
-    if sensor["col_noise_e"]["value"]:
+    col = sensor["col_noise_e"]
+    if col["value"] and col["value"] > 2 * (col["stderr"] or 0.0):  # resolved, not noise
         notes.append(
             f"column temporal noise {sensor['col_noise_e']['value']:.3g} e- is not in "
             "sensorlab's model (left out)"

@@ -78,3 +78,12 @@ def test_csv_manifest_equals_yaml(tmp_path: Path) -> None:
     assert [e.path for e in a.entries] == [e.path for e in b.entries]
     assert a.cfa == b.cfa == "GRBG"
     assert a.tile == ("GR", "BG")
+
+
+def test_a_missing_reader_library_names_the_extra(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    tifffile.imwrite(tmp_path / "s.tif", STACK, photometric="minisblack")
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # import tifffile now fails
+    with pytest.raises(UserError, match=r"s\.tif: .*pip install 'sensorlab\[calibrate\]'"):
+        list(read_frames(tmp_path / "s.tif"))
