@@ -80,6 +80,7 @@ def calibrate(
     )
     fit = {
         "standard": STANDARD,
+        "folder": Path(out).name,
         "manifest": str(spec.file),
         "cfa": spec.cfa,
         "bits": measured.bits,

@@ -55,14 +55,24 @@ SPATIAL = (
 HIST_BINS = 81
 
 
-def _pairs(level: Level, phases: list[tuple[int, int]], pick: np.ndarray | None):
+def _pairs(
+    level: Level, phases: list[tuple[int, int]], pick: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair mean and ``var(A − B)/2`` of one channel (its phases averaged), picked."""
     s = level.stats
     mean = np.mean([s.pair_mean_dn[:, i, j] for i, j in phases], axis=0)
     var = np.mean([s.pair_var_dn2[:, i, j] for i, j in phases], axis=0)
     return (mean, var) if pick is None else (mean[pick], var[pick])
 
 
-def _channel_pairs(m: Measured, phases, picks, line_dn2):
+def _channel_pairs(
+    m: Measured,
+    phases: list[tuple[int, int]],
+    picks: list[np.ndarray] | None,
+    line_dn2: float,
+) -> dict[str, Any]:
+    """:func:`pair_figures` of one channel, with the pairs ``picks`` of every level
+    (darks, then flats; None: all)."""
     picks = picks or [None] * (len(m.darks) + len(m.flats))
     darks = [(lv.exposure_s, *_pairs(lv, phases, p)) for lv, p in zip(m.darks, picks, strict=False)]
     flats = [

@@ -54,7 +54,6 @@ class Entry:
     exposure_s: float
     photons: float | None
     gain: float
-    key: str  # where it is in the manifest, e.g. ``frames[3]`` or ``row 4``
 
     @property
     def level(self) -> tuple[str, float, float | None]:
@@ -191,7 +190,7 @@ def _build(path: Path, top: dict[str, Any], rows: list[tuple[str, dict[str, Any]
                 raise UserError("a dark frame has 0 photons", file=path, key=f"{key}.photons")
             photons = None if kind == "dark" else photons
         gain = _number(row.get("gain", 1.0), path, f"{key}.gain", positive=True)
-        entries.append(Entry(path.parent / str(row["file"]), kind, exposure, photons, gain, key))
+        entries.append(Entry(path.parent / str(row["file"]), kind, exposure, photons, gain))
     gains = {e.gain for e in entries}
     if len(gains) > 1:
         raise UserError(

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -57,39 +59,52 @@ def _tile_shape(manifest: Manifest) -> tuple[int, int]:
     return len(manifest.tile), len(manifest.tile[0])
 
 
-def _frames(entries: list[Entry], shape_ref: list, tile: tuple[int, int]):
-    """Every frame of the entries, cropped to whole tiles; checks the size against the first."""
+class _SizeCheck:
+    """Every frame must have the first frame's size (and be big enough to split)."""
+
+    def __init__(self, tile: tuple[int, int]) -> None:
+        self.tile = tile
+        self.shape: tuple[int, int] | None = None
+        self.first: Path | None = None
+
+    def __call__(self, frame: np.ndarray, path: Path) -> None:
+        if self.shape is None:
+            h, w = frame.shape
+            th, tw = self.tile
+            if h // th < MIN_PHASE_SIZE or w // tw < MIN_PHASE_SIZE:
+                raise UserError(
+                    f"frame {h}x{w} is too small: at least "
+                    f"{MIN_PHASE_SIZE * th}x{MIN_PHASE_SIZE * tw} pixels",
+                    file=path,
+                )
+            self.shape, self.first = frame.shape, path
+        elif frame.shape != self.shape:
+            raise UserError(
+                f"frame size {frame.shape[0]}x{frame.shape[1]} differs from "
+                f"{self.shape[0]}x{self.shape[1]} of {self.first}",
+                file=path,
+            )
+
+
+def _frames(entries: list[Entry], check: _SizeCheck, tile: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Every frame of the entries, size-checked, cropped to whole tiles."""
     for entry in entries:
         for frame in read_frames(entry.path):
-            if not shape_ref:
-                h, w = frame.shape
-                if h // tile[0] < MIN_PHASE_SIZE or w // tile[1] < MIN_PHASE_SIZE:
-                    raise UserError(
-                        f"frame {frame.shape} is too small: at least "
-                        f"{MIN_PHASE_SIZE * tile[0]}x{MIN_PHASE_SIZE * tile[1]} pixels",
-                        file=entry.path,
-                    )
-                shape_ref.extend([frame.shape, entry.path])
-            elif frame.shape != shape_ref[0]:
-                raise UserError(
-                    f"frame size {frame.shape[0]}x{frame.shape[1]} differs from "
-                    f"{shape_ref[0][0]}x{shape_ref[0][1]} of {shape_ref[1]}",
-                    file=entry.path,
-                )
+            check(frame, entry.path)
             h, w = frame.shape
-            yield entry, frame[: h - h % tile[0], : w - w % tile[1]]
+            yield frame[: h - h % tile[0], : w - w % tile[1]]
 
 
 def measure(manifest: Manifest) -> Measured:
     """Stream every level of ``manifest`` (see the module docstring)."""
     tile = _tile_shape(manifest)
     groups = _group(manifest)
-    shape_ref: list = []
+    check = _SizeCheck(tile)
     levels: list[tuple[tuple, LevelAccumulator, float, float]] = []
     for key, entries in groups.items():
         acc = None
         peak, peak_fraction = -math.inf, 0.0
-        for _entry, frame in _frames(entries, shape_ref, tile):
+        for frame in _frames(entries, check, tile):
             if acc is None:
                 acc = LevelAccumulator(frame.shape, tile, math.inf)
             top = float(frame.max())
@@ -135,7 +150,8 @@ def measure(manifest: Manifest) -> Measured:
     darks.sort(key=lambda lv: lv.exposure_s)
     flats.sort(key=lambda lv: lv.photons if lv.photons is not None else lv.exposure_s)
     dark_entries = {k[1]: v for k, v in groups.items() if k[0] == "dark"}
-    return Measured(darks, flats, shape_ref[0], bits, dark_entries)
+    assert check.shape is not None
+    return Measured(darks, flats, check.shape, bits, dark_entries)
 
 
 def noise_samples(
@@ -153,7 +169,7 @@ def noise_samples(
     idx = rng.choice(mean_frame.size, per_frame, replace=False)
     rows = idx // mean_frame.shape[1]
     out = []
-    for _entry, frame in _frames(entries, [], tile):
+    for frame in _frames(entries, _SizeCheck(tile), tile):
         r = np.asarray(frame, dtype=np.float64) - mean_frame
         row_offset = r.mean(axis=1)
         out.append(r.ravel()[idx] - row_offset[rows])

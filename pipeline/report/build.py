@@ -24,7 +24,8 @@ _MARKERS = (
 
 
 def folder_kind(folder: Path) -> str:
-    """``"sweep"``, ``"characterize"``, ``"train"`` or ``"run"``: what ``folder`` holds.
+    """``"sweep"``, ``"characterize"``, ``"calibrate"``, ``"train"`` or ``"run"``: what
+    ``folder`` holds.
 
     Raises
     ------
@@ -53,7 +54,8 @@ def _builders() -> dict[str, Callable[[Path], dict[str, Any]]]:
 
 
 def write_report(folder: str | Path) -> Path:
-    """Write ``<folder>/report.html`` for a run, sweep, training or characterisation folder.
+    """Write ``<folder>/report.html`` for a run, sweep, training, characterisation or
+    calibration folder.
 
     Parameters
     ----------

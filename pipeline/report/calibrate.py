@@ -28,7 +28,8 @@ def context(folder: Path) -> dict[str, Any]:
     ]
     dist = fit.get("noise_distribution") or {}
     return {
-        "title": f"calibration {folder.name}",
+        # the folder is written under a temporary name and renamed: fit.json has the final one
+        "title": f"calibration {fit.get('folder', folder.name)}",
         "summary": [
             ("manifest", fit["manifest"]),
             ("CFA", fit["cfa"]),
@@ -88,9 +89,9 @@ def _snr(channels: dict[str, Any]) -> str:
     fig, ax = figure(6, 4)
     for name, ch in channels.items():
         c = ch["curves"]
-        ax.loglog(
-            c["level"], np.maximum(c["snr"], 1e-3), "o-", ms=3, color=_COLOURS[name], label=name
-        )
+        end = c["saturation_index"] + 1  # beyond saturation the SNR means nothing
+        snr = np.maximum(c["snr"][:end], 1e-3)
+        ax.loglog(c["level"][:end], snr, "o-", ms=3, color=_COLOURS[name], label=name)
     ax.set_xlabel("level (photons per pixel, or exposure s)")
     ax.set_ylabel("SNR")
     ax.set_title("signal-to-noise ratio")
