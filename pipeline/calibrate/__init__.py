@@ -68,7 +68,14 @@ def calibrate(
         tile,
         seed=seed,
     )
-    fit = analyse(measured, spec.tile, replicates=replicates, seed=seed, noise_dn=noise)
+    fit = analyse(
+        measured,
+        spec.tile,
+        replicates=replicates,
+        seed=seed,
+        noise_dn=noise,
+        nominal_black_dn=spec.black_level_dn,
+    )
     mid = _mid_flat(measured, fit)
     rows, notes = sensor_rows(
         fit,

@@ -130,6 +130,7 @@ def analyse(
     replicates: int = 200,
     seed: int = 0,
     noise_dn: np.ndarray | None = None,
+    nominal_black_dn: int | None = None,
 ) -> dict[str, Any]:
     """Fit every channel and the sensor (see the module docstring).
 
@@ -139,6 +140,8 @@ def analyse(
     tile : the CFA tile's rows of channel letters.
     replicates, seed : the bootstrap's.
     noise_dn : dark temporal-noise samples (DN) for the distribution fit, or None.
+    nominal_black_dn : the nominal black level; given, ``black_level_error_dn`` (fitted
+        minus nominal, with the black level's uncertainty) is added.
 
     Returns
     -------
@@ -204,6 +207,15 @@ def analyse(
         v = float(np.mean([spatial[c][k][0] for c in channels]))
         se = float(np.mean([spatial[c][k][1] for c in channels]))
         result["sensor"][k] = _figure(v, se, v - 1.96 * se, v + 1.96 * se, "analytic")
+    if nominal_black_dn is not None:
+        for figs in (*result["channels"].values(), result["sensor"]):
+            b = figs["black_level_dn"]
+            low, high = b["ci95"]
+            figs["black_level_error_dn"] = {
+                **b,
+                "value": b["value"] - nominal_black_dn,
+                "ci95": [low - nominal_black_dn, high - nominal_black_dn],
+            }
     result["bootstrap"] = {"replicates": replicates, "failed": failed, "seed": seed}
     k_mean = result["sensor"]["system_gain_dn_per_e"]["value"]
     t_ref = point[next(iter(channels))]["exposure_ref_s"]

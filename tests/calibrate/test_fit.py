@@ -11,6 +11,7 @@ import yaml
 
 from calibrate.testsensor import TRUE_ADC, TRUE_PD
 from pipeline import emva
+from pipeline.calibrate import calibrate
 from pipeline.calibrate.stream import LevelAccumulator
 
 
@@ -80,3 +81,16 @@ def test_folder_holds_the_twin_the_fit_and_the_maps(calibrated) -> None:
     for name, fig in fit["sensor"].items():
         low, high = fig["ci95"]
         assert low <= fig["value"] <= high or fig["value"] == 0, name
+
+
+def test_black_level_error_against_the_nominal(sim_manifest, tmp_path) -> None:
+    spec = yaml.safe_load(sim_manifest.read_text())
+    manifest = sim_manifest.parent / "with_black.yaml"
+    manifest.write_text(yaml.safe_dump({**spec, "black_level_dn": 199}))
+    _, fit = calibrate(manifest, tmp_path / "out", replicates=20, report=False)
+    error = fit["sensor"]["black_level_error_dn"]
+    assert error["value"] == pytest.approx(fit["sensor"]["black_level_dn"]["value"] - 199)
+    assert error["ci95"][0] < 1.0 < error["ci95"][1]  # the true black level is 200
+    rows = yaml.safe_load((tmp_path / "out" / "sensor.yaml").read_text())["sensor"]
+    assert rows[2]["black_level_dn"] == 199  # the nominal, the rest as offset_lsb
+    assert rows[2]["offset_lsb"] == pytest.approx(error["value"], abs=1e-3)
