@@ -100,19 +100,12 @@ def measure(manifest: Manifest) -> Measured:
     tile = _tile_shape(manifest)
     groups = _group(manifest)
     check = _SizeCheck(tile)
-    levels: list[tuple[tuple, LevelAccumulator, float, float]] = []
+    levels: list[tuple[tuple, LevelAccumulator]] = []
     for key, entries in groups.items():
         acc = None
-        peak, peak_fraction = -math.inf, 0.0
         for frame in _frames(entries, check, tile):
             if acc is None:
-                acc = LevelAccumulator(frame.shape, tile, math.inf)
-            top = float(frame.max())
-            fraction = float(np.mean(frame == top))
-            if top > peak:
-                peak, peak_fraction = top, fraction
-            elif top == peak:
-                peak_fraction = max(peak_fraction, fraction)
+                acc = LevelAccumulator(frame.shape, tile)
             acc.add(frame)
         if acc is None or acc.n < 2:
             n = 0 if acc is None else acc.n
@@ -122,17 +115,25 @@ def measure(manifest: Manifest) -> Measured:
                 + f" has {n} frame(s); every level needs at least 2 (a pair)",
                 file=entries[0].path,
             )
-        levels.append((key, acc, peak, peak_fraction))
-    bits = manifest.bits or max(8, math.ceil(math.log2(max(p for *_, p, _f in levels) + 1)))
+        levels.append((key, acc))
+    peak = max(acc.peak_dn for _, acc in levels)
+    bits = manifest.bits or max(8, math.ceil(math.log2(peak + 1)))
     top_code = float(2**bits - 1)
+    if peak > top_code:
+        raise UserError(
+            f"frames hold values up to {peak:g}, above the top code {int(top_code)} of {bits} bits",
+            file=manifest.file,
+            key="bits",
+        )
     darks, flats = [], []
-    for (kind, exposure, photons), acc, peak, fraction in levels:
+    for (kind, exposure, photons), acc in levels:
         level = Level(kind, exposure, photons, acc.finish())
         if kind == "dark":
-            if peak >= top_code and fraction > MAX_DARK_SATURATED:
+            saturated = level.stats.peak_dn >= top_code
+            if saturated and level.stats.peak_fraction > MAX_DARK_SATURATED:
                 raise UserError(
-                    f"dark frames are saturated: {100 * fraction:.1f} % of a frame's pixels "
-                    f"at the top code {int(top_code)} (bits {bits})",
+                    f"dark frames are saturated: {100 * level.stats.peak_fraction:.1f} % of a "
+                    f"frame's pixels at the top code {int(top_code)} (bits {bits})",
                     file=groups[(kind, exposure, photons)][0].path,
                 )
             darks.append(level)

@@ -10,7 +10,7 @@ position) the accumulator keeps:
 - per consecutive pair of frames (A, B): the pair's mean and ``var(y_A − y_B) / 2``,
   the EMVA 1288 temporal variance that no fixed pattern enters (kept per pair: the
   bootstrap resamples them);
-- per frame: its mean, and the fraction of pixels at or above a code (saturation).
+- per frame: its mean; the largest value seen and the fraction of a frame at it.
 
 References
 ----------
@@ -50,7 +50,8 @@ class LevelStats:
         row (column) means, mean over rows (columns).
     pair_mean_dn, pair_var_dn2 : ``(P, th, tw)`` per pair mean and ``var(A − B)/2``.
     frame_mean_dn : ``(L, th, tw)`` per frame means.
-    top_fraction : the largest fraction of a frame's pixels at or above ``top_code``.
+    peak_dn : the largest value of any frame; peak_fraction : the largest fraction of one
+        frame's pixels at that value (saturation, once the ADC's top code is known).
     """
 
     n_frames: int
@@ -61,7 +62,8 @@ class LevelStats:
     pair_mean_dn: np.ndarray
     pair_var_dn2: np.ndarray
     frame_mean_dn: np.ndarray
-    top_fraction: float
+    peak_dn: float
+    peak_fraction: float
     row_power_dn2: np.ndarray
     col_power_dn2: np.ndarray
 
@@ -114,11 +116,10 @@ class LevelAccumulator:
     ----------
     shape : ``(H, W)`` of every frame (a multiple of the tile).
     tile : ``(th, tw)``, the CFA tile's shape.
-    top_code : the saturation code (``2**bits − 1``) for :attr:`LevelStats.top_fraction`.
     """
 
-    def __init__(self, shape: tuple[int, int], tile: tuple[int, int], top_code: float) -> None:
-        self.shape, self.tile, self.top_code = shape, tile, top_code
+    def __init__(self, shape: tuple[int, int], tile: tuple[int, int]) -> None:
+        self.shape, self.tile = shape, tile
         self.n = 0
         self.mean = np.zeros(shape)
         self.m2 = np.zeros(shape)
@@ -128,7 +129,7 @@ class LevelAccumulator:
         self.pending: np.ndarray | None = None
         self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
         self.frame_means: list[np.ndarray] = []
-        self.top_fraction = 0.0
+        self.peak_dn, self.peak_fraction = -np.inf, 0.0
         self.row_power = np.zeros(m // 2 + 1)
         self.col_power = np.zeros(n // 2 + 1)
 
@@ -146,7 +147,7 @@ class LevelAccumulator:
         self.frame_means.append(p.mean(axis=(0, 2)))
         self.row_power += _power(p.mean(axis=2), axis=0)
         self.col_power += _power(p.mean(axis=0), axis=1)
-        self.top_fraction = max(self.top_fraction, float(np.mean(y >= self.top_code)))
+        self._peak(y)
         if self.pending is None:
             self.pending = y
             return
@@ -154,6 +155,14 @@ class LevelAccumulator:
         pair_mean = (self.frame_means[-1] + self.frame_means[-2]) / 2
         self.pairs.append((pair_mean, d.var(axis=(0, 2)) / 2))
         self.pending = None
+
+    def _peak(self, y: np.ndarray) -> None:
+        top = float(y.max())
+        fraction = float(np.mean(y == top))
+        if top > self.peak_dn:
+            self.peak_dn, self.peak_fraction = top, fraction
+        elif top == self.peak_dn:
+            self.peak_fraction = max(self.peak_fraction, fraction)
 
     def finish(self) -> LevelStats:
         """The level's :class:`LevelStats` (needs at least two frames)."""
@@ -169,7 +178,8 @@ class LevelAccumulator:
             pair_mean_dn=np.array([p[0] for p in self.pairs]),
             pair_var_dn2=np.array([p[1] for p in self.pairs]),
             frame_mean_dn=np.array(self.frame_means),
-            top_fraction=self.top_fraction,
+            peak_dn=float(self.peak_dn),
+            peak_fraction=self.peak_fraction,
             row_power_dn2=self.row_power / self.n,
             col_power_dn2=self.col_power / self.n,
         )

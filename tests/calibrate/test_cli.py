@@ -101,6 +101,11 @@ def _bad_key(folder: Path, manifest: dict) -> str:
     return "manifest.yaml: frames[2].exposure: unknown key (did you mean 'exposure_s'?)"
 
 
+def _bits_too_few(folder: Path, manifest: dict) -> str:
+    manifest["bits"] = 10
+    return "manifest.yaml: bits: frames hold values up to 3"
+
+
 def _too_few_levels(folder: Path, manifest: dict) -> str:
     manifest["frames"] = manifest["frames"][:5]
     return "manifest.yaml: frames: 3 flat level(s)"
@@ -116,6 +121,7 @@ def _too_few_levels(folder: Path, manifest: dict) -> str:
         _missing_file,
         _bad_key,
         _too_few_levels,
+        _bits_too_few,
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(

@@ -20,7 +20,7 @@ def test_stream_equals_the_stack_equations() -> None:
     rows = rng.normal(0, 2, (32, 1))
     stack = 100 + rows + rng.normal(0, 3, (32, 48)) + rng.normal(0, 1.5, (9, 32, 48))
     stack += rng.normal(0, 0.7, (9, 32, 1))  # row temporal noise
-    acc = LevelAccumulator((32, 48), (1, 1), np.inf)
+    acc = LevelAccumulator((32, 48), (1, 1))
     for frame in stack:
         acc.add(frame)
     stats = acc.finish()
