@@ -49,6 +49,7 @@ __all__ = [
     "SIGMA_Q2_DN2",
     "PhotonTransfer",
     "SpatialDecomposition",
+    "decomposition_from_moments",
     "fit_mask",
     "fit_through_origin",
     "line_nonuniformity",
@@ -198,12 +199,37 @@ def spatial_decomposition(frames: ArrayLike) -> SpatialDecomposition:
     y = np.asarray(frames, dtype=np.float64)
     if y.ndim != 3 or y.shape[0] < 2 or min(y.shape[1:]) < 2:
         raise ValueError("spatial_decomposition needs (L, M, N) frames with L, M, N >= 2")
-    n_frames, m, n = y.shape
-    mean_frame = y.mean(axis=0)
+    return decomposition_from_moments(
+        y.mean(axis=0),
+        float(np.mean(np.var(y, axis=0, ddof=1))),
+        float(np.mean(np.var(y.mean(axis=2), axis=0, ddof=1))),
+        y.shape[0],
+    )
+
+
+def decomposition_from_moments(
+    mean_frame: ArrayLike, temporal_dn2: float, row_means_var_dn2: float, n_frames: int
+) -> SpatialDecomposition:
+    """:func:`spatial_decomposition` from running moments instead of the frame stack.
+
+    The same equations, for a caller that streams frames (memory flat in L).
+
+    Parameters
+    ----------
+    mean_frame : ``(M, N)`` the average of the L frames (DN).
+    temporal_dn2 : σ²_s, the per-pixel temporal variance (ddof 1 over the L frames),
+        averaged over the pixels (DN²).
+    row_means_var_dn2 : ``mean_m var_l(μ_l[m])``, the temporal variance (ddof 1) of the
+        per-frame row means, averaged over the rows (DN²).
+    n_frames : L ≥ 2.
+    """
+    mean_frame = np.asarray(mean_frame, dtype=np.float64)
+    if mean_frame.ndim != 2 or n_frames < 2 or min(mean_frame.shape) < 2:
+        raise ValueError("decomposition_from_moments needs an (M, N) mean of L >= 2 frames")
+    m, n = mean_frame.shape
+    temporal = float(temporal_dn2)
     mu = float(mean_frame.mean())
-    temporal = float(np.mean(np.var(y, axis=0, ddof=1)))
-    row_means_var = float(np.mean(np.var(y.mean(axis=2), axis=0, ddof=1)))
-    row_temporal = (n * row_means_var - temporal) / (n - 1)
+    row_temporal = (n * float(row_means_var_dn2) - temporal) / (n - 1)
     pixel_temporal = temporal - row_temporal
     s2 = float(np.var(mean_frame, ddof=1)) - temporal / n_frames
     s2_cav = float(np.mean((mean_frame.mean(axis=0) - mu) ** 2)) - pixel_temporal / (n_frames * m)

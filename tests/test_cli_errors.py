@@ -234,10 +234,10 @@ def test_every_command_is_listed():
 
     help_text = build_parser().format_help()
     commands = ("run", "report", "schema", "stages", "sweep", "train", "characterize")
-    commands = (*commands, "export", "eval")
+    commands = (*commands, "calibrate", "export", "eval")
     for name in (*commands, "import"):
         assert f"    {name} " in help_text or f"    {name}\n" in help_text, name
-    assert len(COMMANDS) == 10
+    assert len(COMMANDS) == 11
 
 
 def test_a_command_module_that_fails_to_import_is_an_error(tmp_path):

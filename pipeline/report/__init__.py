@@ -1,4 +1,5 @@
-"""``report.html``: one self-contained page per run, sweep, training or characterisation folder.
+"""``report.html``: one self-contained page per run, sweep, training, characterisation or
+calibration folder.
 
 The page embeds its figures (base64 PNG), needs no network and no JavaScript framework
 (a few lines of inline script make the sweep's table sortable). See :func:`write_report`.

@@ -17,13 +17,15 @@ REPORT_HTML = "report.html"
 _MARKERS = (
     ("sweep", "sweep.json"),
     ("characterize", "datasheet.json"),
+    ("calibrate", "fit.json"),
     ("train", "history.csv"),
     ("run", "manifest.json"),
 )
 
 
 def folder_kind(folder: Path) -> str:
-    """``"sweep"``, ``"characterize"``, ``"train"`` or ``"run"``: what ``folder`` holds.
+    """``"sweep"``, ``"characterize"``, ``"calibrate"``, ``"train"`` or ``"run"``: what
+    ``folder`` holds.
 
     Raises
     ------
@@ -40,18 +42,20 @@ def folder_kind(folder: Path) -> str:
 
 
 def _builders() -> dict[str, Callable[[Path], dict[str, Any]]]:
-    from pipeline.report import characterize, run, sweep, train
+    from pipeline.report import calibrate, characterize, run, sweep, train
 
     return {
         "run": run.context,
         "sweep": sweep.context,
         "train": train.context,
         "characterize": characterize.context,
+        "calibrate": calibrate.context,
     }
 
 
 def write_report(folder: str | Path) -> Path:
-    """Write ``<folder>/report.html`` for a run, sweep, training or characterisation folder.
+    """Write ``<folder>/report.html`` for a run, sweep, training, characterisation or
+    calibration folder.
 
     Parameters
     ----------

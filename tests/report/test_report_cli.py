@@ -23,7 +23,7 @@ def test_report_of_a_plain_folder_is_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"sensorlab: error: {tmp_path}: not a sensorlab result folder "
-        "(none of sweep.json, datasheet.json, history.csv, manifest.json)"
+        "(none of sweep.json, datasheet.json, fit.json, history.csv, manifest.json)"
     )
 
 
