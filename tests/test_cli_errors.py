@@ -237,7 +237,7 @@ def test_every_command_is_listed():
     commands = (*commands, "export", "eval")
     for name in (*commands, "import"):
         assert f"    {name} " in help_text or f"    {name}\n" in help_text, name
-    assert len(COMMANDS) == 10
+    assert len(COMMANDS) == 11
 
 
 def test_a_command_module_that_fails_to_import_is_an_error(tmp_path):

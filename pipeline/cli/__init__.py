@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pipeline._version import __version__
 from pipeline.cli import (
     characterize,
+    design_adc,
     eval,
     export,
     import_,
@@ -34,7 +35,19 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 # Command modules in help order. Imported statically: a command that fails to import is
 # an error of the whole command line, never a silently missing command.
-COMMANDS = (run, report, schema, stages, sweep, train, characterize, export, eval, import_)
+COMMANDS = (
+    run,
+    report,
+    schema,
+    stages,
+    sweep,
+    design_adc,
+    train,
+    characterize,
+    export,
+    eval,
+    import_,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
