@@ -7,7 +7,9 @@ import sys
 from typing import Any
 
 from pipeline.cli.sweep import _positive_int
+from pipeline.design.cell import FIXED_CURVES
 from pipeline.design.design import DesignResult, design_adc
+from pipeline.design.initial import FITTED
 
 __all__ = ["cmd_design_adc", "register", "summary"]
 
@@ -67,15 +69,20 @@ def summary(result: DesignResult) -> str:
     ]
     for rec in result.records:
         curves = rec["curves"]
-        best = max(
-            (c for c in curves if c != "designed"), key=lambda c: curves[c]["test"]["accuracy"]
-        )
-        d, b = curves["designed"]["test"], curves[best]["test"]
-        lines.append(
-            f"  {rec['cell']}: designed {d['accuracy']:.3f} ({d['lo']:.3f}–{d['hi']:.3f}), "
-            f"best fixed {best} {b['accuracy']:.3f} ({b['lo']:.3f}–{b['hi']:.3f}), "
-            f"search {rec['search_seconds']:.0f} s"
-        )
+        parts = [f"  {rec['cell']}:"]
+        for label, names in (
+            ("designed", ["designed"]),
+            ("best fixed", FIXED_CURVES),
+            ("best fitted", FITTED),
+        ):
+            names = [n for n in names if n in curves]
+            if names:
+                best = max(names, key=lambda n: curves[n]["test"]["accuracy"])
+                t = curves[best]["test"]
+                name = "" if label == "designed" else f" {best}"
+                parts.append(f"{label}{name} {t['accuracy']:.3f} ({t['lo']:.3f}–{t['hi']:.3f})")
+        parts.append(f"search {rec['search_seconds']:.0f} s")
+        lines.append(" ".join(parts[:1]) + " " + ", ".join(parts[1:]))
     lines.append(f"results: {result.path / 'results.csv'}")
     lines.extend(f"figure: {f}" for f in result.figures)
     return "\n".join(lines)

@@ -117,6 +117,20 @@ def test_a_dask_worker_gives_the_same_record(tmp_path):
     assert a == b
 
 
+@pytest.mark.slow
+def test_a_fine_tuned_search_trains_on_the_train_split_and_scores_on_test(tmp_path):
+    design = _design(
+        tmp_path,
+        fine_tune={"epochs": 1, "images": 24, "lr": 1e-3},
+        search={"popsize": 2, "generations": 1},
+    )
+    result = design_adc(design, out=tmp_path / "out", progress=False)
+    fronts = {p.name.rsplit("-", 1)[1]: load_front(p) for p in (result.path / "fronts").iterdir()}
+    assert set(fronts) == {"val.npz", "test.npz", "train.npz"} and len(fronts["train.npz"]) == 24
+    assert not set(fronts["train.npz"].keys) & set(fronts["test.npz"].keys)
+    assert result.records[0]["curves"]["designed"]["test"]["n"] == 40
+
+
 @pytest.mark.parametrize(
     ("changes", "key", "fragment"),
     [
