@@ -99,80 +99,72 @@ def _record(s: Score) -> dict[str, Any]:
 
 
 def run_cell(task: SearchTask) -> dict[str, Any]:
-    """Run (or finish, or reuse) one search; returns its record (also in result.json)."""
+    """Run (or finish, or reuse) one search; returns its record (also in result.json).
+
+    Times in the record add up every attempt (an interrupted search, resumed, counts
+    both parts): ``search_seconds`` from scoring the starts to the last generation,
+    ``wall_seconds`` all of it (building the chain, scoring the winner and baselines).
+    """
     t0 = time.perf_counter()
-    folder = Path(task.folder)
-    where = search_dir(folder, task.cell.id, task.key)
+    where = search_dir(Path(task.folder), task.cell.id, task.key)
     done = read_result(where)
     if done is not None and done.get("key") == task.key:
         return done
     spec = DesignSpec.model_validate(task.spec)
-    registry = default_registry()
-    loaded = load_config(task.raw, registry=registry, base_dir=task.base_dir)
-    loaded.file = task.base_file
-    info = open_config_dataset(loaded, split=spec.validation.split).info()
-    chain = build_chain(loaded, info, registry=registry)
-    backend = Backend(chain, adc_position(chain, loaded.file), loaded.file)
-    val = load_front(front_path(folder, task.front_key, spec.validation.split))
-    test = load_front(front_path(folder, task.front_key, spec.test.split))
-    train = None
-    if spec.fine_tune is not None:
-        train = load_front(front_path(folder, task.front_key, spec.fine_tune.split))
-    scorer = _Scorer(spec, loaded, train)
+    backend, scorer, splits = _setup(task, spec)
+    val, test = splits[spec.validation.split], splits[spec.test.split]
     step = spec.search.min_step
-
     fixed = {c: backend.fixed(c) for c in FIXED_CURVES}
-    transfers = {c: ch.infos[1].attrs["adc_transfer"] for c, ch in fixed.items()}
     tables, skipped = initial_tables(
         sorted(set(spec.initial) | set(FITTED)),
-        transfers,
+        {c: chain.infos[1].attrs["adc_transfer"] for c, chain in fixed.items()},
         val.signal / backend.full_well_e,
         bits=backend.bits,
         n_thresholds=backend.n_thresholds,
         full_well_e=backend.full_well_e,
     )
-    starts = {name: vector_from_thresholds(t, min_step=step) for name, t in tables.items()}
 
     def fitness(z: np.ndarray) -> float:
         return scorer(backend.table(thresholds_from_vector(z, min_step=step)), val).fitness
 
     saved = load_checkpoint(where)
-    if saved is not None:
-        state, extra = saved
-    else:
-        initial = {n: fitness(z) for n, z in starts.items() if n in spec.initial}
-        if not initial:
-            raise _no_start(task, skipped)
-        first = max(initial, key=lambda n: (initial[n], -spec.initial.index(n)))
-        state = new_state(
-            starts[first],
-            initial[first],
-            sigma0=spec.search.sigma0,
-            popsize=spec.search.popsize,
-            seed=spec.search.seed,
-        )
-        extra = {"initial_fitness": initial, "start": first, "seconds": 0.0}
-        save_checkpoint(where, state, {**extra, "seconds": time.perf_counter() - t0})
-    seconds_before = float(extra["seconds"])
     t_search = time.perf_counter()
+    if saved is None:
+        starts = {
+            n: vector_from_thresholds(tables[n], min_step=step) for n in spec.initial if n in tables
+        }
+        if not starts:
+            raise _no_start(task, skipped)
+        initial = {n: fitness(z) for n, z in starts.items()}
+        first = max(initial, key=lambda n: (initial[n], -spec.initial.index(n)))
+        opts = spec.search
+        state = new_state(
+            starts[first], initial[first], sigma0=opts.sigma0, popsize=opts.popsize, seed=opts.seed
+        )
+        extra = {"initial_fitness": initial, "start": first}
+        extra |= {"wall_seconds": 0.0, "search_seconds": 0.0}
+    else:
+        state, extra = saved
+    wall_before, search_before = extra["wall_seconds"], extra["search_seconds"]
+
+    def spent() -> dict[str, float]:
+        now = time.perf_counter()
+        return {
+            "wall_seconds": wall_before + now - t0,
+            "search_seconds": search_before + now - t_search,
+        }
 
     def checkpoint(s: Any) -> None:
-        spent = seconds_before + time.perf_counter() - t0
-        save_checkpoint(where, s, {**extra, "seconds": spent})
+        save_checkpoint(where, s, {**extra, **spent()})
 
+    if saved is None:
+        checkpoint(state)
     state = run_search(state, fitness, spec.search.generations, on_generation=checkpoint)
-    search_seconds = seconds_before + time.perf_counter() - t_search
+    search_seconds = spent()["search_seconds"]
     assert state.best_x is not None
     winner = thresholds_from_vector(state.best_x, min_step=step)
-    win_back = backend.table(winner)
-    candidates: dict[str, Chain] = {"designed": win_back, **fixed}
-    for name in FITTED:
-        if name in tables:
-            candidates[name] = backend.table(tables[name])
-    results = {
-        name: {"val": _record(scorer(back, val)), "test": _record(scorer(back, test))}
-        for name, back in candidates.items()
-    }
+    candidates: dict[str, Chain] = {"designed": backend.table(winner), **fixed}
+    candidates |= {n: backend.table(tables[n]) for n in FITTED if n in tables}
     record = {
         "key": task.key,
         "cell": task.cell.id,
@@ -186,15 +178,33 @@ def run_cell(task: SearchTask) -> dict[str, Any]:
         "start": extra["start"],
         "initial_fitness": extra["initial_fitness"],
         "skipped_initial": skipped,
-        "curves": results,
+        "curves": {
+            name: {"val": _record(scorer(back, val)), "test": _record(scorer(back, test))}
+            for name, back in candidates.items()
+        },
         "history": state.history,
         "evaluations": len(extra["initial_fitness"]) + spec.search.popsize * state.generation,
         "images": {"val": len(val), "test": len(test)},
         "search_seconds": round(search_seconds, 3),
-        "wall_seconds": round(seconds_before + time.perf_counter() - t0, 3),
+        "wall_seconds": round(spent()["wall_seconds"], 3),
     }
     write_result(where, record)
     return record
+
+
+def _setup(task: SearchTask, spec: DesignSpec) -> tuple[Backend, _Scorer, dict[str, FrontImages]]:
+    """The chain's back end, the scorer and the cached images of every split read."""
+    registry = default_registry()
+    loaded = load_config(task.raw, registry=registry, base_dir=task.base_dir)
+    loaded.file = task.base_file
+    info = open_config_dataset(loaded, split=spec.validation.split).info()
+    chain = build_chain(loaded, info, registry=registry)
+    backend = Backend(chain, adc_position(chain, loaded.file), loaded.file)
+    names = [spec.validation.split, spec.test.split]
+    names += [spec.fine_tune.split] if spec.fine_tune is not None else []
+    splits = {n: load_front(front_path(Path(task.folder), task.front_key, n)) for n in names}
+    train = splits[spec.fine_tune.split] if spec.fine_tune is not None else None
+    return backend, _Scorer(spec, loaded, train), splits
 
 
 def _no_start(task: SearchTask, skipped: dict[str, str]) -> UserError:
