@@ -215,7 +215,10 @@ def _tasks(plan: DesignPlan, registry: Registry) -> list[SearchTask]:
         front = {k: config.get(k) for k in ("dataset", "seed", "sensor_seed")}
         front["sensor"] = config["sensor"][:index]
         front_key = canonical_hash({"front": front, "splits": _splits(plan)})
-        model_key = models.setdefault(str(loaded.raw.get("model")), _model_hash(loaded))
+        ref = str(loaded.raw.get("model"))
+        if ref not in models:
+            models[ref] = _model_hash(loaded)
+        model_key = models[ref]
         key = canonical_hash(
             {"format": DESIGN_FORMAT, "config": config, "model": model_key, "spec": options}
         )
