@@ -69,37 +69,47 @@ def default_black_level(bits: int) -> int:
 
 
 # -- fitting a table curve -------------------------------------------------------------
-def _sorted_samples(samples: ArrayLike, bits: int, full_scale: float) -> np.ndarray:
-    bits = check_bits(bits)
+def _n_cells(bits: int, n_cells: int | None) -> int:
+    """The number of quantiser cells: ``2**bits``, or fewer when given (a table read with a
+    black level ``b`` has ``2**bits - b`` codes for a non-negative signal)."""
+    top = 1 << check_bits(bits)
+    if n_cells is None:
+        return top
+    if isinstance(n_cells, bool) or int(n_cells) != n_cells or not 2 <= n_cells <= top:
+        raise ValueError(f"n_cells must be an integer between 2 and {top}, got {n_cells!r}")
+    return int(n_cells)
+
+
+def _sorted_samples(samples: ArrayLike, n_cells: int, full_scale: float) -> np.ndarray:
     x = np.sort(np.asarray(samples, dtype=np.float64).ravel()) / full_scale
     if x.size == 0 or not np.all(np.isfinite(x)):
         raise ValueError("samples must be a non-empty array of finite numbers")
     n_distinct = np.count_nonzero(np.diff(x)) + 1
-    if n_distinct < (1 << bits):
-        raise ValueError(
-            f"{n_distinct} distinct sample values cannot define {1 << bits} codes ({bits} bits)"
-        )
+    if n_distinct < n_cells:
+        raise ValueError(f"{n_distinct} distinct sample values cannot define {n_cells} codes")
     return x
 
 
 def equal_probability_thresholds(
-    samples: ArrayLike, bits: int, *, full_scale: float = 1.0
+    samples: ArrayLike, bits: int, *, full_scale: float = 1.0, n_cells: int | None = None
 ) -> np.ndarray:
     """Decision thresholds that give every code the same probability (a CDF quantiser).
 
     Parameters
     ----------
     samples : sample signal values (any shape, in the unit of ``full_scale``).
-    bits : ADC resolution; ``2**bits - 1`` thresholds are returned.
+    bits : ADC resolution; ``2**bits - 1`` thresholds are returned (``n_cells - 1`` with n_cells).
     full_scale : the signal that the thresholds are expressed as fractions of.
+    n_cells : the number of codes to fill, ``n`` (default ``2**bits``); ``n - 1``
+        thresholds are returned.
 
     Returns
     -------
     Strictly increasing thresholds as fractions of full scale (for :func:`quantize`
-    with ``curve="table"``), the ``k / 2**bits`` quantiles of the samples.
+    with ``curve="table"``), the ``k / n`` quantiles of the samples.
     """
-    x = _sorted_samples(samples, bits, full_scale)
-    n = 1 << bits
+    n = _n_cells(bits, n_cells)
+    x = _sorted_samples(samples, n, full_scale)
     t = np.quantile(x, np.arange(1, n) / n)
     if np.any(np.diff(t) <= 0):
         raise ValueError("samples too concentrated: equal-probability thresholds coincide")
@@ -113,6 +123,7 @@ def lloyd_max(
     full_scale: float = 1.0,
     max_iter: int = 500,
     tol: float = 1e-10,
+    n_cells: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit the Lloyd–Max quantiser (minimum mean squared error) to sample data.
 
@@ -127,6 +138,7 @@ def lloyd_max(
     full_scale : the signal that the results are expressed as fractions of.
     max_iter : iteration limit.
     tol : convergence tolerance, relative to the range of the samples.
+    n_cells : the number of levels ``n`` (default ``2**bits``); ``n - 1`` thresholds.
 
     Returns
     -------
@@ -138,8 +150,8 @@ def lloyd_max(
     S. P. Lloyd, IEEE Trans. Inf. Theory 28 (1982) 129; J. Max, IRE Trans. Inf. Theory 6
     (1960) 7 (tables of the optimum quantiser for a Gaussian).
     """
-    x = _sorted_samples(samples, bits, full_scale)
-    n_levels = 1 << bits
+    n_levels = _n_cells(bits, n_cells)
+    x = _sorted_samples(samples, n_levels, full_scale)
     prefix = np.concatenate([[0.0], np.cumsum(x)])
     levels = np.quantile(x, (np.arange(n_levels) + 0.5) / n_levels)
     span = x[-1] - x[0]

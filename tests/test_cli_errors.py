@@ -233,11 +233,11 @@ def test_every_command_is_listed():
     from pipeline.cli import COMMANDS, build_parser
 
     help_text = build_parser().format_help()
-    commands = ("run", "report", "schema", "stages", "sweep", "train", "characterize")
-    commands = (*commands, "calibrate", "export", "eval")
+    commands = ("run", "report", "schema", "stages", "sweep", "design-adc", "train")
+    commands = (*commands, "characterize", "calibrate", "export", "eval")
     for name in (*commands, "import"):
         assert f"    {name} " in help_text or f"    {name}\n" in help_text, name
-    assert len(COMMANDS) == 11
+    assert len(COMMANDS) == 12
 
 
 def test_a_command_module_that_fails_to_import_is_an_error(tmp_path):

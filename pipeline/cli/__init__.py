@@ -17,6 +17,7 @@ from pipeline._version import __version__
 from pipeline.cli import (
     calibrate,
     characterize,
+    design_adc,
     eval,
     export,
     import_,
@@ -41,6 +42,7 @@ COMMANDS = (
     schema,
     stages,
     sweep,
+    design_adc,
     train,
     characterize,
     calibrate,

@@ -295,6 +295,19 @@ def test_lloyd_max_and_cdf_thresholds_of_uniform_data_are_uniform():
     assert np.mean((rep - x) ** 2) == pytest.approx((4.0 / 8) ** 2 / 12, rel=0.05)
 
 
+def test_lloyd_max_and_cdf_thresholds_fill_fewer_cells_when_asked():
+    # a 3-bit table read with black level 2 has 6 codes for a non-negative signal: on
+    # uniform data the optimum (MSE and equal probability alike) puts thresholds at k/6
+    x = np.random.default_rng(5).uniform(0, 1.0, 200_000)
+    ideal = np.arange(1, 6) / 6
+    t, levels = lloyd_max(x, 3, n_cells=6)
+    assert t == pytest.approx(ideal, abs=0.01)
+    assert levels == pytest.approx((np.arange(6) + 0.5) / 6, abs=0.01)
+    assert equal_probability_thresholds(x, 3, n_cells=6) == pytest.approx(ideal, abs=0.01)
+    with pytest.raises(ValueError, match="n_cells"):
+        lloyd_max(x, 3, n_cells=9)
+
+
 def test_lloyd_max_needs_enough_distinct_samples():
     with pytest.raises(ValueError, match="distinct"):
         lloyd_max(np.array([0.0, 1.0, 1.0, 1.0]), 2)
