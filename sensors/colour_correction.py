@@ -277,7 +277,8 @@ def vora_trussell_mu(
     Parameters
     ----------
     qe_curves : (3, B) R, G, B QE curves at the band centres.
-    cmfs : (3, B) x̄, ȳ, z̄ at the same bands (:func:`sensors.spectra.colour_matching_functions`).
+    cmfs : (3, B) x̄, ȳ, z̄ at the same bands, in the QE curves' domain: per photon
+        (x̄/λ, ... from :func:`sensors.spectra.colour_matching_functions`) for QE curves.
     light_photons : optional (B,) illuminant weighting.
 
     References
