@@ -130,3 +130,12 @@ def test_characterize_the_spectral_config_reports_colour(tmp_path):
             colour_illuminant="D99",
         )
     assert err.value.key == "colour_illuminant"
+
+
+def test_the_shipped_observer_qe_is_colours_cmfs_per_photon():
+    """data/qe/cie1931_2deg_per_photon.csv (docs/colour.md) is x̄/λ, ȳ/λ, z̄/λ at peak 0.6."""
+    curves = spectral.read_qe_csv(ROOT / "data" / "qe" / "cie1931_2deg_per_photon.csv", BANDS)
+    per_photon = spectra.colour_matching_functions(np.arange(380.0, 781.0, 5.0))
+    per_photon /= np.arange(380.0, 781.0, 5.0)
+    expected = 0.6 * spectra.colour_matching_functions(BANDS) / BANDS / per_photon.max()
+    np.testing.assert_allclose(curves[:3], expected, atol=1e-8)
