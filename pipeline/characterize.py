@@ -15,7 +15,17 @@ as the standard asks.
 Illumination: every frame is a flat field with the same number of photons μ_p in each
 of the R, G and B bands. ``μ_p`` in the datasheet counts the photons that reach one
 pixel of that colour: ``μ_p`` for an R, G or B pixel, ``3 μ_p`` for a panchromatic W
-pixel (which collects all three bands).
+pixel (which collects all three bands). A spectral chain (the scene's ``spectral``
+attr) gets flat spectra instead: μ_p photons per pixel spread equally over the bands
+(a flat photon spectrum), so every pixel's μ_p is its total photons and η its QE
+averaged over the bands.
+
+Colour (spectral chains with a colour sensor): the figures of the photodetector's QE
+curves under the scene's illuminant (or ``colour_illuminant``),
+:func:`sensors.colour_accuracy.colour_accuracy`: ΔE2000 of the 24 ColorChecker patches
+after the least-squares CCM (mean, max, each), the CCM, the sRGB CCM the raw stage
+applies and its noise amplification, and the Vora–Trussell μ-factor against the CIE
+observer.
 
 Python API: :func:`characterize_stages` (stage objects → datasheet dict),
 :func:`write_datasheet` (dict → folder, atomically), :func:`characterize_config`
@@ -69,15 +79,25 @@ _COLOURS = {"R": "tab:red", "G": "tab:green", "B": "tab:blue", "W": "0.35"}
 class _Bench:
     """The optical bench: flat fields through the two stages, a fresh image index per frame."""
 
-    def __init__(self, photodetector: Stage, adc: Stage, shape: tuple[int, int]) -> None:
+    def __init__(
+        self, photodetector: Stage, adc: Stage, shape: tuple[int, int], bands: int = 0
+    ) -> None:
+        """``bands``: the spectral bands of a spectral chain (0: the R, G, B bands)."""
         self.photodetector = photodetector
         self.adc = adc
         self.shape = shape
+        self.bands = bands
         self.next_index = 0
 
     def frames(self, photons_per_band: float, count: int) -> np.ndarray:
+        """ADC codes of flat fields: ``photons_per_band`` in each of R, G, B, or for a
+        spectral chain spread equally over its bands (``photons_per_band`` per pixel)."""
         h, w = self.shape
-        photons = np.full((count, h, w, 3), photons_per_band, dtype=np.float64)
+        if self.bands:
+            shape, level = (count, h, w, self.bands), photons_per_band / self.bands
+        else:
+            shape, level = (count, h, w, 3), photons_per_band
+        photons = np.full(shape, level, dtype=np.float64)
         batch = Batch(np.arange(self.next_index, self.next_index + count))
         self.next_index += count
         electrons = self.photodetector.process(photons, batch)
@@ -89,8 +109,11 @@ Selector = Callable[[np.ndarray], np.ndarray]
 Grids = Callable[[np.ndarray], list[np.ndarray]]
 
 
-def _pixel_classes(info: SignalInfo) -> dict[str, tuple[Selector, int, Grids]]:
-    """Per pixel colour: its pixels from frames (flat), the bands it sees, and its grids.
+def _pixel_classes(
+    info: SignalInfo, spectral: bool = False
+) -> dict[str, tuple[Selector, int, Grids]]:
+    """Per pixel colour: its pixels from frames (flat), the bands it sees, and its grids
+    (``spectral``: every pixel sees the one flat spectrum, counted once).
 
     The grids keep rows and columns for the row/column decomposition: a stacked layer
     whole, and for a mosaic every tile phase of that colour (``f[:, i::th, j::tw]``).
@@ -115,7 +138,7 @@ def _pixel_classes(info: SignalInfo) -> dict[str, tuple[Selector, int, Grids]]:
             phases = [tuple(ij) for ij in np.argwhere(tile == letter)]
             classes[letter] = (
                 lambda f, m=mask: f[..., m],
-                3 if letter == "W" else 1,
+                3 if letter == "W" and not spectral else 1,
                 lambda f, ph=phases: [f[:, i::th, j::tw] for i, j in ph],
             )
     return classes
@@ -132,6 +155,7 @@ def characterize_stages(
     spatial_frames: int = DEFAULT_SPATIAL_FRAMES,
     input_attrs: Mapping[str, Any] | None = None,
     keys: tuple[str, str] = ("photodetector", "adc"),
+    colour_illuminant: str | None = None,
 ) -> dict[str, Any]:
     """Measure a photodetector + ADC pair by the EMVA 1288 photon-transfer method.
 
@@ -146,13 +170,16 @@ def characterize_stages(
         the saturation point finely.
     dark_pairs : dark frame pairs averaged for μ_y.dark and σ²_y.dark.
     spatial_frames : frames averaged for DSNU (dark) and PRNU (50 % of saturation).
-    input_attrs : attrs of the photodetector's input (e.g. the scene's ``exposure_s``).
+    input_attrs : attrs of the photodetector's input (e.g. the scene's ``exposure_s``; a
+        spectral scene's ``spectral``, ``wavelength_nm`` and ``illuminant``).
     keys : key paths of the two stages, used in error messages.
+    colour_illuminant : the light of the colour figures (default: the scene's).
 
     Returns
     -------
     The datasheet: ``{"standard", "sensor", "method", "channels": {colour: {...}}}``,
-    JSON-ready, values in EMVA 1288 units (see :func:`write_datasheet`).
+    plus ``"colour"`` for a spectral colour sensor; JSON-ready, values in EMVA 1288 units
+    (see :func:`write_datasheet`).
 
     Raises
     ------
@@ -166,9 +193,10 @@ def characterize_stages(
         raise UserError(f"frames need at least {MIN_SIZE}×{MIN_SIZE} pixels", key="size")
     limits.check("levels", levels, what="--levels", key="levels")
     limits.check("image_pixels", h * w, what=f"a {h}×{w} px frame", key="size")
-    pd_info = _setup(
-        photodetector, SignalInfo(Unit.PHOTONS, (h, w, 3), np.float64, input_attrs or {}), keys[0]
-    )
+    attrs = dict(input_attrs or {})
+    bands = len(attrs.get("wavelength_nm") or ()) if attrs.get("spectral") else 0
+    pd_input = SignalInfo(Unit.PHOTONS, (h, w, bands or 3), np.float64, attrs)
+    pd_info = _setup(photodetector, pd_input, keys[0])
     adc_info = _setup(adc, pd_info, keys[1])
     curve = adc_info.attr("curve", "linear")
     if curve != "linear":
@@ -184,15 +212,15 @@ def characterize_stages(
     black = int(adc_info.attr("black_level_dn", 0))
     e_sat = min(float(pd_info.attr("full_well_e", np.inf)), (top - black) / gain)
 
-    bench = _Bench(photodetector, adc, (h, w))
+    bench = _Bench(photodetector, adc, (h, w), bands)
     dark = np.concatenate([bench.frames(0.0, 2) for _ in range(dark_pairs)])
     dark_spatial = bench.frames(0.0, spatial_frames)
     channels = {}
-    for colour, (select, bands, grids) in _pixel_classes(pd_info).items():
+    for colour, (select, seen, grids) in _pixel_classes(pd_info, bool(bands)).items():
         channels[colour] = _measure_channel(
             bench,
             select,
-            bands,
+            seen,
             grids,
             dark=dark,
             dark_spatial=dark_spatial,
@@ -203,7 +231,13 @@ def characterize_stages(
             spatial_frames=spatial_frames,
             zero_code=_zero_code(adc_info),
         )
-    return {
+    illumination = (
+        f"flat photon spectrum over {bands} bands; mu_p counts the photons reaching one pixel"
+        if bands
+        else "flat field, equal photons in the R, G and B bands; mu_p counts the photons "
+        "reaching one pixel (all three bands for a W pixel)"
+    )
+    sheet = {
         "standard": "EMVA 1288 Release 4.0 Linear, photon-transfer method (simulated sensor)",
         "sensor": {
             "photodetector": photodetector.name,
@@ -223,11 +257,28 @@ def characterize_stages(
             "dark_pairs": dark_pairs,
             "spatial_frames": spatial_frames,
             "fit_range": f"0 to {emva.FIT_FRACTION:.0%} of the saturation signal",
-            "illumination": "flat field, equal photons in the R, G and B bands; mu_p counts "
-            "the photons reaching one pixel (all three bands for a W pixel)",
+            "illumination": illumination,
         },
         "channels": channels,
     }
+    qe = pd_info.attr("spectral_qe")
+    if qe is not None and pd_info.attr("cfa") != "mono":
+        sheet["colour"] = _colour(qe, pd_info, colour_illuminant or attrs.get("illuminant"))
+    return sheet
+
+
+def _colour(qe: Any, pd_info: SignalInfo, illuminant: str | None) -> dict[str, Any]:
+    """The colour figures of the photodetector's QE curves (UserError for a bad light)."""
+    from sensors.colour_accuracy import colour_accuracy
+
+    try:
+        return colour_accuracy(
+            np.asarray(qe),
+            np.asarray(pd_info.attr("spectral_qe_nm")),
+            illuminant=illuminant or "D65",
+        )
+    except (ValueError, KeyError) as err:
+        raise UserError(f"colour figures: {err}", key="colour_illuminant") from None
 
 
 def _setup(stage: Stage, info: SignalInfo, key: str) -> SignalInfo:
@@ -537,6 +588,7 @@ def characterize_config(
     levels: int = DEFAULT_LEVELS,
     size: int = DEFAULT_SIZE,
     registry: Any = None,
+    colour_illuminant: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Characterise a config's sensor and write its datasheet folder.
 
@@ -547,6 +599,8 @@ def characterize_config(
     out : the datasheet folder (default ``<run.out>/characterize-<config stem>``).
     levels, size : see :func:`characterize_stages`.
     registry : the stage registry (default: installed stages and plugins).
+    colour_illuminant : the light of a spectral sensor's colour figures (default: the
+        scene's illuminant).
 
     Returns
     -------
@@ -571,7 +625,13 @@ def characterize_config(
     keys = (f"{chain.keys[i]}.{pd.name}", f"{chain.keys[i + 1]}.{adc.name}")
     try:
         sheet = characterize_stages(
-            pd, adc, levels=levels, size=size, input_attrs=chain.infos[i].attrs, keys=keys
+            pd,
+            adc,
+            levels=levels,
+            size=size,
+            input_attrs=chain.infos[i].attrs,
+            keys=keys,
+            colour_illuminant=colour_illuminant,
         )
     except UserError as exc:
         raise exc.located(file=loaded.file) from None

@@ -260,6 +260,34 @@ SIGNAL_ATTRS: Mapping[str, SignalAttr] = MappingProxyType(
                 "raw",
                 "True when the raw stage undid the ADC's curve (dequantised the codes).",
             ),
+            SignalAttr(
+                "spectral_qe",
+                "e⁻/photon",
+                "photodetector (spectral input)",
+                "QE curves of the R, G, B (and W) photosites on spectral_qe_nm, rows of "
+                "floats; the raw stage's illuminant white balance and fitted CCM use them.",
+            ),
+            SignalAttr(
+                "spectral_qe_nm",
+                "nm",
+                "photodetector (spectral input)",
+                "Band centres of spectral_qe (the scene's wavelength_nm).",
+            ),
+            SignalAttr(
+                "wb_gains",
+                "",
+                "raw",
+                "The fixed R, G, B white-balance gains the raw stage applied (given, or from "
+                "the illuminant); per-image methods leave 1, 1, 1.",
+            ),
+            SignalAttr("white_balance", "", "raw", "White-balance method: none, gray_world, ..."),
+            SignalAttr(
+                "ccm",
+                "",
+                "raw",
+                "The 3×3 colour correction matrix applied after demosaicing (rows: output "
+                "channels), or None.",
+            ),
             SignalAttr("logits", "", "cnn (classifier)", "True: the values are class scores."),
         )
     }

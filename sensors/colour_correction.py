@@ -31,7 +31,18 @@ import numpy as np
 from sensors import spectra
 from sensors.spectral import integrate_bands
 
-__all__ = ["ChartFit", "chart_camera_rgb", "chart_xyz", "delta_e2000", "fit_ccm", "fit_chart"]
+__all__ = [
+    "ChartFit",
+    "ccm_noise_gain",
+    "chart_camera_rgb",
+    "chart_xyz",
+    "delta_e2000",
+    "fit_ccm",
+    "fit_chart",
+    "srgb_ccm",
+    "vora_trussell_mu",
+    "xyz_to_linear_srgb",
+]
 
 CMFS = "CIE 1931 2 Degree Standard Observer"
 
@@ -169,3 +180,117 @@ def fit_chart(
     target, white = chart_xyz(illuminant, chart)
     ccm = fit_ccm(rgb, target)
     return ChartFit(ccm, delta_e2000(rgb @ ccm.T, target, white), names)
+
+
+def xyz_to_linear_srgb(xyz: np.ndarray, white_xyz: np.ndarray) -> np.ndarray:
+    """XYZ seen under the white ``white_xyz`` → linear sRGB (D65), white → (1, 1, 1)·Y_w.
+
+    A Bradford chromatic adaptation from ``white_xyz`` to sRGB's D65 white (colour's
+    ``chromatic_adaptation_VonKries``, ``transform="Bradford"``), then sRGB's XYZ → RGB
+    matrix (IEC 61966-2-1). No transfer curve, no clipping.
+
+    Returns
+    -------
+    (..., 3) float64.
+    """
+    import colour
+
+    srgb = colour.RGB_COLOURSPACES["sRGB"]
+    d65 = colour.xy_to_XYZ(srgb.whitepoint) * white_xyz[1]
+    adapted = colour.adaptation.chromatic_adaptation_VonKries(
+        np.asarray(xyz), white_xyz, d65, transform="Bradford"
+    )
+    return adapted @ np.asarray(srgb.matrix_XYZ_to_RGB).T
+
+
+def srgb_ccm(
+    qe_curves: np.ndarray,
+    bands_nm: np.ndarray,
+    *,
+    illuminant: str,
+    wb_gains: np.ndarray,
+    chart: str = "BabelColor Average",
+) -> np.ndarray:
+    """The CCM the raw stage applies: white-balanced camera RGB → linear sRGB (D65).
+
+    Least squares (:func:`fit_ccm`) over the chart's patches under ``illuminant``, from
+    the camera's responses times ``wb_gains``, scaled so the perfect white's G is 1
+    (the raw stage's normalised units: a white of G = v comes out with Y ≈ v), to the
+    patches' colours adapted to D65 (:func:`xyz_to_linear_srgb`). By linearity of least
+    squares this is ``XYZ_to_sRGB · Bradford · M · diag(1/g)`` of :func:`fit_chart`'s M.
+
+    Parameters
+    ----------
+    qe_curves : (3, B) R, G, B QE curves on ``bands_nm``, e⁻/photon.
+    bands_nm : band centres, nm.
+    illuminant : a colour.SDS_ILLUMINANTS name.
+    wb_gains : (3,) the white-balance gains applied before the CCM.
+    chart : a colour.SDS_COLOURCHECKERS name.
+
+    Returns
+    -------
+    (3, 3) M, ``srgb = M @ rgb``.
+    """
+    qe = np.asarray(qe_curves, dtype=np.float64)[:3]
+    reflectances, _ = spectra.colourchecker_reflectances(chart, bands_nm)
+    light = spectra.illuminant_photons(illuminant, bands_nm)
+    gains = np.asarray(wb_gains, dtype=np.float64)
+    white_rgb = integrate_bands(light, qe) * gains
+    rgb = chart_camera_rgb(qe, light, reflectances) * gains / white_rgb[1]
+    xyz, white = chart_xyz(illuminant, chart)
+    return fit_ccm(rgb, xyz_to_linear_srgb(xyz, white))
+
+
+def ccm_noise_gain(ccm: np.ndarray) -> np.ndarray:
+    """SNR loss of each output channel of a CCM, for a neutral input with independent,
+    equal noise in the input channels: ``√(Σ_j M_ij²) / |Σ_j M_ij|``.
+
+    A grey input ``(s, s, s)`` with noise σ per channel gives output i the signal
+    ``s·Σ_j M_ij`` and the noise ``σ·√(Σ_j M_ij²)`` (variances of independent terms add),
+    so its SNR falls by this factor; 1 for the identity (and any row with one non-zero
+    entry), > 1 when a row mixes channels with negative weights.
+
+    Returns
+    -------
+    (3,) float64, one per output channel.
+
+    References
+    ----------
+    P. M. Hubel, J. Holm, G. D. Finlayson, M. S. Drew, "Matrix calculations for digital
+    photography", Proc. IS&T/SID 5th Color Imaging Conference, 1997 (noise of a CCM).
+    """
+    m = np.asarray(ccm, dtype=np.float64)
+    return np.sqrt((m**2).sum(axis=1)) / np.abs(m.sum(axis=1))
+
+
+def vora_trussell_mu(
+    qe_curves: np.ndarray, cmfs: np.ndarray, light_photons: np.ndarray | None = None
+) -> float:
+    """Vora–Trussell μ-factor: how well the sensor's QE curves span the observer's.
+
+    ``μ = trace(P_A · P_S) / 3`` with P_A, P_S the orthogonal projectors onto the spans
+    of the colour-matching functions and of the sensor's curves (both weighted by the
+    light when given). μ = 1 exactly when the curves are a linear combination of the
+    CMFs (the Luther condition: no sensor metamerism); μ → 0 when they see nothing the
+    observer sees. Equal to the mean of cos² of the principal angles between the spans.
+
+    Parameters
+    ----------
+    qe_curves : (3, B) R, G, B QE curves at the band centres.
+    cmfs : (3, B) x̄, ȳ, z̄ at the same bands, in the QE curves' domain: per photon
+        (x̄/λ, ... from :func:`sensors.spectra.colour_matching_functions`) for QE curves.
+    light_photons : optional (B,) illuminant weighting.
+
+    References
+    ----------
+    P. L. Vora, H. J. Trussell, "Measure of goodness of a set of color-scanning
+    filters", JOSA A 10(7), 1993, eq. (9).
+    """
+    s = np.asarray(qe_curves, dtype=np.float64)[:3].T
+    a = np.asarray(cmfs, dtype=np.float64).T
+    if light_photons is not None:
+        weight = np.asarray(light_photons, dtype=np.float64)[:, None]
+        s, a = s * weight, a * weight
+    qa, _ = np.linalg.qr(a)
+    qs, _ = np.linalg.qr(s)
+    return float(np.sum((qa.T @ qs) ** 2) / 3.0)

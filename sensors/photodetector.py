@@ -526,6 +526,9 @@ class PhotodetectorStage(Stage):
         attrs |= {"cfa": p.cfa, "full_well_e": p.full_well_e, "exposure_s": self._exposure_s}
         if not stacked:
             attrs["cfa_tile"] = CFA_TILES[p.cfa]
+        if is_spectral:  # for the raw stage's white balance and colour correction
+            attrs["spectral_qe"] = tuple(tuple(map(float, row)) for row in self._curves)
+            attrs["spectral_qe_nm"] = tuple(info.attr("wavelength_nm"))
         self._out_shape = pattern_shape
         self._dtype = np.dtype(p.output_dtype)
         return SignalInfo(Unit.ELECTRONS, pattern_shape, self._dtype, attrs)

@@ -1,21 +1,32 @@
 """Raw: ADC codes → the normalised RGB image a CNN takes.
 
-Steps, in order:
+Steps, in order (the physical order of a camera pipeline):
 
-1. Normalise: ``(DN − black_level_dn) / (white_level_dn − black_level_dn)``, so the code
-   full well maps to is 1.0 (levels from the ADC's attributes, overridable). The ADC puts
-   a zero signal at the centre of the black-level code and each code at the centre of
-   its interval, so a dark pixel's mean code is the black level and signal − dark is
+1. Linearise and subtract the black level, normalise:
+   ``(DN − black_level_dn) / (white_level_dn − black_level_dn)``, so the code full well
+   maps to is 1.0 (levels from the ADC's attributes, overridable). The ADC puts a zero
+   signal at the centre of the black-level code and each code at the centre of its
+   interval, so a dark pixel's mean code is the black level and signal − dark is
    unbiased. For log, sqrt and table curves (``linearize``) each code is first mapped to
    the centre of its interval, ``sensors.curves.dequantize``, which maps the black level
    to exactly 0.
-2. White balance: multiply each colour's pixels by its gain (``wb_gains``, R, G, B); done
-   on the mosaic, before demosaicing, as camera pipelines do. Panchromatic (W) pixels
-   keep gain 1.
+2. White balance (``white_balance``, :mod:`sensors.white_balance`): multiply each
+   colour's pixels by its gain; done on the mosaic, before demosaicing, as camera
+   pipelines do. Panchromatic (W) pixels keep gain 1. ``none`` applies ``wb_gains`` as
+   given (default 1, 1, 1); ``illuminant`` computes fixed gains from the illuminant
+   (the scene's ``illuminant`` attr, or ``illuminant``) through the photodetector's QE
+   curves (``spectral_qe``: a spectral chain). ``gray_world`` and ``white_patch`` are
+   per-image statistics: each image gets its own gains, so an exported graph (the ONNX
+   raw front end, which holds only fixed gains and matrices) cannot carry them.
+   ``auto_gain`` (a per-image digital gain) follows, on the balanced mosaic.
 3. Assemble RGB planes: demosaic a mosaic, take a stacked sensor's planes as they are,
    or replicate a mono sensor's plane (``mono_output``). ``output: mosaic`` skips this
    and passes the normalised mosaic on as one channel (N, H, W, 1).
-4. Optionally clip to [0, 1] and encode (``encode``: linear, srgb, gamma).
+4. Colour correction (``ccm``): ``rgb ← M · rgb`` per pixel with a 3×3 M given, or
+   ``fit``: least squares on the ColorChecker under the illuminant, from the balanced
+   camera RGB to linear sRGB (:func:`sensors.colour_correction.srgb_ccm`), computed once
+   in setup.
+5. Optionally clip to [0, 1] and encode (``encode``: linear, srgb, gamma).
 
 Demosaicing methods (all give float32 (N, H, W, 3)):
 
@@ -47,11 +58,13 @@ import cv2
 import numpy as np
 
 from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Unit, param
+from sensors import white_balance
 from sensors.colour import linear_to_srgb
 from sensors.curves import dequantize, linearize_codes
 
 __all__ = [
     "BAYER_TILES",
+    "PER_IMAGE_WB",
     "RawStage",
     "auto_gain",
     "bayer_pattern",
@@ -63,6 +76,10 @@ __all__ = [
 ]
 
 CfaTile = Sequence[Sequence[str]]
+Matrix3 = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
+
+#: White-balance methods whose gains are statistics of each image.
+PER_IMAGE_WB = ("gray_world", "white_patch")
 
 BAYER_TILES: dict[str, tuple[tuple[str, ...], ...]] = {
     "RGGB": (("R", "G"), ("G", "B")),
@@ -383,7 +400,28 @@ class RawStage(Stage):
             doc="Code that maps to 1.0 (default: the ADC's white_level_dn, else 2**bits - 1).",
         )
         wb_gains: tuple[float, float, float] = param(
-            (1.0, 1.0, 1.0), doc="White-balance gains for R, G, B (applied before demosaicing)."
+            (1.0, 1.0, 1.0),
+            doc="White-balance gains for R, G, B (applied before demosaicing), with "
+            "white_balance: none.",
+        )
+        white_balance: Literal["none", "gray_world", "white_patch", "illuminant"] = param(
+            "none",
+            doc="none: wb_gains as given; illuminant: fixed gains from the illuminant through "
+            "the QE curves (spectral chain); gray_world, white_patch: per-image gains.",
+        )
+        white_patch_percentile: float = param(
+            99.0, doc="white_balance: white_patch: the percentile taken as white.", gt=0, le=100
+        )
+        ccm: Literal["none", "fit"] | Matrix3 = param(
+            "none",
+            doc="Colour correction after demosaicing: none, fit (least squares on the "
+            "ColorChecker under the illuminant, to linear sRGB; spectral chain) or a 3×3 "
+            "matrix (rows: output R, G, B).",
+        )
+        illuminant: str | None = param(
+            None,
+            doc="white_balance: illuminant and ccm: fit: the light assumed, a "
+            "colour.SDS_ILLUMINANTS name (default: the scene's illuminant).",
         )
         output: Literal["planes", "mosaic"] = param(
             "planes",
@@ -435,7 +473,9 @@ class RawStage(Stage):
         self._layout = self._resolve_layout(cfa, shape)
         self._demosaic = None
         height, width = shape[:2]
-        gains = np.array([*p.wb_gains, 1.0], dtype=np.float64) / span
+        fixed_wb = self._fixed_wb_gains(attrs)
+        self._ccm = self._plan_ccm(attrs, fixed_wb)
+        gains = np.array([*fixed_wb, 1.0], dtype=np.float64) / span
         if self._layout == "mosaic":
             tile = attrs.get("cfa_tile")
             if tile is None and cfa in BAYER_TILES:
@@ -448,6 +488,7 @@ class RawStage(Stage):
                 cmap = channel_map(tile, height, width)
             except ValueError as err:
                 raise StageError(str(err), key="cfa_tile") from err
+            self._cmap = cmap
             # One multiply does normalisation and white balance: gain / (white − black).
             self._scale = gains[cmap].astype(np.float32)
             if p.output == "planes":
@@ -458,8 +499,15 @@ class RawStage(Stage):
             self._scale = gains[: shape[2]].astype(np.float32)
         else:  # mono: one plane, no colour
             self._scale = np.float32(1.0 / span)
+        self._check_colour_layout()
         channels = self._output_channels(shape)
-        out_attrs = {"black_level_dn": self._black, "white_level_dn": self._white}
+        out_attrs = {
+            "black_level_dn": self._black,
+            "white_level_dn": self._white,
+            "wb_gains": tuple(float(g) for g in fixed_wb),
+            "white_balance": p.white_balance,
+            "ccm": None if self._ccm is None else tuple(map(tuple, self._ccm.tolist())),
+        }
         return info.evolve(
             unit=Unit.UNITLESS,
             shape=(height, width, channels),
@@ -471,6 +519,76 @@ class RawStage(Stage):
                 "linearized": self._transfer is not None,
             },
         )
+
+    def _fixed_wb_gains(self, attrs) -> np.ndarray:
+        """R, G, B gains known in setup: given, from the illuminant, or 1 (per image)."""
+        p = self.params
+        if p.white_balance != "none" and tuple(p.wb_gains) != (1.0, 1.0, 1.0):
+            raise StageError(
+                f"wb_gains are for white_balance: none, not {p.white_balance}", key="wb_gains"
+            )
+        if p.white_balance == "illuminant":
+            return self._illuminant_wb(attrs, key="white_balance")
+        return np.asarray(p.wb_gains, dtype=np.float64)
+
+    def _spectral(self, attrs, key: str) -> tuple[np.ndarray, np.ndarray, str]:
+        """(R, G, B QE curves, their bands, the illuminant name) of a spectral chain."""
+        qe, bands = attrs.get("spectral_qe"), attrs.get("spectral_qe_nm")
+        name = self.params.illuminant or attrs.get("illuminant")
+        if qe is None or bands is None or name is None:
+            raise StageError(
+                f"{key}: {getattr(self.params, key)} needs a spectral chain (the scene's "
+                "illuminant and the photodetector's spectral_qe)",
+                key=key,
+            )
+        return np.asarray(qe, dtype=np.float64)[:3], np.asarray(bands, dtype=np.float64), name
+
+    def _illuminant_wb(self, attrs, key: str) -> np.ndarray:
+        from sensors import spectra
+
+        qe, bands, name = self._spectral(attrs, key)
+        try:
+            light = spectra.illuminant_photons(name, bands)
+            return white_balance.illuminant_gains(qe, light)
+        except ValueError as err:
+            bad_name = "illuminant" in str(err) and "no light" not in str(err)
+            raise StageError(str(err), key="illuminant" if bad_name else key) from None
+
+    def _plan_ccm(self, attrs, fixed_wb: np.ndarray) -> np.ndarray | None:
+        """The (3, 3) float32 CCM, or None. A fit sees the balanced camera RGB: with the
+        fixed gains, or for a per-image method the illuminant's (its ideal estimate)."""
+        ccm = self.params.ccm
+        if ccm == "none":
+            return None
+        if ccm != "fit":
+            matrix = np.asarray(ccm, dtype=np.float64)
+            if not np.isfinite(matrix).all():
+                raise StageError("ccm must be finite", key="ccm")
+            return matrix.astype(np.float32)
+        from sensors.colour_correction import srgb_ccm
+
+        qe, bands, name = self._spectral(attrs, "ccm")
+        fit_wb = (
+            self._illuminant_wb(attrs, "ccm")
+            if self.params.white_balance in PER_IMAGE_WB
+            else fixed_wb
+        )
+        try:
+            return srgb_ccm(qe, bands, illuminant=name, wb_gains=fit_wb).astype(np.float32)
+        except (ValueError, KeyError) as err:  # colour: KeyError for a non-CIE illuminant
+            raise StageError(f"ccm: fit under {name!r}: {err}", key="ccm") from None
+
+    def _check_colour_layout(self) -> None:
+        p = self.params
+        if self._layout == "mono" and (p.white_balance != "none" or self._ccm is not None):
+            key = "ccm" if self._ccm is not None else "white_balance"
+            raise StageError(f"{key}: a mono sensor has no colour to balance or correct", key)
+        if p.output == "mosaic" and self._ccm is not None:
+            raise StageError("ccm needs RGB planes, not output: mosaic", key="ccm")
+
+    def wb_is_per_image(self) -> bool:
+        """True when the white balance is a per-image statistic (no fixed graph holds it)."""
+        return self.params.white_balance in PER_IMAGE_WB
 
     def linear_lookup(self) -> tuple[np.ndarray, float] | None:
         """The linearisation as a lookup table, for a front end that runs this stage
@@ -572,6 +690,8 @@ class RawStage(Stage):
             y = x.astype(np.float32)  # a copy, normalised in place below
             y -= np.float32(self._black)
         y *= self._scale
+        if p.white_balance in PER_IMAGE_WB and self._layout != "mono":
+            y *= self._per_image_gains(y)
         if p.auto_gain:
             y *= auto_gain(y, p.gain_target, p.max_gain)
         if p.output == "mosaic":
@@ -584,6 +704,8 @@ class RawStage(Stage):
                 out = np.repeat(out, 3, axis=-1)
         else:
             out = y
+        if self._ccm is not None:
+            out = np.matmul(out, self._ccm.T)
         if p.clip:
             np.clip(out, 0.0, 1.0, out=out)
         if p.encode == "srgb":
@@ -591,3 +713,17 @@ class RawStage(Stage):
         elif p.encode == "gamma":
             out = np.copysign(np.abs(out) ** np.float32(1.0 / p.gamma), out)
         return out.astype(np.float32, copy=False)
+
+    def _per_image_gains(self, y: np.ndarray) -> np.ndarray:
+        """float32 per-image gains shaped to multiply ``y`` (a mosaic or planes)."""
+        p = self.params
+        mosaic = self._layout == "mosaic"
+        cmap = self._cmap if mosaic else None
+        if p.white_balance == "gray_world":
+            gains = white_balance.gray_world_gains(y, cmap)
+        else:
+            gains = white_balance.white_patch_gains(y, cmap, percentile=p.white_patch_percentile)
+        if not mosaic:
+            return gains.astype(np.float32)[:, None, None, :]
+        with_w = np.concatenate([gains, np.ones((len(gains), 1))], axis=1)
+        return with_w.astype(np.float32)[:, self._cmap]

@@ -35,6 +35,7 @@ __all__ = [
     "camera_names",
     "camera_sensitivities",
     "chart_names",
+    "colour_matching_functions",
     "colourchecker_reflectances",
     "illuminant_names",
     "illuminant_photons",
@@ -154,6 +155,21 @@ def camera_sensitivities(name: str, bands_nm: np.ndarray) -> np.ndarray:
     msds = _pick(_colour().MSDS_CAMERA_SENSITIVITIES, name, "camera")
     bands = np.asarray(bands_nm, dtype=np.float64)
     return np.maximum(_sample(msds, bands, f"camera {name!r}").T, 0.0)  # -2e-19 → 0
+
+
+# -- observer ---------------------------------------------------------------------------
+def colour_matching_functions(
+    bands_nm: np.ndarray, observer: str = "CIE 1931 2 Degree Standard Observer"
+) -> np.ndarray:
+    """The CIE colour-matching functions x̄, ȳ, z̄ at the band centres.
+
+    Returns
+    -------
+    (3, B) float64 (``colour.MSDS_CMFS[observer]``, as colour ships them: ȳ peaks at 1).
+    """
+    msds = _pick(_colour().MSDS_CMFS, observer, "observer")
+    bands = np.asarray(bands_nm, dtype=np.float64)
+    return _sample(msds, bands, f"observer {observer!r}").T
 
 
 # -- RGB → reflectance -------------------------------------------------------------------

@@ -243,6 +243,21 @@ def test_a_model_yaml_with_config_exports_the_raw_front(trained, tmp_path, capsy
 # ---------------------------------------------------------------------- bad inputs
 
 
+@pytest.mark.parametrize("method", ["gray_world", "white_patch"])
+def test_raw_front_refuses_per_image_white_balance(trained, tmp_path, capsys, method):
+    """A per-image white balance is no constant a graph can hold: one line, exit 2."""
+    raw = {**SENSOR[3], "white_balance": method}
+    folder = trained["folder"]
+    config = make_config(folder, "test.npz", sensor=[*TRAINED_SENSOR[:3], raw], name=method)
+    args = ["export", trained["run"] / "model.yaml", "--out", tmp_path / "x.onnx"]
+    _bad(
+        [*args, "--front", "raw", "--config", config],
+        capsys,
+        tmp_path,
+        f"white_balance: {method} is per image",
+    )
+
+
 def _bad(args, capsys, tmp_path, message):
     before = sorted(os.listdir(tmp_path))
     code, _, err = cli(*args, capsys=capsys)

@@ -17,7 +17,7 @@ from pipeline.characterize import (
 from pipeline.cli.common import add_set_option
 from pipeline.report import write_report
 
-__all__ = ["cmd_characterize", "register", "summary"]
+__all__ = ["cmd_characterize", "colour_summary", "register", "summary"]
 
 
 def register(sub: Any) -> None:
@@ -27,7 +27,9 @@ def register(sub: Any) -> None:
         help="EMVA 1288 datasheet of the configured sensor (photon-transfer method)",
         description="Run the EMVA 1288 photon-transfer method on the config's photodetector "
         "and ADC: flat fields from dark to beyond saturation, two frames per level. Writes "
-        "datasheet.json, photon_transfer.png and snr.png.",
+        "datasheet.json, photon_transfer.png and snr.png. A spectral colour sensor also gets "
+        "its colour figures: ColorChecker ΔE2000 after the CCM, the CCM's noise gain and the "
+        "Vora-Trussell metamerism factor.",
     )
     p.add_argument("config", help="run config YAML")
     add_set_option(p)
@@ -44,12 +46,22 @@ def register(sub: Any) -> None:
         default=DEFAULT_SIZE,
         help=f"flat-field frame size in pixels, square (default {DEFAULT_SIZE})",
     )
+    p.add_argument(
+        "--colour-illuminant",
+        help="spectral sensor: the light of the colour figures, a colour.SDS_ILLUMINANTS name "
+        "(default: the scene's illuminant)",
+    )
     p.set_defaults(func=cmd_characterize)
 
 
 def cmd_characterize(args: argparse.Namespace) -> int:
     folder, sheet = characterize_config(
-        args.config, args.overrides, out=args.out, levels=args.levels, size=args.size
+        args.config,
+        args.overrides,
+        out=args.out,
+        levels=args.levels,
+        size=args.size,
+        colour_illuminant=args.colour_illuminant,
     )
     print(summary(sheet, folder))
     print(f"report: {write_report(folder)}")
@@ -75,4 +87,17 @@ def summary(sheet: Mapping[str, Any], folder: Path) -> str:
             f"row noise {ch['row_temporal_noise_e']:.3g} e-"
         )
         lines.extend(f"     note: {note}" for note in ch["notes"])
+    if "colour" in sheet:
+        lines.extend(colour_summary(sheet["colour"]))
     return "\n".join(lines)
+
+
+def colour_summary(colour: Mapping[str, Any]) -> list[str]:
+    """Three lines: ΔE2000 after the CCM, the sRGB CCM's noise gain, the μ-factor."""
+    gain = ", ".join(f"{g:.2f}" for g in colour["ccm_noise_gain"])
+    return [
+        f"  colour under {colour['illuminant']}: ColorChecker dE2000 after CCM mean "
+        f"{colour['delta_e2000_mean']:.2f}, max {colour['delta_e2000_max']:.2f}",
+        f"     sRGB CCM noise gain (R, G, B) {gain}; "
+        f"Vora-Trussell mu {colour['vora_trussell_mu']:.4f} (1: Luther condition)",
+    ]

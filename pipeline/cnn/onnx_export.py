@@ -88,6 +88,9 @@ _INPUT_TYPES = {
     "float32": TensorProto.FLOAT,
 }
 _CHANNEL_INDEX = {"R": 0, "G": 1, "B": 2, "W": 3}
+# White-balance methods whose gains are known before any image (the raw stage's others,
+# gray_world and white_patch, are per-image statistics).
+_FIXED_WB = ("none", "illuminant")
 
 
 def ir_version_for(opset: int) -> int:
@@ -122,7 +125,11 @@ class SensorFront:
     adc_dtype : the ADC output dtype ("uint8", "uint16", "uint32").
     adc_shape : one image of ADC output: (H, W) or (H, W, 3) for stacked.
     demosaic : the raw stage's demosaic method.
-    wb_gains : white-balance gains R, G, B.
+    wb_gains : the fixed white-balance gains R, G, B the raw stage applied (given, or
+        from the illuminant; the raw stage's ``wb_gains`` attr).
+    white_balance : the raw stage's method; ``gray_world`` and ``white_patch`` are
+        per-image statistics, which no fixed graph holds.
+    ccm : the 3×3 colour correction after demosaicing (rows: output channels), or None.
     raw_output : "planes" or "mosaic" (the normalised mosaic as one channel).
     mono_output : "replicate" or "single".
     clip : the raw stage clips to [0, 1].
@@ -155,6 +162,8 @@ class SensorFront:
     gain_target: float = 0.18
     max_gain: float = 256.0
     linearized: bool = False
+    white_balance: str = "none"
+    ccm: tuple[tuple[float, ...], ...] | None = None
     curve: str = "linear"
     log_compression: float = 255.0
     thresholds: tuple[float, ...] | None = None
@@ -188,8 +197,15 @@ class SensorFront:
             low = 0.0 - self.black_level_dn
             high = float(2**self.bits - 1) - self.black_level_dn
             span = self.white_level_dn - self.black_level_dn
-        lo = min(g * low / span for g in gains)
-        hi = max(g * high / span for g in gains)
+        lo_c = np.array([g * low / span for g in gains])
+        hi_c = np.array([g * high / span for g in gains])
+        if self.ccm is not None:  # each output is Σ_j M_ij·x_j over the box [lo_c, hi_c]
+            m = np.asarray(self.ccm)
+            lo_c, hi_c = (
+                np.minimum(m * lo_c, m * hi_c).sum(axis=1),
+                np.maximum(m * lo_c, m * hi_c).sum(axis=1),
+            )
+        lo, hi = float(lo_c.min()), float(hi_c.max())
         if self.clip:
             lo, hi = max(lo, 0.0), min(hi, 1.0)
         return lo, hi
@@ -200,6 +216,7 @@ class SensorFront:
         d["cfa_tile"] = None if self.cfa_tile is None else ["".join(r) for r in self.cfa_tile]
         d["adc_shape"] = list(self.adc_shape)
         d["wb_gains"] = list(self.wb_gains)
+        d["ccm"] = None if self.ccm is None else [list(row) for row in self.ccm]
         return d
 
     @classmethod
@@ -209,6 +226,8 @@ class SensorFront:
         d["cfa_tile"] = None if tile is None else tuple(tuple(row) for row in tile)
         d["adc_shape"] = tuple(d["adc_shape"])
         d["wb_gains"] = tuple(d.get("wb_gains", (1.0, 1.0, 1.0)))
+        if d.get("ccm") is not None:
+            d["ccm"] = tuple(tuple(float(v) for v in row) for row in d["ccm"])
         if d.get("thresholds") is not None:
             d["thresholds"] = tuple(float(t) for t in d["thresholds"])
         for key in _NOT_METADATA:
@@ -241,6 +260,10 @@ class SensorFront:
         in_graph = linearized and int(bits) <= MAX_LOOKUP_BITS  # no table a graph cannot hold
         lookup = getattr(stages[r], "linear_lookup", None) if in_graph else None
         code_lookup, lookup_span = lookup() if lookup is not None else (None, None)
+        settings = _raw_settings(stages[r], chain.keys[r])
+        if raw_info.attr("wb_gains") is not None:  # the gains applied, e.g. from the illuminant
+            settings["wb_gains"] = tuple(float(g) for g in raw_info.attr("wb_gains"))
+        ccm = raw_info.attr("ccm")
         return cls(
             bits=int(bits),
             black_level_dn=float(raw_info.attr("black_level_dn")),
@@ -255,7 +278,9 @@ class SensorFront:
             thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
             code_lookup=code_lookup,
             lookup_span=lookup_span,
-            **_raw_settings(stages[r], chain.keys[r]),
+            white_balance=str(raw_info.attr("white_balance", "none")),
+            ccm=None if ccm is None else tuple(tuple(float(v) for v in row) for row in ccm),
+            **settings,
         )
 
 
@@ -446,6 +471,13 @@ def _front_nodes(front: SensorFront, input_dtype: str, out: str):
             f"the raw front end does not compute encode: {front.encode}; export without --front",
             key="front",
         )
+    if front.white_balance not in _FIXED_WB:
+        raise UserError(
+            f"the raw front end holds fixed white-balance gains only; white_balance: "
+            f"{front.white_balance} is per image (use illuminant or wb_gains, or export "
+            "without --front)",
+            key="front",
+        )
     if front.linearized:
         span = _lookup_nodes(front, f + "offset", nodes, inits)
     else:
@@ -538,6 +570,14 @@ def _front_nodes(front: SensorFront, input_dtype: str, out: str):
             )
         )
         last = f + "planes"
+    if front.ccm is not None:  # rgb <- M rgb per pixel: a 1x1 convolution, weight (3, 3, 1, 1)
+        inits.append(_const(f + "ccm", np.asarray(front.ccm, np.float32).reshape(3, 3, 1, 1)))
+        nodes.append(
+            helper.make_node(
+                "Conv", [last, f + "ccm"], [f + "corrected"], name=f + "colour_correction"
+            )
+        )
+        last = f + "corrected"
     if front.clip:
         inits.append(_const(f + "zero", np.array(0.0, np.float32)))
         inits.append(_const(f + "one", np.array(1.0, np.float32)))
@@ -597,6 +637,8 @@ def metadata(
         elif front is not None:
             lo, hi = front.input_range()
             input_range |= {"min": lo, "max": hi}
+        if front is not None and front.ccm is not None:
+            input_range["formula"] += ", then (after demosaicing) rgb <- ccm @ rgb per pixel"
     meta = {
         "model_name": model.spec.name,
         "class_names": json.dumps(list(model.class_names)),

@@ -37,6 +37,8 @@ FRONT_FIELDS = (
     "adc_shape",
     "demosaic",
     "wb_gains",
+    "white_balance",
+    "ccm",
     "raw_output",
     "mono_output",
     "clip",
