@@ -50,7 +50,7 @@ from pipeline.cnn import functional as F
 from pipeline.cnn.graph import INPUT
 from pipeline.cnn.model import Model
 from pipeline.cnn.optim import AdamW
-from pipeline.cnn.threads import usable_cpus
+from pipeline.threads import worker_threads
 
 LR, WEIGHT_DECAY = 1e-3, 5e-4
 
@@ -196,7 +196,7 @@ def _timed(fn) -> tuple[float, float]:
 
 
 def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
-    threads = usable_cpus()
+    threads = worker_threads()
     wts = make_weights(seed)
     rng = np.random.default_rng(seed + 1)
     x = rng.random((batch, 3, SIZE_PX, SIZE_PX), dtype=np.float32)
