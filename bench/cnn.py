@@ -1,54 +1,53 @@
-"""Benchmark: the NumPy CNN engine against onnxruntime on the shipped-style RGB 32x32 net.
+"""Benchmark: the NumPy CNN engine's inference against onnxruntime on the shipped-style
+RGB 32x32 net.
 
 The network: conv3x3 3->32, relu, conv3x3 32->32, relu, maxpool 2, conv3x3 32->64, relu,
 conv3x3 64->64, relu, maxpool 2, flatten, dense 4096->256, relu, dense 256->10
 (padding 1 everywhere), 13.1 GFLOP per batch of 256.
 
-Measured in one process, with one statistic for both sides: the median over interleaved
-pairs (ours, theirs, ours, theirs, ...), so both see the same background load.
+Inference at batch 256: the compiled evaluator (pipeline.cnn.fast) against onnxruntime
+(2 intra-op threads), outputs checked to agree (< 1e-4 of the largest logit), timed as
+interleaved pairs by bench/common.py (the median of the pairs' ratios, each side's
+median); then the time of each fused step of ours (``CompiledNet.profile``) and of each
+onnxruntime node (its profiler), median over a few runs. The training step against
+PyTorch is bench/train.py's.
 
-- inference at batch 256: the compiled evaluator (pipeline.cnn.fast) against onnxruntime
-  (2 intra-op threads), outputs checked to agree (< 1e-4 of the largest logit); then the
-  time of each fused step of ours (``CompiledNet.profile``) and of each onnxruntime node
-  (its profiler), median over a few runs;
-- a training step (forward + backward through pipeline.cnn.functional + SGD update)
-  against PyTorch's eager CPU step on the same net and batch.
-
-It prints the load, the BLAS library, kernel (threadpoolctl's ``architecture``) and
-threads. The BLAS environment (``--blas-env``):
-
-- ``free`` (default): OpenBLAS picks its kernel, as on users' machines; if
-  OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE is set, the bench re-executes itself with both
-  removed from its own environment (nothing else is changed);
-- ``haswell``: re-executes with OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512 (the
-  setting of some machines here);
-- ``machine``: the environment as it is.
-
+The header, the load and ``--blas-env free|haswell|machine`` are bench/common.py's;
 ``--all-envs`` runs ``free`` and ``haswell`` as subprocesses and prints both.
 
-Usage::
+Usage (from the repository root)::
 
-    python bench/cnn.py                    # OpenBLAS free to pick its kernel
-    python bench/cnn.py --blas-env haswell
-    python bench/cnn.py --all-envs         # both (3 minutes at load 13 on 2 cores)
+    python -m bench.cnn                    # OpenBLAS free to pick its kernel
+    python -m bench.cnn --blas-env haswell
+    python -m bench.cnn --all-envs         # both
+    python -m bench.cnn --pairs 3 --profile-runs 1 --batch 64   # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cnn import functional as F
+from bench.common import (
+    Pairs,
+    add_blas_env,
+    apply_blas_env,
+    each_blas_env,
+    environment,
+    header_lines,
+    interleaved,
+    load_average,
+    load_line,
+    without_options,
+)
 from pipeline.cnn.fast import compile_model
 from pipeline.cnn.graph import parse_graph
 from pipeline.cnn.model import Model
@@ -165,82 +164,6 @@ def make_onnx(wts: dict[str, np.ndarray]) -> bytes:
     return model.SerializeToString()
 
 
-def train_step_factory(wts: dict[str, np.ndarray], lr: float = 0.01):
-    """A forward + backward + SGD step of the bench net through pipeline.cnn.functional."""
-    p = {k: v.copy() for k, v in wts.items()}
-
-    def step(x: np.ndarray, labels: np.ndarray) -> float:
-        acts, h = [], x
-        for k in range(4):
-            y = F.conv2d(h, p[f"conv{k}.w"], p[f"conv{k}.b"], padding=1)
-            r = F.relu(y)
-            acts.append((h, y))
-            h = F.max_pool2d(r, 2) if k in (1, 3) else r
-            if k in (1, 3):
-                acts[-1] = (*acts[-1], r)
-        flat = F.flatten(h)
-        z0 = F.dense(flat, p["fc0.w"], p["fc0.b"])
-        a0 = F.relu(z0)
-        logits = F.dense(a0, p["fc1.w"], p["fc1.b"])
-        loss, d = F.cross_entropy(logits, labels)
-        grads = {}
-        d, grads["fc1.w"], grads["fc1.b"] = F.dense_backward(d, a0, p["fc1.w"])
-        d = F.relu_backward(d, z0)
-        d, grads["fc0.w"], grads["fc0.b"] = F.dense_backward(d, flat, p["fc0.w"])
-        d = F.flatten_backward(d, h.shape)
-        for k in (3, 2, 1, 0):
-            if k in (1, 3):
-                h_in, y, r = acts[k]
-                d = F.max_pool2d_backward(d, r, 2)
-            else:
-                h_in, y = acts[k]
-            d = F.relu_backward(d, y)
-            d, grads[f"conv{k}.w"], grads[f"conv{k}.b"] = F.conv2d_backward(
-                d, h_in, p[f"conv{k}.w"], padding=1
-            )
-        for k, g in grads.items():
-            p[k] -= np.float32(lr) * g
-        return loss
-
-    return step
-
-
-BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-BLAS_ENVS = {"free": {}, "haswell": {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}}
-
-
-def blas_env(mode: str) -> dict[str, str] | None:
-    """The environment to re-execute in for ``mode``, or None if this one is right."""
-    if mode == "machine":
-        return None
-    want = BLAS_ENVS[mode]
-    if all(os.environ.get(k) == want.get(k) for k in BLAS_VARS):
-        return None
-    env = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
-    return env | want
-
-
-def blas_info() -> list[dict]:
-    """Library, version, kernel and threads of each BLAS loaded (threadpoolctl)."""
-    from threadpoolctl import threadpool_info
-
-    keys = ("internal_api", "architecture", "num_threads", "version", "filepath")
-    return [{k: i.get(k) for k in keys} for i in threadpool_info() if i["user_api"] == "blas"]
-
-
-def interleaved(ours, theirs, pairs: int) -> tuple[float, float, float]:
-    """Median seconds of ``ours`` and of ``theirs`` over ``pairs`` interleaved calls, and
-    the median over the pairs of (their time / our time)."""
-    t_ours, t_theirs = [], []
-    for _ in range(pairs):
-        for fn, ts in ((ours, t_ours), (theirs, t_theirs)):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    a, b = np.array(t_ours), np.array(t_theirs)
-    return float(np.median(a)), float(np.median(b)), float(np.median(b / a))
-
-
 def ort_session(onnx_bytes: bytes, profile_dir: str | None = None):
     """An onnxruntime CPU session with 2 intra-op threads (profiling into a directory)."""
     import onnxruntime as ort
@@ -277,43 +200,6 @@ def per_layer(fast, onnx_bytes: bytes, x: np.ndarray, runs: int) -> dict:
     }
 
 
-def torch_step_factory(x: np.ndarray, labels: np.ndarray):
-    """PyTorch's eager CPU training step on the bench net (2 threads), or None without
-    torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(2)
-    nn = torch.nn
-    net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(4096, 256),
-        nn.ReLU(),
-        nn.Linear(256, 10),
-    )
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
-
-    def step() -> None:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(net(xt), yt)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
 def run(args: argparse.Namespace) -> dict:
     wts = make_weights(args.seed)
     rng = np.random.default_rng(args.seed + 1)
@@ -327,65 +213,34 @@ def run(args: argparse.Namespace) -> dict:
     scale = float(np.abs(y_ort).max())
     err_fast = float(np.abs(fast(x) - y_ort).max() / scale)
     err_layers = float(np.abs(layers_forward(model, x[:16]) - y_ort[:16]).max() / scale)
-    load = [os.getloadavg()[0]]
-    t_fast, t_ort, ratio = interleaved(
-        lambda: fast(x), lambda: sess.run(None, {"x": x}), args.pairs
-    )
+    env = environment()
+    pairs = interleaved(lambda: fast(x), lambda: sess.run(None, {"x": x}), args.pairs)
     layers = per_layer(fast, onnx_bytes, x, args.profile_runs)
-    r = {
-        "env": {k: os.environ.get(k) for k in BLAS_VARS},
-        "blas": blas_info(),
+    return {
+        "environment": env,
         "batch": args.batch,
-        "pairs": args.pairs,
         "block_images": fast.block_images,
-        "fast_img_s": args.batch / t_fast,
-        "onnxruntime_img_s": args.batch / t_ort,
-        "ratio_fast_to_ort": ratio,
+        "pairs_s": [a.tolist() for a in dataclasses.astuple(pairs)],
+        "fast_img_s": args.batch / pairs.ours_median_s,
+        "onnxruntime_img_s": args.batch / pairs.theirs_median_s,
+        "ratio_fast_to_ort": pairs.ratio,
         "per_layer_s": layers,
         "max_rel_err_fast_vs_ort": err_fast,
         "max_rel_err_layers_vs_ort": err_layers,
+        "load_end": load_average(),
     }
-    if args.train_pairs > 0:
-        xt = x[: args.train_batch]
-        labels = rng.integers(0, CLASSES, args.train_batch)
-        step = train_step_factory(wts)
-        torch_step = torch_step_factory(xt, labels)
-        step(xt, labels)
-        r["train_batch"] = args.train_batch
-        if torch_step is None:
-            t_np, _, _ = interleaved(lambda: step(xt, labels), lambda: None, args.train_pairs)
-            r["train_img_s"], r["torch_train_img_s"], r["ratio_train_to_torch"] = (
-                args.train_batch / t_np,
-                None,
-                None,
-            )
-        else:
-            torch_step()
-            t_np, t_torch, tr = interleaved(lambda: step(xt, labels), torch_step, args.train_pairs)
-            r["train_img_s"] = args.train_batch / t_np
-            r["torch_train_img_s"] = args.train_batch / t_torch
-            r["ratio_train_to_torch"] = tr
-    load.append(os.getloadavg()[0])
-    r["load_1min"] = load
-    return r
 
 
 def report(r: dict) -> None:
-    print(
-        f"env: {r['env']}; load (1-min average) {r['load_1min'][0]:.2f} -> {r['load_1min'][1]:.2f}"
-    )
-    for b in r["blas"]:
-        print(
-            f"BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
-            f"{b['num_threads']} threads ({Path(b['filepath']).name})"
-        )
-    print(
-        f"inference, batch {r['batch']}, median of {r['pairs']} interleaved pairs "
-        f"(blocks of {r['block_images']} images):"
-    )
-    print(f"  onnxruntime (2 threads) {r['onnxruntime_img_s']:8.0f} images/s")
-    print(f"  numpy compiled path     {r['fast_img_s']:8.0f} images/s")
-    print(f"  ratio numpy / onnxruntime: {r['ratio_fast_to_ort']:.2f}x")
+    for line in header_lines(r["environment"]):
+        print(line)
+    print("onnxruntime: 2 intra-op threads")
+    print(f"inference, batch {r['batch']} (blocks of {r['block_images']} images):")
+    pairs = Pairs(*(np.array(a) for a in r["pairs_s"]))
+    for line in pairs.lines("numpy compiled", "onnxruntime"):
+        print(line)
+    print(f"  onnxruntime {r['onnxruntime_img_s']:8.0f} images/s (median)")
+    print(f"  numpy       {r['fast_img_s']:8.0f} images/s (median)")
     ours, theirs = r["per_layer_s"]["ours"], r["per_layer_s"]["onnxruntime"]
     print("  per step, ms (median of profiled runs; ours: per thread, averaged over threads)")
     total = sum(ours.values())
@@ -398,17 +253,9 @@ def report(r: dict) -> None:
         f"  max |diff| / max |ort|: compiled {r['max_rel_err_fast_vs_ort']:.1e}, "
         f"layers' forward {r['max_rel_err_layers_vs_ort']:.1e}"
     )
-    if "train_img_s" in r:
-        line = f"training step, batch {r['train_batch']}: numpy {r['train_img_s']:.0f} images/s"
-        if r["torch_train_img_s"] is None:
-            print(line + "; torch not installed")
-        else:
-            print(
-                line + f", torch eager {r['torch_train_img_s']:.0f} images/s, "
-                f"ratio {r['ratio_train_to_torch']:.2f}x (median of pairs)"
-            )
     ok = r["max_rel_err_fast_vs_ort"] < 1e-4 and r["max_rel_err_layers_vs_ort"] < 1e-4
     print("outputs agree (< 1e-4)" if ok else "OUTPUTS DISAGREE")
+    print(load_line(r["load_end"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,20 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--pairs", type=int, default=15, help="interleaved inference pairs")
     ap.add_argument("--profile-runs", type=int, default=5, help="profiled runs per engine")
-    ap.add_argument("--train-batch", type=int, default=64)
-    ap.add_argument(
-        "--train-pairs", type=int, default=3, help="interleaved training pairs (0: none)"
-    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--blas-env", choices=("free", "haswell", "machine"), default="free")
+    add_blas_env(ap)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--all-envs", action="store_true", help="run free and haswell, both")
     args = ap.parse_args(argv)
     if args.all_envs:
         return all_envs(argv)
-    env = blas_env(args.blas_env)
-    if env is not None:  # the BLAS kernel is chosen when the library loads: start afresh
-        os.execve(sys.executable, [sys.executable, __file__, *argv], env)
+    apply_blas_env(args.blas_env)
     r = run(args)
     print(json.dumps(r)) if args.json else report(r)
     return 0 if r["max_rel_err_fast_vs_ort"] < 1e-4 else 1
@@ -438,22 +279,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def all_envs(argv: list[str]) -> int:
     """This bench under each BLAS environment, as subprocesses; both reports and a summary."""
-    rest = [a for a in argv if a not in ("--all-envs", "--json")]
-    rows = []
-    for mode in BLAS_ENVS:
-        cmd = [sys.executable, __file__, *rest, "--json", "--blas-env", mode]
-        print(f"== --blas-env {mode}", flush=True)
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+    rows = each_blas_env(
+        "bench.cnn", without_options(argv, ("--all-envs", "--json"), ("--blas-env",))
+    )
+    for _, r in rows:
         report(r)
-        rows.append((mode, r))
     print("\nsummary (numpy compiled / onnxruntime, median of interleaved pairs):")
     for mode, r in rows:
-        arch = ",".join(sorted({b["architecture"] for b in r["blas"]}))
+        arch = ",".join(sorted({str(b["architecture"]) for b in r["environment"]["blas"]}))
         print(
             f"  {mode:8s} kernel {arch:10s} {r['ratio_fast_to_ort']:.2f}x; "
             f"ort {r['onnxruntime_img_s']:.0f} img/s, numpy {r['fast_img_s']:.0f} img/s; "
-            f"load {r['load_1min'][0]:.2f}"
+            f"load {r['environment']['load'][0]:.2f}"
         )
     return 0
 

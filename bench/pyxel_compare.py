@@ -21,10 +21,10 @@ for bit):
 - sensorlab's photodetector takes R, G, B planes: the frame goes in as three thirds,
   which the mono sensor sums (so its optics blurs three planes; Pyxel blurs one).
 
-Both run in interleaved pairs (which goes first alternates); it prints each side's median,
-the median of the pairs' ratios (target ≥ 20×), the median time of each sensorlab stage
-and of each Pyxel model (the models called on the detector directly, outside
-``run_mode``), the BLAS library, the threads and the load.
+Both run as interleaved pairs (bench/common.py); it prints each side's median, the median
+of the pairs' ratios (target ≥ 20×), the median time of each sensorlab stage and of each
+Pyxel model (the models called on the detector directly, outside ``run_mode``), after
+bench/common.py's header (BLAS, ``SENSORLAB_THREADS``, load; ``--blas-env``).
 
 Pyxel (``pip install pyxel-sim``, 3.0.2 here) is not a sensorlab dependency: without it
 this prints that it skipped and exits 0. Pyxel installs many packages, so a separate
@@ -50,15 +50,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.sensor_chain import (
-    environment_lines,
-    format_times,
-    interleaved_pairs,
-    pair_summary,
-    run_chain,
-    scene,
-    stage_times,
-)
+from bench.common import add_blas_env, apply_blas_env, interleaved, load_line, print_header
+from bench.sensor_chain import format_times, opencv_line, run_chain, scene, stage_times
 from pipeline.stage import SignalInfo, Stage, Unit
 from sensors.adc import ADCStage
 from sensors.optics import OpticsStage
@@ -176,15 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=7, help="interleaved pairs")
     parser.add_argument("--size", type=int, default=2048, help="frame side, px")
+    add_blas_env(parser)
     args = parser.parse_args(argv)
+    apply_blas_env(args.blas_env)
     try:
         import pyxel
     except ImportError:
         print("pyxel is not importable (pip install pyxel-sim): skipped")
         return 0
-    for line in environment_lines():
-        print(line)
-    print(f"pyxel {pyxel.__version__}")
+    print_header([opencv_line(), f"pyxel {pyxel.__version__}"])
     size = args.size
     frame = scene(1, size, size)[0, ..., 1].astype(np.float64)  # one plane, mean ≈ 1000
     planes = np.repeat((frame / 3.0).astype(np.float32)[None, ..., None], 3, axis=-1)
@@ -204,18 +197,11 @@ def main(argv: list[str] | None = None) -> int:
 
         tree = run_pyxel()  # warm-up, and the outputs compared below
         ours = run_chain(stages, planes)
-        t_pyxel, t_ours, cpu_pyxel, cpu_ours = interleaved_pairs(
-            run_pyxel, lambda: run_chain(stages, planes), args.pairs
-        )
-        tp, to, ratio = pair_summary(t_pyxel, t_ours)
-        cp, co, _ = pair_summary(cpu_pyxel, cpu_ours)
-        print(f"{size}×{size} exposure, {args.pairs} interleaved pairs, medians:")
-        print(f"  pyxel     {tp * 1e3:7.0f} ms")
-        print(f"  sensorlab {to * 1e3:7.0f} ms")
-        print(
-            f"  ratio {ratio:.1f}× (median of the pairs' ratios; ratio of medians {tp / to:.1f}×)"
-        )
-        print(f"  CPU time: pyxel {cp * 1e3:.0f} ms, sensorlab {co * 1e3:.0f} ms (all threads)")
+        timed = interleaved(lambda: run_chain(stages, planes), run_pyxel, args.pairs)
+        ratio = timed.ratio
+        print(f"{size}×{size} exposure:")
+        for line in timed.lines("sensorlab", "pyxel"):
+            print(line)
         repeats = max(3, args.pairs // 2)
         print("  sensorlab per stage: " + format_times(stage_times(stages, planes, repeats)))
         models = pyxel_model_times(config, repeats)
@@ -226,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     describe("sensorlab codes (inner)", ours[0][inner])
     verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
     print(f"ratio to pyxel: {ratio:.1f}× ({verdict} {TARGET_RATIO:.0f}×)")
-    print(environment_lines()[-1])
+    print(load_line())
     return 0
 
 

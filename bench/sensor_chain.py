@@ -6,10 +6,10 @@ reference, written here, does the same physics the plain way:
 ``scipy.ndimage.gaussian_filter`` per image and channel, CFA sampling with the quantum
 efficiency, ``Generator.poisson`` per element, read noise, a floor ADC with the pedestal at
 the centre of the black-level code, and bilinear demosaicing with ``scipy.ndimage.convolve``.
-Both run in the same process, in interleaved pairs (which goes first alternates); it
-prints each side's median time, the median of the pairs' ratios (the figure that counts,
-target ≥ 3×), the median time of each stage and of each reference step, the BLAS library
-and the threads (``SENSORLAB_THREADS``, default: the usable cores), and the load average.
+Both run in the same process, as interleaved pairs (bench/common.py); it prints each
+side's median time, the median of the pairs' ratios (the figure that counts, target ≥ 3×)
+and the median time of each stage and of each reference step, after bench/common.py's
+header (BLAS, ``SENSORLAB_THREADS``, load; ``--blas-env``) and OpenCV's threads.
 
 The two outputs come from different random draws, so they are compared by their
 statistics: per-channel mean and variance of the RGB output on the benchmark frames
@@ -18,19 +18,17 @@ and, where the variance is the temporal noise alone, on a flat field.
 Run from the repository root::
 
     python -m bench.sensor_chain            # 2048×2048 and 256×64×64
-    python -m bench.sensor_chain --quick    # small sizes, a smoke run
+    python -m bench.sensor_chain --quick --pairs 1   # small sizes, a smoke run
     SENSORLAB_THREADS=1 python -m bench.sensor_chain   # sensorlab on one thread
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,8 @@ import scipy.ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.stage import Batch, SignalInfo, Stage, Unit, worker_threads
+from bench.common import add_blas_env, apply_blas_env, interleaved, load_line, print_header
+from pipeline.stage import Batch, SignalInfo, Stage, Unit
 from sensors.adc import ADCStage
 from sensors.optics import OpticsStage
 from sensors.photodetector import PhotodetectorStage
@@ -166,30 +165,6 @@ class _StepClock:
 # -- measuring ---------------------------------------------------------------------------
 
 
-def interleaved_pairs(
-    fn_ref: Callable[[], object], fn_ours: Callable[[], object], pairs: int
-) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Wall and process CPU seconds of ``pairs`` interleaved (reference, ours) runs:
-    (wall ref, wall ours, cpu ref, cpu ours). Which runs first alternates, so both see the
-    same machine load. CPU seconds add up all threads: on a loaded machine they show the
-    work done when the wall times mostly show the wait."""
-    wall: tuple[list[float], list[float]] = ([], [])
-    cpu: tuple[list[float], list[float]] = ([], [])
-    for k in range(pairs):
-        for side in (0, 1) if k % 2 == 0 else (1, 0):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            (fn_ref, fn_ours)[side]()
-            wall[side].append(time.perf_counter() - start)
-            cpu[side].append(time.process_time() - start_cpu)
-    return wall[0], wall[1], cpu[0], cpu[1]
-
-
-def pair_summary(t_ref: list[float], t_ours: list[float]) -> tuple[float, float, float]:
-    """(median reference time, median our time, median of the pairs' ratios ref/ours)."""
-    ratios = [r / o for r, o in zip(t_ref, t_ours, strict=True)]
-    return statistics.median(t_ref), statistics.median(t_ours), statistics.median(ratios)
-
-
 def stage_times(stages: list[Stage], photons: np.ndarray, repeats: int) -> dict[str, float]:
     """Median seconds of each stage over ``repeats`` runs of the chain."""
     batch = Batch(np.arange(len(photons)))
@@ -251,23 +226,21 @@ def bench_case(n: int, h: int, w: int, pairs: int) -> float:
     index = np.arange(n)
     ours_out = run_chain(stages, photons)  # warm-up, and the outputs compared below
     ref_out = reference(photons, index)
-    t_ref, t_ours, cpu_ref, cpu_ours = interleaved_pairs(
-        lambda: reference(photons, index), lambda: run_chain(stages, photons), pairs
+    timed = interleaved(
+        lambda: run_chain(stages, photons), lambda: reference(photons, index), pairs
     )
-    tr, to, ratio = pair_summary(t_ref, t_ours)
-    cr, co, _ = pair_summary(cpu_ref, cpu_ours)
     mpix = n * h * w / 1e6
-    print(f"{n}×{h}×{w} ({mpix:.2f} Mpx), {pairs} interleaved pairs, medians:")
-    print(f"  reference {mpix / tr:7.2f} Mpx/s  ({tr * 1e3:.0f} ms)")
-    print(f"  sensorlab {mpix / to:7.2f} Mpx/s  ({to * 1e3:.0f} ms)")
-    print(f"  ratio {ratio:.2f}× (median of the pairs' ratios; ratio of medians {tr / to:.2f}×)")
-    print(f"  CPU time: reference {cr * 1e3:.0f} ms, sensorlab {co * 1e3:.0f} ms (all threads)")
+    print(f"{n}×{h}×{w} ({mpix:.2f} Mpx):")
+    for line in timed.lines("sensorlab", "reference"):
+        print(line)
+    ours_mpx_s, ref_mpx_s = mpix / timed.ours_median_s, mpix / timed.theirs_median_s
+    print(f"  sensorlab {ours_mpx_s:7.2f} Mpx/s, reference {ref_mpx_s:7.2f} Mpx/s (medians)")
     repeats = max(3, pairs // 2)
     print("  sensorlab per stage: " + format_times(stage_times(stages, photons, repeats)))
     print("  reference per step:  " + format_times(reference_steps(reference, photons, repeats)))
     d_mean, d_var = compare_statistics(ours_out, ref_out, "frames")
     assert d_mean < 0.01 and d_var < 0.02, "chain and reference statistics disagree"
-    return ratio
+    return timed.ratio
 
 
 def flat_field_check(size: int = 512) -> None:
@@ -295,44 +268,28 @@ def flat_field_check(size: int = 512) -> None:
     assert d_mean < 0.002 and d_var < 0.05 and gap_model < 0.05, "noise statistics disagree"
 
 
-def blas_info() -> str:
-    from threadpoolctl import threadpool_info
-
-    rows = [
-        f"{p.get('internal_api')} {p.get('version')} arch={p.get('architecture')} "
-        f"threads={p.get('num_threads')}"
-        for p in threadpool_info()
-    ]
-    return "; ".join(rows) or "none"
-
-
-def environment_lines() -> list[str]:
-    """BLAS kernel and threads, sensorlab's and OpenCV's threads, the load average."""
+def opencv_line() -> str:
+    """OpenCV's version and threads (the optics' blur)."""
     import cv2
 
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return [
-        f"numpy {np.__version__}, opencv {cv2.__version__} ({cv2.getNumThreads()} threads), "
-        f"sensorlab threads {worker_threads()} (SENSORLAB_THREADS), cores {os.cpu_count()}",
-        f"BLAS: {blas_info()}",
-        f"load average (1, 5, 15 min): {load}",
-    ]
+    return f"opencv {cv2.__version__} ({cv2.getNumThreads()} threads)"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=7, help="interleaved pairs per case")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    add_blas_env(parser)
     args = parser.parse_args(argv)
-    for line in environment_lines():
-        print(line)
+    apply_blas_env(args.blas_env)
+    print_header([opencv_line()])
     cases = [(1, 256, 256), (16, 32, 32)] if args.quick else [(1, 2048, 2048), (256, 64, 64)]
     ratios = [bench_case(n, h, w, args.pairs) for n, h, w in cases]
     flat_field_check(512)
     verdict = "meets" if min(ratios) >= TARGET_RATIO else "MISSES"
     shown = ", ".join(f"{r:.2f}×" for r in ratios)
     print(f"ratio to reference: {shown} ({verdict} {TARGET_RATIO}×)")
-    print(environment_lines()[-1])
+    print(load_line())
     return 0
 
 

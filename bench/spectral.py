@@ -1,6 +1,8 @@
 """Benchmark: the spectral default run (configs/spectral.yaml) against the RGB one
 (configs/default.yaml), whole runs through ``pipeline.run`` (dataset, sensor, CNN, metrics;
-nothing written), in the same process, alternately, the median of each.
+nothing written), in the same process, as interleaved pairs (bench/common.py: each
+side's median and the median over the pairs of spectral time / RGB time), after
+bench/common.py's header (BLAS, ``SENSORLAB_THREADS``, load; ``--blas-env``).
 
 Issue 17 asks that the spectral run cost at most 3× the RGB run. colour-science's import
 (~2 s, once per process) is done before timing and printed apart.
@@ -14,8 +16,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import add_blas_env, apply_blas_env, interleaved, load_line, print_header  # noqa: E402
 from pipeline import run  # noqa: E402
 
 CONFIGS = {"rgb": ROOT / "configs/default.yaml", "spectral": ROOT / "configs/spectral.yaml"}
@@ -39,7 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3, help="alternating RGB/spectral pairs")
     parser.add_argument("--images", type=int, default=1000, help="dataset.n of both runs")
+    add_blas_env(parser)
     args = parser.parse_args(argv)
+    apply_blas_env(args.blas_env)
+    print_header()
 
     start = time.perf_counter()
     import colour  # noqa: F401  (the one-off import, outside the timings)
@@ -47,16 +51,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"colour-science import: {time.perf_counter() - start:.2f} s (once per process)")
     timed_run(CONFIGS["spectral"], 16)  # warm-up: imports, model load, caches
     timed_run(CONFIGS["rgb"], 16)
-    times: dict[str, list[float]] = {"rgb": [], "spectral": []}
-    for _ in range(args.pairs):
-        for name, config in CONFIGS.items():
-            times[name].append(timed_run(config, args.images))
-    rgb, spec = (statistics.median(times[k]) for k in ("rgb", "spectral"))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{args.images} images, {args.pairs} pairs, load average {load:.2f}")
-    print(f"  rgb       median {rgb:.2f} s   {[round(t, 2) for t in times['rgb']]}")
-    print(f"  spectral  median {spec:.2f} s   {[round(t, 2) for t in times['spectral']]}")
-    print(f"  spectral / rgb = {spec / rgb:.2f} (issue 17: at most 3)")
+    timed = interleaved(
+        lambda: timed_run(CONFIGS["rgb"], args.images),
+        lambda: timed_run(CONFIGS["spectral"], args.images),
+        args.pairs,
+    )
+    print(f"{args.images} images:")
+    for line in timed.lines("rgb", "spectral"):
+        print(line)
+    print(f"  spectral / rgb = {timed.ratio:.2f} (issue 17: at most 3)")
+    print(load_line())
 
 
 if __name__ == "__main__":

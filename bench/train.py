@@ -8,33 +8,32 @@ not the biases, on both sides): ``Model.forward(train=True)``, ``Model.backward`
 :class:`pipeline.cnn.optim.AdamW` here, ``torch.nn`` + ``torch.optim.AdamW`` there.
 
 Both sides use the same number of threads (``torch.set_num_threads`` = our worker
-threads = the usable cores; ``--threads N`` pins the process to N cores first). Steps are
-timed interleaved (ours, torch, ours, torch, ...) so both see the same background load;
-the figure is the median over the pairs of (torch step time / our step time), with each
-side's images/s from its median step time over the same pairs. Before timing, the first
-step's loss and gradients are checked to agree between the two (same net, same maths).
+threads, ``SENSORLAB_THREADS`` or the usable cores; ``--threads N`` pins the process to N
+cores first). Steps are timed as interleaved pairs by bench/common.py (the median over the
+pairs of torch step time / our step time, each side's images/s from its median step
+time, CPU ms a step). Before timing, the first step's loss and gradients are checked to
+agree between the two (same net, same maths).
 
-It also prints per-layer forward and backward times of our step (median over the
-timed repetitions, each layer's ``forward``/``backward`` through the model's nodes) and
-the BLAS kernel and threads (threadpoolctl). PyTorch is not a dependency of the project:
-without it the torch side is skipped and said so. ``--all-envs`` runs itself as
-subprocesses with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as they are, unset (what users'
-machines have) and set as on this machine's kind (Haswell, 512).
+It also prints per-layer forward and backward times of our step (median over
+``--profile-reps`` steps, each layer's ``forward``/``backward`` through the model's
+nodes). The header, the load and ``--blas-env free|haswell|machine`` are
+bench/common.py's; ``--all-envs`` runs ``free`` and ``haswell`` as subprocesses. PyTorch
+is not a dependency of the project: without it the torch side is skipped and said so.
 
-Usage::
+Usage (from the repository root)::
 
-    python bench/train.py                   # batch 64, this environment
-    python bench/train.py --batch 256 --reps 15
-    python bench/train.py --all-envs
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/train.py
+    python -m bench.train                   # batch 64, OpenBLAS free to pick its kernel
+    python -m bench.train --batch 256 --reps 15
+    python -m bench.train --all-envs        # free and haswell, with a summary
+    python -m bench.train --reps 1 --profile-reps 1 --batch 16   # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,15 +41,25 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cnn import CHANNELS, CLASSES, ENVS, SIZE_PX, blas_info, make_model, make_weights
-
+from bench.cnn import CHANNELS, CLASSES, SIZE_PX, make_model, make_weights
+from bench.common import (
+    Pairs,
+    add_blas_env,
+    apply_blas_env,
+    each_blas_env,
+    environment,
+    header_lines,
+    interleaved,
+    load_average,
+    load_line,
+    without_options,
+)
 from pipeline.cnn import functional as F
 from pipeline.cnn.graph import INPUT
 from pipeline.cnn.model import Model
 from pipeline.cnn.optim import AdamW
-from pipeline.cnn.threads import usable_cpus
+from pipeline.threads import worker_threads
 
 LR, WEIGHT_DECAY = 1e-3, 5e-4
 
@@ -188,15 +197,8 @@ def check_same_net(model, wts, x, labels, t_loss, t_grads) -> float:
     return worst
 
 
-def _timed(fn) -> tuple[float, float]:
-    """(wall s, CPU s of all the process's threads) of one call."""
-    w0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - w0, time.process_time() - c0
-
-
 def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
-    threads = usable_cpus()
+    threads = worker_threads()
     wts = make_weights(seed)
     rng = np.random.default_rng(seed + 1)
     x = rng.random((batch, 3, SIZE_PX, SIZE_PX), dtype=np.float32)
@@ -204,102 +206,75 @@ def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
     model = make_model(wts)
     opt = AdamW(model.params, lr=LR, weight_decay=WEIGHT_DECAY)
     ours = lambda: numpy_step(model, opt, x, labels)  # noqa: E731
-    has_torch = torch_version() is not None
-    result: dict = {
-        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
-        "blas": blas_info(),
-        "threads": threads,
-        "batch": batch,
-        "torch": torch_version(),
-    }
-    if has_torch:
+    result: dict = {"threads": threads, "batch": batch, "torch": torch_version()}
+    theirs = None
+    if result["torch"] is not None:
         theirs, t_loss, t_grads = torch_side(wts, x, labels, threads)
         result["max_rel_diff_vs_torch"] = check_same_net(model, wts, x, labels, t_loss, t_grads)
         theirs()
     ours()
-    t_ours, t_torch = [], []  # (wall s, CPU s) per step
-    for _ in range(reps):
-        t_ours.append(_timed(ours))
-        if has_torch:
-            t_torch.append(_timed(theirs))
-    t_ours, t_torch = np.array(t_ours), np.array(t_torch)
-    result["numpy_img_s"] = batch / float(np.median(t_ours[:, 0]))
-    result["numpy_cpu_ms"] = 1e3 * float(np.median(t_ours[:, 1]))
-    if has_torch:
-        result["torch_img_s"] = batch / float(np.median(t_torch[:, 0]))
-        result["torch_cpu_ms"] = 1e3 * float(np.median(t_torch[:, 1]))
-        result["ratio_median_of_pairs"] = float(np.median(t_torch[:, 0] / t_ours[:, 0]))
+    result["environment"] = environment()
+    pairs = interleaved(ours, theirs, reps)
+    result["pairs_s"] = [a.tolist() for a in dataclasses.astuple(pairs)]
+    result["numpy_img_s"] = batch / pairs.ours_median_s
+    result["torch_img_s"] = batch / pairs.theirs_median_s
+    result["ratio_median_of_pairs"] = pairs.ratio
     result["layers"] = layer_times(model, x, labels, profile_reps)
+    result["load_end"] = load_average()
     return result
 
 
 def report(r: dict) -> None:
-    print(f"env: {r['env']}")
-    for b in r["blas"]:
-        print(
-            f"BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
-            f"{b['num_threads']} threads"
-        )
+    for line in header_lines(r["environment"]):
+        print(line)
     print(f"threads: ours {r['threads']} (one Python thread per core, BLAS at 1 each)", end="")
-    print(f", torch.set_num_threads({r['threads']})" if r["torch"] else "")
+    print(f", torch {r['torch']}, set_num_threads({r['threads']})" if r["torch"] else "")
     print(f"training step, batch {r['batch']}, float32, AdamW:")
-    print(f"  numpy  {r['numpy_img_s']:8.0f} images/s, {r['numpy_cpu_ms']:6.1f} ms CPU a step")
+    pairs = Pairs(*(np.array(a) for a in r["pairs_s"]))
+    for line in pairs.lines("numpy", "torch"):
+        print(line)
+    print(f"  numpy  {r['numpy_img_s']:8.0f} images/s (median)")
     if r["torch"] is None:
         print("  torch  skipped: torch is not installed (it is not a sensorlab dependency)")
     else:
-        print(
-            f"  torch  {r['torch_img_s']:8.0f} images/s, {r['torch_cpu_ms']:6.1f} ms CPU a step"
-            f"  (torch {r['torch']})"
-        )
-        print(
-            f"  ratio numpy / torch {r['ratio_median_of_pairs']:.2f}x "
-            "(median over interleaved pairs of torch time / numpy time)"
-        )
+        print(f"  torch  {r['torch_img_s']:8.0f} images/s (median)")
         print(f"  first step vs torch: max relative difference {r['max_rel_diff_vs_torch']:.1e}")
     print("per layer, ours (median ms): forward, backward wall; forward, backward CPU")
     rows = [*r["layers"], ["sum", *np.sum([row[1:] for row in r["layers"]], axis=0)]]
     for name, *ms in rows:
         print(f"  {name:14s} " + " ".join(f"{v * 1e3:7.2f}" for v in ms))
+    print(load_line(r["load_end"]))
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=15, help="interleaved pairs")
     ap.add_argument("--profile-reps", type=int, default=5, help="steps of the per-layer profile")
     ap.add_argument("--threads", type=int, default=None, help="pin to this many cores first")
     ap.add_argument("--seed", type=int, default=0)
+    add_blas_env(ap)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    ap.add_argument("--all-envs", action="store_true", help="OPENBLAS_* as is, unset, Haswell")
+    ap.add_argument("--all-envs", action="store_true", help="run free and haswell, both")
     args = ap.parse_args(argv)
+    if args.all_envs:
+        rows = each_blas_env(
+            "bench.train", without_options(argv, ("--all-envs", "--json"), ("--blas-env",))
+        )
+        for _, r in rows:
+            report(r)
+        print("\nsummary (numpy / torch training step, median of interleaved pairs):")
+        for mode, r in rows:
+            arch = ",".join(sorted({str(b["architecture"]) for b in r["environment"]["blas"]}))
+            ratio = "torch skipped" if r["torch"] is None else f"{r['ratio_median_of_pairs']:.2f}x"
+            print(f"  {mode:8s} kernel {arch:10s} {ratio}; numpy {r['numpy_img_s']:.0f} img/s")
+        return 0
+    apply_blas_env(args.blas_env)
     if args.threads is not None:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
-    if not args.all_envs:
-        r = run(args.batch, args.reps, args.seed, args.profile_reps)
-        print(json.dumps(r)) if args.json else report(r)
-        return 0
-    rows = []
-    for name, (unset, extra) in ENVS.items():
-        opts = ["--batch", str(args.batch), "--reps", str(args.reps), "--seed", str(args.seed)]
-        opts += ["--profile-reps", str(args.profile_reps)]
-        if args.threads is not None:
-            opts += ["--threads", str(args.threads)]
-        cmd = ["env", *unset, *[f"{k}={v}" for k, v in extra.items()], sys.executable]
-        print(f"== {name}: {' '.join(cmd)} bench/train.py {' '.join(opts)}", flush=True)
-        out = subprocess.run(
-            [*cmd, __file__, "--json", *opts], check=True, capture_output=True, text=True
-        ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
-        report(r)
-        rows.append((name, r))
-    print("\nsummary (numpy / torch training step, median of interleaved pairs):")
-    for name, r in rows:
-        arch = ",".join(sorted({b["architecture"] for b in r["blas"]}))
-        ratio = "torch skipped" if r["torch"] is None else f"{r['ratio_median_of_pairs']:.2f}x"
-        torch_ips = "" if r["torch"] is None else f", torch {r['torch_img_s']:.0f} img/s"
-        print(
-            f"  {name:8s} kernel {arch:10s} {ratio}; numpy {r['numpy_img_s']:.0f} img/s{torch_ips}"
-        )
+    r = run(args.batch, args.reps, args.seed, args.profile_reps)
+    print(json.dumps(r)) if args.json else report(r)
     return 0
 
 

@@ -19,18 +19,17 @@ A plugin package exposes a stage class through the entry-point group
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import os
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+# The worker pool lives in pipeline.threads; re-exported here, the one module sensors import.
+from pipeline.threads import THREADS_ENV, run_parallel, worker_threads
 
 __all__ = [
     "SIGNAL_ATTRS",
@@ -69,11 +68,6 @@ _TILE_DOMAIN = 2
 #: tile whose generator is the image's own (:meth:`Stage.image_rngs`). 2**18 float64
 #: values are 2 MiB: a tile's temporaries stay in cache.
 TILE_ELEMENTS = 1 << 18
-
-#: Environment variable that sets the number of threads stages split their work over.
-THREADS_ENV = "SENSORLAB_THREADS"
-
-_T = TypeVar("_T")
 
 
 class Unit(str, Enum):
@@ -396,90 +390,6 @@ def tile_rows(shape: Sequence[int]) -> list[slice]:
     per_row = max(1, int(np.prod(shape[1:], dtype=np.int64)))
     rows = max(1, TILE_ELEMENTS // per_row)
     return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
-
-
-def worker_threads() -> int:
-    """Threads that :func:`run_parallel` uses: ``SENSORLAB_THREADS`` when it is a positive
-    integer, else the cores this process may run on."""
-    text = os.environ.get(THREADS_ENV, "").strip()
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-_local = threading.local()
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-
-
-def _after_fork_in_child() -> None:
-    """A forked child has none of the parent's threads: start afresh."""
-    global _pool, _pool_size, _pool_lock, _local
-    _pool, _pool_size, _pool_lock, _local = None, 0, threading.Lock(), threading.local()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _helpers(count: int) -> ThreadPoolExecutor:
-    """A pool with at least ``count`` threads (made once, grown when asked for more)."""
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < count:
-            old = _pool
-            _pool, _pool_size = ThreadPoolExecutor(count, thread_name_prefix="sensorlab"), count
-            if old is not None:
-                old.shutdown(wait=False)
-        return _pool
-
-
-def run_parallel(tasks: Sequence[Callable[[], _T]]) -> list[_T]:
-    """Run ``tasks`` on :func:`worker_threads` threads (the caller's among them).
-
-    Threads take the next task in order until none is left, so the split adapts to the
-    load; each task must write only its own output, and then the result does not depend
-    on the number of threads. Inside a task nothing splits further (a nested call runs
-    its tasks in turn). NumPy releases the GIL in its loops and random samplers.
-
-    Returns
-    -------
-    The tasks' results, in task order. The error of the first failed task (in task order)
-    is raised once all have stopped.
-    """
-    tasks = list(tasks)
-    threads = min(worker_threads(), len(tasks))
-    if threads <= 1 or getattr(_local, "inside", False):
-        return [task() for task in tasks]
-    results: list[Any] = [None] * len(tasks)
-    errors: dict[int, BaseException] = {}
-    counter = itertools.count()  # next() is atomic under the GIL
-
-    def drain() -> None:
-        was, _local.inside = getattr(_local, "inside", False), True
-        try:
-            for k in iter(counter.__next__, None):
-                if k >= len(tasks):
-                    return
-                try:
-                    results[k] = tasks[k]()
-                except BaseException as err:  # re-raised in the caller's thread
-                    errors[k] = err
-        finally:
-            _local.inside = was
-
-    pool = _helpers(threads - 1)
-    helpers = [pool.submit(drain) for _ in range(threads - 1)]
-    drain()
-    for helper in helpers:
-        helper.result()
-    if errors:
-        raise errors[min(errors)]
-    return results
 
 
 class Stage(ABC):

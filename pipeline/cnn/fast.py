@@ -31,7 +31,7 @@ How it is fast (the measured recipe of docs/performance.md):
   with a per-channel shift and a monotone activation), a following batch norm is folded
   into the weights (float64, then float32);
 - the blocks are shared out to one Python thread per core, each with single-threaded BLAS
-  (:func:`pipeline.cnn.threads.run_parts`).
+  (:func:`pipeline.threads.run_parallel`).
 
 Determinism: every GEMM's shape and every image's place in it depend only on the network
 and ``block_images`` (a short last block is padded with zero images), never on the batch
@@ -71,7 +71,7 @@ from pipeline.cnn.layers.base import (
     Flattens,
     MaxPoolWindow,
 )
-from pipeline.cnn.threads import run_parts, usable_cpus
+from pipeline.threads import run_parallel, worker_threads
 
 __all__ = [
     "CompiledNet",
@@ -309,7 +309,8 @@ class CompiledNet:
     nodes : the graph's nodes up to the output, in file order (``GraphSpec.nodes``).
     params : each node's parameters and buffers by short name, keyed by node index.
     input_shape : one sample's shape, (C, H, W) or (D,).
-    threads : Python worker threads over the blocks (default: the usable CPUs); the
+    threads : Python worker threads over the blocks (default:
+        :func:`pipeline.threads.worker_threads`, ``SENSORLAB_THREADS`` or the usable cores); the
         outputs do not depend on it.
     chunk_rows : target output pixels per GEMM chunk (2k measured best in blocks: the tap
         matrix stays near the 1 MiB L2 of a core).
@@ -332,7 +333,7 @@ class CompiledNet:
         self.params = {node.index: dict(params.get(node.index, {})) for node in self.nodes}
         self.input_shape = tuple(int(a) for a in input_shape)
         self.out = self.nodes[-1].index
-        self.threads = max(1, int(threads if threads is not None else usable_cpus()))
+        self.threads = max(1, int(threads if threads is not None else worker_threads()))
         self.chunk_rows = int(chunk_rows)
         self._block_arg = None if block_images is None else max(1, int(block_images))
         self.shapes: dict[int, tuple[int, ...]] = {INPUT: self.input_shape}
@@ -644,7 +645,8 @@ class CompiledNet:
 
             return run
 
-        run_parts([thread(k) for k in range(min(self.threads, count))])
+        parts = min(self.threads, count)
+        run_parallel([thread(k) for k in range(parts)], threads=parts)
 
     def _worker(self, k: int) -> _Worker:
         wk = self._workers.get(k)

@@ -22,9 +22,8 @@ Backward functions are checked against central finite differences in
 Threads: convolutions, dense layers and the large element-wise steps (ReLU, max-pooling,
 layout copies) are cut into fixed pieces (row chunks, column blocks, batch blocks) that
 depend on the array sizes alone; one Python thread per usable core takes pieces in turn,
-each with single-threaded BLAS (:func:`pipeline.cnn.threads.run_chunks`, shared with the
-compiled evaluator's thread limit; ``serial_region``, ``single_thread_blas`` and
-``usable_cpus`` are re-exported here). Weight gradients are summed over the pieces in
+each with single-threaded BLAS (:func:`pipeline.threads.run_chunks`, the pool the compiled
+evaluator and the sensor stages use). Weight gradients are summed over the pieces in
 piece order, so gradients and trained weights are bit-identical for any number of
 threads. A stride-1 convolution runs the flat padded kernel of
 :mod:`pipeline.cnn.flat_conv` (the layout of the compiled evaluator when the output has
@@ -58,7 +57,7 @@ from pipeline.cnn.flat_conv import (
     use_im2col,
     weight_rows,
 )
-from pipeline.cnn.threads import run_chunks, serial_region, single_thread_blas, usable_cpus
+from pipeline.threads import run_chunks
 
 __all__ = [
     "avg_pool2d",
@@ -86,14 +85,11 @@ __all__ = [
     "relu",
     "relu_backward",
     "resolve_padding",
-    "serial_region",
     "sigmoid",
     "sigmoid_backward",
-    "single_thread_blas",
     "softmax",
     "tanh",
     "tanh_backward",
-    "usable_cpus",
 ]
 
 IntPair: TypeAlias = int | tuple[int, int] | Sequence[int]
@@ -400,7 +396,7 @@ def _batch_chunk(rows_per_image: int) -> int:
 # are computed for every anchor (those whose window runs off the right or bottom edge
 # read the next row or image and are cropped away), in fixed chunks of at most
 # CHUNK_ROWS rows (:func:`_row_chunks`) spread over threads by
-# :func:`pipeline.cnn.threads.run_chunks`: the kw taps of a kernel row are copied side
+# :func:`pipeline.threads.run_chunks`: the kw taps of a kernel row are copied side
 # by side into a chunk matrix, then kh GEMMs at row offsets accumulate (or one GEMM over
 # all taps when kw*C is small). The gradient with respect to x is the same correlation
 # of the gradient (zero at the cropped anchors) with the flipped, transposed kernel; the

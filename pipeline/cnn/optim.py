@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.cnn.threads import run_chunks
+from pipeline.threads import run_chunks
 
 __all__ = ["SGD", "Adam", "AdamW", "LRSchedule", "Optimizer", "default_decay", "make_optimizer"]
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy.signal import correlate
 
 from pipeline.cnn import functional as F
-from pipeline.cnn import threads
+from pipeline.threads import THREADS_ENV, serial_region
 
 HYP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -468,7 +468,7 @@ def test_float32_in_float32_out_everywhere():
 @pytest.mark.parametrize("workers", [2, 3])
 def test_conv_split_over_threads_matches_serial_and_scipy(monkeypatch, workers):
     """Large enough to split rows over worker threads: same result as one thread."""
-    monkeypatch.setattr(threads, "usable_cpus", lambda: workers)
+    monkeypatch.setenv(THREADS_ENV, str(workers))
     rng = np.random.default_rng(11)
     x = rng.standard_normal((3, 4, 30, 28))
     w = rng.standard_normal((6, 2, 3, 3))
@@ -476,7 +476,7 @@ def test_conv_split_over_threads_matches_serial_and_scipy(monkeypatch, workers):
     y = F.conv2d(x, w, **kw)
     dy = rng.standard_normal(y.shape)
     grads = F.conv2d_backward(dy, x, w, **kw)
-    with F.serial_region():
+    with serial_region():
         y1 = F.conv2d(x, w, **kw)
         grads1 = F.conv2d_backward(dy, x, w, **kw)
     np.testing.assert_allclose(y, y1, rtol=1e-12, atol=1e-12)
@@ -495,7 +495,7 @@ def test_threaded_conv_works_in_a_forked_child(monkeypatch):
     """The worker pool of the parent does not exist in a forked child: no deadlock."""
     import multiprocessing
 
-    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    monkeypatch.setenv(THREADS_ENV, "2")
     rng = np.random.default_rng(12)
     x = rng.standard_normal((4, 3, 24, 24)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.cnn import functional as F
-from pipeline.cnn import threads
+from pipeline.threads import THREADS_ENV
 
 H = 1e-6
 TOL = 1e-6
@@ -243,7 +243,7 @@ def test_max_pool_backward_non_overlapping_windows_with_crop(size, shape):
 
 def test_dense_split_over_threads(monkeypatch):
     """A batch large enough to split the rows over worker threads."""
-    monkeypatch.setattr(threads, "usable_cpus", lambda: 3)
+    monkeypatch.setenv(THREADS_ENV, "3")
     rng = np.random.default_rng(9)
     x = rng.standard_normal((50, 7))
     w = rng.standard_normal((4, 7))

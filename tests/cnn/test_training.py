@@ -417,14 +417,14 @@ THREADED = {
 def test_trained_weights_are_bit_identical_for_any_thread_count(monkeypatch):
     """Weight gradients are summed over fixed chunks in a fixed order, whichever thread
     computed each chunk: 1, 2 and 3 worker threads train the same weights, bit for bit."""
-    from pipeline.cnn import threads
+    from pipeline.threads import THREADS_ENV
 
     x, y = bars(48, seed=3, size=16)
     x = np.repeat(x, 3, axis=1)
     cfg = TrainConfig(epochs=1, batch_size=16, optimizer="adamw", lr=0.01, weight_decay=0.01)
     weights = []
     for n_threads in (1, 2, 3):
-        monkeypatch.setattr(threads, "usable_cpus", lambda n=n_threads: n)
+        monkeypatch.setenv(THREADS_ENV, str(n_threads))
         model = Model(parse_graph(THREADED), init_seed=4)
         fit(model, (x, y), cfg=cfg)
         weights.append(model.state_arrays())

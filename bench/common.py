@@ -1,0 +1,257 @@
+"""The benchmarks' one harness: interleaved pairs, the environment header, ``--blas-env``.
+
+Every benchmark times two sides in one process as interleaved pairs (ours, theirs; which
+runs first alternates from pair to pair), so both see the same background load. The
+statistic is the median over the pairs of (their time / our time), printed with each
+side's median time and CPU time (all threads of the process: the work, which a busy
+machine disturbs less than the wall time).
+
+Every benchmark prints the same header (:func:`print_header`): Python and NumPy, each
+BLAS loaded (library, version, kernel/architecture, threads; threadpoolctl), the
+OPENBLAS_* variables and ``--blas-env``, sensorlab's worker threads (``SENSORLAB_THREADS``)
+and the cores, and the load average; and the load again at the end (:func:`load_line`).
+
+``--blas-env`` (:func:`add_blas_env`, :func:`apply_blas_env`): OpenBLAS picks its kernel
+when it loads, so a different setting re-executes the benchmark with the same command line:
+
+- ``free`` (default): OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from the benchmark's
+  own environment (nothing else changes), so OpenBLAS picks its kernel as on users' machines;
+- ``haswell``: OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512 (some machines here);
+- ``machine``: the environment as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/x.py`: the repository's pipeline
+    sys.path.insert(0, str(ROOT))
+
+from pipeline.threads import THREADS_ENV, worker_threads  # noqa: E402
+
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+BLAS_ENVS: dict[str, dict[str, str]] = {
+    "free": {},
+    "haswell": {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"},
+}
+BLAS_ENV_ARG = "--blas-env"
+
+
+# -- timing ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """Times (s) of interleaved pairs: wall and process CPU time of each side per pair.
+
+    ``theirs_s`` and ``theirs_cpu_s`` are empty when only our side ran.
+    """
+
+    ours_s: np.ndarray
+    theirs_s: np.ndarray
+    ours_cpu_s: np.ndarray
+    theirs_cpu_s: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ours_s)
+
+    @property
+    def ratio(self) -> float:
+        """Median over the pairs of (their time / our time): how many times faster ours is;
+        NaN when only our side ran."""
+        if not len(self.theirs_s):
+            return float("nan")
+        return float(np.median(self.theirs_s / self.ours_s))
+
+    @property
+    def ours_median_s(self) -> float:
+        return float(np.median(self.ours_s))
+
+    @property
+    def theirs_median_s(self) -> float:
+        return float(np.median(self.theirs_s)) if len(self.theirs_s) else float("nan")
+
+    def lines(self, ours: str, theirs: str) -> list[str]:
+        """The standard report: each side's median wall and CPU ms, and the ratio."""
+        w = max(len(ours), len(theirs))
+        rows = [(ours, self.ours_s, self.ours_cpu_s)]
+        if len(self.theirs_s):
+            rows.append((theirs, self.theirs_s, self.theirs_cpu_s))
+        out = [
+            f"  {name:{w}s} {1e3 * np.median(t):9.1f} ms  (CPU {1e3 * np.median(c):9.1f} ms, "
+            "all threads)"
+            for name, t, c in rows
+        ]
+        if len(self.theirs_s):
+            out.append(
+                f"  ratio {self.ratio:.2f}× = median over {len(self)} interleaved pairs of "
+                f"{theirs} time / {ours} time (ratio of medians "
+                f"{self.theirs_median_s / self.ours_median_s:.2f}×)"
+            )
+        return out
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall s, process CPU s) of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def interleaved(
+    ours: Callable[[], object], theirs: Callable[[], object] | None, pairs: int
+) -> Pairs:
+    """Time ``pairs`` interleaved calls of ``ours`` and ``theirs`` (None: ours alone); pair
+    k runs ours first when k is even, theirs first when odd."""
+    times: dict[str, list[tuple[float, float]]] = {"ours": [], "theirs": []}
+    for k in range(pairs):
+        order = ("ours", "theirs") if k % 2 == 0 else ("theirs", "ours")
+        for side in order:
+            fn = ours if side == "ours" else theirs
+            if fn is not None:
+                times[side].append(_timed(fn))
+    a = np.array(times["ours"], dtype=float).reshape(-1, 2)
+    b = np.array(times["theirs"], dtype=float).reshape(-1, 2)
+    return Pairs(a[:, 0], b[:, 0], a[:, 1], b[:, 1])
+
+
+# -- environment -------------------------------------------------------------------------
+
+
+def blas_libraries() -> list[dict]:
+    """Library, version, kernel (architecture), threads and file of each BLAS loaded."""
+    from threadpoolctl import threadpool_info
+
+    keys = ("internal_api", "version", "architecture", "num_threads", "filepath")
+    return [{k: i.get(k) for k in keys} for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def load_average() -> tuple[float, float, float]:
+    """1-, 5- and 15-minute load averages (NaN where the OS has none)."""
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return (float("nan"),) * 3
+
+
+def environment() -> dict:
+    """What the header prints, as a JSON-able dict (a ``--json`` result carries it)."""
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas_libraries(),
+        "blas_vars": {k: os.environ.get(k) for k in BLAS_VARS},
+        "threads_env": os.environ.get(THREADS_ENV),
+        "worker_threads": worker_threads(),
+        "cores": os.cpu_count(),
+        "load": load_average(),
+    }
+
+
+def header_lines(env: dict) -> list[str]:
+    """The standard header of :func:`environment`'s dict."""
+    lines = [
+        f"python {env['python']}, numpy {env['numpy']}, sensorlab worker threads "
+        f"{env['worker_threads']} ({THREADS_ENV}={env['threads_env'] or 'unset'}), "
+        f"cores {env['cores']}"
+    ]
+    for b in env["blas"] or [{}]:
+        if not b:
+            lines.append("BLAS: none loaded")
+            continue
+        lines.append(
+            f"BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
+            f"{b['num_threads']} threads ({Path(b['filepath']).name})"
+        )
+    lines.append(
+        "BLAS env: " + ", ".join(f"{k}={v or 'unset'}" for k, v in env["blas_vars"].items())
+    )
+    lines.append(load_line(env["load"]))
+    return lines
+
+
+def load_line(load: Sequence[float] | None = None) -> str:
+    """``load average (1, 5, 15 min): ...`` now, or of ``load``."""
+    values = load_average() if load is None else load
+    return "load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in values)
+
+
+def print_header(extra: Sequence[str] = ()) -> dict:
+    """Print the standard header (and ``extra`` lines: the other side's library and
+    threads); return :func:`environment`."""
+    env = environment()
+    for line in [*header_lines(env), *extra]:
+        print(line)
+    return env
+
+
+# -- --blas-env --------------------------------------------------------------------------
+
+
+def add_blas_env(parser: argparse.ArgumentParser) -> None:
+    """Add ``--blas-env free|haswell|machine`` (default free) to ``parser``."""
+    parser.add_argument(
+        BLAS_ENV_ARG,
+        choices=(*BLAS_ENVS, "machine"),
+        default="free",
+        help="free: OPENBLAS_CORETYPE/L2_SIZE removed (users' default); haswell: "
+        "OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512; machine: as it is",
+    )
+
+
+def blas_env(mode: str) -> dict[str, str] | None:
+    """The environment to re-execute in for ``mode``, or None if this one is right."""
+    if mode == "machine":
+        return None
+    want = BLAS_ENVS[mode]
+    if all(os.environ.get(k) == want.get(k) for k in BLAS_VARS):
+        return None
+    return {k: v for k, v in os.environ.items() if k not in BLAS_VARS} | want
+
+
+def apply_blas_env(mode: str) -> None:
+    """Re-execute this process with the same command line in ``mode``'s BLAS environment
+    (:func:`blas_env`), or return if it already has it."""
+    env = blas_env(mode)
+    if env is not None:
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def each_blas_env(module: str, argv: Sequence[str]) -> list[tuple[str, dict]]:
+    """Run ``python -m module *argv --json --blas-env MODE`` for MODE free and haswell from
+    the repository root; each run's JSON result (its last line), by mode."""
+    rows = []
+    for mode in BLAS_ENVS:
+        cmd = [sys.executable, "-m", module, *argv, "--json", BLAS_ENV_ARG, mode]
+        print(f"== {BLAS_ENV_ARG} {mode}", flush=True)
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        rows.append((mode, json.loads(out.strip().splitlines()[-1])))
+    return rows
+
+
+def without_options(argv: Sequence[str], flags: Sequence[str], valued: Sequence[str]) -> list:
+    """``argv`` without the ``flags`` and the ``valued`` options (with their values)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            continue
+        elif a in valued:
+            skip = True
+        elif not any(a.startswith(v + "=") for v in valued):
+            out.append(a)
+    return out

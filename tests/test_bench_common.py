@@ -1,0 +1,45 @@
+"""The benchmarks' shared harness (bench/common.py): the statistic, the pairs' order and
+the --blas-env environments."""
+
+import numpy as np
+
+from bench.common import Pairs, blas_env, interleaved, without_options
+
+
+def test_ratio_is_the_median_of_the_pairs_ratios_not_the_ratio_of_medians():
+    ours = np.array([1.0, 2.0, 4.0])
+    theirs = np.array([3.0, 2.0, 4.0])  # per-pair ratios 3, 1, 1
+    pairs = Pairs(ours, theirs, ours, theirs)
+    assert pairs.ratio == 1.0
+    assert pairs.theirs_median_s / pairs.ours_median_s == 1.5
+    assert np.isnan(Pairs(ours, np.array([]), ours, np.array([])).ratio)
+
+
+def test_pairs_alternate_which_side_runs_first():
+    calls = []
+    pairs = interleaved(lambda: calls.append("ours"), lambda: calls.append("theirs"), 4)
+    assert calls == ["ours", "theirs", "theirs", "ours"] * 2
+    assert len(pairs) == 4 and len(pairs.theirs_s) == 4
+    alone = interleaved(lambda: calls.append("ours"), None, 3)
+    assert len(alone) == 3 and len(alone.theirs_s) == 0
+
+
+def test_blas_env_free_removes_only_the_openblas_variables(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
+    monkeypatch.setenv("SENSORLAB_BENCH_PROBE", "kept")
+    free = blas_env("free")
+    assert "OPENBLAS_CORETYPE" not in free and "OPENBLAS_L2_SIZE" not in free
+    assert free["SENSORLAB_BENCH_PROBE"] == "kept"
+    assert blas_env("haswell") is None  # already set: no re-execution
+    assert blas_env("machine") is None
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    monkeypatch.delenv("OPENBLAS_L2_SIZE")
+    assert blas_env("free") is None
+    haswell = blas_env("haswell")
+    assert haswell["OPENBLAS_CORETYPE"] == "Haswell" and haswell["OPENBLAS_L2_SIZE"] == "512"
+
+
+def test_without_options_drops_flags_and_valued_options():
+    argv = ["--all-envs", "--pairs", "3", "--blas-env", "free", "--json", "--blas-env=haswell"]
+    assert without_options(argv, ("--all-envs", "--json"), ("--blas-env",)) == ["--pairs", "3"]
