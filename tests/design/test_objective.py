@@ -60,7 +60,7 @@ def test_the_table_spans_the_full_well_and_every_code_above_black(setup):
     adc = backend.table(t).stages[0]
     signal = np.array([0.0, 0.5 * 10_000 * 0.05, 0.95 * 10_000 + 1.0, 10_000.0])
     expected = quantize(signal, 4, 10_000.0, "table", thresholds=t, black_level=1)
-    np.testing.assert_array_equal(adc.process(signal[None], None)[0], expected)
+    np.testing.assert_array_equal(adc.process(signal[None], Batch(np.arange(1)))[0], expected)
     assert expected.tolist() == [1, 1, 15, 15]
 
 
