@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this tree's pipeline, also in the workers this process starts
 TIMING_COLUMNS = ("wall_seconds",)
 
 

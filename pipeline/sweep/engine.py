@@ -24,6 +24,7 @@ The sweep folder::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import shutil
@@ -210,8 +211,11 @@ def cell_groups(tasks: Sequence[CellTask], slots: int) -> list[list[CellTask]]:
     if slots <= 1:
         return [[t] for t in tasks]
     size = max(1, math.ceil(len(tasks) / (GROUPS_PER_SLOT * slots)))
-    ordered = sorted(tasks, key=_shared_inputs)  # stable: cell order within a key
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    groups = []
+    for _, same in itertools.groupby(sorted(tasks, key=_shared_inputs), key=_shared_inputs):
+        cells = list(same)  # in cell order: the sort is stable
+        groups += [cells[i : i + size] for i in range(0, len(cells), size)]
+    return groups
 
 
 def _shared_inputs(task: CellTask) -> str:
