@@ -14,7 +14,12 @@ code, a task round trip, closing.
     python bench/sweep_dask.py --pairs 3 --workers 2
     python bench/sweep_dask.py --sweep configs/bitdepth.yaml --pairs 1   # the full study
 
-Load matters on a shared machine: the load average is printed with every figure.
+Load matters on a shared machine: the load average is printed with every figure. With
+Linux's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled`` = 1) every
+terminal session gets one fair share of the cores, however many processes it runs: while
+other sessions keep the cores busy, two worker processes get no more CPU than one process,
+and the ratio measures Dask's overhead, not its parallel speed-up. Measure on a quiet
+machine (load average below 1) for the figure a user sees.
 """
 
 from __future__ import annotations
@@ -53,6 +58,13 @@ def blas_line() -> str:
 
 def load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def _autogroup() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
 
 
 def reduced_sweep(folder: Path) -> Path:
@@ -139,6 +151,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"BLAS (parent, in-process engine): {blas_line()}")
     print("BLAS (Dask workers): one thread each (OPENBLAS_NUM_THREADS=1, Dask's default)")
+    if _autogroup() and os.getloadavg()[0] > 1:
+        print(f"note: {load()} with autogroup scheduling: other sessions share the cores, the")
+        print("      ratio below measures overhead more than speed-up (see the docstring)")
     if not args.no_costs:
         fixed_costs(args.workers)
     with tempfile.TemporaryDirectory(prefix="sweep-dask-") as tmp:

@@ -51,6 +51,7 @@ __all__ = [
     "folder_checksum",
     "is_complete",
     "read_record",
+    "warm_up",
 ]
 
 CELL_RECORD = "cell.json"
@@ -133,6 +134,29 @@ def damage(cell_dir: Path) -> str | None:
     if expected is not None and expected != folder_checksum(cell_dir):
         return "its files changed since they were written (checksum mismatch)"
     return None
+
+
+def warm_up() -> None:
+    """Import what a cell's first run would (a worker runs this as it starts, while the
+    parent checks the cells): every installed stage, the PSNR/SSIM metrics (skimage
+    imports them, and scipy.stats, lazily) and matplotlib, with the fonts its first PNG
+    loads (the run's figures)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: F401
+
+    fig = plt.figure(figsize=(1, 1))
+    fig.text(0.5, 0.5, "0")
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
+
+    registry = default_registry()
+    for name in registry.names():
+        registry.get(name)
 
 
 def execute_cells(tasks: list[CellTask]) -> list[dict[str, Any]]:

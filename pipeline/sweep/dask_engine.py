@@ -12,20 +12,23 @@ an optimiser's candidate evaluations)::
 
     results = run_tasks(score, candidates, workers=2)     # in the order of candidates
 
-    with open_engine(workers=2, warm=["pipeline.sweep.cell"]) as engine:
+    with open_engine(workers=2, warm=warm_up) as engine:    # warm_up(): imports, once
         ...                 # checks here: the cluster starts in the background meanwhile
         engine.ready()      # waits for it; UserError when a scheduler cannot be reached
         for task, result in engine.map(score, candidates):   # in completion order
             ...
 
-``fn`` and the tasks must be picklable (a module-level function, plain data). The same
-code runs on every engine, so a task that is deterministic gives the same result on each.
+``fn``, ``warm`` and the tasks must be picklable (module-level functions, plain data).
+The same code runs on every engine, so a deterministic task gives the same result on each.
 
 Fixed costs of a local cluster, measured on a 2-core machine (bench/sweep_dask.py prints
-them): ``import distributed`` 0.9-1.2 s in the parent; starting 2 worker processes and a
-client 2.6 s; importing sensorlab's sweep code in a worker 1.1-1.6 s; closing 1.2 s; a
-task round trip 3-10 ms. :func:`open_engine` starts the cluster and imports ``warm``
-modules on the workers in a background thread, so they overlap the caller's own work.
+them): ``import distributed`` 0.9-1.3 s in the parent; starting 2 worker processes and a
+client 2.6-4 s; importing sensorlab's sweep code in a worker 1.1-2.5 s; closing 1.2-2 s; a
+task round trip 3-20 ms. The first sweep cell in a fresh process costs 2.5-3.5 s more CPU
+than the next ones, nearly all of it imports that libraries make lazily (scipy.stats
+through skimage's metrics, matplotlib.pyplot, the stage plugins). :func:`open_engine`
+starts the cluster and runs ``warm`` on each worker in a background thread, so all of
+this overlaps the caller's own work.
 
 Worker processes of a local cluster are single-threaded, BLAS at one thread (Dask's
 defaults), with two of Dask's defaults turned off (:data:`LOCAL_WORKER_CONFIG`): the
@@ -40,7 +43,6 @@ in a worker). A cluster given by ``scheduler`` is used as it is configured.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -142,13 +144,16 @@ class Engine:
     """
 
     def __init__(
-        self, workers: int | None = None, scheduler: str | None = None, warm: Sequence[str] = ()
+        self,
+        workers: int | None = None,
+        scheduler: str | None = None,
+        warm: Callable[[], Any] | None = None,
     ) -> None:
         if workers is not None and scheduler is not None:
             raise UserError("give --workers or --scheduler, not both")
         self.workers = workers
         self.scheduler = scheduler
-        self.warm = tuple(warm)
+        self.warm = warm
         self.kind = "dask" if scheduler else "dask-local" if workers else "in-process"
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -212,15 +217,18 @@ class Engine:
     def _connect(self) -> None:
         try:
             self._client, self._cluster = _connect(self.workers, self.scheduler)
-            if self.warm:
-                self._client.run(_import_modules, self.warm)
+            if self.warm is not None:
+                self._client.run(self.warm)
         except BaseException as exc:  # re-raised by ready() in the caller's thread
             self._error = exc
 
 
 @contextlib.contextmanager
 def open_engine(
-    workers: int | None = None, scheduler: str | None = None, *, warm: Sequence[str] = ()
+    workers: int | None = None,
+    scheduler: str | None = None,
+    *,
+    warm: Callable[[], Any] | None = None,
 ) -> Iterator[Engine]:
     """An :class:`Engine`, started in the background, closed on exit.
 
@@ -228,7 +236,8 @@ def open_engine(
     ----------
     workers : a local Dask cluster of this many single-threaded worker processes.
     scheduler : the address of a running Dask scheduler (``tcp://host:port``).
-    warm : modules each worker imports as soon as it starts (saves the first task's wait).
+    warm : run on each worker as soon as it starts (imports, say: saves the first
+        task's wait); not in-process.
 
     Neither ``workers`` nor ``scheduler``: tasks run in this process.
     """
@@ -245,7 +254,7 @@ def run_tasks(
     *,
     workers: int | None = None,
     scheduler: str | None = None,
-    warm: Sequence[str] = (),
+    warm: Callable[[], Any] | None = None,
 ) -> list[R]:
     """``[fn(t) for t in tasks]`` on an engine (see :func:`open_engine`), in task order."""
     with open_engine(workers, scheduler, warm=warm) as engine:
@@ -280,8 +289,3 @@ def _connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any]:
     except BaseException:
         cluster.close()
         raise
-
-
-def _import_modules(names: Sequence[str]) -> None:
-    for name in names:
-        importlib.import_module(name)

@@ -41,7 +41,14 @@ from pipeline.errors import UserError
 from pipeline.progress import progress as progress_reporter
 from pipeline.registry import Registry, default_registry
 from pipeline.store import write_json_atomic
-from pipeline.sweep.cell import CellTask, damage, execute_cells, is_complete, read_record
+from pipeline.sweep.cell import (
+    CellTask,
+    damage,
+    execute_cells,
+    is_complete,
+    read_record,
+    warm_up,
+)
 from pipeline.sweep.check import CheckedCell, check_plan
 from pipeline.sweep.dask_engine import Engine, import_distributed
 from pipeline.sweep.plots import write_plots
@@ -53,8 +60,6 @@ __all__ = ["GROUPS_PER_SLOT", "SweepResult", "cell_groups", "run_sweep"]
 # Dask tasks per worker thread, at least: a task computes ceil(cells / (this · threads))
 # cells, so a worker idles at most one small group at the end of a sweep.
 GROUPS_PER_SLOT = 12
-# What a worker imports as it starts, while the parent checks the cells.
-WARM_MODULES = ("pipeline.sweep.cell", "pipeline.samples", "skimage.metrics")
 
 
 @dataclass
@@ -122,7 +127,7 @@ def run_sweep(
     t0 = time.perf_counter()
     _check_engine_options(workers, scheduler)
     plan = load_plan(source, out=out, overrides=set, base_dir=base_dir)
-    engine = Engine(workers, scheduler, warm=WARM_MODULES)
+    engine = Engine(workers, scheduler, warm=warm_up)
     with contextlib.ExitStack() as stack:
         stack.callback(engine.close)
         if any(not is_complete(plan.cells_dir / c.id) for c in plan.cells):
