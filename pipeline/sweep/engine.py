@@ -28,6 +28,7 @@ import itertools
 import json
 import math
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -143,6 +144,9 @@ def run_sweep(
         _write_sweep_json(plan, workers, scheduler)
         tasks = _tasks(plan, pending, registry)
         computed = _compute(plan, engine, tasks, _progress_bar(plan, len(skipped), progress))
+        closing = threading.Thread(target=engine.close, name="sensorlab-dask-close")
+        closing.start()  # a local cluster takes 1-4 s to stop: meanwhile, the figures
+        stack.callback(closing.join)
         rows = collect_rows(plan, {})
         figures = write_plots(plan, rows, checked[0].sensor_names) if plots else []
     order = {c.id: c.index for c in plan.cells}
