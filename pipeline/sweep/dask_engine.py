@@ -32,17 +32,19 @@ this overlaps the caller's own work.
 
 Worker processes of a local cluster are single-threaded, BLAS at one thread (Dask's
 defaults), with two of Dask's defaults turned off (:data:`LOCAL_WORKER_CONFIG`): the
-statistical profiler, which samples the running task's stack every 10 ms (measured,
-interleaved on one sweep cell: 1.44 s CPU per cell with Dask's defaults, 1.26 s without
-either, 1.26 s in-process), and ``MALLOC_TRIM_THRESHOLD_=65536``, which turns off glibc's
-adaptive mmap threshold, so every NumPy temporary above 128 KiB is mapped and unmapped
-afresh, page faults included (+25-70 % CPU per cell in a plain process; within the noise
-in a worker). A cluster given by ``scheduler`` is used as it is configured.
+statistical profiler, which samples the running task's stack every 10 ms, and
+``MALLOC_TRIM_THRESHOLD_=65536``, which turns off glibc's adaptive mmap threshold, so every
+NumPy temporary above 128 KiB is mapped and unmapped afresh, page faults included.
+Measured CPU per task: a sweep cell of configs/bitdepth.yaml 1.44 s with Dask's defaults,
+1.26 s without them, 1.26 s in-process (interleaved); a retrain cell of
+configs/bitdepth-retrain.yaml (2 epochs) 65.8 s with Dask's defaults, 41.3 s without,
+35.4 s in-process. A cluster given by ``scheduler`` is used as it is configured.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -258,8 +260,13 @@ def run_tasks(
 ) -> list[R]:
     """``[fn(t) for t in tasks]`` on an engine (see :func:`open_engine`), in task order."""
     with open_engine(workers, scheduler, warm=warm) as engine:
-        done = {id(task): result for task, result in engine.map(fn, tasks)}
-    return [done[id(task)] for task in tasks]
+        pairs = engine.map(functools.partial(_numbered, fn), enumerate(tasks))
+        done = dict(result for _, result in pairs)
+    return [done[i] for i in range(len(tasks))]
+
+
+def _numbered(fn: Callable[[T], R], item: tuple[int, T]) -> tuple[int, R]:
+    return item[0], fn(item[1])
 
 
 def _connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any]:
