@@ -45,6 +45,7 @@ from pipeline.store import RunWriter
 
 __all__ = [
     "Chain",
+    "Comparison",
     "RunResult",
     "StreamClock",
     "StreamedBatch",
@@ -242,8 +243,12 @@ def build_chain(
     *,
     registry: Registry | None = None,
     with_model: bool = True,
+    model: Any = None,
 ) -> Chain:
     """Instantiate and set up the configured stages, checking units and shapes before any data.
+
+    ``model`` is the classifier to use instead of loading the config's ``model:`` (None:
+    load it).
 
     Raises
     ------
@@ -275,7 +280,8 @@ def build_chain(
         keys.append(key)
         prev_name = cls.name
     if with_model and config.model is not None:
-        stage = ClassifierStage(load_config_model(loaded), index=len(stages), seed=config.seed)
+        net = model if model is not None else load_config_model(loaded)
+        stage = ClassifierStage(net, index=len(stages), seed=config.seed)
         info = infos[-1]
         if info.unit not in stage.takes:
             takes = " or ".join(str(u) for u in stage.takes)
@@ -382,6 +388,8 @@ def run(
     dataset: Dataset | None = None,
     store: bool = True,
     progress: bool | None = None,
+    model: Any = None,
+    compare: Sequence[Comparison] = (),
     **overrides: Any,
 ) -> RunResult:
     """Run a config: stream the dataset through its stages, record, measure.
@@ -395,6 +403,11 @@ def run(
     store : write the run folder (False keeps the records in memory only).
     progress : force progress on or off (default: ``run.progress``); a bar on a terminal,
         a line per 10 % with elapsed and remaining time in a log.
+    model : use this classifier (a loaded ``pipeline.cnn`` model) instead of loading the
+        config's ``model:`` (a caller that keeps models between runs).
+    compare : more sums against reference chains, fed while the run streams
+        (:class:`Comparison`; the sweep's SNR). A comparison whose reference is the
+        PSNR/SSIM probe's shares its reference pass.
     overrides : more overrides as keyword arguments, ``__`` for dots (``run__batch_size=7``).
 
     Returns
@@ -411,9 +424,14 @@ def run(
     else:
         loaded = load_config(config, pairs, registry=registry)
     ds = dataset if dataset is not None else open_config_dataset(loaded)
-    chain = build_chain(loaded, ds.info(), registry=registry)
-    quality = _quality_probe(loaded, ds, chain, registry=registry)
-    return _execute(loaded, ds, chain, store=store, progress=progress, quality=quality)
+    chain = build_chain(loaded, ds.info(), registry=registry, model=model)
+    quality = _quality_comparison(loaded, chain, registry=registry)
+    wanted = [quality, *compare] if quality is not None else list(compare)
+    probes = _reference_probes(loaded, ds, chain, wanted, registry=registry)
+    quality_sums = quality.sums if quality is not None else None
+    return _execute(
+        loaded, ds, chain, store=store, progress=progress, probes=probes, quality=quality_sums
+    )
 
 
 def compare_chains(
@@ -466,52 +484,98 @@ def _reference_output(
 
 
 @dataclasses.dataclass
-class _QualityProbe:
-    """PSNR and SSIM of the raw stage against the ideal sensor, summed while a run streams:
-    the first ``images`` images of each batch also go through the reference chain."""
+class Comparison:
+    """Sums of a run's outputs against a reference chain's, over the run's first images.
+
+    Attributes
+    ----------
+    reference : the reference config (same dataset and stage names as the run's).
+    sums : receives ``sums.add(out, ref)`` per batch, in image order (e.g.
+        :class:`pipeline.quality.QualitySums`, ``pipeline.sweep.snr.SnrSums``).
+    stage : record name of the compared stage (default: the last sensor stage).
+    images : how many images (the first ones), or "all".
+    """
+
+    reference: LoadedConfig
+    sums: Any
+    stage: str | None = None
+    images: int | str = "all"
+
+
+@dataclasses.dataclass
+class _ReferenceProbe:
+    """One reference chain fed while a run streams: the first images of each batch also go
+    through it, and each ``(images, sums)`` consumer gets its first ``images`` pairs."""
 
     reference: Chain
     upto: int
-    images: int
     file: str
-    sums: QualitySums = dataclasses.field(default_factory=QualitySums)
+    consumers: list[tuple[float, Any]]
 
     def add(self, dataset: Dataset, batch: StreamedBatch) -> None:
-        keep = int(np.count_nonzero(batch.index < self.images))
+        most = max(n for n, _ in self.consumers)
+        keep = int(np.count_nonzero(batch.index < most))
         if keep == 0:
             return
         images, index = batch.images[:keep], batch.index[:keep]
         ref = _reference_output(self.reference, dataset, images, index, self.upto, self.file)
-        self.sums.add(batch.outputs[self.upto - 1][:keep], ref)
+        out = batch.outputs[self.upto - 1]
+        for n, sums in self.consumers:
+            k = int(np.count_nonzero(index < n))
+            if k:
+                sums.add(out[:k], ref[:k])
 
 
-def _quality_probe(
+def _reference_probes(
     loaded: LoadedConfig,
     dataset: Dataset,
     chain: Chain,
+    wanted: Sequence[Comparison],
     *,
     registry: Registry,
-    images: int = QUALITY_IMAGES,
-) -> _QualityProbe | None:
-    """The run's PSNR/SSIM probe (see :mod:`pipeline.quality`): the config with
-    :func:`pipeline.reference.default_reference` applied, compared on the first ``images``
-    images. None when the chain has no photodetector or its last sensor stage is not
-    unitless.
+) -> list[_ReferenceProbe]:
+    """A probe per comparison; comparisons with the same reference config and compared
+    stage share one (its reference chain runs once per batch)."""
+    probes: list[tuple[Config, _ReferenceProbe]] = []
+    for c in wanted:
+        upto = _stage_count(chain, c.stage)
+        n = math.inf if c.images == "all" else int(c.images)
+        for config, probe in probes:
+            if probe.upto == upto and config == c.reference.config:
+                probe.consumers.append((n, c.sums))
+                break
+        else:
+            ref = build_chain(c.reference, dataset.info(), registry=registry, with_model=False)
+            probes.append(
+                (c.reference.config, _ReferenceProbe(ref, upto, loaded.file, [(n, c.sums)]))
+            )
+    return [p for _, p in probes]
+
+
+def _quality_comparison(
+    loaded: LoadedConfig, chain: Chain, *, registry: Registry | None = None
+) -> Comparison | None:
+    """The run's PSNR/SSIM (see :mod:`pipeline.quality`): the raw stage against the config
+    with :func:`pipeline.reference.default_reference` applied, on the first
+    :data:`~pipeline.quality.QUALITY_IMAGES` images. None when the chain has no
+    photodetector or its last sensor stage is not unitless.
     """
     overrides = default_reference(loaded.raw)
     n = len(chain.sensor_stages)
     if not overrides or n == 0 or chain.infos[n].unit is not Unit.UNITLESS:
         return None
+    registry = registry or default_registry()
     try:
         reference = load_config(loaded.raw, overrides, registry=registry, base_dir=loaded.base_dir)
-        ref_chain = build_chain(reference, dataset.info(), registry=registry, with_model=False)
+        # built here once to blame a failure on the reference; probes build their own
+        build_chain(reference, chain.infos[0], registry=registry, with_model=False)
     except UserError as exc:
         raise UserError(
             f"the ideal-sensor reference for PSNR/SSIM ({', '.join(overrides)}): {exc.message}",
             file=loaded.file,
             key=exc.key,
         ) from None
-    return _QualityProbe(ref_chain, n, images, loaded.file)
+    return Comparison(reference, QualitySums(), None, QUALITY_IMAGES)
 
 
 def _pairs(items: Mapping[str, Any] | Sequence[str]) -> Iterator[tuple[str, Any]]:
@@ -582,7 +646,8 @@ def _execute(
     *,
     store: bool,
     progress: bool | None,
-    quality: _QualityProbe | None = None,
+    probes: Sequence[_ReferenceProbe] = (),
+    quality: QualitySums | None = None,
 ) -> RunResult:
     config = loaded.config
     _check_classes_fit(loaded, dataset, chain)
@@ -599,7 +664,7 @@ def _execute(
             raise exc.located(file=loaded.file) from None
     try:
         recorder = _Recorder(chain, dataset, positions, n_record, writer)
-        result = _run_stream(loaded, dataset, chain, recorder, progress, quality)
+        result = _run_stream(loaded, dataset, chain, recorder, progress, probes, quality)
         recorder.save_provenance()
         if writer is not None:
             _write_samples(writer, chain, result, config.run.samples)
@@ -713,7 +778,8 @@ def _run_stream(
     chain: Chain,
     recorder: _Recorder,
     progress: bool | None,
-    quality: _QualityProbe | None = None,
+    probes: Sequence[_ReferenceProbe] = (),
+    quality: QualitySums | None = None,
 ) -> RunResult:
     """Stream the whole dataset through the chain: record, collect labels and predictions,
     feed the PSNR/SSIM probe, time, then measure and describe the run."""
@@ -726,8 +792,8 @@ def _run_stream(
         chain, dataset, loaded.config.run.batch_size, file=loaded.file, clock=clock
     ):
         recorder.add(batch)
-        if quality is not None:
-            quality.add(dataset, batch)
+        for probe in probes:
+            probe.add(dataset, batch)
         if batch.labels is not None:
             labels_all.append(np.asarray(batch.labels))
         if chain.classifier is not None:
@@ -741,7 +807,7 @@ def _run_stream(
     if labels is not None and preds is not None:
         metrics = classification_metrics(labels, preds, chain.classifier.model.class_names)
     if quality is not None:
-        metrics.update(quality.sums.metrics)
+        metrics.update(quality.metrics)
     manifest = _manifest(loaded, dataset, chain, recorder, clock, wall, metrics)
     return RunResult(recorder.arrays, metrics, manifest, None, preds, labels)
 

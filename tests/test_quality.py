@@ -90,3 +90,68 @@ def test_reference_keeps_the_full_scale_of_an_adc_given_a_system_gain() -> None:
     assert ref["sensor[2].thresholds"] is None
     # full scale 2^bits / K electrons at 8 bits equals 2^24 / K' at 24 bits
     assert 2**8 / 0.05 == pytest.approx(2**24 / ref["sensor[2].system_gain_dn_per_e"])
+
+
+# --------------------------------------------------------------------------- comparisons
+class _Pairs:
+    """Keeps what a comparison hands it."""
+
+    def __init__(self) -> None:
+        self.out: list[np.ndarray] = []
+        self.ref: list[np.ndarray] = []
+
+    def add(self, out: np.ndarray, ref: np.ndarray) -> None:
+        self.out.append(out.copy())
+        self.ref.append(ref.copy())
+
+
+def _loaded(overrides: list[str]):
+    from pipeline.config import load_config
+
+    return load_config(ROOT / "configs" / "default.yaml", overrides)
+
+
+@pytest.mark.parametrize("images", [3, 7, "all"])
+def test_a_comparison_gets_the_first_images_of_the_run_against_its_reference(images) -> None:
+    """What a comparison receives equals the two chains run separately (compare_chains)."""
+    from pipeline.runner import Comparison, build_chain, compare_chains, open_config_dataset
+
+    cell = [*SMALL, "sensor.adc.bits=4", "model=null"]
+    loaded, reference = _loaded(cell), _loaded([*cell, *IDEAL, "sensor.adc.bits=12"])
+    pairs = _Pairs()
+    run(loaded, store=False, progress=False, compare=[Comparison(reference, pairs, None, images)])
+    dataset = open_config_dataset(loaded)
+    chain = build_chain(loaded, dataset.info(), with_model=False)
+    ref_chain = build_chain(reference, dataset.info(), with_model=False)
+    expected = list(compare_chains(chain, ref_chain, dataset, 5, images=images))
+    for got, want in zip((pairs.out, pairs.ref), zip(*expected, strict=True), strict=True):
+        np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
+    assert len(np.concatenate(pairs.out)) == (12 if images == "all" else images)
+
+
+def test_a_comparison_with_the_quality_reference_shares_its_reference_pass(monkeypatch) -> None:
+    import pipeline.runner as runner
+
+    calls: list[int] = []
+    original = runner._reference_output
+
+    def counted(reference, dataset, images, index, upto, file):
+        calls.append(len(images))
+        return original(reference, dataset, images, index, upto, file)
+
+    monkeypatch.setattr(runner, "_reference_output", counted)
+    cell = [*SMALL, "sensor.adc.bits=4", "model=null"]
+    same = _loaded([*cell, *IDEAL])  # default_reference's switches: the quality probe's
+    other = _loaded([*cell, *IDEAL, "sensor.photodetector.dark_current_e_per_s=0"])
+    for reference, passes in ((same, 1), (other, 2)):
+        calls.clear()
+        a, b = _Pairs(), _Pairs()
+        result = run(
+            _loaded(cell),
+            store=False,
+            progress=False,
+            compare=[runner.Comparison(reference, a, None, 12), runner.Comparison(reference, b)],
+        )
+        assert sum(calls) == passes * 12  # one reference pass per distinct reference
+        np.testing.assert_array_equal(np.concatenate(a.ref), np.concatenate(b.ref))
+        assert result.metrics["quality_images"] == 12

@@ -7,8 +7,8 @@
 ADC-independent images, computed once), :mod:`~pipeline.design.objective` (a candidate's
 accuracy), :mod:`~pipeline.design.search` (CMA-ES), :mod:`~pipeline.design.energy`,
 :mod:`~pipeline.design.pareto`, :mod:`~pipeline.design.store` (the design folder),
-:mod:`~pipeline.design.cell` (one search), :mod:`~pipeline.design.engine` (in-process or
-Dask) and :mod:`~pipeline.design.design` (all of it).
+:mod:`~pipeline.design.cell` (one search; the searches run on the sweep's task engine,
+:mod:`pipeline.sweep.dask_engine`) and :mod:`~pipeline.design.design` (all of it).
 """
 
 from __future__ import annotations

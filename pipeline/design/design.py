@@ -25,7 +25,6 @@ from pipeline import limits
 from pipeline.config import LoadedConfig, load_config
 from pipeline.design.cell import SearchTask, run_cell
 from pipeline.design.energy import pixel_energy_pj
-from pipeline.design.engine import dask_client, run_tasks
 from pipeline.design.front import adc_position, front_images, save_front
 from pipeline.design.objective import Backend
 from pipeline.design.parameterise import thresholds_from_vector
@@ -37,6 +36,7 @@ from pipeline.progress import progress as progress_reporter
 from pipeline.registry import Registry, default_registry
 from pipeline.runner import build_chain, open_config_dataset
 from pipeline.store import write_json_atomic
+from pipeline.sweep.dask_engine import open_engine
 
 __all__ = ["DesignResult", "design_adc", "table_rows"]
 
@@ -117,15 +117,11 @@ def design_adc(
             initial=len(reused),
             every_pct=0,
         )
-        use_dask = workers is not None or scheduler is not None
-        with contextlib.ExitStack() as stack:
-            client = (
-                stack.enter_context(dask_client(workers, scheduler))
-                if use_dask and pending
-                else None
-            )
+        # the sweep's task engine: in-process, a local Dask cluster or a scheduler
+        engine_at = (workers, scheduler) if pending else (None, None)
+        with open_engine(*engine_at) as engine:
             try:
-                for task, _record in run_tasks(run_cell, pending, client):
+                for task, _record in engine.map(run_cell, pending):
                     computed.append(task.cell.id)
                     bar.update(1)
             finally:

@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import LoadedConfig
+from pipeline.errors import UserError
 from pipeline.registry import Registry, default_registry
-from pipeline.runner import build_chain, compare_chains, open_config_dataset, run
+from pipeline.runner import Comparison, RunResult, run
 from pipeline.store import write_json_atomic
 from pipeline.sweep.check import load_cell, reference_raw, train_hook
+from pipeline.sweep.reuse import cell_dataset, cell_model
 from pipeline.sweep.snr import SnrSums
 
 __all__ = [
@@ -46,10 +47,11 @@ __all__ = [
     "CellTask",
     "damage",
     "execute_cell",
+    "execute_cells",
     "folder_checksum",
     "is_complete",
-    "measure_snr",
     "read_record",
+    "warm_up",
 ]
 
 CELL_RECORD = "cell.json"
@@ -70,6 +72,8 @@ class CellTask:
     snr : the sweep's ``snr`` options as a dict, or None.
     fingerprint : written to cell.json; a rerun reuses the record only if it matches.
     registry : stage registry (None: the worker's installed stages).
+    run_token : names the sweep run: the process keeps the dataset's images between
+        cells of one run (:mod:`pipeline.sweep.reuse`); empty: it does not.
     """
 
     cell_id: str
@@ -83,6 +87,7 @@ class CellTask:
     snr: dict | None
     fingerprint: dict
     registry: Registry | None = None
+    run_token: str = ""
 
 
 def is_complete(cell_dir: Path) -> bool:
@@ -131,8 +136,62 @@ def damage(cell_dir: Path) -> str | None:
     return None
 
 
+def warm_up() -> None:
+    """Import what a cell's first run would (a worker runs this as it starts, while the
+    parent checks the cells): every installed stage, the PSNR/SSIM metrics (skimage
+    imports them, and scipy.stats, lazily) and matplotlib, with the fonts its first PNG
+    loads (the run's figures)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: F401
+
+    fig = plt.figure(figsize=(1, 1))
+    fig.text(0.5, 0.5, "0")
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
+
+    registry = default_registry()
+    for name in registry.names():
+        registry.get(name)
+
+
+def execute_cells(tasks: list[CellTask]) -> list[dict[str, Any]]:
+    """Compute cells one after the other (one engine task: a group of cells that share a
+    dataset and a model, which this process keeps between them). An error names its cell.
+
+    Returns the cell records, in order.
+    """
+    records = []
+    for task in tasks:
+        try:
+            records.append(execute_cell(task))
+        except Exception as exc:
+            raise in_cell(exc, task.cell_id) from None
+    return records
+
+
+def in_cell(exc: Exception, cell_id: str) -> Exception:
+    """The error with the cell it came from (a UserError stays one line)."""
+    if isinstance(exc, UserError):
+        return type(exc)(f"cell {cell_id}: {exc.message}", file=exc.file, key=exc.key)
+    note = getattr(exc, "add_note", None)
+    if note is not None:
+        note(f"in sweep cell {cell_id}")
+    return exc
+
+
 def execute_cell(task: CellTask) -> dict[str, Any]:
-    """Compute one cell: train (if asked), measure SNR (if asked), run, write cell.json.
+    """Compute one cell: train (if asked), run with the SNR measured on the way (if asked),
+    write cell.json.
+
+    The SNR compares the cell's first ``snr.images`` images with the noise-free reference
+    while the run streams them (:class:`pipeline.runner.Comparison`): the cell's chain
+    runs once, and the reference chain once more only when it differs from the run's
+    PSNR/SSIM reference.
 
     Returns the cell record (also written to ``cells/<id>/cell.json``).
     """
@@ -145,29 +204,27 @@ def execute_cell(task: CellTask) -> dict[str, Any]:
         trained = _trained_model(task, registry)
         raw = {**raw, "model": trained}
     loaded = load_cell(raw, task.base_file, base_dir, registry)
-    snr_record = None
+    snr = None
+    compare = []
     if task.snr is not None:
-        ref = load_cell(
-            reference_raw(task.raw, task.snr["reference"]), task.base_file, base_dir, registry
-        )
-        sums, stage = measure_snr(
-            loaded, ref, task.snr.get("stage"), task.snr["images"], registry=registry
-        )
-        snr_record = {
-            "db": sums.db,
-            "stage": stage,
-            "images": sums.images,
-            "signal_sq": sums.signal_sq,
-            "noise_sq": sums.noise_sq,
-            "reference": task.snr["reference"],
-        }
-    result = run(loaded, registry=registry, progress=False)
+        ref_raw = reference_raw(task.raw, task.snr["reference"])
+        snr = SnrSums()
+        reference = load_cell(ref_raw, task.base_file, base_dir, registry)
+        compare.append(Comparison(reference, snr, task.snr.get("stage"), task.snr["images"]))
+    result = run(
+        loaded,
+        registry=registry,
+        progress=False,
+        dataset=cell_dataset(loaded, task.run_token),
+        model=cell_model(loaded, task.run_token),
+        compare=compare,
+    )
     assert result.path is not None
     record = {
         "cell": task.cell_id,
         "index": task.index,
         "overrides": task.overrides,
-        "snr": snr_record,
+        "snr": None if snr is None else _snr_record(task, snr, result),
         "trained_model": trained,
         "wall_seconds": round(time.perf_counter() - t0, 6),
         "fingerprint": task.fingerprint,
@@ -177,39 +234,18 @@ def execute_cell(task: CellTask) -> dict[str, Any]:
     return record
 
 
-def measure_snr(
-    loaded: LoadedConfig,
-    reference: LoadedConfig,
-    stage: str | None,
-    images: int | str,
-    *,
-    registry: Registry,
-) -> tuple[SnrSums, str]:
-    """Stream the same images through a cell's chain and its noise-free reference chain.
-
-    Parameters
-    ----------
-    loaded, reference : the cell's config and its noise-free reference config.
-    stage : record name of the compared stage (default: the last sensor stage).
-    images : how many images (the first ones), or "all".
-
-    Returns
-    -------
-    (sums, stage) : the SNR sums (see :mod:`pipeline.sweep.snr`) and the compared stage.
-    """
-    dataset = open_config_dataset(loaded)
-    info = dataset.info()
-    chain = build_chain(loaded, info, registry=registry, with_model=False)
-    ref_chain = build_chain(reference, info, registry=registry, with_model=False)
-    sums = SnrSums()
-    stage = stage or chain.names[-1]
-    batch_size = loaded.config.run.batch_size
-    pairs = compare_chains(
-        chain, ref_chain, dataset, batch_size, stage=stage, images=images, file=loaded.file
-    )
-    for out, ref in pairs:
-        sums.add(out, ref)
-    return sums, stage
+def _snr_record(task: CellTask, sums: SnrSums, result: RunResult) -> dict[str, Any]:
+    """cell.json's ``snr``: dB, compared stage, images, the sums, the reference overrides."""
+    assert task.snr is not None
+    sensor = [e["name"] for e in result.manifest["stages"][1:] if e["kind"] != "classifier"]
+    return {
+        "db": sums.db,
+        "stage": task.snr.get("stage") or sensor[-1],
+        "images": sums.images,
+        "signal_sq": sums.signal_sq,
+        "noise_sq": sums.noise_sq,
+        "reference": task.snr["reference"],
+    }
 
 
 def _trained_model(task: CellTask, registry: Registry) -> dict[str, str | None]:

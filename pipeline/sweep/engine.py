@@ -1,11 +1,15 @@
 """Running a sweep: check every cell, skip finished ones, compute the rest on an engine.
 
-Engines: in-process (default), a Dask ``LocalCluster`` of N single-threaded worker
-processes (``workers=N``), or an existing Dask cluster (``scheduler="tcp://host:port"``;
-its workers must see the sweep folder and the data at the same paths). Each cell is one
-task; it writes its own run folder, so the parent only assembles ``results.csv`` from the
-cells' records. Cells are independent and seeded from their configs, so every engine
-and any number of workers give the same arrays and the same table, bit for bit.
+Engines (:mod:`pipeline.sweep.dask_engine`): in-process (default), a Dask ``LocalCluster``
+of N single-threaded worker processes (``workers=N``), or an existing Dask cluster
+(``scheduler="tcp://host:port"``; its workers must see the sweep folder and the data at
+the same paths). A local cluster starts in the background while the cells are checked.
+A Dask task computes a small group of cells (:func:`cell_groups`: cells that share a
+dataset and a model, side by side) and the worker keeps the dataset's images and the
+model between cells and tasks (:mod:`pipeline.sweep.reuse`). Each cell writes its own run
+folder, so the parent only assembles ``results.csv`` from the cells' records. Cells are
+independent and seeded from their configs, so every engine and any number of workers
+give the same arrays and the same table, bit for bit.
 
 The sweep folder::
 
@@ -20,8 +24,13 @@ The sweep folder::
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
+import math
 import shutil
+import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,15 +42,25 @@ from pipeline.errors import UserError
 from pipeline.progress import progress as progress_reporter
 from pipeline.registry import Registry, default_registry
 from pipeline.store import write_json_atomic
-from pipeline.sweep.cell import CellTask, damage, execute_cell, is_complete, read_record
+from pipeline.sweep.cell import (
+    CellTask,
+    damage,
+    execute_cells,
+    is_complete,
+    read_record,
+    warm_up,
+)
 from pipeline.sweep.check import CheckedCell, check_plan
+from pipeline.sweep.dask_engine import Engine, import_distributed
 from pipeline.sweep.plots import write_plots
 from pipeline.sweep.results import collect_rows, columns, write_csv_atomic
 from pipeline.sweep.spec import SweepPlan, load_plan
 
-__all__ = ["SweepResult", "run_sweep"]
+__all__ = ["GROUPS_PER_SLOT", "SweepResult", "cell_groups", "run_sweep"]
 
-_DASK_HINT = "install the optional extra: pip install 'sensorlab[dask]'"
+# Dask tasks per worker thread, at least: a task computes ceil(cells / (this · threads))
+# cells, so a worker idles at most one small group at the end of a sweep.
+GROUPS_PER_SLOT = 12
 
 
 @dataclass
@@ -107,53 +126,28 @@ def run_sweep(
         with another config, a busy sweep folder, a missing Dask.
     """
     t0 = time.perf_counter()
-    if workers is not None and scheduler is not None:
-        raise UserError("give --workers or --scheduler, not both")
-    if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
-        raise UserError(f"--workers must be at least 1, got {workers}")
-    if workers is not None:
-        limits.check("workers", int(workers), what="--workers", key="workers")
-    if workers is not None or scheduler is not None:
-        _import_distributed()
+    _check_engine_options(workers, scheduler)
     plan = load_plan(source, out=out, overrides=set, base_dir=base_dir)
-    checked = check_plan(plan, registry or default_registry())
-    damaged: dict[str, str] = {}
-    pending, _ = _split_cells(plan, checked, {})  # read-only: refuses mixed records early
-    use_dask = workers is not None or scheduler is not None
+    engine = Engine(workers, scheduler, warm=warm_up)
     with contextlib.ExitStack() as stack:
-        # Connect before writing anything: a cluster that cannot start leaves no folder.
-        client = (
-            stack.enter_context(_dask_client(workers, scheduler)) if use_dask and pending else None
-        )
-        try:
-            plan.cells_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(
-                f"cannot write to {plan.folder}: {exc.strerror or exc}", file=plan.file, key="out"
-            ) from None
-        stack.enter_context(_folder_lock(plan))
-        # again, now that the folder is ours; damaged cells are recomputed
-        pending, skipped = _split_cells(plan, checked, damaged)
+        stack.callback(engine.close)
+        if any(not is_complete(plan.cells_dir / c.id) for c in plan.cells):
+            engine.start()  # in the background, while the cells are checked
+        checked = check_plan(plan, registry or default_registry())
+        pending, _ = _split_cells(plan, checked, {})  # read-only: refuses mixed records early
+        if pending:
+            engine.ready()  # a cluster that cannot start leaves no folder
+        stack.enter_context(_own_folder(plan))
+        damaged: dict[str, str] = {}
+        pending, skipped = _split_cells(plan, checked, damaged)  # damaged: recomputed
         _remove_leftovers(plan, pending)
         _write_sweep_json(plan, workers, scheduler)
-        cols = columns(plan)
-        cache: dict[str, dict[str, Any]] = {}
-        write_csv_atomic(plan.folder / "results.csv", collect_rows(plan, cache), cols)
-        tasks = [_task(plan, c, registry) for c in pending]
-        if use_dask and tasks and client is None:  # cells went missing since the first look
-            client = stack.enter_context(_dask_client(workers, scheduler))
-        computed: list[str] = []
-        bar = _progress_bar(plan, len(skipped), progress)
-        try:
-            engine = _run_dask(client, tasks) if client is not None else _run_in_process(tasks)
-            for task, _record in engine:
-                computed.append(task.cell_id)
-                write_csv_atomic(plan.folder / "results.csv", collect_rows(plan, cache), cols)
-                bar.update(1)
-        finally:
-            bar.close()
-            write_csv_atomic(plan.folder / "results.csv", collect_rows(plan, cache), cols)
-        rows = collect_rows(plan, cache)
+        tasks = _tasks(plan, pending, registry)
+        computed = _compute(plan, engine, tasks, _progress_bar(plan, len(skipped), progress))
+        closing = threading.Thread(target=engine.close, name="sensorlab-dask-close")
+        closing.start()  # a local cluster takes 1-4 s to stop: meanwhile, the figures
+        stack.callback(closing.join)
+        rows = collect_rows(plan, {})
         figures = write_plots(plan, rows, checked[0].sensor_names) if plots else []
     order = {c.id: c.index for c in plan.cells}
     return SweepResult(
@@ -166,6 +160,76 @@ def run_sweep(
         plots=figures,
         wall_seconds=time.perf_counter() - t0,
     )
+
+
+def _check_engine_options(workers: int | None, scheduler: str | None) -> None:
+    """Refuse both engines at once or a bad worker count; a missing Dask before anything."""
+    if workers is not None and scheduler is not None:
+        raise UserError("give --workers or --scheduler, not both")
+    if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if workers is not None:
+        limits.check("workers", int(workers), what="--workers", key="workers")
+    if workers is not None or scheduler is not None:
+        import_distributed()
+
+
+@contextlib.contextmanager
+def _own_folder(plan: SweepPlan) -> Iterator[None]:
+    """Create the sweep folder and hold its lock."""
+    try:
+        plan.cells_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write to {plan.folder}: {exc.strerror or exc}", file=plan.file, key="out"
+        ) from None
+    with _folder_lock(plan):
+        yield
+
+
+def _compute(plan: SweepPlan, engine: Engine, tasks: list[CellTask], bar: Any) -> list[str]:
+    """Compute the cells on the engine, rewriting results.csv as groups finish; the ids
+    of the cells computed (also when an error stops the sweep: the table keeps them)."""
+    cols = columns(plan)
+    cache: dict[str, dict[str, Any]] = {}
+    csv_path = plan.folder / "results.csv"
+    write_csv_atomic(csv_path, collect_rows(plan, cache), cols)
+    computed: list[str] = []
+    try:
+        slots = engine.slots if tasks else 1
+        for group, _records in engine.map(execute_cells, cell_groups(tasks, slots)):
+            computed += [t.cell_id for t in group]
+            write_csv_atomic(csv_path, collect_rows(plan, cache), cols)
+            bar.update(len(group))
+    finally:
+        bar.close()
+        write_csv_atomic(csv_path, collect_rows(plan, cache), cols)
+    return computed
+
+
+def cell_groups(tasks: Sequence[CellTask], slots: int) -> list[list[CellTask]]:
+    """The cells as engine tasks: one cell each on one slot (in-process), else groups of
+    at most ``ceil(len(tasks) / (GROUPS_PER_SLOT · slots))`` cells, cells that share a
+    dataset and a model side by side (their worker loads them once), otherwise in order.
+
+    Parameters
+    ----------
+    tasks : the cells to compute.
+    slots : how many tasks the engine runs at once.
+    """
+    if slots <= 1:
+        return [[t] for t in tasks]
+    size = max(1, math.ceil(len(tasks) / (GROUPS_PER_SLOT * slots)))
+    groups = []
+    for _, same in itertools.groupby(sorted(tasks, key=_shared_inputs), key=_shared_inputs):
+        cells = list(same)  # in cell order: the sort is stable
+        groups += [cells[i : i + size] for i in range(0, len(cells), size)]
+    return groups
+
+
+def _shared_inputs(task: CellTask) -> str:
+    """What cells can share in a worker: the dataset and the model their configs name."""
+    return json.dumps([task.raw.get("dataset"), task.raw.get("model")], sort_keys=True, default=str)
 
 
 # --------------------------------------------------------------------------- resume
@@ -275,7 +339,14 @@ def _write_sweep_json(plan: SweepPlan, workers: int | None, scheduler: str | Non
     )
 
 
-def _task(plan: SweepPlan, c: CheckedCell, registry: Registry | None) -> CellTask:
+def _tasks(
+    plan: SweepPlan, pending: list[CheckedCell], registry: Registry | None
+) -> list[CellTask]:
+    token = uuid.uuid4().hex  # this run: workers keep its dataset between cells
+    return [_task(plan, c, registry, token) for c in pending]
+
+
+def _task(plan: SweepPlan, c: CheckedCell, registry: Registry | None, token: str) -> CellTask:
     return CellTask(
         cell_id=c.cell.id,
         index=c.cell.index,
@@ -288,6 +359,7 @@ def _task(plan: SweepPlan, c: CheckedCell, registry: Registry | None) -> CellTas
         snr=c.snr,
         fingerprint=c.fingerprint,
         registry=registry,
+        run_token=token,
     )
 
 
@@ -302,77 +374,3 @@ def _progress_bar(plan: SweepPlan, done: int, progress: bool | None) -> Any:
         initial=done,
         every_pct=0,
     )
-
-
-# --------------------------------------------------------------------------- engines
-def _run_in_process(tasks: Sequence[CellTask]) -> Iterator[tuple[CellTask, dict]]:
-    for task in tasks:
-        try:
-            record = execute_cell(task)
-        except Exception as exc:
-            raise _in_cell(exc, task) from None
-        yield task, record
-
-
-def _import_distributed() -> Any:
-    try:
-        import distributed
-    except ImportError:
-        raise UserError(f"--workers and --scheduler need Dask distributed; {_DASK_HINT}") from None
-    return distributed
-
-
-@contextlib.contextmanager
-def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
-    """A Dask client: on the cluster at ``scheduler``, or on a new local cluster."""
-    import logging
-
-    distributed = _import_distributed()
-    if scheduler is not None:
-        try:
-            client = distributed.Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise UserError(
-                f"cannot connect to the Dask scheduler at {scheduler}: {exc}", key="--scheduler"
-            ) from None
-        with client:
-            yield client
-        return
-    with (
-        distributed.LocalCluster(
-            n_workers=int(workers or 1),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",  # any free port: never collides with another cluster
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        yield client
-
-
-def _run_dask(client: Any, tasks: Sequence[CellTask]) -> Iterator[tuple[CellTask, dict]]:
-    """One task per cell; results in the order they finish."""
-    import distributed
-
-    futures = {client.submit(execute_cell, t, pure=False): t for t in tasks}
-    try:
-        for future in distributed.as_completed(futures):
-            task = futures[future]
-            try:
-                record = future.result()
-            except Exception as exc:
-                raise _in_cell(exc, task) from None
-            yield task, record
-    finally:
-        client.cancel(list(futures))
-
-
-def _in_cell(exc: Exception, task: CellTask) -> Exception:
-    """The error with the cell it came from (a UserError stays one line)."""
-    if isinstance(exc, UserError):
-        return type(exc)(f"cell {task.cell_id}: {exc.message}", file=exc.file, key=exc.key)
-    note = getattr(exc, "add_note", None)
-    if note is not None:
-        note(f"in sweep cell {task.cell_id}")
-    return exc

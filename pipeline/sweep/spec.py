@@ -271,26 +271,7 @@ def _validate_spec(raw: dict, file: str) -> SweepSpec:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         loc = [p for p in err["loc"] if not _is_tag(p)]
-        key = format_loc(loc)
-        if err["type"] == "extra_forbidden":
-            model: Any = SweepSpec
-            for part in loc[:-1]:
-                sub = model.model_fields.get(part) if isinstance(part, str) else None
-                ann = getattr(sub, "annotation", None)
-                model = next(
-                    (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)),
-                    None,
-                )
-                if model is None or not issubclass(model, BaseModel):
-                    break
-            fields = list(getattr(model, "model_fields", {}) or {})
-            message = f"unknown key{did_you_mean(str(loc[-1]), fields)}"
-        elif err["type"] == "missing":
-            message = "required key is missing"
-        else:
-            msg = err["msg"]
-            message = f"{msg[:1].lower()}{msg[1:]}, got {_short(err.get('input'))}"
-        raise UserError(message, file=file, key=key or None) from None
+        raise UserError(_message(err, loc), file=file, key=format_loc(loc) or None) from None
     if spec.axes is not None and spec.cells is not None:
         raise UserError("give either axes (a grid) or cells (a list), not both", file=file)
     if spec.axes is None and spec.cells is None:
@@ -301,6 +282,29 @@ def _validate_spec(raw: dict, file: str) -> SweepSpec:
         raise UserError(f"mode {spec.mode} needs {need}", file=file, key="mode")
     spec.mode = mode
     return spec
+
+
+def _message(err: Mapping[str, Any], loc: list) -> str:
+    """One line for a pydantic error of the sweep file at ``loc``."""
+    if err["type"] == "extra_forbidden":
+        fields = list(getattr(_section_model(loc[:-1]), "model_fields", {}) or {})
+        return f"unknown key{did_you_mean(str(loc[-1]), fields)}"
+    if err["type"] == "missing":
+        return "required key is missing"
+    msg = err["msg"]
+    return f"{msg[:1].lower()}{msg[1:]}, got {_short(err.get('input'))}"
+
+
+def _section_model(loc: list) -> Any:
+    """The pydantic model of the sweep file's section at ``loc`` (None when not a model)."""
+    model: Any = SweepSpec
+    for part in loc:
+        sub = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(sub, "annotation", None)
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)), None)
+        if model is None or not issubclass(model, BaseModel):
+            return model
+    return model
 
 
 def _check_axes_shape(raw: dict, file: str) -> None:
