@@ -34,9 +34,6 @@ Python API: :func:`characterize_stages` (stage objects → datasheet dict),
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -551,32 +548,15 @@ def write_datasheet(sheet: Mapping[str, Any], folder: str | Path) -> Path:
     into place; an existing datasheet folder is replaced, any other existing folder is
     left alone (UserError).
     """
+    from pipeline.files import written_folder
     from pipeline.store import write_json_atomic
 
     folder = Path(folder)
     if folder.exists() and not (folder / DATASHEET_JSON).is_file():
         raise UserError(f"{folder} exists and is not a datasheet folder", key="--out")
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    except OSError as exc:
-        raise UserError(f"cannot write to {folder.parent}: {exc.strerror or exc}") from None
-    old = None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+    with written_folder(folder) as tmp:
         write_json_atomic(tmp / DATASHEET_JSON, sheet)
         plot_datasheet(sheet, tmp)
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

@@ -8,9 +8,6 @@ existing folder is refused.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,7 @@ import numpy as np
 import yaml
 
 from pipeline.errors import UserError
-from pipeline.files import ordinary_mode
+from pipeline.files import written_folder
 
 __all__ = ["FIT_JSON", "SENSOR_YAML", "write_folder"]
 
@@ -54,27 +51,11 @@ def write_folder(
     folder = Path(folder)
     if folder.exists() and not (folder / FIT_JSON).is_file():
         raise UserError("exists and is not a calibration folder", file=folder, key="--out")
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    except OSError as exc:
-        raise UserError(f"cannot write: {exc.strerror or exc}", file=folder.parent) from None
-    old = None
-    try:
-        ordinary_mode(tmp, folder=True)
+    with written_folder(folder) as tmp:
         (tmp / SENSOR_YAML).write_text(_sensor_yaml(rows, notes, source), encoding="utf-8")
         write_json_atomic(tmp / FIT_JSON, fit)
         for name, array in (maps or {}).items():
             np.save(tmp / f"{name}.npy", array)
         if report:
             write_report(tmp)
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return folder

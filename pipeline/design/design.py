@@ -10,10 +10,8 @@ written from all finished records.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +30,7 @@ from pipeline.design.pareto import pareto_mask, plot_pareto, write_csv
 from pipeline.design.spec import DesignCell, DesignPlan, canonical_hash, load_design
 from pipeline.design.store import front_path, read_result, search_dir
 from pipeline.errors import UserError
+from pipeline.files import folder_lock
 from pipeline.progress import progress as progress_reporter
 from pipeline.registry import Registry, default_registry
 from pipeline.runner import build_chain, open_config_dataset
@@ -103,7 +102,7 @@ def design_adc(
         raise UserError(
             f"cannot write to {plan.folder}: {exc}", file=plan.file, key="out"
         ) from None
-    with _folder_lock(plan):
+    with folder_lock(plan.folder, what="design", file=plan.file):
         write_json_atomic(plan.folder / "design.json", _description(plan, tasks))
         _ensure_fronts(plan, tasks, registry)
         pending = [t for t in tasks if _finished(plan, t) is None]
@@ -320,24 +319,3 @@ def _ensure_fronts(plan: DesignPlan, tasks: list[SearchTask], registry: Registry
         for split, n in missing.items():
             images = front_images(loaded, chain, split, n, batch)
             save_front(front_path(plan.folder, task.front_key, split), images)
-
-
-@contextlib.contextmanager
-def _folder_lock(plan: DesignPlan) -> Iterator[None]:
-    """An exclusive lock on the design folder (released by the OS if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(plan.folder / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"another process is writing to {plan.folder}", file=plan.file
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -39,6 +39,7 @@ from typing import Any
 
 from pipeline import limits
 from pipeline.errors import UserError
+from pipeline.files import folder_lock
 from pipeline.progress import progress as progress_reporter
 from pipeline.registry import Registry, default_registry
 from pipeline.store import write_json_atomic
@@ -183,7 +184,7 @@ def _own_folder(plan: SweepPlan) -> Iterator[None]:
         raise UserError(
             f"cannot write to {plan.folder}: {exc.strerror or exc}", file=plan.file, key="out"
         ) from None
-    with _folder_lock(plan):
+    with folder_lock(plan.folder, what="sweep", file=plan.file):
         yield
 
 
@@ -295,25 +296,6 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-@contextlib.contextmanager
-def _folder_lock(plan: SweepPlan) -> Iterator[None]:
-    """Hold an exclusive lock on the sweep folder (released by the OS if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(plan.folder / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another sweep is writing to {plan.folder}", file=plan.file) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_sweep_json(plan: SweepPlan, workers: int | None, scheduler: str | None) -> None:
