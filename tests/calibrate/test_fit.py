@@ -46,6 +46,7 @@ def test_stream_equals_the_stack_equations() -> None:
         ("dsnu_e", TRUE_PD["dsnu_e"]),
         ("prnu_pct", TRUE_PD["prnu_pct"]),
         ("row_noise_e", TRUE_PD["row_noise_e"]),
+        ("col_noise_e", TRUE_PD["col_noise_e"]),
         ("row_offset_fpn_e", TRUE_PD["row_offset_fpn_e"]),
         ("col_offset_fpn_e", TRUE_PD["col_offset_fpn_e"]),
         ("row_gain_fpn_pct", TRUE_PD["row_gain_fpn_pct"]),
@@ -71,6 +72,7 @@ def test_folder_holds_the_twin_the_fit_and_the_maps(calibrated) -> None:
     rows = yaml.safe_load((folder / "sensor.yaml").read_text())["sensor"]
     assert [r["stage"] for r in rows] == ["scene", "photodetector", "adc", "raw"]
     assert rows[2]["bits"] == 12 and rows[2]["black_level_dn"] == 200
+    assert rows[1]["col_noise_e"] == pytest.approx(fit["sensor"]["col_noise_e"]["value"], rel=1e-4)
     assert np.load(folder / "dsnu_map.npy").shape == (64, 64)
     prnu = np.load(folder / "prnu_map.npy")
     assert prnu.mean() == pytest.approx(1.0)
