@@ -29,6 +29,7 @@ from .simulate import SimSensor, to_dng_manifest, write_manifest
 EXPOSURE_S = 0.02
 LONG_DARK_S = 0.2
 KS_SAMPLES = 2000  # pixels per KS sample (random pixels of two frames)
+NOMINAL = 0.95  # the intervals' nominal coverage
 
 
 # -- the emva1288 package's camera ----------------------------------------------------
@@ -80,7 +81,7 @@ def emva1288_camera(
         )
     manifest = folder / "manifest.yaml"
     manifest.write_text(yaml.safe_dump({"cfa": "mono", "bits": 12, "frames": rows}))
-    _, fit = calibrate(manifest, folder / "out", replicates=replicates)
+    _, fit = calibrate(manifest, folder / "out", replicates=replicates, report=False)
     s = fit["sensor"]
     # the offset electrons (dark_signal_0) are clipped with the light but are part of the
     # black level to any measurement; the thermal ones are the dark current's D t
@@ -221,16 +222,19 @@ def round_trip(n_sensors: int, *, first_seed: int = 100, **kw: Any) -> dict[str,
     passes = [r["ks_p_dark"] > 0.05 and r["ks_p_flat"] > 0.05 for r in results]
     checks = [c for r in results for c in r["covered"].values()]
     n = len(checks)
+    per = {name: [r["covered"][name] for r in results] for name in results[0]["covered"]}
     return {
         "sensors": results,
         "ks_pass_fraction": float(np.mean(passes)),
         "coverage": float(np.mean(checks)),
         "coverage_checks": n,
         # the binomial standard error of a 95 % coverage over n checks
-        "coverage_binomial_se": math.sqrt(0.95 * 0.05 / n),
-        "coverage_per_parameter": {
-            name: float(np.mean([r["covered"][name] for r in results]))
-            for name in results[0]["covered"]
+        "coverage_binomial_se": math.sqrt(NOMINAL * (1 - NOMINAL) / n),
+        "coverage_per_parameter": {name: float(np.mean(c)) for name, c in per.items()},
+        # two-sided exact binomial test of each parameter's coverage against 95 %
+        "coverage_binomial_p": {
+            name: float(stats.binomtest(int(np.sum(c)), len(c), NOMINAL).pvalue)
+            for name, c in per.items()
         },
     }
 
