@@ -96,11 +96,18 @@ def _round_trip(sensors: int) -> None:
         f"{result['coverage_checks']} checks "
         f"(binomial SE {100 * result['coverage_binomial_se']:.1f} %)"
     )
-    print("   per parameter (covered / sensors, exact binomial p against 95 %):")
+    print(
+        "   per parameter: covered / sensors, exact binomial p against 95 %, "
+        "mean and sd of z = (fit - true)/SE"
+    )
     n = len(result["sensors"])
     for name, v in result["coverage_per_parameter"].items():
         p = result["coverage_binomial_p"][name]
-        print(f"     {name:24s} {round(v * n):3d}/{n}  {100 * v:5.1f} %  p = {p:.2f}")
+        z_mean, z_sd = result["z_mean_sd"][name]
+        print(
+            f"     {name:24s} {round(v * n):3d}/{n}  {100 * v:5.1f} %  p = {p:.2f}  "
+            f"z {z_mean:+.2f} ± {z_sd:.2f}"
+        )
 
 
 def _dng() -> None:
