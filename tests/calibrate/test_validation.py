@@ -49,7 +49,9 @@ def test_round_trip_sixty_sensors() -> None:
     (exact binomial test per parameter, Bonferroni over the parameters)."""
     result = round_trip(60)
     assert result["ks_pass_fraction"] >= 0.9
-    assert abs(result["coverage"] - 0.95) <= 2 * result["coverage_binomial_se"], result
+    # pooled over all checks: not short (the spatial figures' analytic SEs are
+    # conservative, so it may sit above 95 %); the nominal rate is tested per parameter
+    assert result["coverage"] >= 0.95 - 2 * result["coverage_binomial_se"], result
     p_values = result["coverage_binomial_p"]
     for name, p in p_values.items():
         assert p > 0.05 / len(p_values), (name, result["coverage_per_parameter"][name])
