@@ -155,6 +155,8 @@ class SpatialDecomposition:
     row_dn2, col_dn2, pixel_dn2 : s²_y.row, s²_y.col, s²_y.pixel.
     temporal_dn2 : σ²_y.stack, the temporal variance per pixel (mean over pixels).
     row_temporal_dn2 : σ²_y.row.temporal, the temporal variance shared by a row's pixels.
+    col_temporal_dn2 : σ²_y.col.temporal, the same for a column's pixels (0 when not
+        measured).
     """
 
     mean_dn: float
@@ -164,9 +166,10 @@ class SpatialDecomposition:
     pixel_dn2: float
     temporal_dn2: float
     row_temporal_dn2: float
+    col_temporal_dn2: float = 0.0
 
 
-def spatial_decomposition(frames: ArrayLike) -> SpatialDecomposition:
+def spatial_decomposition(frames: ArrayLike, *, col_temporal: bool = False) -> SpatialDecomposition:
     """Split the spatial variance of L averaged frames into row, column and pixel parts.
 
     With ``⟨y⟩`` the average of the L frames (M rows, N columns), ``μ_y[m]`` its row
@@ -174,7 +177,7 @@ def spatial_decomposition(frames: ArrayLike) -> SpatialDecomposition:
     (unbiased over the L frames, mean over pixels), EMVA 1288 R4.0 Linear, section 8::
 
         s²_y     = var(⟨y⟩) − σ²_s / L                          (ddof 1)
-        s²_y.cav = (1/N) Σ_n (μ_y[n] − μ_y)² − σ²_pix.t / (L M)
+        s²_y.cav = (1/N) Σ_n (μ_y[n] − μ_y)² − σ²_pix.t / (L M) − σ²_col.t / L
         s²_y.rav = (1/M) Σ_m (μ_y[m] − μ_y)² − σ²_pix.t / (L N) − σ²_row.t / L
         s²_y.col   = ((MN − M) s²_y.cav − N (s²_y − s²_y.rav)) / (MN − M − N)
         s²_y.row   = ((MN − N) s²_y.rav − M (s²_y − s²_y.cav)) / (MN − M − N)
@@ -184,12 +187,17 @@ def spatial_decomposition(frames: ArrayLike) -> SpatialDecomposition:
     ``s²_rav = s²_row + s²_pixel/N``. The row temporal noise σ²_row.t (a noise shared by
     the pixels of a row in one frame) comes from the per-frame row means ``μ_l[m]``: their
     temporal variance ``v = mean_m var_l(μ_l[m])`` is ``σ²_row.t + σ²_pix.t / N`` with
-    ``σ²_pix.t = σ²_s − σ²_row.t``, so ``σ²_row.t = (N v − σ²_s) / (N − 1)``. Without row
-    temporal noise (σ²_row.t = 0) the temporal corrections are the standard's.
+    ``σ²_pix.t = σ²_s − σ²_row.t − σ²_col.t`` (a column's noise averages over the row
+    like the pixels'), so ``σ²_row.t = (N v − σ²_s) / (N − 1)``; the column temporal noise
+    σ²_col.t likewise from the per-frame column means (``col_temporal``; else 0). A row's
+    noise is common to every column mean (and a column's to every row mean), so it does
+    not enter s²_y.cav (s²_y.rav). Without line temporal noise the corrections are the
+    standard's.
 
     Parameters
     ----------
     frames : ``(L, M, N)`` with L ≥ 2 frames at one exposure level (DN), M, N ≥ 2.
+    col_temporal : also measure the column temporal noise (False: assume none).
 
     Returns
     -------
@@ -204,11 +212,19 @@ def spatial_decomposition(frames: ArrayLike) -> SpatialDecomposition:
         float(np.mean(np.var(y, axis=0, ddof=1))),
         float(np.mean(np.var(y.mean(axis=2), axis=0, ddof=1))),
         y.shape[0],
+        col_means_var_dn2=(
+            float(np.mean(np.var(y.mean(axis=1), axis=0, ddof=1))) if col_temporal else None
+        ),
     )
 
 
 def decomposition_from_moments(
-    mean_frame: ArrayLike, temporal_dn2: float, row_means_var_dn2: float, n_frames: int
+    mean_frame: ArrayLike,
+    temporal_dn2: float,
+    row_means_var_dn2: float,
+    n_frames: int,
+    *,
+    col_means_var_dn2: float | None = None,
 ) -> SpatialDecomposition:
     """:func:`spatial_decomposition` from running moments instead of the frame stack.
 
@@ -222,6 +238,8 @@ def decomposition_from_moments(
     row_means_var_dn2 : ``mean_m var_l(μ_l[m])``, the temporal variance (ddof 1) of the
         per-frame row means, averaged over the rows (DN²).
     n_frames : L ≥ 2.
+    col_means_var_dn2 : the same for the per-frame column means, or None (no column
+        temporal noise).
     """
     mean_frame = np.asarray(mean_frame, dtype=np.float64)
     if mean_frame.ndim != 2 or n_frames < 2 or min(mean_frame.shape) < 2:
@@ -230,9 +248,16 @@ def decomposition_from_moments(
     temporal = float(temporal_dn2)
     mu = float(mean_frame.mean())
     row_temporal = (n * float(row_means_var_dn2) - temporal) / (n - 1)
-    pixel_temporal = temporal - row_temporal
+    col_temporal = 0.0
+    if col_means_var_dn2 is not None:
+        col_temporal = (m * float(col_means_var_dn2) - temporal) / (m - 1)
+    pixel_temporal = temporal - row_temporal - col_temporal
     s2 = float(np.var(mean_frame, ddof=1)) - temporal / n_frames
-    s2_cav = float(np.mean((mean_frame.mean(axis=0) - mu) ** 2)) - pixel_temporal / (n_frames * m)
+    s2_cav = (
+        float(np.mean((mean_frame.mean(axis=0) - mu) ** 2))
+        - pixel_temporal / (n_frames * m)
+        - col_temporal / n_frames
+    )
     s2_rav = (
         float(np.mean((mean_frame.mean(axis=1) - mu) ** 2))
         - pixel_temporal / (n_frames * n)
@@ -247,6 +272,7 @@ def decomposition_from_moments(
         pixel_dn2=m * n * (s2 - s2_cav - s2_rav) / denom,
         temporal_dn2=temporal,
         row_temporal_dn2=row_temporal,
+        col_temporal_dn2=col_temporal,
     )
 
 

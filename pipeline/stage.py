@@ -56,10 +56,12 @@ ENTRY_POINT_GROUP = "sensorlab.stages"
 # Domain tags in the third place of every seed-sequence key. Image and fixed-pattern keys
 # have the same length (4) and differ in the tag: NumPy's SeedSequence pads shorter
 # entropy with zeros, so keys of different lengths could otherwise coincide. Tile keys
-# (tiles after an image's first, which uses the image key) have a tag of their own.
+# (tiles after an image's first, which uses the image key) have a tag of their own, and
+# so do per-image line draws that every tile of an image shares (e.g. column noise).
 _IMAGE_DOMAIN = 0
 _PATTERN_DOMAIN = 1
 _TILE_DOMAIN = 2
+_IMAGE_LINE_DOMAIN = 3
 
 #: The most elements of one image that one generator draws per-pixel noise for. A larger
 #: image is cut into row bands (tiles) of at most this many elements (at least one row),
@@ -457,6 +459,17 @@ class Stage(ABC):
         if tile.number == 0:
             return self._image_rng(tile.image_key)
         key = [self.seed, self.index, _TILE_DOMAIN, tile.image_key, tile.number]
+        return np.random.default_rng(key)
+
+    def image_line_rng(self, image_key: int, tag: int) -> np.random.Generator:
+        """A generator of one image's draws that every tile of it shares (e.g. one value
+        per column), keyed by (seed, stage index, line domain, image key, tag).
+
+        Each tile of the image gets the same stream, so a tile draws the whole line and
+        takes what it needs: the values do not depend on the tiles, batch or threads.
+        ``tag`` tells a stage's line draws apart (one tag per kind, never reused).
+        """
+        key = [self.seed, self.index, _IMAGE_LINE_DOMAIN, int(image_key), int(tag)]
         return np.random.default_rng(key)
 
     def map_tiles(

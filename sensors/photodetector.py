@@ -7,12 +7,15 @@ Per pixel x = (row y, column c), in the order the code runs::
     mean       λ = g(x) · QE · photons(channel of x) + D(x) · t    (CFA, gains, dark current)
     charge     e = Poisson(λ) + o(x)                 (photon + dark shot noise, DSNU offset)
     clipped    e = min(e, full_well)
-    output     e + σ_r·n + σ_row·m(y) + O_row·a(y) + O_col·b(c)   (read, row, row/col offset)
+    output     e + σ_r·n + σ_row·m(y) + σ_col·v(c) + O_row·a(y) + O_col·b(c)
+                                    (read, row and column temporal, row/col offset)
 
 ``z, r, k, d, a, b`` are fixed patterns of the sensor (standard normal, drawn once from
 the sensor seed, one tag each, not per image); ``n`` (the read-noise distribution, unit
-variance: :mod:`sensors.noise`) and ``m(y)`` (standard normal, one value per row) are
-drawn per image. Each factor ``(1 + …)`` is clipped at 0. ``o(x)`` is the dark-signal
+variance: :mod:`sensors.noise`), ``m(y)`` (standard normal, one value per row) and
+``v(c)`` (standard normal, one value per column, from :meth:`Stage.image_line_rng`
+with its own tag, so every row band of an image adds the same column values) are drawn
+per image. Each factor ``(1 + …)`` is clipped at 0. ``o(x)`` is the dark-signal
 non-uniformity (a fixed offset, e⁻ rms), independent of the exposure; the dark-current
 non-uniformity DCNU instead scales the dark rate, so its spatial variance
 ``(D · t · DCNU)²`` grows with t², and its electrons carry shot noise. Photon and dark
@@ -25,7 +28,10 @@ zero-mean offsets and noise) are kept: the ADC's black level holds them.
 Row and column patterns are what EMVA 1288 (Release 4.0, section 8) separates from
 pixel non-uniformity: the averaged dark frame's row-mean variance is ``O_row²`` (plus
 ``σ_row²/L`` over L frames), its column-mean variance ``O_col²``; a flat field of mean
-signal S adds ``(S·G_row)²`` and ``(S·G_col)²``.
+signal S adds ``(S·G_row)²`` and ``(S·G_col)²``. Temporal line noise shows in the
+per-frame line means: a frame's column means (over H rows) vary from frame to frame by
+``σ_col² + σ²/H`` (σ² the pixels' other temporal variance), its row means (over W
+columns) by ``σ_row² + σ²/W``.
 
 Colour filter array: a mosaic sensor detects one channel per pixel, chosen by a tile
 repeated over the array (Bayer in its four phases, RGBW, mono); a ``stacked`` sensor
@@ -108,6 +114,8 @@ DEFAULT_POISSON_GAUSSIAN_ABOVE = 1e4
 #: pattern_rng tags, one per fixed pattern (never reuse one: changing one parameter must
 #: not change another pattern).
 PRNU_TAG, DSNU_TAG, ROW_OFFSET_TAG, COL_OFFSET_TAG, ROW_GAIN_TAG, COL_GAIN_TAG, DCNU_TAG = range(7)
+#: image_line_rng tag of the column temporal noise (per image, shared by its tiles)
+COL_NOISE_TAG = 0
 
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
 PositiveNm = Annotated[float, Field(gt=0)]
@@ -373,10 +381,10 @@ class PhotodetectorStage(Stage):
     Output: ``(N, H, W)`` for a mosaic CFA, ``(N, H, W, 3)`` for ``stacked``, in
     ``output_dtype`` (float32 by default: exact to < 0.01 e⁻ up to 1e5 e⁻, the ADC then
     works in float64). Temporal noise (shot, read, row) comes from :meth:`image_rngs` (the
-    same arrays for any batch split); the fixed patterns (PRNU, DSNU, row/column offsets
-    and gains, dark-current non-uniformity) from :meth:`pattern_rng`, one tag each, drawn
-    once in :meth:`setup`, so one sensor seed is one physical sensor. The equations and
-    their order are in the module docstring.
+    same arrays for any batch split), column noise from :meth:`image_line_rng`; the fixed
+    patterns (PRNU, DSNU, row/column offsets and gains, dark-current non-uniformity) from
+    :meth:`pattern_rng`, one tag each, drawn once in :meth:`setup`, so one sensor seed is
+    one physical sensor. The equations and their order are in the module docstring.
 
     Output attrs: ``cfa``, ``cfa_tile`` (absent for stacked), ``full_well_e``,
     ``exposure_s``. The exposure time is set once: the scene's ``exposure_s`` attr, else
@@ -415,6 +423,12 @@ class PhotodetectorStage(Stage):
         )
         row_noise_e: float = param(
             0.0, unit="e-", doc="Row temporal noise (rms, one value per row per image).", ge=0
+        )
+        col_noise_e: float = param(
+            0.0,
+            unit="e-",
+            doc="Column temporal noise (rms, one value per column per image).",
+            ge=0,
         )
         row_offset_fpn_e: float = param(
             0.0, unit="e-", doc="Row offset fixed-pattern noise (rms over rows).", ge=0
@@ -601,7 +615,8 @@ class PhotodetectorStage(Stage):
         )[0]
         if np.isnan(lam).any():
             raise StageError("photodetector input contains NaN")
-        # 2. temporal noise, always in this order: shot noise, read noise, row noise
+        # 2. temporal noise, always in this order: shot noise, read noise, row noise,
+        #    column noise (its own per-image stream)
         temporal = p.shot_noise or p.read_noise_e > 0 or p.row_noise_e > 0
         rng = self.tile_rng(tile) if temporal else None
         e = (
@@ -618,6 +633,9 @@ class PhotodetectorStage(Stage):
             e += read
         if p.row_noise_e > 0:
             e += p.row_noise_e * rng.standard_normal((e.shape[0], 1, *e.shape[2:]))
+        if p.col_noise_e > 0:  # the image's column values, the same in every tile
+            line = self.image_line_rng(tile.image_key, COL_NOISE_TAG)
+            e += p.col_noise_e * line.standard_normal((1, *e.shape[1:]))
         if self._offsets is not None:
             e += self._offsets[rows]
         return e

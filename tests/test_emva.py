@@ -216,6 +216,28 @@ def test_spatial_decomposition_recovers_row_column_pixel_and_row_temporal_parts(
     assert d.mean_dn == pytest.approx(y.mean())
 
 
+def test_column_temporal_noise_is_measured_and_kept_out_of_the_pixel_part():
+    # y = pixel pattern + pixel temporal noise + column temporal noise v_l[n]: per-frame
+    # column means vary by σ²_col.t + σ²_pix.t/M; without col_temporal the pixel part
+    # loses σ²_col.t/L (it is taken as pixel noise), with it the pattern is recovered
+    m, n, frames, s_pix, s_pix_t, s_col_t = 300, 200, 6, 1.0, 2.0, 1.5
+    rng = np.random.default_rng(11)
+    pix = s_pix * rng.standard_normal((m, n))
+    col_t = s_col_t * rng.standard_normal((frames, n))
+    y = 50.0 + pix + col_t[:, None, :] + s_pix_t * rng.standard_normal((frames, m, n))
+    d = emva.spatial_decomposition(y, col_temporal=True)
+    dof = n * (frames - 1)
+    assert d.col_temporal_dn2 == pytest.approx(
+        np.var(col_t, axis=0, ddof=1).mean(), abs=5 * _estimate_sd(s_col_t**2, s_pix_t**2 / m, dof)
+    )
+    tolerance = 5 * _estimate_sd(s_pix**2, s_pix_t**2 / frames, m * n)
+    assert d.pixel_dn2 == pytest.approx(np.var(pix, ddof=1), abs=tolerance)
+    left_col = s_pix**2 / m + s_pix_t**2 / (frames * m) + s_col_t**2 / frames
+    assert d.col_dn2 == pytest.approx(0.0, abs=5 * _estimate_sd(0.0, left_col, n))
+    biased = emva.spatial_decomposition(y).pixel_dn2
+    assert biased == pytest.approx(d.pixel_dn2 - d.col_temporal_dn2 / frames, rel=0.05)
+
+
 def test_spatial_decomposition_without_structure_gives_no_row_or_column_part():
     m, n, frames = 200, 250, 4
     rng = np.random.default_rng(5)

@@ -3,7 +3,9 @@
 Each figure is ``{"value", "stderr", "ci95": [low, high], "method"}``: method
 ``bootstrap`` (over frame pairs, :mod:`pipeline.calibrate.bootstrap`) or ``analytic``
 (pattern sampling, :func:`pipeline.calibrate.fit.spatial_figures`; interval ±1.96 SE).
-The black level adds the fixed patterns' mean in quadrature (``bootstrap+analytic``).
+The black level adds the fixed patterns' mean in quadrature, the read noise the sampling
+error of the row/column temporal noise taken out of it (``bootstrap+analytic``, the
+interval with the bootstrap's t quantile).
 The sensor's figure is the mean over channels (its bootstrap resamples the same frame
 pairs for every channel; an analytic SE is the channels' mean SE, as their patterns
 share rows and columns).
@@ -55,34 +57,44 @@ SPATIAL = (
 HIST_BINS = 81
 
 
-def _pairs(
-    level: Level, phases: list[tuple[int, int]], pick: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair mean and ``var(A − B)/2`` of one channel (its phases averaged), picked."""
+def _pairs(level: Level, phases: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair mean and ``var(A − B)/2`` of one channel (its phases averaged)."""
     s = level.stats
     mean = np.mean([s.pair_mean_dn[:, i, j] for i, j in phases], axis=0)
     var = np.mean([s.pair_var_dn2[:, i, j] for i, j in phases], axis=0)
-    return (mean, var) if pick is None else (mean[pick], var[pick])
+    return mean, var
 
 
-def _channel_pairs(
-    m: Measured,
-    phases: list[tuple[int, int]],
-    picks: list[np.ndarray] | None,
-    line_dn2: float,
-) -> dict[str, Any]:
-    """:func:`pair_figures` of one channel, with the pairs ``picks`` of every level
-    (darks, then flats; None: all)."""
-    picks = picks or [None] * (len(m.darks) + len(m.flats))
-    darks = [(lv.exposure_s, *_pairs(lv, phases, p)) for lv, p in zip(m.darks, picks, strict=False)]
+#: one channel's levels for :func:`pair_figures`: darks ``(t, mean[P], var[P])``, flats
+#: ``(x, t, mean[P], var[P])``
+ChannelLevels = tuple[list[tuple], list[tuple]]
+
+
+def _channel_levels(m: Measured, phases: list[tuple[int, int]]) -> ChannelLevels:
+    """The channel's per-pair statistics of every level (computed once, then picked)."""
+    darks = [(lv.exposure_s, *_pairs(lv, phases)) for lv in m.darks]
     flats = [
         (
             lv.photons if lv.photons is not None else lv.exposure_s,
             lv.exposure_s,
-            *_pairs(lv, phases, p),
+            *_pairs(lv, phases),
         )
-        for lv, p in zip(m.flats, picks[len(m.darks) :], strict=True)
+        for lv in m.flats
     ]
+    return darks, flats
+
+
+def _channel_pairs(
+    levels: ChannelLevels, picks: list[np.ndarray] | None, line_dn2: float
+) -> dict[str, Any]:
+    """:func:`pair_figures` of one channel, with the pairs ``picks`` of every level
+    (darks, then flats; None: all)."""
+    darks, flats = levels
+    if picks is not None:
+        darks = [(*d[:-2], d[-2][p], d[-1][p]) for d, p in zip(darks, picks, strict=False)]
+        flats = [
+            (*f[:-2], f[-2][p], f[-1][p]) for f, p in zip(flats, picks[len(darks) :], strict=True)
+        ]
     return pair_figures(darks, flats, line_dn2)
 
 
@@ -103,11 +115,16 @@ def _boot_figure(value: float, boot: dict[str, float]) -> dict:
     return _figure(value, se, value - boot["t95"] * se, value + boot["t95"] * se, "bootstrap")
 
 
-def _with_pattern(fig: dict, pattern_se: float) -> dict:
-    """The bootstrap figure with the patterns' sampling SE added in quadrature."""
-    se = math.hypot(fig["stderr"] or 0.0, pattern_se)
-    v = fig["value"]
-    return _figure(v, se, v - 1.96 * se, v + 1.96 * se, "bootstrap+analytic")
+def _with_analytic(fig: dict, boot: dict[str, float], analytic_se: float) -> dict:
+    """The bootstrap figure with an analytic SE added in quadrature (same t quantile)."""
+    se = math.hypot(fig["stderr"] or 0.0, analytic_se)
+    v, t95 = fig["value"], boot["t95"]
+    return _figure(v, se, v - t95 * se, v + t95 * se, "bootstrap+analytic")
+
+
+def _read_noise_line_se(read_noise_e: float, line_se_dn2: float, k: float) -> float:
+    """SE of σ_r from the row/column temporal variances' SE (DN²): delta method."""
+    return line_se_dn2 / k**2 / (2 * read_noise_e) if read_noise_e > 0 else 0.0
 
 
 def _bright(m: Measured, fig: dict[str, Any]) -> Level:
@@ -152,19 +169,20 @@ def analyse(
     channels = channel_phases(tile)
     spatial: dict[str, dict] = {}
     point: dict[str, dict] = {}
+    levels = {name: _channel_levels(m, phases) for name, phases in channels.items()}
     for name, phases in channels.items():
-        first = _channel_pairs(m, phases, None, 0.0)
+        first = _channel_pairs(levels[name], None, 0.0)
         dark = _reference_dark(m, first["exposure_ref_s"])
         sp = spatial_figures(
             dark.stats, _bright(m, first).stats, tshape, phases, first["system_gain_dn_per_e"]
         )
         spatial[name] = sp
-        point[name] = _channel_pairs(m, phases, None, sp["line_temporal_dn2"][0])
+        point[name] = _channel_pairs(levels[name], None, sp["line_temporal_dn2"][0])
 
     def statistic(picks: list[np.ndarray]) -> dict[str, float]:
         out: dict[str, float] = {}
-        for name, phases in channels.items():
-            fig = _channel_pairs(m, phases, picks, spatial[name]["line_temporal_dn2"][0])
+        for name in channels:
+            fig = _channel_pairs(levels[name], picks, spatial[name]["line_temporal_dn2"][0])
             out |= {f"{name}.{k}": fig[k] for k in BOOTSTRAPPED}
         for k in BOOTSTRAPPED:
             out[f"sensor.{k}"] = float(np.mean([out[f"{c}.{k}"] for c in channels]))
@@ -174,6 +192,7 @@ def analyse(
     boot, failed = bootstrap(statistic, counts, replicates=replicates, seed=seed)
     result: dict[str, Any] = {"channels": {}, "sensor": {}}
     missing = {"stderr": float("nan"), "t95": float("nan")}
+    read_se: dict[str, float] = {}
     for name in channels:
         figs = {}
         for k in BOOTSTRAPPED:
@@ -182,8 +201,18 @@ def analyse(
         for k in SPATIAL:
             v, se = spatial[name][k]
             figs[k] = _figure(v, se, v - 1.96 * se, v + 1.96 * se, "analytic")
-        figs["black_level_dn"] = _with_pattern(
-            figs["black_level_dn"], spatial[name]["black_level_pattern_se_dn"][0]
+        figs["black_level_dn"] = _with_analytic(
+            figs["black_level_dn"],
+            boot.get(f"{name}.black_level_dn", missing),
+            spatial[name]["black_level_pattern_se_dn"][0],
+        )
+        read_se[name] = _read_noise_line_se(
+            point[name]["read_noise_e"],
+            spatial[name]["line_temporal_dn2"][1],
+            point[name]["system_gain_dn_per_e"],
+        )
+        figs["read_noise_e"] = _with_analytic(
+            figs["read_noise_e"], boot.get(f"{name}.read_noise_e", missing), read_se[name]
         )
         ptc = point[name]["ptc"]
         figs["curves"] = {
@@ -199,9 +228,16 @@ def analyse(
     for k in BOOTSTRAPPED:
         b = boot.get(f"sensor.{k}", missing)
         result["sensor"][k] = _boot_figure(float(np.mean([point[c][k] for c in channels])), b)
-    result["sensor"]["black_level_dn"] = _with_pattern(
+    result["sensor"]["black_level_dn"] = _with_analytic(
         result["sensor"]["black_level_dn"],
+        boot.get("sensor.black_level_dn", missing),
         float(np.mean([spatial[c]["black_level_pattern_se_dn"][0] for c in channels])),
+    )
+    # the channels share rows and columns: their line-noise errors move together
+    result["sensor"]["read_noise_e"] = _with_analytic(
+        result["sensor"]["read_noise_e"],
+        boot.get("sensor.read_noise_e", missing),
+        float(np.mean(list(read_se.values()))),
     )
     for k in SPATIAL:
         v = float(np.mean([spatial[c][k][0] for c in channels]))

@@ -5,16 +5,25 @@ replacement) and recomputes a statistic of the resampled levels. With few pairs 
 level the bootstrap underestimates a variance: for a mean of n values it gives
 ``(n − 1)/n`` of the unbiased ``s²/n``. So the standard error is the replicates'
 standard deviation times ``sqrt(n̄ / (n̄ − 1))`` (n̄ the harmonic mean of the pairs per
-level), and the 95 % interval is ``value ± t_{0.975, ν} · SE`` with ``ν = Σ (n_l − 1)``
-the pooled degrees of freedom (a Student-t interval; it tends to ±1.96 SE with many
-frames). A replicate where the statistic fails (e.g. no level below 70 % of
-saturation) is dropped and counted.
+level), and the 95 % interval is ``value ± t_{0.975, ν} · SE`` (a Student-t interval).
+
+Its degrees of freedom ν are each figure's own: a figure that rests on a few levels
+(the system gain K, a fit through the origin, is carried by the top levels of its fit
+range) has an SE estimated from few pairs, so its studentized error has heavy tails and
+the pooled ``Σ (n_l − 1)`` would give intervals too short. ν is the Welch–Satterthwaite
+value ``ν = (Σ_l v_l)² / Σ_l v_l² / (n_l − 1)`` over the levels, each level's share
+``v_l`` of the variance from a delete-one-pair jackknife within the level
+(``v_l = (n_l − 1)/n_l · Σ_p (θ_(l,p) − θ̄_(l))²``; for a mean per level it is exactly
+``s_l²/n_l``, so ν is Welch's). A replicate (or a jackknife subset) where the statistic
+fails (e.g. no level below 70 % of saturation) is dropped and counted.
 
 References
 ----------
 B. Efron, R. J. Tibshirani, *An Introduction to the Bootstrap* (Chapman & Hall, 1993),
-chapters 6 (the bootstrap SE) and 12 (bootstrap-t style intervals); the (n − 1)/n
-factor: ibid., section 5.2 (the plug-in variance of a mean).
+chapters 6 (the bootstrap SE), 11 (the jackknife) and 12 (bootstrap-t style
+intervals); the (n − 1)/n factor: ibid., section 5.2 (the plug-in variance of a mean).
+F. E. Satterthwaite, "An approximate distribution of estimates of variance
+components", Biometrics Bulletin 2 (1946) 110–114.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["DEFAULT_REPLICATES", "bootstrap"]
+__all__ = ["DEFAULT_REPLICATES", "bootstrap", "level_dof"]
 
 DEFAULT_REPLICATES = 200
 
@@ -49,8 +58,9 @@ def bootstrap(
 
     Returns
     -------
-    (``name → {"stderr", "t95"}``, number of failed replicates): the corrected standard
-    error and the t quantile for a 95 % interval ``value ± t95 · stderr``.
+    (``name → {"stderr", "t95", "dof"}``, number of failed replicates and jackknife
+    subsets): the corrected standard error, the t quantile for a 95 % interval
+    ``value ± t95 · stderr`` and its degrees of freedom (:func:`level_dof`).
     """
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {}
@@ -67,12 +77,64 @@ def bootstrap(
     counts = np.asarray(pair_counts, dtype=np.float64)
     n_bar = counts.size / float(np.sum(1.0 / counts))
     inflate = math.sqrt(n_bar / (n_bar - 1.0)) if n_bar > 1 else math.inf
-    t95 = float(stats.t.ppf(0.975, max(float(np.sum(counts - 1)), 1.0)))
+    dof, jack_failed = level_dof(statistic, pair_counts)
+    pooled = max(float(np.sum(counts - 1)), 1.0)
     out = {}
     for name, vals in values.items():
         a = np.asarray(vals)
         a = a[np.isfinite(a)]
         if a.size < 2:
             continue
-        out[name] = {"stderr": float(a.std(ddof=1)) * inflate, "t95": t95}
-    return out, failed
+        nu = dof.get(name, pooled)
+        out[name] = {
+            "stderr": float(a.std(ddof=1)) * inflate,
+            "t95": float(stats.t.ppf(0.975, nu)),
+            "dof": nu,
+        }
+    return out, failed + jack_failed
+
+
+def level_dof(
+    statistic: Callable[[list[np.ndarray]], dict[str, float]], pair_counts: Sequence[int]
+) -> tuple[dict[str, float], int]:
+    """Welch–Satterthwaite degrees of freedom of each figure over the levels.
+
+    Parameters
+    ----------
+    statistic, pair_counts : as for :func:`bootstrap`.
+
+    Returns
+    -------
+    (``name → ν``, failed subsets): ``ν = (Σ v_l)² / Σ v_l²/(n_l − 1)`` with ``v_l`` the
+    delete-one-pair jackknife variance of level l (levels of one pair give none; a
+    figure without jackknife variance is left out, and then takes the pooled ν).
+    """
+    full = [np.arange(n) for n in pair_counts]
+    shares: dict[str, list[tuple[float, int]]] = {}
+    failed = 0
+    for level, n in enumerate(pair_counts):
+        if n < 2:
+            continue
+        deleted: dict[str, list[float]] = {}
+        for p in range(n):
+            picks = [*full[:level], np.delete(full[level], p), *full[level + 1 :]]
+            try:
+                result = statistic(picks)
+            except ValueError:
+                failed += 1
+                continue
+            for name, value in result.items():
+                deleted.setdefault(name, []).append(float(value))
+        for name, vals in deleted.items():
+            a = np.asarray(vals)
+            if a.size == n and np.all(np.isfinite(a)):
+                v = (n - 1) / n * float(np.sum((a - a.mean()) ** 2))
+                shares.setdefault(name, []).append((v, n))
+    dof = {}
+    for name, parts in shares.items():
+        v = np.array([p[0] for p in parts])
+        n = np.array([p[1] for p in parts], dtype=np.float64)
+        den = float(np.sum(v**2 / (n - 1)))
+        if den > 0:
+            dof[name] = max(float(np.sum(v)) ** 2 / den, 1.0)
+    return dof, failed

@@ -11,7 +11,8 @@ exposure times t and flat levels at photon levels μ_p:
 - the full well: the plateau ``max_l (μ_y,l − μ_y.dark) / K + D t`` of the mean beyond
   saturation (the dark electrons fill the well too);
 - read noise ``σ_r² = σ_d² − σ_row.t² − σ_col.t² − D t`` (what is left of the temporal
-  dark noise once row/column temporal noise and dark shot noise are taken out);
+  dark noise once row/column temporal noise and dark shot noise are taken out; the line
+  variances unclipped, as a clipped estimate of a zero variance is biased up);
 - the row/column/pixel decomposition (:func:`pipeline.emva.line_nonuniformity`) of the
   dark level and of the flat level nearest 50 % of saturation: DSNU and PRNU, row and
   column offset and gain FPN, row (and column) temporal noise;
@@ -21,7 +22,9 @@ exposure times t and flat levels at photon levels μ_p:
 Uncertainty: the pair-based figures (K, η, σ_d, read noise, black level, dark current,
 saturation, full well) by bootstrap over frames (:mod:`pipeline.calibrate.bootstrap`),
 and for the black level also the spread of the fixed patterns' mean over the channel's
-pixels (the sensor is one draw of its patterns);
+pixels (the sensor is one draw of its patterns), for the read noise also the sampling
+error of the row/column temporal variances taken out of it (fixed in the bootstrap:
+``SE(σ_r) = SE(σ²_row.t + σ²_col.t) / (2 σ_r K²)``, delta method);
 the spatial figures analytically, from the sampling of the pattern: an rms estimated
 from n independent lines (pixels) with observed variance v has
 ``var(ŝ²) = 2 v² / (n − 1)`` and ``SE(ŝ) = SE(ŝ²) / (2 ŝ)`` (delta method).
@@ -208,12 +211,15 @@ def spatial_figures(
     )
     # temporal line noise: per-frame row (column) means over L frames
     row_t = d.row_temporal_dn2
-    col_t = float(np.mean([dark.col_temporal_dn2(tile, i, j) for i, j in phases]))
+    col_t = d.col_temporal_dn2
+    line_se2 = 0.0
     for name, var, count in (("row_noise_e", row_t, rows), ("col_noise_e", col_t, cols)):
         obs = var + d.temporal_dn2 / (n if name == "row_noise_e" else m)
         se = math.sqrt(2.0 / max(count * (dark.n_frames - 1) - 1, 1)) * obs
         out[name] = _rms_with_se(var, se, 1.0 / k)
-    out["line_temporal_dn2"] = (max(row_t, 0.0) + max(col_t, 0.0), 0.0)
+        line_se2 += se**2
+    # unclipped: both variance estimates are unbiased, their positive parts are not
+    out["line_temporal_dn2"] = (row_t + col_t, math.sqrt(line_se2))
     # the black level is the mean over the channel's pixels of a sensor whose patterns
     # are one draw: their means add var(row)/rows + var(col)/cols + var(pixel)/pixels
     pattern_var = (

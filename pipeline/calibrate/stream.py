@@ -96,17 +96,8 @@ class LevelStats:
             float(self.temporal_dn2[i, j]),
             float(self.row_means_var_dn2[i, j]),
             self.n_frames,
+            col_means_var_dn2=float(self.col_means_var_dn2[i, j]),
         )
-
-    def col_temporal_dn2(self, tile: tuple[int, int], i: int, j: int) -> float:
-        """Column temporal noise σ²_col.t of phase (i, j): ``(M v_c − σ²_s) / (M − 1)``.
-
-        The mirror of the row equation in :func:`pipeline.emva.spatial_decomposition`:
-        per-frame column means over M rows vary by ``σ²_col.t + (σ²_s − σ²_col.t) / M``.
-        """
-        m = self.mean_frame[i :: tile[0]].shape[0]
-        v = float(self.col_means_var_dn2[i, j])
-        return (m * v - float(self.temporal_dn2[i, j])) / (m - 1)
 
 
 class LevelAccumulator:

@@ -1,13 +1,13 @@
 """The fitted figures → a ``sensor:`` list that ``sensorlab run`` takes as it is.
 
 The rows: ``scene`` (the flats' exposure time, and the mid flat level as mean photons),
-``photodetector`` (CFA, QE per colour as each channel's responsivity over the
-sensor's K, full well, read noise and its distribution,
-row noise, DSNU/PRNU and row/column FPN, dark current), ``adc`` (bits, K, black level;
-the fitted black level's fraction of a code as ``offset_lsb``) and ``raw``. The
-photodetector's parameters are one per sensor: the channels' mean (QE stays per
-colour). What sensorlab's model cannot hold is listed in ``notes`` (column temporal
-noise; ADC temporal noise is indistinguishable from read noise and is folded into it).
+``photodetector`` (CFA, QE per colour as each channel's responsivity over the sensor's
+K, full well, read noise and its distribution, row and column temporal noise, DSNU/PRNU
+and row/column FPN, dark current), ``adc`` (bits, K, black level; the fitted black
+level's fraction of a code as ``offset_lsb``) and ``raw``. The photodetector's
+parameters are one per sensor: the channels' mean (QE stays per colour). What
+sensorlab's model cannot hold is listed in ``notes`` (ADC temporal noise is
+indistinguishable from read noise and is folded into it).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _PHOTODETECTOR = (
     ("full_well_e", "full_well_e"),
     ("read_noise_e", "read_noise_e"),
     ("row_noise_e", "row_noise_e"),
+    ("col_noise_e", "col_noise_e"),
     ("row_offset_fpn_e", "row_offset_fpn_e"),
     ("col_offset_fpn_e", "col_offset_fpn_e"),
     ("row_gain_fpn_pct", "row_gain_fpn_pct"),
@@ -73,12 +74,6 @@ def sensor_rows(
     if dist and dist["dist"] != "gaussian":
         pd["read_noise_dist"] = dist["dist"]
         pd["read_noise_shape"] = _round(dist["shape"], 4)
-    col = sensor["col_noise_e"]
-    if col["value"] and col["value"] > 2 * (col["stderr"] or 0.0):  # resolved, not noise
-        notes.append(
-            f"column temporal noise {sensor['col_noise_e']['value']:.3g} e- is not in "
-            "sensorlab's model (left out)"
-        )
     black_fit = sensor["black_level_dn"]["value"]
     black = round(black_fit) if black_level_dn is None else black_level_dn
     adc = {

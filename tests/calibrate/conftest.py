@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from pathlib import Path
 
 import pytest
 
 from calibrate.testsensor import simulate_manifest
-from pipeline.calibrate import calibrate
+from pipeline.cli import main
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +19,19 @@ def sim_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def calibrated(sim_manifest: Path, tmp_path_factory: pytest.TempPathFactory):
-    """(folder, fit) of the test sensor, 60 bootstrap replicates, with maps."""
+def calibrated_cli(sim_manifest: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``sensorlab calibrate`` of the test sensor through the command line (60 bootstrap
+    replicates, with maps and the report): (status, printed text, folder, fit)."""
     out = tmp_path_factory.mktemp("calibrate-out") / "twin"
-    return calibrate(sim_manifest, out, replicates=60, maps=True)
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        status = main(
+            ["calibrate", str(sim_manifest), "--out", str(out), "--replicates", "60", "--maps"]
+        )
+    return status, text.getvalue(), out, json.loads((out / "fit.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def calibrated(calibrated_cli):
+    """(folder, fit) of the test sensor (see ``calibrated_cli``)."""
+    return calibrated_cli[2], calibrated_cli[3]

@@ -10,24 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, sensorlab
+from conftest import ROOT
 from report.chromium import Browser, chromium_or_skip
 
 from pipeline.cli import main
 
 
-def test_calibrate_command_writes_the_folder(sim_manifest: Path, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "twin"
-    status = main(["calibrate", str(sim_manifest), "--out", str(out), "--replicates", "20"])
-    text = capsys.readouterr().out
+def test_calibrate_command_writes_the_folder(calibrated_cli) -> None:
+    status, text, out, _ = calibrated_cli
     assert status == 0
     assert text.startswith("calibrated RGGB sensor (12 bits)")
     assert "K 0.5" in text
-    assert sorted(p.name for p in out.iterdir()) == ["fit.json", "report.html", "sensor.yaml"]
-    assert [p.name for p in tmp_path.iterdir()] == ["twin"]  # no partial folder left
+    names = ["dsnu_map.npy", "fit.json", "prnu_map.npy", "report.html", "sensor.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert [p.name for p in out.parent.iterdir()] == ["twin"]  # no partial folder left
 
 
-def test_the_twin_runs_in_sensorlab_run_as_it_is(calibrated, tmp_path: Path) -> None:
+def test_the_twin_runs_in_sensorlab_run_as_it_is(calibrated, tmp_path: Path, monkeypatch) -> None:
     folder, _ = calibrated
     twin = yaml.safe_load((folder / "sensor.yaml").read_text())
     config = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
@@ -37,8 +36,8 @@ def test_the_twin_runs_in_sensorlab_run_as_it_is(calibrated, tmp_path: Path) -> 
     config["run"] = {"batch_size": 16, "out": str(tmp_path / "runs")}
     path = tmp_path / "twin.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    proc = sensorlab("run", path, "--quiet", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(path), "--quiet"]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "manifest.json").is_file()
 

@@ -20,13 +20,15 @@ def test_stream_equals_the_stack_equations() -> None:
     rows = rng.normal(0, 2, (32, 1))
     stack = 100 + rows + rng.normal(0, 3, (32, 48)) + rng.normal(0, 1.5, (9, 32, 48))
     stack += rng.normal(0, 0.7, (9, 32, 1))  # row temporal noise
+    stack += rng.normal(0, 0.5, (9, 1, 48))  # column temporal noise
     acc = LevelAccumulator((32, 48), (1, 1))
     for frame in stack:
         acc.add(frame)
     stats = acc.finish()
-    ref = emva.spatial_decomposition(stack)
+    ref = emva.spatial_decomposition(stack, col_temporal=True)
     got = stats.decomposition((1, 1), 0, 0)
-    for field in ("mean_dn", "total_dn2", "row_dn2", "col_dn2", "pixel_dn2", "row_temporal_dn2"):
+    fields = ("mean_dn", "total_dn2", "row_dn2", "col_dn2", "pixel_dn2")
+    for field in (*fields, "row_temporal_dn2", "col_temporal_dn2"):
         assert getattr(got, field) == pytest.approx(getattr(ref, field), rel=1e-9, abs=1e-12)
     # the pairs: (0, 1), (2, 3), ... ; the 9th frame has no partner
     for p in range(4):
@@ -46,6 +48,7 @@ def test_stream_equals_the_stack_equations() -> None:
         ("dsnu_e", TRUE_PD["dsnu_e"]),
         ("prnu_pct", TRUE_PD["prnu_pct"]),
         ("row_noise_e", TRUE_PD["row_noise_e"]),
+        ("col_noise_e", TRUE_PD["col_noise_e"]),
         ("row_offset_fpn_e", TRUE_PD["row_offset_fpn_e"]),
         ("col_offset_fpn_e", TRUE_PD["col_offset_fpn_e"]),
         ("row_gain_fpn_pct", TRUE_PD["row_gain_fpn_pct"]),
@@ -71,6 +74,7 @@ def test_folder_holds_the_twin_the_fit_and_the_maps(calibrated) -> None:
     rows = yaml.safe_load((folder / "sensor.yaml").read_text())["sensor"]
     assert [r["stage"] for r in rows] == ["scene", "photodetector", "adc", "raw"]
     assert rows[2]["bits"] == 12 and rows[2]["black_level_dn"] == 200
+    assert rows[1]["col_noise_e"] == pytest.approx(fit["sensor"]["col_noise_e"]["value"], rel=1e-4)
     assert np.load(folder / "dsnu_map.npy").shape == (64, 64)
     prnu = np.load(folder / "prnu_map.npy")
     assert prnu.mean() == pytest.approx(1.0)

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from scipy.integrate import trapezoid
 
-from pipeline.calibrate.bootstrap import bootstrap
+from pipeline.calibrate.bootstrap import bootstrap, level_dof
 from pipeline.calibrate.noise_dist import fit_noise_distribution, standard_logpdf, tukey_logpdf
 
 
@@ -77,3 +77,19 @@ def test_bootstrap_corrects_its_small_sample_bias() -> None:
         ses.append(result["m"]["stderr"] ** 2)
     # E[s²/n] = 1/4: the corrected bootstrap variance is unbiased for it
     assert np.mean(ses) == pytest.approx(0.25, rel=0.1)
+
+
+def test_level_dof_is_welchs_for_means_per_level() -> None:
+    # a sum of two levels' means: the jackknife share of each level is s_l²/n_l, so the
+    # degrees of freedom are Welch-Satterthwaite's from the sample variances
+    rng = np.random.default_rng(7)
+    data = [rng.normal(0, 3, 5), rng.normal(0, 1, 12)]
+    dof, failed = level_dof(
+        lambda picks: {"sum": float(sum(d[p].mean() for d, p in zip(data, picks, strict=True)))},
+        [5, 12],
+    )
+    v = [d.var(ddof=1) / d.size for d in data]
+    welch = sum(v) ** 2 / sum(vi**2 / (d.size - 1) for vi, d in zip(v, data, strict=True))
+    assert failed == 0
+    assert dof["sum"] == pytest.approx(welch, rel=1e-9)
+    assert 4 < dof["sum"] < 15  # the noisy 5-value level dominates: far below 15 pooled

@@ -18,6 +18,7 @@ TRUE_PD: dict[str, Any] = {
     "prnu_pct": 1.0,
     "dsnu_e": 1.5,
     "row_noise_e": 0.8,
+    "col_noise_e": 0.6,
     "row_offset_fpn_e": 1.0,
     "col_offset_fpn_e": 0.7,
     "row_gain_fpn_pct": 0.5,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import pipeline.stage
 from pipeline.stage import Batch, SignalInfo, StageError, Unit
 from sensors import noise
 from sensors.photodetector import PhotodetectorStage
@@ -182,6 +183,20 @@ def test_row_noise_variance_from_per_frame_row_means():
     row_means = _frames(stage, frames).mean(axis=2)  # (L, H)
     var = np.var(row_means, axis=0, ddof=1).mean()
     _assert_variance(var, h * (frames - 1), row_e**2 + read_e**2 / w)
+
+
+def test_column_noise_variance_from_a_frames_column_means(monkeypatch):
+    # one dark frame cut into many row bands (tiles): its column means over H rows vary by
+    # σ_col² + σ_r²/H (W − 1 dof); per-frame column means minus their average over frames
+    # by the same, with W·(L − 1) dof, while the column offset FPN cancels.
+    h, w, frames, read_e, col_e = 256, 256, 12, 2.0, 0.7
+    monkeypatch.setattr(pipeline.stage, "TILE_ELEMENTS", 16 * w)  # 16 tiles per frame
+    params = {"read_noise_e": read_e, "col_noise_e": col_e, "col_offset_fpn_e": 3.0}
+    y = _frames(_stage(h, w, **params), frames)
+    expected = col_e**2 + read_e**2 / h
+    one = _frames(_stage(h, w, read_noise_e=read_e, col_noise_e=col_e), 1)[0]
+    _assert_variance(np.var(one.mean(axis=0), ddof=1), w - 1, expected)
+    _assert_variance(np.var(y.mean(axis=1), axis=0, ddof=1).mean(), w * (frames - 1), expected)
 
 
 def test_row_noise_is_per_image_and_batch_independent():

@@ -20,7 +20,13 @@ from sensors.optics import OpticsStage
 from sensors.photodetector import PhotodetectorStage, expected_electrons
 
 H, W = 24, 20
-NOISY = {"read_noise_e": 2.5, "row_noise_e": 1.5, "prnu_pct": 1.0, "dsnu_e": 0.7}
+NOISY = {
+    "read_noise_e": 2.5,
+    "row_noise_e": 1.5,
+    "col_noise_e": 1.2,
+    "prnu_pct": 1.0,
+    "dsnu_e": 0.7,
+}
 
 
 def _chain(cfa="RGGB", pd=None, adc=None, seed=3):
@@ -126,3 +132,21 @@ def test_optics_gives_the_same_planes_on_one_thread_and_two(monkeypatch, psf):
     assert np.array_equal(runs[0], runs[1])
     # and each image is blurred on its own: the same as a batch of one
     np.testing.assert_array_equal(stage.process(photons[4:5], Batch(np.arange(1))), runs[0][4:5])
+
+
+def test_column_noise_is_the_same_in_every_tile_of_an_image(monkeypatch):
+    """Column noise alone, 12 tiles per image: every row of a frame is the same line (one
+    value per column, shared by the tiles), another line per image, for any thread count."""
+    monkeypatch.setattr(pipeline.stage, "TILE_ELEMENTS", 2 * W)  # 2 rows of (W,)
+    pd = {"read_noise_e": 0.0, "prnu_pct": 0.0, "dsnu_e": 0.0, "dark_current_e_per_s": 0.0}
+    pd |= {"shot_noise": False, "col_noise_e": 1.2}
+    photons = np.zeros((3, H, W, 3), np.float32)
+    runs = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv(THREADS_ENV, threads)
+        pd_stage, _, _ = _chain(pd=pd)
+        runs.append(pd_stage.process(photons, Batch(np.array([5, 6, 7]))))
+    assert np.array_equal(runs[0], runs[1])
+    e = runs[0]
+    assert np.array_equal(e, np.broadcast_to(e[:, :1], e.shape))  # constant down columns
+    assert not np.array_equal(e[0, 0], e[1, 0])
