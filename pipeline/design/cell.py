@@ -42,7 +42,7 @@ from pipeline.metrics import wilson_interval
 from pipeline.registry import default_registry
 from pipeline.runner import Chain, build_chain, load_config_model, open_config_dataset
 
-__all__ = ["FIXED_CURVES", "SearchTask", "run_cell"]
+__all__ = ["FIXED_CURVES", "Scorer", "SearchTask", "run_cell", "score_record", "setup_cell"]
 
 FIXED_CURVES = ("linear", "log", "sqrt")
 
@@ -55,6 +55,8 @@ class SearchTask:
     ----------
     cell : light, bits, noise.
     key : the search's hash (its folder and reuse key).
+    inputs_key : the hash of what any scoring of this cell reads — run config, model,
+        validation, test and fine-tuning images — without the search's options.
     front_key : the hash of its (light, noise) front-end images.
     raw : the cell's run config as a plain dict.
     base_file, base_dir : the base config (named in errors) and its folder.
@@ -64,6 +66,7 @@ class SearchTask:
 
     cell: DesignCell
     key: str
+    inputs_key: str
     front_key: str
     raw: dict
     base_file: str
@@ -72,7 +75,7 @@ class SearchTask:
     folder: str
 
 
-class _Scorer:
+class Scorer:
     """Scores back chains on one split, fine-tuning a fresh model copy first if asked."""
 
     def __init__(self, spec: DesignSpec, loaded: Any, train: FrontImages | None) -> None:
@@ -93,7 +96,8 @@ class _Scorer:
         return score(back, images.signal, images.labels, images.keys, model)
 
 
-def _record(s: Score) -> dict[str, Any]:
+def score_record(s: Score) -> dict[str, Any]:
+    """A score as stored: right answers, n, accuracy and its Wilson 95 % interval."""
     lo, hi = wilson_interval(s.correct, s.n)
     return {"correct": s.correct, "n": s.n, "accuracy": s.accuracy, "lo": lo, "hi": hi}
 
@@ -111,7 +115,7 @@ def run_cell(task: SearchTask) -> dict[str, Any]:
     if done is not None and done.get("key") == task.key:
         return done
     spec = DesignSpec.model_validate(task.spec)
-    backend, scorer, splits = _setup(task, spec)
+    backend, scorer, splits = setup_cell(task, spec)
     val, test = splits[spec.validation.split], splits[spec.test.split]
     step = spec.search.min_step
     fixed = {c: backend.fixed(c) for c in FIXED_CURVES}
@@ -179,7 +183,7 @@ def run_cell(task: SearchTask) -> dict[str, Any]:
         "initial_fitness": extra["initial_fitness"],
         "skipped_initial": skipped,
         "curves": {
-            name: {"val": _record(scorer(back, val)), "test": _record(scorer(back, test))}
+            name: {"val": score_record(scorer(back, val)), "test": score_record(scorer(back, test))}
             for name, back in candidates.items()
         },
         "history": state.history,
@@ -192,7 +196,9 @@ def run_cell(task: SearchTask) -> dict[str, Any]:
     return record
 
 
-def _setup(task: SearchTask, spec: DesignSpec) -> tuple[Backend, _Scorer, dict[str, FrontImages]]:
+def setup_cell(
+    task: SearchTask, spec: DesignSpec
+) -> tuple[Backend, Scorer, dict[str, FrontImages]]:
     """The chain's back end, the scorer and the cached images of every split read."""
     registry = default_registry()
     loaded = load_config(task.raw, registry=registry, base_dir=task.base_dir)
@@ -204,7 +210,7 @@ def _setup(task: SearchTask, spec: DesignSpec) -> tuple[Backend, _Scorer, dict[s
     names += [spec.fine_tune.split] if spec.fine_tune is not None else []
     splits = {n: load_front(front_path(Path(task.folder), task.front_key, n)) for n in names}
     train = splits[spec.fine_tune.split] if spec.fine_tune is not None else None
-    return backend, _Scorer(spec, loaded, train), splits
+    return backend, Scorer(spec, loaded, train), splits
 
 
 def _no_start(task: SearchTask, skipped: dict[str, str]) -> UserError:

@@ -4,8 +4,9 @@ Every cell's chain is built and checked before anything is written, so a bad des
 fails with one line and leaves no folder. Then, in ``<out>/<name>/``
 (:mod:`pipeline.design.store`): the front-end images of each (light, noise) are computed
 once, each search without a finished record runs (:func:`pipeline.design.cell.run_cell`,
-in-process or on Dask), and ``results.csv``, ``pareto.csv`` and ``pareto.png`` are
-written from all finished records.
+in-process or on Dask), then each cell's range-matched fixed curves without a finished
+record (:func:`pipeline.design.ranged.run_range`, when the file has ``range_match``), and
+``results.csv``, ``pareto.csv`` and ``pareto.png`` are written from all finished records.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +31,9 @@ from pipeline.design.front import adc_position, front_images, save_front
 from pipeline.design.objective import Backend
 from pipeline.design.parameterise import thresholds_from_vector
 from pipeline.design.pareto import pareto_mask, plot_pareto, write_csv
+from pipeline.design.ranged import range_key, run_range
 from pipeline.design.spec import DesignCell, DesignPlan, canonical_hash, load_design
-from pipeline.design.store import front_path, read_result, search_dir
+from pipeline.design.store import front_path, range_dir, read_result, search_dir
 from pipeline.errors import UserError
 from pipeline.progress import progress as progress_reporter
 from pipeline.registry import Registry, default_registry
@@ -52,7 +54,9 @@ class DesignResult:
     path : the design folder.
     rows : one dict per (search, curve): the rows of results.csv.
     records : every finished search's record (result.json), in the design's order.
-    computed, reused : the searches run by this call, and those found finished.
+    ranges : every finished range match's record (:mod:`pipeline.design.ranged`).
+    computed, reused : the searches and range matches (``ranges/<cell id>``) run by this
+        call, and those found finished.
     figures : the figures written.
     wall_seconds : this call's wall time.
     """
@@ -60,6 +64,7 @@ class DesignResult:
     path: Path
     rows: list[dict[str, Any]]
     records: list[dict[str, Any]]
+    ranges: list[dict[str, Any]]
     computed: list[str]
     reused: list[str]
     figures: list[Path]
@@ -108,9 +113,12 @@ def design_adc(
         _ensure_fronts(plan, tasks, registry)
         pending = [t for t in tasks if _finished(plan, t) is None]
         reused = [t.cell.id for t in tasks if t not in pending]
+        matched = tasks if plan.spec.range_match is not None else []
+        pending_ranges = [t for t in matched if _range_finished(plan, t) is None]
+        reused += [f"ranges/{t.cell.id}" for t in matched if t not in pending_ranges]
         computed: list[str] = []
         bar = progress_reporter(
-            len(tasks),
+            len(tasks) + len(matched),
             desc=f"design {plan.folder.name}",
             unit="search",
             show=progress is not False,
@@ -121,17 +129,21 @@ def design_adc(
         with contextlib.ExitStack() as stack:
             client = (
                 stack.enter_context(dask_client(workers, scheduler))
-                if use_dask and pending
+                if use_dask and (pending or pending_ranges)
                 else None
             )
             try:
                 for task, _record in run_tasks(run_cell, pending, client):
                     computed.append(task.cell.id)
                     bar.update(1)
+                for task, _record in run_tasks(run_range, pending_ranges, client):
+                    computed.append(f"ranges/{task.cell.id}")
+                    bar.update(1)
             finally:
                 bar.close()
         records = [r for t in tasks if (r := _finished(plan, t)) is not None]
-        rows = table_rows(plan, records)
+        ranges = [r for t in matched if (r := _range_finished(plan, t)) is not None]
+        rows = table_rows(plan, records, ranges)
         write_csv(plan.folder / "results.csv", rows)
         write_csv(plan.folder / "pareto.csv", [r for r in rows if r["on_front"]])
         figures = (
@@ -141,6 +153,7 @@ def design_adc(
         path=plan.folder,
         rows=rows,
         records=records,
+        ranges=ranges,
         computed=computed,
         reused=reused,
         figures=figures,
@@ -148,11 +161,17 @@ def design_adc(
     )
 
 
-def table_rows(plan: DesignPlan, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (search, curve) with test accuracy, energy and ``on_front`` (per light
-    level and noise setting)."""
+def table_rows(
+    plan: DesignPlan,
+    records: list[dict[str, Any]],
+    ranges: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """One row per (search, curve) and per (range match, curve) — the latter named
+    ``<curve>_ranged``, with its ``full_scale_e`` (empty: the base's gain) — with test
+    accuracy, energy and ``on_front`` (per light level and noise setting)."""
     rows = []
-    for rec in records:
+    named = [(rec, "{}") for rec in records] + [(rec, "{}_ranged") for rec in ranges]
+    for rec, pattern in named:
         adc_pj, readout_pj = pixel_energy_pj(int(rec["bits"]), plan.spec.energy)
         for curve, res in rec["curves"].items():
             test = res["test"]
@@ -161,7 +180,8 @@ def table_rows(plan: DesignPlan, records: list[dict[str, Any]]) -> list[dict[str
                     "light": rec["light"],
                     "noise": rec["noise"],
                     "bits": rec["bits"],
-                    "curve": curve,
+                    "curve": pattern.format(curve),
+                    "full_scale_e": res.get("full_scale_e"),
                     "val_accuracy": res["val"]["accuracy"],
                     "test_correct": test["correct"],
                     "test_n": test["n"],
@@ -222,10 +242,13 @@ def _tasks(plan: DesignPlan, registry: Registry) -> list[SearchTask]:
         key = canonical_hash(
             {"format": DESIGN_FORMAT, "config": config, "model": model_key, "spec": options}
         )
+        images = {k: options[k] for k in ("validation", "test", "fine_tune")}
+        inputs_key = canonical_hash({"config": config, "model": model_key, "images": images})
         tasks.append(
             SearchTask(
                 cell=cell,
                 key=key,
+                inputs_key=inputs_key,
                 front_key=front_key,
                 raw=raw,
                 base_file=plan.base_file,
@@ -279,11 +302,12 @@ def _model_hash(loaded: LoadedConfig) -> str:
 
 
 def _description(plan: DesignPlan, tasks: list[SearchTask]) -> dict[str, Any]:
+    ranged = tasks if plan.spec.range_match is not None else []
     return {
         "design_file": plan.file,
         "base": plan.base_file,
         "spec": plan.spec.model_dump(mode="json"),
-        "spec_hash": canonical_hash([t.key for t in tasks]),
+        "spec_hash": canonical_hash([t.key for t in tasks] + [range_key(t) for t in ranged]),
         "searches": [
             {
                 "id": t.cell.id,
@@ -291,6 +315,14 @@ def _description(plan: DesignPlan, tasks: list[SearchTask]) -> dict[str, Any]:
                 "folder": search_dir(plan.folder, t.cell.id, t.key).name,
             }
             for t in tasks
+        ],
+        "ranges": [
+            {
+                "id": t.cell.id,
+                "key": range_key(t),
+                "folder": range_dir(plan.folder, t.cell.id, range_key(t)).name,
+            }
+            for t in ranged
         ],
         "updated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -300,6 +332,12 @@ def _description(plan: DesignPlan, tasks: list[SearchTask]) -> dict[str, Any]:
 def _finished(plan: DesignPlan, task: SearchTask) -> dict[str, Any] | None:
     record = read_result(search_dir(plan.folder, task.cell.id, task.key))
     return record if record is not None and record.get("key") == task.key else None
+
+
+def _range_finished(plan: DesignPlan, task: SearchTask) -> dict[str, Any] | None:
+    key = range_key(task)
+    record = read_result(range_dir(plan.folder, task.cell.id, key))
+    return record if record is not None and record.get("key") == key else None
 
 
 def _ensure_fronts(plan: DesignPlan, tasks: list[SearchTask], registry: Registry) -> None:

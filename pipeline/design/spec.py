@@ -14,6 +14,7 @@ and model) and the grid of searches to run::
     initial: [linear, log, sqrt, equal_probability, lloyd_max]
     search: {popsize: 10, generations: 25, sigma0: 0.5, seed: 0}
     fine_tune: null                 # or {epochs: 1, images: 600}: a model fine-tuned per candidate
+    range_match: {points: 12, quantile: 0.99}   # fixed curves at their best full scale (or null)
     energy: {fom: walden, walden_fj_per_step: 50, readout_pj_per_bit: 0.5}
     out: designs                    # the design folder is <out>/<name>
     name: procedural                # default: the file's stem
@@ -43,6 +44,7 @@ __all__ = [
     "DesignSpec",
     "EnergyOptions",
     "FineTuneOptions",
+    "RangeOptions",
     "SearchOptions",
     "SplitOptions",
     "canonical_hash",
@@ -82,6 +84,26 @@ class SearchOptions(_Strict):
         gt=0,
         lt=1e-2,
         description="Smallest gap between thresholds, as a fraction of full well.",
+    )
+
+
+class RangeOptions(_Strict):
+    """Range-matched baselines: each fixed curve at the full scale that suits the light
+    best on validation (:mod:`pipeline.design.ranged`)."""
+
+    curves: list[Literal["linear", "log", "sqrt"]] = Field(
+        default_factory=lambda: ["linear", "log", "sqrt"],
+        min_length=1,
+        description="Fixed curves to range-match.",
+    )
+    points: int = Field(
+        12, ge=1, le=100, description="Log-spaced full scales tried (plus the base's gain)."
+    )
+    quantile: float = Field(
+        0.99,
+        gt=0,
+        le=1,
+        description="The smallest full scale tried: this quantile of the validation signal.",
     )
 
 
@@ -135,6 +157,7 @@ class DesignSpec(_Strict):
     )
     search: SearchOptions = Field(default_factory=SearchOptions)
     fine_tune: FineTuneOptions | None = None
+    range_match: RangeOptions | None = Field(default_factory=RangeOptions)
     energy: EnergyOptions = Field(default_factory=EnergyOptions)
     out: str = Field("designs", description="Folder that receives design folders.")
     name: str | None = Field(None, pattern=_NAME_PATTERN)

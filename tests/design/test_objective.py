@@ -60,7 +60,7 @@ def test_the_table_spans_the_full_well_and_every_code_above_black(setup):
     adc = backend.table(t).stages[0]
     signal = np.array([0.0, 0.5 * 10_000 * 0.05, 0.95 * 10_000 + 1.0, 10_000.0])
     expected = quantize(signal, 4, 10_000.0, "table", thresholds=t, black_level=1)
-    np.testing.assert_array_equal(adc.process(signal[None], None)[0], expected)
+    np.testing.assert_array_equal(adc.process(signal[None], Batch(np.array([0])))[0], expected)
     assert expected.tolist() == [1, 1, 15, 15]
 
 
@@ -80,3 +80,17 @@ def test_fine_tuning_trains_a_copy_and_leaves_the_base_model_alone(setup):
     assert all(np.array_equal(fresh.params[k], before[k]) for k in before)
     x = sensor_images(back, front.signal, front.keys)
     assert x.shape == (40, 3, 32, 32) and x.dtype == np.float32
+
+
+@pytest.mark.parametrize("full_scale_e", [37.0, 500.0])
+def test_a_fixed_curve_at_a_chosen_full_scale_codes_by_the_linear_equation(setup, full_scale_e):
+    # code = floor(2**N · s / FS + b + 1/2), clipped to [0, 2**N - 1]: the ADC clips at FS
+    _, backend, front = setup
+    back = backend.fixed("linear", full_scale_e)
+    transfer = back.infos[1].attrs["adc_transfer"]
+    assert transfer["full_scale"] == pytest.approx(full_scale_e, rel=1e-12)
+    codes = back.apply(front.signal, Batch(front.keys), upto=1)[0]
+    s = front.signal.astype(np.float64)
+    want = np.clip(np.floor(16 * s / full_scale_e + backend.black_level_dn + 0.5), 0, 15)
+    np.testing.assert_array_equal(codes, want)
+    assert np.count_nonzero(codes == 15) > 0  # some pixels clip at a full scale this low
