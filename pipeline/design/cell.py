@@ -28,10 +28,11 @@ from pipeline.design.initial import FITTED, initial_tables
 from pipeline.design.objective import Backend, Score, fine_tuned_model, score
 from pipeline.design.parameterise import thresholds_from_vector, vector_from_thresholds
 from pipeline.design.search import new_state, run_search
-from pipeline.design.spec import DesignCell, DesignSpec
+from pipeline.design.spec import RANGED_STARTS, DesignCell, DesignSpec, canonical_hash
 from pipeline.design.store import (
     front_path,
     load_checkpoint,
+    range_dir,
     read_result,
     save_checkpoint,
     search_dir,
@@ -42,9 +43,18 @@ from pipeline.metrics import wilson_interval
 from pipeline.registry import default_registry
 from pipeline.runner import Chain, build_chain, load_config_model, open_config_dataset
 
-__all__ = ["FIXED_CURVES", "Scorer", "SearchTask", "run_cell", "score_record", "setup_cell"]
+__all__ = [
+    "FIXED_CURVES",
+    "RANGE_FORMAT",
+    "Scorer",
+    "SearchTask",
+    "run_cell",
+    "score_record",
+    "setup_cell",
+]
 
 FIXED_CURVES = ("linear", "log", "sqrt")
+RANGE_FORMAT = 1  # part of every range-match key: bump when its result would change
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,14 @@ class SearchTask:
     base_dir: str
     spec: dict
     folder: str
+
+    @property
+    def range_key(self) -> str:
+        """The hash of this cell's range match (:mod:`pipeline.design.ranged`): its
+        inputs and the range options; the search's options do not enter."""
+        return canonical_hash(
+            {"format": RANGE_FORMAT, "inputs": self.inputs_key, "range": self.spec["range_match"]}
+        )
 
 
 class Scorer:
@@ -119,9 +137,11 @@ def run_cell(task: SearchTask) -> dict[str, Any]:
     val, test = splits[spec.validation.split], splits[spec.test.split]
     step = spec.search.min_step
     fixed = {c: backend.fixed(c) for c in FIXED_CURVES}
+    transfers = {c: chain.infos[1].attrs["adc_transfer"] for c, chain in fixed.items()}
+    transfers |= _ranged_transfers(task, spec, backend)
     tables, skipped = initial_tables(
         sorted(set(spec.initial) | set(FITTED)),
-        {c: chain.infos[1].attrs["adc_transfer"] for c, chain in fixed.items()},
+        transfers,
         val.signal / backend.full_well_e,
         bits=backend.bits,
         n_thresholds=backend.n_thresholds,
@@ -211,6 +231,23 @@ def setup_cell(
     splits = {n: load_front(front_path(Path(task.folder), task.front_key, n)) for n in names}
     train = splits[spec.fine_tune.split] if spec.fine_tune is not None else None
     return backend, Scorer(spec, loaded, train), splits
+
+
+def _ranged_transfers(task: SearchTask, spec: DesignSpec, backend: Backend) -> dict[str, Any]:
+    """``<curve>_ranged`` → the adc_transfer of that curve at its range-matched full scale,
+    for the ranged starts the spec names (read from the cell's finished range match)."""
+    names = [n for n in spec.initial if n in RANGED_STARTS]
+    if not names:
+        return {}
+    record = read_result(range_dir(Path(task.folder), task.cell.id, task.range_key))
+    if record is None or record.get("key") != task.range_key:
+        raise UserError(f"search {task.cell.id}: its range match has not run")
+    out = {}
+    for name in names:
+        curve = name.removesuffix("_ranged")
+        chain = backend.fixed(curve, record["curves"][curve]["full_scale_e"])
+        out[name] = chain.infos[1].attrs["adc_transfer"]
+    return out
 
 
 def _no_start(task: SearchTask, skipped: dict[str, str]) -> UserError:

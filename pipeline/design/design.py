@@ -3,9 +3,10 @@
 Every cell's chain is built and checked before anything is written, so a bad design file
 fails with one line and leaves no folder. Then, in ``<out>/<name>/``
 (:mod:`pipeline.design.store`): the front-end images of each (light, noise) are computed
-once, each search without a finished record runs (:func:`pipeline.design.cell.run_cell`,
-in-process or on Dask), then each cell's range-matched fixed curves without a finished
-record (:func:`pipeline.design.ranged.run_range`, when the file has ``range_match``), and
+once, each cell's range-matched fixed curves without a finished record run
+(:func:`pipeline.design.ranged.run_range`, when the file has ``range_match``), then each
+search without a finished record (:func:`pipeline.design.cell.run_cell`, in-process or on
+Dask; it may start from the range-matched curves), and
 ``results.csv``, ``pareto.csv`` and ``pareto.png`` are written from all finished records.
 """
 
@@ -31,7 +32,7 @@ from pipeline.design.front import adc_position, front_images, save_front
 from pipeline.design.objective import Backend
 from pipeline.design.parameterise import thresholds_from_vector
 from pipeline.design.pareto import pareto_mask, plot_pareto, write_csv
-from pipeline.design.ranged import range_key, run_range
+from pipeline.design.ranged import run_range
 from pipeline.design.spec import DesignCell, DesignPlan, canonical_hash, load_design
 from pipeline.design.store import front_path, range_dir, read_result, search_dir
 from pipeline.errors import UserError
@@ -133,11 +134,12 @@ def design_adc(
                 else None
             )
             try:
-                for task, _record in run_tasks(run_cell, pending, client):
-                    computed.append(task.cell.id)
-                    bar.update(1)
+                # range matches first: a search may start from their curves
                 for task, _record in run_tasks(run_range, pending_ranges, client):
                     computed.append(f"ranges/{task.cell.id}")
+                    bar.update(1)
+                for task, _record in run_tasks(run_cell, pending, client):
+                    computed.append(task.cell.id)
                     bar.update(1)
             finally:
                 bar.close()
@@ -307,7 +309,7 @@ def _description(plan: DesignPlan, tasks: list[SearchTask]) -> dict[str, Any]:
         "design_file": plan.file,
         "base": plan.base_file,
         "spec": plan.spec.model_dump(mode="json"),
-        "spec_hash": canonical_hash([t.key for t in tasks] + [range_key(t) for t in ranged]),
+        "spec_hash": canonical_hash([t.key for t in tasks] + [t.range_key for t in ranged]),
         "searches": [
             {
                 "id": t.cell.id,
@@ -319,8 +321,8 @@ def _description(plan: DesignPlan, tasks: list[SearchTask]) -> dict[str, Any]:
         "ranges": [
             {
                 "id": t.cell.id,
-                "key": range_key(t),
-                "folder": range_dir(plan.folder, t.cell.id, range_key(t)).name,
+                "key": t.range_key,
+                "folder": range_dir(plan.folder, t.cell.id, t.range_key).name,
             }
             for t in ranged
         ],
@@ -335,7 +337,7 @@ def _finished(plan: DesignPlan, task: SearchTask) -> dict[str, Any] | None:
 
 
 def _range_finished(plan: DesignPlan, task: SearchTask) -> dict[str, Any] | None:
-    key = range_key(task)
+    key = task.range_key
     record = read_result(range_dir(plan.folder, task.cell.id, key))
     return record if record is not None and record.get("key") == key else None
 

@@ -18,8 +18,10 @@ signal itself (:mod:`pipeline.design.initial`).
 
 A range match runs on the cached front-end images of its search's cell
 (:mod:`pipeline.design.front`), is keyed by its cell's inputs and the range options
-(:func:`range_key`) and stored as ``ranges/<cell id>-<key>/result.json``
-(:func:`pipeline.design.store.range_dir`), so it is reused and resumed like a search.
+(:attr:`pipeline.design.cell.SearchTask.range_key`) and stored as
+``ranges/<cell id>-<key>/result.json`` (:func:`pipeline.design.store.range_dir`), so it
+is reused and resumed like a search. It runs before the searches, which may start from
+its curves (``initial: [..., log_ranged]``).
 """
 
 from __future__ import annotations
@@ -32,12 +34,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from pipeline.design.cell import SearchTask, score_record, setup_cell
-from pipeline.design.spec import DesignSpec, RangeOptions, canonical_hash
+from pipeline.design.spec import DesignSpec, RangeOptions
 from pipeline.design.store import range_dir, read_result, write_result
 
-__all__ = ["RANGE_FORMAT", "full_scale_grid", "range_key", "run_range"]
+__all__ = ["full_scale_grid", "run_range"]
 
-RANGE_FORMAT = 1  # part of every range-match key: bump when its result would change
 _MIN_FULL_SCALE_E = 1.0  # the grid never starts below one electron
 
 
@@ -54,14 +55,6 @@ def full_scale_grid(
     return np.geomspace(low, top, points)
 
 
-def range_key(task: SearchTask) -> str:
-    """The hash of a range match: its cell's inputs (run config, model, images) and the
-    range options; the search's options do not enter (the match does not use them)."""
-    return canonical_hash(
-        {"format": RANGE_FORMAT, "inputs": task.inputs_key, "range": task.spec["range_match"]}
-    )
-
-
 def run_range(task: SearchTask) -> dict[str, Any]:
     """Range-match the fixed curves of one cell (or reuse a finished match); returns its
     record, also written to ``result.json``.
@@ -72,7 +65,7 @@ def run_range(task: SearchTask) -> dict[str, Any]:
     with Wilson 95 % intervals.
     """
     t0 = time.perf_counter()
-    key = range_key(task)
+    key = task.range_key
     where = range_dir(Path(task.folder), task.cell.id, key)
     done = read_result(where)
     if done is not None and done.get("key") == key:

@@ -11,7 +11,8 @@ and model) and the grid of searches to run::
     noise: {default: {}}            # ... and each named noise setting (overrides)
     validation: {split: val, images: 300}    # what the search scores candidates on
     test: {split: test, images: all}         # held out: winner and baselines, once
-    initial: [linear, log, sqrt, equal_probability, lloyd_max]
+    initial: [linear, log, sqrt, equal_probability, lloyd_max]   # + linear_ranged, log_ranged,
+                                                                 #   sqrt_ranged (range_match)
     search: {popsize: 10, generations: 25, sigma0: 0.5, seed: 0}
     fine_tune: null                 # or {epochs: 1, images: 600}: a model fine-tuned per candidate
     range_match: {points: 12, quantile: 0.99}   # fixed curves at their best full scale (or null)
@@ -39,6 +40,7 @@ from pipeline.errors import UserError, did_you_mean
 
 __all__ = [
     "INITIALISERS",
+    "RANGED_STARTS",
     "DesignCell",
     "DesignPlan",
     "DesignSpec",
@@ -52,6 +54,8 @@ __all__ = [
 ]
 
 INITIALISERS = ("linear", "log", "sqrt", "equal_probability", "lloyd_max")
+# starts from the range-matched fixed curves (pipeline.design.ranged); not in the default
+RANGED_STARTS = ("linear_ranged", "log_ranged", "sqrt_ranged")
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -152,7 +156,7 @@ class DesignSpec(_Strict):
     )
     validation: SplitOptions = Field(default_factory=lambda: SplitOptions(split="val", images=300))
     test: SplitOptions = Field(default_factory=lambda: SplitOptions(split="test", images="all"))
-    initial: list[Literal[INITIALISERS]] = Field(  # type: ignore[valid-type]
+    initial: list[Literal[INITIALISERS + RANGED_STARTS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(INITIALISERS), min_length=1
     )
     search: SearchOptions = Field(default_factory=SearchOptions)
@@ -250,6 +254,14 @@ def load_design(source: str | Path, *, out: str | Path | None = None) -> DesignP
             file=file,
             key="fine_tune.split",
         )
+    for name in spec.initial:
+        curve = name.removesuffix("_ranged")
+        if name in RANGED_STARTS and (
+            spec.range_match is None or curve not in spec.range_match.curves
+        ):
+            raise UserError(
+                f"start {name} needs range_match with curve {curve}", file=file, key="initial"
+            )
     for key in ("lights", "bits"):
         values = getattr(spec, key)
         if len(set(values)) != len(values):

@@ -94,3 +94,18 @@ def test_a_fixed_curve_at_a_chosen_full_scale_codes_by_the_linear_equation(setup
     want = np.clip(np.floor(16 * s / full_scale_e + backend.black_level_dn + 0.5), 0, 15)
     np.testing.assert_array_equal(codes, want)
     assert np.count_nonzero(codes == 15) > 0  # some pixels clip at a full scale this low
+
+
+@pytest.mark.parametrize("curve", ["linear", "log", "sqrt"])
+def test_a_table_copying_a_range_matched_curve_gives_its_codes(setup, curve):
+    # the search's ranged starts: the curve at full scale 300 e- as thresholds of a table
+    # whose full scale is the full well
+    _, backend, front = setup
+    fixed = backend.fixed(curve, 300.0)
+    t = curve_thresholds(fixed.infos[1].attrs["adc_transfer"], backend.full_well_e)
+    assert t[-1] < 300.0 / backend.full_well_e
+    table = backend.table(t)
+    codes_fixed = fixed.apply(front.signal, Batch(front.keys), upto=1)[0]
+    np.testing.assert_array_equal(
+        table.apply(front.signal, Batch(front.keys), upto=1)[0], codes_fixed
+    )

@@ -79,7 +79,7 @@ def test_each_curve_keeps_its_best_validation_full_scale_and_is_scored_once_on_t
 def test_a_finished_range_match_is_reused_and_new_options_rerun_only_it(tmp_path):
     out = tmp_path / "out"
     first = design_adc(_design(tmp_path), out=out, progress=False)
-    assert first.computed == ["light20-bits3-default", "ranges/light20-bits3-default"]
+    assert first.computed == ["ranges/light20-bits3-default", "light20-bits3-default"]
     again = design_adc(_design(tmp_path), out=out, progress=False)
     assert again.computed == [] and again.ranges == first.ranges
     changed = design_adc(_design(tmp_path, range_match={"points": 2}), out=out, progress=False)
@@ -94,9 +94,23 @@ def test_without_range_match_there_are_no_ranged_rows(tmp_path):
     assert not any(r["curve"].endswith("_ranged") for r in result.rows)
 
 
+def test_a_search_can_start_from_the_range_matched_curves(tmp_path):
+    design = _design(tmp_path, initial=["linear", "linear_ranged", "log_ranged"])
+    result = design_adc(design, out=tmp_path / "out", progress=False)
+    assert result.computed == ["ranges/light20-bits3-default", "light20-bits3-default"]
+    (rec,) = result.records
+    assert set(rec["initial_fitness"]) == {"linear", "linear_ranged", "log_ranged"}
+    # at 20 photons the range-matched linear start beats linear at the base's gain
+    assert rec["initial_fitness"]["linear_ranged"] > rec["initial_fitness"]["linear"]
+    best_start = max(rec["initial_fitness"].values())
+    assert rec["curves"]["designed"]["val"]["correct"] >= np.floor(best_start * 24 + 1e-9)
+
+
 @pytest.mark.parametrize(
     ("changes", "key"),
     [
+        ({"initial": ["sqrt_ranged"]}, "initial"),
+        ({"initial": ["log_ranged"], "range_match": None}, "initial"),
         ({"range_match": {"quantile": 0}}, "range_match.quantile"),
         ({"range_match": {"points": 0}}, "range_match.points"),
         ({"range_match": {"curves": ["table"]}}, "range_match.curves[0]"),
