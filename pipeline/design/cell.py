@@ -139,23 +139,29 @@ def run_cell(task: SearchTask) -> dict[str, Any]:
     fixed = {c: backend.fixed(c) for c in FIXED_CURVES}
     transfers = {c: chain.infos[1].attrs["adc_transfer"] for c, chain in fixed.items()}
     transfers |= _ranged_transfers(task, spec, backend)
+    names = sorted(set(spec.initial) | set(FITTED))
+    size = {"bits": backend.bits, "n_thresholds": backend.n_thresholds}
+    full_well = backend.full_well_e
     tables, skipped = initial_tables(
-        sorted(set(spec.initial) | set(FITTED)),
-        transfers,
-        val.signal / backend.full_well_e,
-        bits=backend.bits,
-        n_thresholds=backend.n_thresholds,
-        full_well_e=backend.full_well_e,
+        names, transfers, val.signal / full_well, full_well_e=full_well, **size
     )
+    scale_e = _table_full_scale(task, spec, backend)
+    starts_at = tables  # start tables in fractions of the searched table's full scale
+    if scale_e != full_well:
+        starts_at, skipped = initial_tables(
+            names, transfers, val.signal / scale_e, full_well_e=scale_e, **size
+        )
 
     def fitness(z: np.ndarray) -> float:
-        return scorer(backend.table(thresholds_from_vector(z, min_step=step)), val).fitness
+        return scorer(backend.table(thresholds_from_vector(z, min_step=step), scale_e), val).fitness
 
     saved = load_checkpoint(where)
     t_search = time.perf_counter()
     if saved is None:
         starts = {
-            n: vector_from_thresholds(tables[n], min_step=step) for n in spec.initial if n in tables
+            n: vector_from_thresholds(starts_at[n], min_step=step)
+            for n in spec.initial
+            if n in starts_at
         }
         if not starts:
             raise _no_start(task, skipped)
@@ -187,7 +193,7 @@ def run_cell(task: SearchTask) -> dict[str, Any]:
     search_seconds = spent()["search_seconds"]
     assert state.best_x is not None
     winner = thresholds_from_vector(state.best_x, min_step=step)
-    candidates: dict[str, Chain] = {"designed": backend.table(winner), **fixed}
+    candidates: dict[str, Chain] = {"designed": backend.table(winner, scale_e), **fixed}
     candidates |= {n: backend.table(tables[n]) for n in FITTED if n in tables}
     record = {
         "key": task.key,
@@ -197,6 +203,7 @@ def run_cell(task: SearchTask) -> dict[str, Any]:
         "noise": task.cell.noise,
         "black_level_dn": backend.black_level_dn,
         "full_well_e": backend.full_well_e,
+        "table_full_scale_e": scale_e,
         "n_thresholds": backend.n_thresholds,
         "thresholds": winner.tolist(),
         "start": extra["start"],
@@ -233,15 +240,32 @@ def setup_cell(
     return backend, Scorer(spec, loaded, train), splits
 
 
+def _range_record(task: SearchTask) -> dict[str, Any]:
+    """The cell's finished range match (:mod:`pipeline.design.ranged`)."""
+    record = read_result(range_dir(Path(task.folder), task.cell.id, task.range_key))
+    if record is None or record.get("key") != task.range_key:
+        raise UserError(f"search {task.cell.id}: its range match has not run")
+    return record
+
+
+def _table_full_scale(task: SearchTask, spec: DesignSpec, backend: Backend) -> float:
+    """The searched table's full scale, electrons: the full well, or (``table_full_scale:
+    range_matched``) that of the range-matched curve with the best validation fitness."""
+    if spec.table_full_scale == "full_well":
+        return backend.full_well_e
+    curves = _range_record(task)["curves"].values()
+    best = max(curves, key=lambda c: max(c["val_fitness"]))
+    chosen = best["full_scale_e"]
+    return float(best["default_full_scale_e"] if chosen is None else chosen)
+
+
 def _ranged_transfers(task: SearchTask, spec: DesignSpec, backend: Backend) -> dict[str, Any]:
     """``<curve>_ranged`` → the adc_transfer of that curve at its range-matched full scale,
     for the ranged starts the spec names (read from the cell's finished range match)."""
     names = [n for n in spec.initial if n in RANGED_STARTS]
     if not names:
         return {}
-    record = read_result(range_dir(Path(task.folder), task.cell.id, task.range_key))
-    if record is None or record.get("key") != task.range_key:
-        raise UserError(f"search {task.cell.id}: its range match has not run")
+    record = _range_record(task)
     out = {}
     for name in names:
         curve = name.removesuffix("_ranged")

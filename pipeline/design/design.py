@@ -212,6 +212,8 @@ def _tasks(plan: DesignPlan, registry: Registry) -> list[SearchTask]:
     options = spec.model_dump(
         mode="json", include={"validation", "test", "initial", "search", "fine_tune"}
     )
+    if spec.table_full_scale != "full_well":  # only when set: earlier searches keep their keys
+        options["table_full_scale"] = spec.table_full_scale
     tasks = []
     models: dict[str, str] = {}
     for cell in plan.cells:

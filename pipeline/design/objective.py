@@ -121,12 +121,12 @@ class Backend:
             "full_scale_v": None,
         }
 
-    def table(self, thresholds: np.ndarray) -> Chain:
-        """The back chain with a table ADC: ``thresholds`` as fractions of the full well."""
+    def table(self, thresholds: np.ndarray, full_scale_e: float | None = None) -> Chain:
+        """The back chain with a table ADC: ``thresholds`` as fractions of its full scale,
+        ``full_scale_e`` electrons (default: the full well)."""
+        scale = self.full_well_e if full_scale_e is None else full_scale_e
         return self.with_adc(
-            curve="table",
-            thresholds=[float(t) for t in thresholds],
-            **self.gain_update(self.full_well_e),  # full scale = full well
+            curve="table", thresholds=[float(t) for t in thresholds], **self.gain_update(scale)
         )
 
     def fixed(self, curve: str, full_scale_e: float | None = None) -> Chain:

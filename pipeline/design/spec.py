@@ -16,6 +16,7 @@ and model) and the grid of searches to run::
     search: {popsize: 10, generations: 25, sigma0: 0.5, seed: 0}
     fine_tune: null                 # or {epochs: 1, images: 600}: a model fine-tuned per candidate
     range_match: {points: 12, quantile: 0.99}   # fixed curves at their best full scale (or null)
+    table_full_scale: full_well     # or range_matched: the best range-matched curve's
     energy: {fom: walden, walden_fj_per_step: 50, readout_pj_per_bit: 0.5}
     out: designs                    # the design folder is <out>/<name>
     name: procedural                # default: the file's stem
@@ -162,6 +163,11 @@ class DesignSpec(_Strict):
     search: SearchOptions = Field(default_factory=SearchOptions)
     fine_tune: FineTuneOptions | None = None
     range_match: RangeOptions | None = Field(default_factory=RangeOptions)
+    table_full_scale: Literal["full_well", "range_matched"] = Field(
+        "full_well",
+        description="The searched table's full scale: the full well, or the full scale of "
+        "the cell's best range-matched curve (an analog gain before the table ADC).",
+    )
     energy: EnergyOptions = Field(default_factory=EnergyOptions)
     out: str = Field("designs", description="Folder that receives design folders.")
     name: str | None = Field(None, pattern=_NAME_PATTERN)
@@ -262,6 +268,8 @@ def load_design(source: str | Path, *, out: str | Path | None = None) -> DesignP
             raise UserError(
                 f"start {name} needs range_match with curve {curve}", file=file, key="initial"
             )
+    if spec.table_full_scale == "range_matched" and spec.range_match is None:
+        raise UserError("needs range_match", file=file, key="table_full_scale")
     for key in ("lights", "bits"):
         values = getattr(spec, key)
         if len(set(values)) != len(values):

@@ -106,11 +106,40 @@ def test_a_search_can_start_from_the_range_matched_curves(tmp_path):
     assert rec["curves"]["designed"]["val"]["correct"] >= np.floor(best_start * 24 + 1e-9)
 
 
+def test_a_table_can_take_the_best_range_matched_full_scale(tmp_path):
+    design = _design(
+        tmp_path,
+        initial=["linear", "linear_ranged"],
+        range_match={"points": 4, "curves": ["linear"]},
+        table_full_scale="range_matched",
+    )
+    result = design_adc(design, out=tmp_path / "out", progress=False)
+    (rec,), (ranged,) = result.records, result.ranges
+    best = max(ranged["curves"].values(), key=lambda c: max(c["val_fitness"]))
+    want = best["full_scale_e"] or best["default_full_scale_e"]
+    assert rec["table_full_scale_e"] == want < 0.1 * rec["full_well_e"]
+    # at the curve's own full scale its table copy decodes (almost) like the curve: the
+    # same right answers as the range-matched curve on validation
+    start = rec["initial_fitness"]["linear_ranged"]
+    assert np.floor(start * 24 + 1e-9) == ranged["curves"]["linear"]["val"]["correct"]
+    assert rec["curves"]["designed"]["test"]["n"] == 40
+
+
+def test_the_full_well_table_scale_keeps_the_searches_keys(tmp_path):
+    out = tmp_path / "out"
+    first = design_adc(_design(tmp_path), out=out, progress=False)
+    same = design_adc(_design(tmp_path, table_full_scale="full_well"), out=out, progress=False)
+    assert same.computed == [] and same.records == first.records
+    assert first.records[0]["table_full_scale_e"] == first.records[0]["full_well_e"]
+
+
 @pytest.mark.parametrize(
     ("changes", "key"),
     [
         ({"initial": ["sqrt_ranged"]}, "initial"),
         ({"initial": ["log_ranged"], "range_match": None}, "initial"),
+        ({"table_full_scale": "range_matched", "range_match": None}, "table_full_scale"),
+        ({"table_full_scale": "gain"}, "table_full_scale"),
         ({"range_match": {"quantile": 0}}, "range_match.quantile"),
         ({"range_match": {"points": 0}}, "range_match.points"),
         ({"range_match": {"curves": ["table"]}}, "range_match.curves[0]"),
