@@ -83,7 +83,8 @@ def run_range(task: SearchTask) -> dict[str, Any]:
     curves = {}
     for curve in options.curves:
         chains = [backend.fixed(curve, fs) for fs in tried]
-        fitness = [scorer(chain, val).fitness for chain in chains]
+        scores = [scorer(chain, val) for chain in chains]
+        fitness = [sc.fitness for sc in scores]
         best = int(np.argmax(fitness))  # the first of equals: the base's gain wins ties
         default = chains[0].infos[1].attrs["adc_transfer"]["full_scale"]
         curves[curve] = {
@@ -91,7 +92,7 @@ def run_range(task: SearchTask) -> dict[str, Any]:
             "default_full_scale_e": float(default),
             "grid_e": grid.tolist(),
             "val_fitness": fitness,
-            "val": score_record(scorer(chains[best], val)),
+            "val": score_record(scores[best]),
             "test": score_record(scorer(chains[best], test)),
         }
     record = {
