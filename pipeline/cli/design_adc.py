@@ -61,18 +61,21 @@ def cmd_design_adc(args: argparse.Namespace) -> int:
 
 
 def summary(result: DesignResult) -> str:
-    """The searches run and reused, each designed table against the best fixed curve."""
+    """The searches run and reused, each designed table against the best fixed curve (at
+    the base's gain and range-matched) and the best fitted table."""
     lines = [
         f"sensorlab design-adc {result.path.name}: {len(result.records)} searches, "
         f"{len(result.computed)} computed, {len(result.reused)} reused, "
         f"{result.wall_seconds:.1f} s"
     ]
+    ranged = {r["cell"]: r["curves"] for r in result.ranges}
     for rec in result.records:
-        curves = rec["curves"]
+        curves = rec["curves"] | {f"{c}_ranged": v for c, v in ranged.get(rec["cell"], {}).items()}
         parts = [f"  {rec['cell']}:"]
         for label, names in (
             ("designed", ["designed"]),
             ("best fixed", FIXED_CURVES),
+            ("best range-matched", [f"{c}_ranged" for c in FIXED_CURVES]),
             ("best fitted", FITTED),
         ):
             names = [n for n in names if n in curves]

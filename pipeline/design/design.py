@@ -3,15 +3,18 @@
 Every cell's chain is built and checked before anything is written, so a bad design file
 fails with one line and leaves no folder. Then, in ``<out>/<name>/``
 (:mod:`pipeline.design.store`): the front-end images of each (light, noise) are computed
-once, each search without a finished record runs (:func:`pipeline.design.cell.run_cell`,
-in-process or on Dask), and ``results.csv``, ``pareto.csv`` and ``pareto.png`` are
-written from all finished records.
+once, each cell's range-matched fixed curves without a finished record run
+(:func:`pipeline.design.ranged.run_range`, when the file has ``range_match``), then each
+search without a finished record (:func:`pipeline.design.cell.run_cell`, in-process or on
+Dask; it may start from the range-matched curves), and
+``results.csv``, ``pareto.csv`` and ``pareto.png`` are written from all finished records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,8 +30,9 @@ from pipeline.design.front import adc_position, front_images, save_front
 from pipeline.design.objective import Backend
 from pipeline.design.parameterise import thresholds_from_vector
 from pipeline.design.pareto import pareto_mask, plot_pareto, write_csv
+from pipeline.design.ranged import run_range
 from pipeline.design.spec import DesignCell, DesignPlan, canonical_hash, load_design
-from pipeline.design.store import front_path, read_result, search_dir
+from pipeline.design.store import front_path, range_dir, read_result, search_dir
 from pipeline.errors import UserError
 from pipeline.files import folder_lock
 from pipeline.progress import progress as progress_reporter
@@ -51,7 +55,9 @@ class DesignResult:
     path : the design folder.
     rows : one dict per (search, curve): the rows of results.csv.
     records : every finished search's record (result.json), in the design's order.
-    computed, reused : the searches run by this call, and those found finished.
+    ranges : every finished range match's record (:mod:`pipeline.design.ranged`).
+    computed, reused : the searches and range matches (``ranges/<cell id>``) run by this
+        call, and those found finished.
     figures : the figures written.
     wall_seconds : this call's wall time.
     """
@@ -59,6 +65,7 @@ class DesignResult:
     path: Path
     rows: list[dict[str, Any]]
     records: list[dict[str, Any]]
+    ranges: list[dict[str, Any]]
     computed: list[str]
     reused: list[str]
     figures: list[Path]
@@ -107,9 +114,12 @@ def design_adc(
         _ensure_fronts(plan, tasks, registry)
         pending = [t for t in tasks if _finished(plan, t) is None]
         reused = [t.cell.id for t in tasks if t not in pending]
+        matched = tasks if plan.spec.range_match is not None else []
+        pending_ranges = [t for t in matched if _range_finished(plan, t) is None]
+        reused += [f"ranges/{t.cell.id}" for t in matched if t not in pending_ranges]
         computed: list[str] = []
         bar = progress_reporter(
-            len(tasks),
+            len(tasks) + len(matched),
             desc=f"design {plan.folder.name}",
             unit="search",
             show=progress is not False,
@@ -117,16 +127,21 @@ def design_adc(
             every_pct=0,
         )
         # the sweep's task engine: in-process, a local Dask cluster or a scheduler
-        engine_at = (workers, scheduler) if pending else (None, None)
+        engine_at = (workers, scheduler) if (pending or pending_ranges) else (None, None)
         with open_engine(*engine_at) as engine:
             try:
+                # range matches first: a search may start from their curves
+                for task, _record in engine.map(run_range, pending_ranges):
+                    computed.append(f"ranges/{task.cell.id}")
+                    bar.update(1)
                 for task, _record in engine.map(run_cell, pending):
                     computed.append(task.cell.id)
                     bar.update(1)
             finally:
                 bar.close()
         records = [r for t in tasks if (r := _finished(plan, t)) is not None]
-        rows = table_rows(plan, records)
+        ranges = [r for t in matched if (r := _range_finished(plan, t)) is not None]
+        rows = table_rows(plan, records, ranges)
         write_csv(plan.folder / "results.csv", rows)
         write_csv(plan.folder / "pareto.csv", [r for r in rows if r["on_front"]])
         figures = (
@@ -136,6 +151,7 @@ def design_adc(
         path=plan.folder,
         rows=rows,
         records=records,
+        ranges=ranges,
         computed=computed,
         reused=reused,
         figures=figures,
@@ -143,11 +159,17 @@ def design_adc(
     )
 
 
-def table_rows(plan: DesignPlan, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (search, curve) with test accuracy, energy and ``on_front`` (per light
-    level and noise setting)."""
+def table_rows(
+    plan: DesignPlan,
+    records: list[dict[str, Any]],
+    ranges: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """One row per (search, curve) and per (range match, curve) — the latter named
+    ``<curve>_ranged``, with its ``full_scale_e`` (empty: the base's gain) — with test
+    accuracy, energy and ``on_front`` (per light level and noise setting)."""
     rows = []
-    for rec in records:
+    named = [(rec, "{}") for rec in records] + [(rec, "{}_ranged") for rec in ranges]
+    for rec, pattern in named:
         adc_pj, readout_pj = pixel_energy_pj(int(rec["bits"]), plan.spec.energy)
         for curve, res in rec["curves"].items():
             test = res["test"]
@@ -156,7 +178,8 @@ def table_rows(plan: DesignPlan, records: list[dict[str, Any]]) -> list[dict[str
                     "light": rec["light"],
                     "noise": rec["noise"],
                     "bits": rec["bits"],
-                    "curve": curve,
+                    "curve": pattern.format(curve),
+                    "full_scale_e": res.get("full_scale_e"),
                     "val_accuracy": res["val"]["accuracy"],
                     "test_correct": test["correct"],
                     "test_n": test["n"],
@@ -185,6 +208,8 @@ def _tasks(plan: DesignPlan, registry: Registry) -> list[SearchTask]:
     options = spec.model_dump(
         mode="json", include={"validation", "test", "initial", "search", "fine_tune"}
     )
+    if spec.table_full_scale != "full_well":  # only when set: earlier searches keep their keys
+        options["table_full_scale"] = spec.table_full_scale
     tasks = []
     models: dict[str, str] = {}
     for cell in plan.cells:
@@ -217,10 +242,13 @@ def _tasks(plan: DesignPlan, registry: Registry) -> list[SearchTask]:
         key = canonical_hash(
             {"format": DESIGN_FORMAT, "config": config, "model": model_key, "spec": options}
         )
+        images = {k: options[k] for k in ("validation", "test", "fine_tune")}
+        inputs_key = canonical_hash({"config": config, "model": model_key, "images": images})
         tasks.append(
             SearchTask(
                 cell=cell,
                 key=key,
+                inputs_key=inputs_key,
                 front_key=front_key,
                 raw=raw,
                 base_file=plan.base_file,
@@ -274,11 +302,12 @@ def _model_hash(loaded: LoadedConfig) -> str:
 
 
 def _description(plan: DesignPlan, tasks: list[SearchTask]) -> dict[str, Any]:
+    ranged = tasks if plan.spec.range_match is not None else []
     return {
         "design_file": plan.file,
         "base": plan.base_file,
         "spec": plan.spec.model_dump(mode="json"),
-        "spec_hash": canonical_hash([t.key for t in tasks]),
+        "spec_hash": canonical_hash([t.key for t in tasks] + [t.range_key for t in ranged]),
         "searches": [
             {
                 "id": t.cell.id,
@@ -286,6 +315,14 @@ def _description(plan: DesignPlan, tasks: list[SearchTask]) -> dict[str, Any]:
                 "folder": search_dir(plan.folder, t.cell.id, t.key).name,
             }
             for t in tasks
+        ],
+        "ranges": [
+            {
+                "id": t.cell.id,
+                "key": t.range_key,
+                "folder": range_dir(plan.folder, t.cell.id, t.range_key).name,
+            }
+            for t in ranged
         ],
         "updated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -295,6 +332,12 @@ def _description(plan: DesignPlan, tasks: list[SearchTask]) -> dict[str, Any]:
 def _finished(plan: DesignPlan, task: SearchTask) -> dict[str, Any] | None:
     record = read_result(search_dir(plan.folder, task.cell.id, task.key))
     return record if record is not None and record.get("key") == task.key else None
+
+
+def _range_finished(plan: DesignPlan, task: SearchTask) -> dict[str, Any] | None:
+    key = task.range_key
+    record = read_result(range_dir(plan.folder, task.cell.id, key))
+    return record if record is not None and record.get("key") == key else None
 
 
 def _ensure_fronts(plan: DesignPlan, tasks: list[SearchTask], registry: Registry) -> None:

@@ -3,10 +3,10 @@
 :class:`Backend` holds a chain built once and rebuilds only the stages from the ADC on
 (ADC, raw, ..., classifier) for a candidate setting: a table of thresholds
 (:meth:`Backend.table`, full scale = the full well) or a fixed curve
-(:meth:`Backend.fixed`). :func:`score` runs images that reached the ADC
-(:class:`pipeline.design.front.FrontImages`) through that back end; with fine-tuning,
-the model is first trained a little on the candidate's images
-(:func:`fine_tuned_model`).
+(:meth:`Backend.fixed`, with the base's gain or a chosen full scale). :func:`score`
+runs images that reached the ADC (:class:`pipeline.design.front.FrontImages`) through
+that back end; with fine-tuning, the model is first trained a little on the candidate's
+images (:func:`fine_tuned_model`).
 
 The search's fitness is the validation accuracy plus a tie-break smaller than one
 image: the mean probability the model gives the true class, divided by ``2 n`` — so
@@ -105,20 +105,35 @@ class Backend:
         start = self.adc_index
         return Chain(stages, src.names[start:], infos, src.keys[start:])
 
-    def table(self, thresholds: np.ndarray) -> Chain:
-        """The back chain with a table ADC: ``thresholds`` as fractions of the full well."""
-        gain = (1 << self.bits) / (self.full_well_e * self.analog_gain)  # full scale = full well
+    def gain_update(self, full_scale_e: float) -> dict[str, Any]:
+        """The ADC parameters that put its full scale at ``full_scale_e`` electrons.
+
+        The adc stage's full scale is ``2**N / (K · analog_gain)``
+        (:class:`sensors.adc.ADCStage`), so ``K = system_gain_dn_per_e = 2**N /
+        (full_scale_e · analog_gain)``; the base's analog gain is kept and a conversion
+        gain or volts range is cleared. Lowering the full scale below the full well is
+        the analog gain a real ADC chooses freely (it clips at ``full_scale_e``).
+        """
+        gain = (1 << self.bits) / (float(full_scale_e) * self.analog_gain)
+        return {
+            "system_gain_dn_per_e": gain,
+            "conversion_gain_uv_per_e": None,
+            "full_scale_v": None,
+        }
+
+    def table(self, thresholds: np.ndarray, full_scale_e: float | None = None) -> Chain:
+        """The back chain with a table ADC: ``thresholds`` as fractions of its full scale,
+        ``full_scale_e`` electrons (default: the full well)."""
+        scale = self.full_well_e if full_scale_e is None else full_scale_e
         return self.with_adc(
-            curve="table",
-            thresholds=[float(t) for t in thresholds],
-            system_gain_dn_per_e=gain,
-            conversion_gain_uv_per_e=None,
-            full_scale_v=None,
+            curve="table", thresholds=[float(t) for t in thresholds], **self.gain_update(scale)
         )
 
-    def fixed(self, curve: str) -> Chain:
-        """The back chain with a fixed curve (linear, log, sqrt) and the base's gain."""
-        return self.with_adc(curve=curve, thresholds=None)
+    def fixed(self, curve: str, full_scale_e: float | None = None) -> Chain:
+        """The back chain with a fixed curve (linear, log, sqrt): with the base's gain, or
+        with its full scale at ``full_scale_e`` electrons (:meth:`gain_update`)."""
+        update = {} if full_scale_e is None else self.gain_update(full_scale_e)
+        return self.with_adc(curve=curve, thresholds=None, **update)
 
 
 def sensor_images(back: Chain, signal: np.ndarray, keys: np.ndarray) -> np.ndarray:

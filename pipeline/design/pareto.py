@@ -24,6 +24,7 @@ COLUMNS = (
     "noise",
     "bits",
     "curve",
+    "full_scale_e",
     "val_accuracy",
     "test_correct",
     "test_n",
@@ -42,6 +43,9 @@ _STYLE = {
     "sqrt": ("tab:orange", "v"),
     "equal_probability": ("tab:purple", "D"),
     "lloyd_max": ("tab:brown", "P"),
+    "linear_ranged": ("tab:cyan", "s"),
+    "log_ranged": ("tab:olive", "^"),
+    "sqrt_ranged": ("tab:pink", "v"),
 }
 
 

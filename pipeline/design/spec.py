@@ -11,9 +11,12 @@ and model) and the grid of searches to run::
     noise: {default: {}}            # ... and each named noise setting (overrides)
     validation: {split: val, images: 300}    # what the search scores candidates on
     test: {split: test, images: all}         # held out: winner and baselines, once
-    initial: [linear, log, sqrt, equal_probability, lloyd_max]
+    initial: [linear, log, sqrt, equal_probability, lloyd_max]   # + linear_ranged, log_ranged,
+                                                                 #   sqrt_ranged (range_match)
     search: {popsize: 10, generations: 25, sigma0: 0.5, seed: 0}
     fine_tune: null                 # or {epochs: 1, images: 600}: a model fine-tuned per candidate
+    range_match: {points: 12, quantile: 0.99}   # fixed curves at their best full scale (or null)
+    table_full_scale: full_well     # or range_matched: the best range-matched curve's
     energy: {fom: walden, walden_fj_per_step: 50, readout_pj_per_bit: 0.5}
     out: designs                    # the design folder is <out>/<name>
     name: procedural                # default: the file's stem
@@ -38,11 +41,13 @@ from pipeline.errors import UserError, did_you_mean
 
 __all__ = [
     "INITIALISERS",
+    "RANGED_STARTS",
     "DesignCell",
     "DesignPlan",
     "DesignSpec",
     "EnergyOptions",
     "FineTuneOptions",
+    "RangeOptions",
     "SearchOptions",
     "SplitOptions",
     "canonical_hash",
@@ -50,6 +55,8 @@ __all__ = [
 ]
 
 INITIALISERS = ("linear", "log", "sqrt", "equal_probability", "lloyd_max")
+# starts from the range-matched fixed curves (pipeline.design.ranged); not in the default
+RANGED_STARTS = ("linear_ranged", "log_ranged", "sqrt_ranged")
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -82,6 +89,26 @@ class SearchOptions(_Strict):
         gt=0,
         lt=1e-2,
         description="Smallest gap between thresholds, as a fraction of full well.",
+    )
+
+
+class RangeOptions(_Strict):
+    """Range-matched baselines: each fixed curve at the full scale that suits the light
+    best on validation (:mod:`pipeline.design.ranged`)."""
+
+    curves: list[Literal["linear", "log", "sqrt"]] = Field(
+        default_factory=lambda: ["linear", "log", "sqrt"],
+        min_length=1,
+        description="Fixed curves to range-match.",
+    )
+    points: int = Field(
+        12, ge=1, le=100, description="Log-spaced full scales tried (plus the base's gain)."
+    )
+    quantile: float = Field(
+        0.99,
+        gt=0,
+        le=1,
+        description="The smallest full scale tried: this quantile of the validation signal.",
     )
 
 
@@ -130,11 +157,17 @@ class DesignSpec(_Strict):
     )
     validation: SplitOptions = Field(default_factory=lambda: SplitOptions(split="val", images=300))
     test: SplitOptions = Field(default_factory=lambda: SplitOptions(split="test", images="all"))
-    initial: list[Literal[INITIALISERS]] = Field(  # type: ignore[valid-type]
+    initial: list[Literal[INITIALISERS + RANGED_STARTS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(INITIALISERS), min_length=1
     )
     search: SearchOptions = Field(default_factory=SearchOptions)
     fine_tune: FineTuneOptions | None = None
+    range_match: RangeOptions | None = Field(default_factory=RangeOptions)
+    table_full_scale: Literal["full_well", "range_matched"] = Field(
+        "full_well",
+        description="The searched table's full scale: the full well, or the full scale of "
+        "the cell's best range-matched curve (an analog gain before the table ADC).",
+    )
     energy: EnergyOptions = Field(default_factory=EnergyOptions)
     out: str = Field("designs", description="Folder that receives design folders.")
     name: str | None = Field(None, pattern=_NAME_PATTERN)
@@ -227,6 +260,16 @@ def load_design(source: str | Path, *, out: str | Path | None = None) -> DesignP
             file=file,
             key="fine_tune.split",
         )
+    for name in spec.initial:
+        curve = name.removesuffix("_ranged")
+        if name in RANGED_STARTS and (
+            spec.range_match is None or curve not in spec.range_match.curves
+        ):
+            raise UserError(
+                f"start {name} needs range_match with curve {curve}", file=file, key="initial"
+            )
+    if spec.table_full_scale == "range_matched" and spec.range_match is None:
+        raise UserError("needs range_match", file=file, key="table_full_scale")
     for key in ("lights", "bits"):
         values = getattr(spec, key)
         if len(set(values)) != len(values):

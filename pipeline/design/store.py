@@ -8,6 +8,7 @@
         searches/<cell id>-<key>/
             result.json                 a finished search (written last, atomically)
             checkpoint.pkl              the CMA-ES state after the last generation
+        ranges/<cell id>-<key>/result.json   range-matched fixed curves (pipeline.design.ranged)
         results.csv, pareto.csv, pareto.png
 
 A search's key is the hash of everything that decides its result (the cell's run config,
@@ -34,6 +35,7 @@ __all__ = [
     "RESULT",
     "front_path",
     "load_checkpoint",
+    "range_dir",
     "read_result",
     "save_checkpoint",
     "search_dir",
@@ -47,6 +49,11 @@ CHECKPOINT = "checkpoint.pkl"
 def search_dir(folder: Path, cell_id: str, key: str) -> Path:
     """The folder of one search."""
     return folder / "searches" / f"{cell_id}-{key[:12]}"
+
+
+def range_dir(folder: Path, cell_id: str, key: str) -> Path:
+    """The folder of one cell's range-matched baselines."""
+    return folder / "ranges" / f"{cell_id}-{key[:12]}"
 
 
 def front_path(folder: Path, key: str, split: str) -> Path:

@@ -63,7 +63,7 @@ def test_the_winner_and_every_baseline_are_scored_on_images_the_search_never_saw
     assert t.size == rec["n_thresholds"] == 7 and np.all(np.diff(t) > 0)
     with open(result.path / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and {r["curve"] for r in rows} >= {"designed", "linear"}
+    assert len(rows) == 9 and {r["curve"] for r in rows} >= {"designed", "linear", "log_ranged"}
     assert any(r["on_front"] == "True" for r in rows)
     assert (result.path / "pareto.png").stat().st_size > 0
 
@@ -72,7 +72,8 @@ def test_a_finished_search_is_reused_and_an_interrupted_one_resumes_exactly(tmp_
     design = _design(tmp_path)
     whole = design_adc(design, out=tmp_path / "a", progress=False)
     again = design_adc(design, out=tmp_path / "a", progress=False)
-    assert again.computed == [] and again.reused == ["light200-bits3-default"]
+    assert again.computed == []
+    assert again.reused == ["light200-bits3-default", "ranges/light200-bits3-default"]
 
     save = cell_module.save_checkpoint
 

@@ -80,3 +80,32 @@ def test_fine_tuning_trains_a_copy_and_leaves_the_base_model_alone(setup):
     assert all(np.array_equal(fresh.params[k], before[k]) for k in before)
     x = sensor_images(back, front.signal, front.keys)
     assert x.shape == (40, 3, 32, 32) and x.dtype == np.float32
+
+
+@pytest.mark.parametrize("full_scale_e", [37.0, 500.0])
+def test_a_fixed_curve_at_a_chosen_full_scale_codes_by_the_linear_equation(setup, full_scale_e):
+    # code = floor(2**N · s / FS + b + 1/2), clipped to [0, 2**N - 1]: the ADC clips at FS
+    _, backend, front = setup
+    back = backend.fixed("linear", full_scale_e)
+    transfer = back.infos[1].attrs["adc_transfer"]
+    assert transfer["full_scale"] == pytest.approx(full_scale_e, rel=1e-12)
+    codes = back.apply(front.signal, Batch(front.keys), upto=1)[0]
+    s = front.signal.astype(np.float64)
+    want = np.clip(np.floor(16 * s / full_scale_e + backend.black_level_dn + 0.5), 0, 15)
+    np.testing.assert_array_equal(codes, want)
+    assert np.count_nonzero(codes == 15) > 0  # some pixels clip at a full scale this low
+
+
+@pytest.mark.parametrize("curve", ["linear", "log", "sqrt"])
+def test_a_table_copying_a_range_matched_curve_gives_its_codes(setup, curve):
+    # the search's ranged starts: the curve at full scale 300 e- as thresholds of a table
+    # whose full scale is the full well
+    _, backend, front = setup
+    fixed = backend.fixed(curve, 300.0)
+    t = curve_thresholds(fixed.infos[1].attrs["adc_transfer"], backend.full_well_e)
+    assert t[-1] < 300.0 / backend.full_well_e
+    table = backend.table(t)
+    codes_fixed = fixed.apply(front.signal, Batch(front.keys), upto=1)[0]
+    np.testing.assert_array_equal(
+        table.apply(front.signal, Batch(front.keys), upto=1)[0], codes_fixed
+    )
