@@ -29,7 +29,6 @@ import csv
 import logging
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,24 +39,21 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this tree's pipeline, also in the workers this process starts
+
+from bench.common import interleaved, load_line, print_header  # noqa: E402
+
 TIMING_COLUMNS = ("wall_seconds",)
 
 
-def blas_line() -> str:
-    """This process's BLAS libraries: kernel (architecture) and threads."""
-    import numpy  # noqa: F401  (loads BLAS)
+def _worker_blas() -> str:
+    """A worker's BLAS kernel and threads (self-contained: it runs in the worker)."""
     from threadpoolctl import threadpool_info
 
-    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     return ", ".join(
-        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} "
-        f"{i.get('num_threads')} threads"
-        for i in libs
+        f"{i.get('internal_api')} {i.get('architecture')} {i.get('num_threads')} threads"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
     )
-
-
-def load() -> str:
-    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def _autogroup() -> bool:
@@ -127,13 +123,13 @@ def fixed_costs(workers: int) -> None:
     t2 = time.perf_counter()
     client.run(__import__, "pipeline.sweep.cell")
     t3 = time.perf_counter()
-    blas = client.run(blas_line)
+    blas = client.run(_worker_blas)
     client.gather([client.submit(_noop, i, pure=False) for i in range(100)])
     t4 = time.perf_counter()
     client.close()
     cluster.close()
     t5 = time.perf_counter()
-    print(f"fixed costs ({load()}):")
+    print(f"fixed costs ({load_line()}):")
     print(f"  import distributed            {t1 - t0:6.2f} s")
     print(f"  start {workers} workers + client      {t2 - t1:6.2f} s")
     print(f"  workers import sweep code     {t3 - t2:6.2f} s")
@@ -149,32 +145,25 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="Dask workers (default 2)")
     parser.add_argument("--no-costs", action="store_true", help="skip the fixed-cost probe")
     args = parser.parse_args()
-    print(f"BLAS (parent, in-process engine): {blas_line()}")
-    print("BLAS (Dask workers): one thread each (OPENBLAS_NUM_THREADS=1, Dask's default)")
+    print_header(["BLAS (Dask workers): one thread each (OPENBLAS_NUM_THREADS=1, Dask's default)"])
     if _autogroup() and os.getloadavg()[0] > 1:
-        print(f"note: {load()} with autogroup scheduling: other sessions share the cores, the")
-        print("      ratio below measures overhead more than speed-up (see the docstring)")
+        print(f"note: {load_line()} with autogroup scheduling: other sessions share the cores,")
+        print("      so the ratio below measures overhead more than speed-up (see the docstring)")
     if not args.no_costs:
         fixed_costs(args.workers)
     with tempfile.TemporaryDirectory(prefix="sweep-dask-") as tmp:
         folder = Path(tmp)
         sweep = args.sweep.resolve() if args.sweep else reduced_sweep(folder)
-        local, dask_ = [], []
-        for i in range(args.pairs):
-            order = [None, args.workers] if i % 2 == 0 else [args.workers, None]
-            for workers in order:
-                out = folder / ("dask" if workers else "local")
-                wall = time_sweep(sweep, out, workers)
-                (dask_ if workers else local).append(wall)
-                side = f"--workers {workers}" if workers else "in-process"
-                print(f"  pair {i + 1}: {side:12s} {wall:7.2f} s  ({load()})")
+        pairs = interleaved(
+            lambda: time_sweep(sweep, folder / "dask", args.workers),
+            lambda: time_sweep(sweep, folder / "local", None),
+            args.pairs,
+        )
         same = table(folder / "local") == table(folder / "dask")
-    a, b = statistics.median(local), statistics.median(dask_)
-    print(
-        f"sweep {sweep.name}: in-process {a:.2f} s, --workers {args.workers} {b:.2f} s "
-        f"(medians of {args.pairs}): ratio {a / b:.2f}x; results.csv identical apart "
-        f"from timing: {'yes' if same else 'NO'}  ({load()})"
-    )
+    print(f"sweep {sweep.name} (wall time of the whole command):")
+    for line in pairs.lines(f"--workers {args.workers}", "in-process"):
+        print(line)
+    print(f"results.csv identical apart from timing: {'yes' if same else 'NO'}  ({load_line()})")
     if not same:
         raise SystemExit(1)
 
