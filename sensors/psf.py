@@ -95,10 +95,13 @@ def gaussian_kernel1d(
         return np.ones(1)
     radius = gaussian_radius_px(sigma_px) if radius_px is None else int(radius_px)
     x = np.abs(np.arange(-radius, radius + 1, dtype=np.float64))
-    if pixel_integrated:  # upper tails of |x| ∓ ½: no cancellation far from the centre
-        taps = scipy.special.ndtr(-(x - 0.5) / sigma_px) - scipy.special.ndtr(-(x + 0.5) / sigma_px)
-    else:
-        taps = np.exp(-0.5 * (x / sigma_px) ** 2)
+    # a sub-normal σ overflows x/σ to ±inf: the right limit (Φ(±inf), exp(−inf) are exact)
+    with np.errstate(over="ignore"):
+        if pixel_integrated:  # upper tails of |x| ∓ ½: no cancellation far from the centre
+            upper, lower = -(x - 0.5) / sigma_px, -(x + 0.5) / sigma_px
+            taps = scipy.special.ndtr(upper) - scipy.special.ndtr(lower)
+        else:
+            taps = np.exp(-0.5 * (x / sigma_px) ** 2)
     return taps / taps.sum()
 
 
