@@ -29,7 +29,7 @@ components", Biometrics Bulletin 2 (1946) 110–114.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -63,17 +63,9 @@ def bootstrap(
     ``value ± t95 · stderr`` and its degrees of freedom (:func:`level_dof`).
     """
     rng = np.random.default_rng(seed)
-    values: dict[str, list[float]] = {}
-    failed = 0
-    for _ in range(replicates):
-        picks = [rng.integers(0, n, n) for n in pair_counts]
-        try:
-            result = statistic(picks)
-        except ValueError:
-            failed += 1
-            continue
-        for name, value in result.items():
-            values.setdefault(name, []).append(float(value))
+    values, failed = _collect(
+        statistic, ([rng.integers(0, n, n) for n in pair_counts] for _ in range(replicates))
+    )
     counts = np.asarray(pair_counts, dtype=np.float64)
     n_bar = counts.size / float(np.sum(1.0 / counts))
     inflate = math.sqrt(n_bar / (n_bar - 1.0)) if n_bar > 1 else math.inf
@@ -115,16 +107,11 @@ def level_dof(
     for level, n in enumerate(pair_counts):
         if n < 2:
             continue
-        deleted: dict[str, list[float]] = {}
-        for p in range(n):
-            picks = [*full[:level], np.delete(full[level], p), *full[level + 1 :]]
-            try:
-                result = statistic(picks)
-            except ValueError:
-                failed += 1
-                continue
-            for name, value in result.items():
-                deleted.setdefault(name, []).append(float(value))
+        deleted, level_failed = _collect(
+            statistic,
+            ([*full[:level], np.delete(full[level], p), *full[level + 1 :]] for p in range(n)),
+        )
+        failed += level_failed
         for name, vals in deleted.items():
             a = np.asarray(vals)
             if a.size == n and np.all(np.isfinite(a)):
@@ -138,3 +125,21 @@ def level_dof(
         if den > 0:
             dof[name] = max(float(np.sum(v)) ** 2 / den, 1.0)
     return dof, failed
+
+
+def _collect(
+    statistic: Callable[[list[np.ndarray]], dict[str, float]], resamples: Iterable[list[np.ndarray]]
+) -> tuple[dict[str, list[float]], int]:
+    """Each figure's values over ``resamples`` (pair indices per level), and how many
+    resamples the statistic refused (ValueError: too few distinct pairs, say)."""
+    values: dict[str, list[float]] = {}
+    failed = 0
+    for picks in resamples:
+        try:
+            result = statistic(picks)
+        except ValueError:
+            failed += 1
+            continue
+        for name, value in result.items():
+            values.setdefault(name, []).append(float(value))
+    return values, failed
