@@ -42,11 +42,14 @@ __all__ = [
     "StageError",
     "StageParams",
     "Tile",
+    "TileGroup",
     "Unit",
+    "image_groups",
     "param",
     "read_attr",
     "run_parallel",
     "signal_attr",
+    "tile_groups",
     "tile_rows",
     "worker_threads",
 ]
@@ -394,6 +397,58 @@ def tile_rows(shape: Sequence[int]) -> list[slice]:
     return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
 
 
+@dataclasses.dataclass(frozen=True)
+class TileGroup:
+    """Tiles that one task maps together: one band of a large image, or whole images
+    that are each a single tile (consecutive in the batch), so small images share one
+    task and one pass of every vectorised step.
+
+    Attributes
+    ----------
+    positions : the images' positions in the batch (a slice of consecutive images).
+    rows : the rows of each image the group holds (the same band in every image).
+    tiles : one :class:`Tile` per image of the group, in batch order.
+    """
+
+    positions: slice
+    rows: slice
+    tiles: tuple[Tile, ...]
+
+
+def tile_groups(image_keys: Sequence[int], shape: Sequence[int]) -> list[TileGroup]:
+    """The tasks that a batch of images of ``shape`` is cut into (see :func:`tile_rows`).
+
+    An image of several tiles gives one group per tile; images that are each one tile are
+    packed, in batch order, into groups of at most :data:`TILE_ELEMENTS` elements (at
+    least one image). The groups depend on the batch, the tiles (and so every random
+    draw) do not: a stage that draws each tile's noise from :meth:`Stage.tile_rng` and
+    computes everything else element by element gives the same values in any group.
+    """
+    bands = tile_rows(shape)
+    keys = [int(k) for k in image_keys]
+    if len(bands) > 1:
+        return [
+            TileGroup(slice(i, i + 1), rows, (Tile(i, key, t, rows),))
+            for i, key in enumerate(keys)
+            for t, rows in enumerate(bands)
+        ]
+    rows = bands[0]
+    return [
+        TileGroup(
+            positions, rows, tuple(Tile(i, keys[i], 0, rows) for i in range(len(keys))[positions])
+        )
+        for positions in image_groups(len(keys), shape)
+    ]
+
+
+def image_groups(n_images: int, shape: Sequence[int]) -> list[slice]:
+    """Consecutive images of ``shape`` packed into groups of at most :data:`TILE_ELEMENTS`
+    elements in all (at least one image per group), in batch order."""
+    per_image = max(1, int(np.prod(shape, dtype=np.int64)))
+    step = max(1, TILE_ELEMENTS // per_image)
+    return [slice(lo, min(lo + step, n_images)) for lo in range(0, n_images, step)]
+
+
 class Stage(ABC):
     """Base class of every stage.
 
@@ -497,19 +552,77 @@ class Stage(ABC):
         -------
         ``(n, *out_shape)`` array: bit for bit the same for any batch size and thread count.
         """
-        out = np.empty((len(x), *out_shape), dtype=dtype)
-        bands = tile_rows(out_shape)
 
-        def task(tile: Tile) -> Callable[[], None]:
+        def each_tile(x_group: np.ndarray, group: TileGroup) -> np.ndarray:
+            rows = group.rows.stop - group.rows.start
+            out = np.empty((len(x_group), rows, *out_shape[1:]), dtype=dtype)
+            for j, tile in enumerate(group.tiles):
+                out[j] = fn(x_group[j], tile)
+            return out
+
+        return self.map_tile_groups(each_tile, x, batch, out_shape, dtype)
+
+    def map_tile_groups(
+        self,
+        fn: Callable[[np.ndarray, TileGroup], np.ndarray],
+        x: np.ndarray,
+        batch: Batch,
+        out_shape: Sequence[int],
+        dtype: np.dtype | type,
+    ) -> np.ndarray:
+        """Map a batch through ``fn`` one :class:`TileGroup` at a time, over the threads.
+
+        Like :meth:`map_tiles`, for a stage whose per-pixel steps run on several small
+        images at once (one call per group of :func:`tile_groups` instead of per image).
+
+        Parameters
+        ----------
+        fn : ``fn(x_group, group)`` gives ``(k, rows, ...)``, the output of the group's
+            k images, ``x_group`` being ``x[group.positions, group.rows]``; it draws each
+            image's noise from :meth:`tile_rng` of that image's tile, in the tile's own
+            order, and computes everything else element by element.
+        x, batch, out_shape, dtype : as for :meth:`map_tiles`.
+
+        Returns
+        -------
+        ``(n, *out_shape)`` array: bit for bit the same for any batch size and thread count.
+        """
+        out = np.empty((len(x), *out_shape), dtype=dtype)
+
+        def task(group: TileGroup) -> Callable[[], None]:
             def run() -> None:
-                out[tile.position, tile.rows] = fn(x[tile.position, tile.rows], tile)
+                out[group.positions, group.rows] = fn(x[group.positions, group.rows], group)
 
             return run
 
-        keys = [int(k) for k in batch.image_index]
-        run_parallel(
-            [task(Tile(i, keys[i], t, rows)) for i in range(len(x)) for t, rows in enumerate(bands)]
-        )
+        run_parallel([task(g) for g in tile_groups(batch.image_index, out_shape)])
+        return out
+
+    def map_images(
+        self,
+        fn: Callable[[np.ndarray, Batch], np.ndarray],
+        x: np.ndarray,
+        batch: Batch,
+        out_shape: Sequence[int],
+        dtype: np.dtype | type,
+    ) -> np.ndarray:
+        """Map a batch through ``fn`` in groups of whole images (:func:`image_groups` of
+        the output), over :func:`worker_threads` threads.
+
+        For a stage whose every step treats each image on its own (a demosaic, a per-image
+        gain): ``fn(x_group, group_batch)`` gives the group's ``(k, *out_shape)`` output,
+        the same values as for the whole batch, so the result does not depend on the
+        batch size or the number of threads.
+        """
+        out = np.empty((len(x), *out_shape), dtype=dtype)
+
+        def task(images: slice) -> Callable[[], None]:
+            def run() -> None:
+                out[images] = fn(x[images], Batch(batch.image_index[images]))
+
+            return run
+
+        run_parallel([task(g) for g in image_groups(len(x), out_shape)])
         return out
 
     def pattern_rng(self, key: int = 0) -> np.random.Generator:

@@ -25,7 +25,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Tile, Unit, param
+from pipeline.stage import (
+    Batch,
+    SignalInfo,
+    Stage,
+    StageError,
+    StageParams,
+    TileGroup,
+    Unit,
+    param,
+)
 from sensors.curves import (
     CURVES,
     MAX_BITS,
@@ -351,17 +360,21 @@ class ADCStage(Stage):
         return info.evolve(unit=Unit.DN, dtype=dtype_for_bits(bits), attrs=attrs)
 
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
-        # per tile over the cores (Stage.map_tiles): a tile's float64 temporaries stay in cache
+        # per tile group over the cores (Stage.map_tile_groups): a band of a large image or
+        # several small images per call; the float64 temporaries stay in cache
         dtype = dtype_for_bits(self.params.bits)
-        return self.map_tiles(self._codes, x, batch, x.shape[1:], dtype)
+        return self.map_tile_groups(self._codes, x, batch, x.shape[1:], dtype)
 
-    def _codes(self, x: np.ndarray, tile: Tile) -> np.ndarray:
-        """Codes of one tile; temporal noise from the tile's generator (the image's own
-        generator when the image is one tile)."""
+    def _codes(self, x: np.ndarray, group: TileGroup) -> np.ndarray:
+        """Codes of one tile group (k images' bands); each image's temporal noise from its
+        tile's generator (the image's own generator when the image is one tile)."""
         p = self.params
         offset: float | np.ndarray = p.offset_lsb
         if p.noise_lsb > 0:
-            offset = p.offset_lsb + p.noise_lsb * self.tile_rng(tile).standard_normal(x.shape)
+            draws = np.empty(x.shape)
+            for j, tile in enumerate(group.tiles):
+                draws[j] = self.tile_rng(tile).standard_normal(x.shape[1:])
+            offset = p.offset_lsb + p.noise_lsb * draws
         try:
             return quantize(x, **self._transfer, offset_lsb=offset, transitions=self._transitions)
         except ValueError as exc:

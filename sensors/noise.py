@@ -89,7 +89,11 @@ def _tukey_variance(lam: float) -> float:
 
 
 def standard_draw(
-    dist: str, shape: float | None, size: tuple[int, ...], rng: np.random.Generator
+    dist: str,
+    shape: float | None,
+    size: tuple[int, ...],
+    rng: np.random.Generator,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw ``size`` values of ``dist`` scaled to zero mean and unit variance.
 
@@ -99,13 +103,28 @@ def standard_draw(
     shape : λ (tukey_lambda) or ν (student_t); None for gaussian.
     size : the output shape.
     rng : the generator (gaussian uses one ``standard_normal`` call, as before).
+    out : an optional float64 array of ``size`` to write the values into (the same
+        draws; gaussian then fills it without a copy).
 
     Returns
     -------
-    float64 array of ``size``.
+    float64 array of ``size`` (``out`` when given).
     """
     if dist == "gaussian":
+        if out is not None:
+            return rng.standard_normal(out=out)
         return rng.standard_normal(size)
+    draw = _scaled_draw(dist, shape, size, rng)
+    if out is None:
+        return draw
+    out[...] = draw
+    return out
+
+
+def _scaled_draw(
+    dist: str, shape: float | None, size: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """A unit-variance Student-t or Tukey-λ draw of ``size`` (see :func:`standard_draw`)."""
     scale = 1.0 / math.sqrt(variance(dist, shape))
     assert shape is not None
     if dist == "student_t":

@@ -264,7 +264,7 @@ def apply_psf(
                 for c in range(x.shape[3]):
                     out[i, ..., c] = _filter_image(x[i, ..., c], flipped[c], None, edge)
             else:
-                out[i] = _filter_image(x[i], flipped, None, edge).reshape(out[i].shape)
+                _filter_image(x[i], flipped, None, edge, out[i])
 
         _per_image(len(x), blur)
     return out[0] if squeeze else out
@@ -277,9 +277,17 @@ def _per_image(count: int, fn: Callable[[int], None]) -> None:
 
 
 def _filter_image(
-    image: np.ndarray, kernel2d: np.ndarray | None, kernel1d: np.ndarray | None, edge: EdgeMode
+    image: np.ndarray,
+    kernel2d: np.ndarray | None,
+    kernel1d: np.ndarray | None,
+    edge: EdgeMode,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One (H, W[, C]) image through cv2.filter2D or cv2.sepFilter2D with the edge mode."""
+    """One (H, W[, C]) image through cv2.filter2D or cv2.sepFilter2D with the edge mode.
+
+    ``out`` (optional, the image's shape and dtype, C-contiguous) receives the result:
+    OpenCV then writes into it, with no copy. Returns the result (``out`` when given).
+    """
     image = np.ascontiguousarray(image)
     if kernel1d is not None:
         ry = rx = len(kernel1d) // 2
@@ -290,12 +298,17 @@ def _filter_image(
     if crop:
         image = cv2.copyMakeBorder(image, ry, ry, rx, rx, cv2.BORDER_WRAP)
         border = cv2.BORDER_CONSTANT
+    dst = out if out is not None and not crop and out.shape == image.shape else None
     if kernel1d is not None:
-        out = cv2.sepFilter2D(image, -1, kernel1d, kernel1d, borderType=border)
+        res = cv2.sepFilter2D(image, -1, kernel1d, kernel1d, dst=dst, borderType=border)
     else:
-        out = cv2.filter2D(image, -1, kernel2d, borderType=border)
+        res = cv2.filter2D(image, -1, kernel2d, dst=dst, borderType=border)
     if crop:
-        out = out[ry : out.shape[0] - ry, rx : out.shape[1] - rx]
+        res = res[ry : res.shape[0] - ry, rx : res.shape[1] - rx]
+    if out is None:
+        return res
+    if res is not out:  # OpenCV allocated (a cropped or reshaped result): copy it in
+        out[...] = res.reshape(out.shape)
     return out
 
 
@@ -336,7 +349,7 @@ def separable_blur(
     out = np.empty_like(x)
 
     def blur(i: int) -> None:
-        out[i] = _filter_image(x[i], None, k1, edge).reshape(out[i].shape)
+        _filter_image(x[i], None, k1, edge, out[i])
 
     _per_image(len(x), blur)
     return out[0] if squeeze else out

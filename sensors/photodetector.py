@@ -67,7 +67,16 @@ import numpy as np
 from numpy.typing import ArrayLike
 from pydantic import Field
 
-from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Tile, Unit, param
+from pipeline.stage import (
+    Batch,
+    SignalInfo,
+    Stage,
+    StageError,
+    StageParams,
+    TileGroup,
+    Unit,
+    param,
+)
 from sensors import noise, spectral
 
 __all__ = [
@@ -254,6 +263,7 @@ def shot_noise(
     rng: np.random.Generator,
     *,
     poisson_gaussian_above: float | None = DEFAULT_POISSON_GAUSSIAN_ABOVE,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw Poisson counts of the given means (photon and dark-current shot noise).
 
@@ -263,18 +273,23 @@ def shot_noise(
     rng : the generator to draw from.
     poisson_gaussian_above : means above this are drawn from the Gaussian approximation
         ``N(λ, λ)`` (same mean and variance, continuous); ``None`` draws Poisson everywhere.
+    out : an optional float64 array of ``mean``'s shape to write the counts into (the
+        same draws; it saves a copy).
 
     Returns
     -------
-    float64 counts, same shape as ``mean``.
+    float64 counts, same shape as ``mean`` (``out`` when given).
     """
     lam = np.asarray(mean, dtype=np.float64)
+    if out is None:
+        out = np.empty(lam.shape)
     if poisson_gaussian_above is None or not lam.max(initial=0.0) > poisson_gaussian_above:
-        return rng.poisson(lam).astype(np.float64)
+        out[...] = rng.poisson(lam)
+        return out
     big = lam > poisson_gaussian_above
     if big.all():
-        return lam + np.sqrt(lam) * rng.standard_normal(lam.shape)
-    out = np.empty(lam.shape)
+        out[...] = lam + np.sqrt(lam) * rng.standard_normal(lam.shape)
+        return out
     out[~big] = rng.poisson(lam[~big])
     lam_big = lam[big]
     out[big] = lam_big + np.sqrt(lam_big) * rng.standard_normal(lam_big.shape)
@@ -591,51 +606,79 @@ class PhotodetectorStage(Stage):
         return None if offsets is None else np.broadcast_to(offsets, shape).copy()
 
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
-        # Per tile (a band of rows, the whole image up to TILE_ELEMENTS), over the cores:
-        # each tile's noise comes from its own generator, so the electrons do not depend
-        # on the batch size or the number of threads; a tile's float64 temporaries stay
-        # in cache, so the per-pixel steps below cost little more than one pass.
-        return self.map_tiles(self._electrons, x, batch, self._out_shape, self._dtype)
+        # Per tile group (a band of rows of a large image, or several small images up to
+        # TILE_ELEMENTS in all), over the cores: each tile's noise comes from its own
+        # generator, so the electrons do not depend on the batch size or the number of
+        # threads; a group's float64 temporaries stay in cache, and the steps between the
+        # draws run once per group, not once per small image.
+        return self.map_tile_groups(self._electrons, x, batch, self._out_shape, self._dtype)
 
-    def _electrons(self, photons: np.ndarray, tile: Tile) -> np.ndarray:
-        """Electrons of one tile from its photons, (rows, W, 3) or spectral (rows, W, B).
+    def _electrons(self, photons: np.ndarray, group: TileGroup) -> np.ndarray:
+        """Electrons of one tile group from its photons, (k, rows, W, 3) or spectral
+        (k, rows, W, B): k images' bands of the same rows.
 
-        Works in float64 (the stage's output dtype is applied when the tile is stored):
+        Works in float64 (the stage's output dtype is applied when the group is stored):
         the Poisson sampler takes float64 means, and the float64 read-noise draws and sums
         keep a single-tile image's electrons bit for bit what they were before tiles.
+        Each image's draws come from its tile's generator in the fixed order (shot, read,
+        row noise); every other step is element by element, so an image gets the same
+        electrons in any group.
         """
         p = self.params
-        rows = tile.rows
+        rows = group.rows
         # 1. the mean signal per photosite, before any noise: CFA, QE, gains, dark current
         if self._curves is not None:  # spectral: Σ_b QE(λ_b)·photons_b per channel
             photons = spectral.integrate_bands(photons, self._curves)
         dark_e = self._dark_e[rows] if np.ndim(self._dark_e) else self._dark_e
         lam = _mean_electrons(
-            photons[None], self._weights[rows], stacked=p.cfa == "stacked", dark_e=dark_e
-        )[0]
+            photons, self._weights[rows], stacked=p.cfa == "stacked", dark_e=dark_e
+        )
         if np.isnan(lam).any():
             raise StageError("photodetector input contains NaN")
-        # 2. temporal noise, always in this order: shot noise, read noise, row noise,
-        #    column noise (its own per-image stream)
-        temporal = p.shot_noise or p.read_noise_e > 0 or p.row_noise_e > 0
-        rng = self.tile_rng(tile) if temporal else None
-        e = (
-            shot_noise(lam, rng, poisson_gaussian_above=p.poisson_gaussian_above)
-            if p.shot_noise
-            else lam
-        )
+        # 2. temporal noise, always in this order per tile: shot noise, read noise, row
+        #    noise; then column noise (its own per-image stream)
+        e, read, row = self._temporal_draws(lam, group)
         if self._dsnu is not None:
             e += self._dsnu[rows]
         np.minimum(e, p.full_well_e, out=e)
-        if p.read_noise_e > 0:
-            read = noise.standard_draw(p.read_noise_dist, p.read_noise_shape, e.shape, rng)
+        if read is not None:
             read *= p.read_noise_e
             e += read
-        if p.row_noise_e > 0:
-            e += p.row_noise_e * rng.standard_normal((e.shape[0], 1, *e.shape[2:]))
-        if p.col_noise_e > 0:  # the image's column values, the same in every tile
-            line = self.image_line_rng(tile.image_key, COL_NOISE_TAG)
-            e += p.col_noise_e * line.standard_normal((1, *e.shape[1:]))
+        if row is not None:
+            e += p.row_noise_e * row
+        if p.col_noise_e > 0:  # each image's column values, the same in every tile
+            col = np.empty((len(e), 1, *e.shape[2:]))
+            for j, tile in enumerate(group.tiles):
+                line = self.image_line_rng(tile.image_key, COL_NOISE_TAG)
+                col[j] = line.standard_normal(col.shape[1:])
+            e += p.col_noise_e * col
         if self._offsets is not None:
             e += self._offsets[rows]
         return e
+
+    def _temporal_draws(
+        self, lam: np.ndarray, group: TileGroup
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Each tile's draws from its generator: (charge, read noise, row noise).
+
+        The charge is the shot-noise counts (float64), or ``lam`` itself without shot
+        noise; read noise is unit-variance (:func:`sensors.noise.standard_draw`), row
+        noise standard normal, one per row; None where the parameter is 0.
+        """
+        p = self.params
+        e = np.empty_like(lam) if p.shot_noise else lam
+        read = np.empty_like(lam) if p.read_noise_e > 0 else None
+        row = np.empty((*lam.shape[:2], 1, *lam.shape[3:])) if p.row_noise_e > 0 else None
+        if not (p.shot_noise or read is not None or row is not None):
+            return e, read, row
+        for j, tile in enumerate(group.tiles):
+            rng = self.tile_rng(tile)
+            if p.shot_noise:
+                shot_noise(lam[j], rng, poisson_gaussian_above=p.poisson_gaussian_above, out=e[j])
+            if read is not None:
+                noise.standard_draw(
+                    p.read_noise_dist, p.read_noise_shape, read.shape[1:], rng, read[j]
+                )
+            if row is not None:
+                row[j] = rng.standard_normal(row.shape[1:])
+        return e, read, row

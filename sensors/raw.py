@@ -501,6 +501,7 @@ class RawStage(Stage):
             self._scale = np.float32(1.0 / span)
         self._check_colour_layout()
         channels = self._output_channels(shape)
+        self._out_shape = (height, width, channels)
         out_attrs = {
             "black_level_dn": self._black,
             "white_level_dn": self._white,
@@ -681,6 +682,12 @@ class RawStage(Stage):
         return 3
 
     def process(self, x: np.ndarray, batch: Batch) -> np.ndarray:
+        # groups of whole images over the cores: every step below treats each image on its
+        # own (demosaic, per-image gains), so the groups do not change any value
+        return self.map_images(self._rgb, x, batch, self._out_shape, np.float32)
+
+    def _rgb(self, x: np.ndarray, batch: Batch) -> np.ndarray:
+        """The CNN's input for a group of images: normalise, balance, demosaic, encode."""
         p = self.params
         if self._layout != "stacked" and x.ndim == 4:
             x = x[..., 0]

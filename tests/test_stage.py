@@ -110,6 +110,54 @@ def test_tile_rows_cover_every_row_once_within_the_tile_size():
         assert all((b.stop - b.start) * per_row <= max(TILE_ELEMENTS, per_row) for b in bands)
 
 
+def test_tile_groups_hold_every_tile_once_and_pack_small_images(monkeypatch):
+    import pipeline.stage
+    from pipeline.stage import image_groups, tile_groups, tile_rows
+
+    monkeypatch.setattr(pipeline.stage, "TILE_ELEMENTS", 1000)
+    keys = [40, 3, 7, 9, 11, 12, 13]
+    small = tile_groups(keys, (10, 30))  # 300 elements: three images per group
+    assert [g.positions for g in small] == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert [t.image_key for g in small for t in g.tiles] == keys
+    assert all(t.number == 0 and t.rows == slice(0, 10) for g in small for t in g.tiles)
+    assert [t.position for g in small for t in g.tiles] == list(range(7))
+    large = tile_groups(keys[:2], (50, 30))  # 1500 elements: bands of 33 rows
+    bands = tile_rows((50, 30))
+    assert len(bands) == 2
+    assert [(g.positions, g.rows) for g in large] == [
+        (slice(i, i + 1), rows) for i in range(2) for rows in bands
+    ]
+    assert [(t.image_key, t.number) for g in large for t in g.tiles] == [
+        (40, 0),
+        (40, 1),
+        (3, 0),
+        (3, 1),
+    ]
+    assert image_groups(7, (50, 30)) == [slice(i, i + 1) for i in range(7)]
+    assert image_groups(7, (10, 30)) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_map_images_gives_the_whole_batch_result(monkeypatch, threads):
+    import pipeline.stage
+    from pipeline.stage import THREADS_ENV, Batch
+
+    monkeypatch.setattr(pipeline.stage, "TILE_ELEMENTS", 40)
+    monkeypatch.setenv(THREADS_ENV, threads)
+    x = np.arange(9 * 4 * 5, dtype=np.float32).reshape(9, 4, 5)
+    seen = []
+
+    def per_image_sum(group, batch):  # each image's own sum: exact in any grouping
+        seen.append(batch.image_index.tolist())
+        return group * 2 + group.sum(axis=(1, 2), keepdims=True)
+
+    stage = ToyShot(seed=1)
+    index = np.arange(100, 109)
+    out = stage.map_images(per_image_sum, x, Batch(index), (4, 5), np.float32)
+    np.testing.assert_array_equal(out, per_image_sum(x, Batch(index)))
+    assert sorted(seen[:-1]) == [[100, 101], [102, 103], [104, 105], [106, 107], [108]]
+
+
 def test_tile_zero_draws_the_image_stream_and_later_tiles_their_own():
     from pipeline.stage import Tile
 

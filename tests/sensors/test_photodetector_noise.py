@@ -19,7 +19,7 @@ from scipy import stats
 import pipeline.stage
 from pipeline.stage import Batch, SignalInfo, StageError, Unit
 from sensors import noise
-from sensors.photodetector import PhotodetectorStage
+from sensors.photodetector import PhotodetectorStage, shot_noise
 
 ALPHA = 1e-4
 QUIET = {
@@ -94,6 +94,29 @@ def test_read_noise_follows_the_distribution_scaled_to_read_noise_e(dist, shape,
     assert np.var(values) == pytest.approx(read_e**2, rel=5 * rel_sd)
     if dist != "gaussian":  # the heavy tails are visible: a Gaussian of the same rms fails
         assert stats.kstest(values / read_e, stats.norm.cdf).pvalue < ALPHA
+
+
+@pytest.mark.parametrize(
+    ("dist", "shape"), [("gaussian", None), ("tukey_lambda", -0.2), ("student_t", 5.0)]
+)
+def test_a_draw_into_out_is_the_same_draw(dist, shape):
+    """``out=`` only saves a copy: the same values, and the generator left in the same state."""
+    a, b = np.random.default_rng(4), np.random.default_rng(4)
+    out = np.empty((3, 5))
+    got = noise.standard_draw(dist, shape, (3, 5), a, out)
+    assert got is out
+    np.testing.assert_array_equal(out, noise.standard_draw(dist, shape, (3, 5), b))
+    assert a.random() == b.random()
+
+
+@pytest.mark.parametrize("above", [None, 50.0])  # Poisson only; Poisson and N(λ, λ)
+def test_shot_noise_into_out_is_the_same_draw(above):
+    lam = np.linspace(0.0, 100.0, 24).reshape(4, 6)
+    a, b = np.random.default_rng(8), np.random.default_rng(8)
+    out = np.empty(lam.shape)
+    assert shot_noise(lam, a, poisson_gaussian_above=above, out=out) is out
+    np.testing.assert_array_equal(out, shot_noise(lam, b, poisson_gaussian_above=above))
+    assert a.random() == b.random()
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from sensors.adc import ADCStage
 from sensors.curves import quantize
 from sensors.optics import OpticsStage
 from sensors.photodetector import PhotodetectorStage, expected_electrons
+from sensors.raw import RawStage
 
 H, W = 24, 20
 NOISY = {
@@ -150,3 +151,26 @@ def test_column_noise_is_the_same_in_every_tile_of_an_image(monkeypatch):
     e = runs[0]
     assert np.array_equal(e, np.broadcast_to(e[:, :1], e.shape))  # constant down columns
     assert not np.array_equal(e[0, 0], e[1, 0])
+
+
+@pytest.mark.parametrize("raw", [{"demosaic": "bilinear"}, {"white_balance": "gray_world"}])
+def test_raw_gives_the_same_rgb_for_batch_sizes_and_threads(monkeypatch, raw):
+    """The raw stage runs groups of whole images on the threads (several groups per batch
+    here): per-image steps (demosaic, auto gain, gray-world gains) see one image at a time."""
+    monkeypatch.setattr(pipeline.stage, "TILE_ELEMENTS", 3 * H * W * 3)
+    pd_stage, adc_stage, info = _chain()
+    raw_stage = RawStage(RawStage.Params(auto_gain=True, **raw), index=2)
+    raw_stage.setup(info)
+    photons, index = _photons(20), np.arange(20)
+    _, codes = _run((pd_stage, adc_stage, info), photons, index, 20)
+    runs = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv(THREADS_ENV, threads)
+        for size in (1, 7, 20):
+            parts = [
+                raw_stage.process(codes[lo : lo + size], Batch(index[lo : lo + size]))
+                for lo in range(0, 20, size)
+            ]
+            runs.append(np.concatenate(parts))
+    for rgb in runs[1:]:
+        assert np.array_equal(rgb, runs[0])
