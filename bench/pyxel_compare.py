@@ -18,8 +18,10 @@ for bit):
 - Pyxel's PSF fills beyond the border with the frame's mean; sensorlab reflects.
 - Pyxel's ADC truncates ``e · 4095 / 10 000``; sensorlab puts the pedestal at the centre
   of code 0 (``floor(e · 4096 / full_scale + ½)``, full well at the centre of the top code).
-- sensorlab's photodetector takes R, G, B planes: the frame goes in as three thirds,
-  which the mono sensor sums (so its optics blurs three planes; Pyxel blurs one).
+- Both blur one plane: the frame goes in as one plane of all the light (what a scene
+  with ``channels: gray`` gives) into the ``mono`` photodetector. ``--planes 3`` feeds it
+  as three thirds (R, G, B) instead, which the mono sensor sums: the same mean electrons,
+  three blurs.
 
 Both run as interleaved pairs (bench/common.py); it prints each side's median, the median
 of the pairs' ratios (target ≥ 20×), the median time of each sensorlab stage and of each
@@ -51,7 +53,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import add_blas_env, apply_blas_env, interleaved, load_line, print_header
-from bench.sensor_chain import format_times, opencv_line, run_chain, scene, stage_times
+from bench.sensor_chain import (
+    EXPOSURE_S,
+    ceiling_lines,
+    format_times,
+    opencv_line,
+    run_chain,
+    sampler_floor_s,
+    scene,
+    stage_times,
+)
 from pipeline.stage import SignalInfo, Stage, Unit
 from sensors.adc import ADCStage
 from sensors.optics import OpticsStage
@@ -119,8 +130,9 @@ pipeline:
 """
 
 
-def build_chain(size: int) -> list[Stage]:
-    """sensorlab's stages for the exposure, set up for (size, size) photon planes."""
+def build_chain(size: int, planes: int = 1) -> list[Stage]:
+    """sensorlab's stages for the exposure, set up for ``planes`` (1 or 3) photon planes of
+    (size, size)."""
     stages: list[Stage] = [
         OpticsStage(
             OpticsStage.Params(psf="gaussian_point", sigma_px=SIGMA_PX, psf_radius_px=RADIUS_PX),
@@ -140,7 +152,7 @@ def build_chain(size: int) -> list[Stage]:
         ),
         ADCStage(ADCStage.Params(bits=BITS, black_level_dn=0), index=2),
     ]
-    info = SignalInfo(Unit.PHOTONS, (size, size, 3), np.float32, {"exposure_s": 0.01})
+    info = SignalInfo(Unit.PHOTONS, (size, size, planes), np.float32, {"exposure_s": EXPOSURE_S})
     for stage in stages:
         info = stage.setup(info)
     return stages
@@ -169,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=7, help="interleaved pairs")
     parser.add_argument("--size", type=int, default=2048, help="frame side, px")
+    parser.add_argument(
+        "--planes",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="photon planes into the mono sensor: 1 (all the light) or 3 (R, G, B thirds)",
+    )
     add_blas_env(parser)
     args = parser.parse_args(argv)
     apply_blas_env(args.blas_env)
@@ -180,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     print_header([opencv_line(), f"pyxel {pyxel.__version__}"])
     size = args.size
     frame = scene(1, size, size)[0, ..., 1].astype(np.float64)  # one plane, mean ≈ 1000
-    planes = np.repeat((frame / 3.0).astype(np.float32)[None, ..., None], 3, axis=-1)
-    stages = build_chain(size)
+    if args.planes == 1:
+        planes = frame.astype(np.float32)[None, ..., None]
+    else:
+        planes = np.repeat((frame / 3.0).astype(np.float32)[None, ..., None], 3, axis=-1)
+    stages = build_chain(size, args.planes)
     with tempfile.TemporaryDirectory() as tmp:
         photons_path, psf_path = Path(tmp) / "photons.npy", Path(tmp) / "psf.npy"
         np.save(photons_path, frame)
@@ -206,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         print("  sensorlab per stage: " + format_times(stage_times(stages, planes, repeats)))
         models = pyxel_model_times(config, repeats)
         print("  pyxel per model:     " + format_times(models))
+        for line in ceiling_lines(
+            timed, sampler_floor_s(stages, planes, repeats), "pyxel", size * size
+        ):
+            print(line)
         pyxel_codes = np.asarray(tree["bucket"]["image"]).reshape(size, size)
     inner = (slice(RADIUS_PX, -RADIUS_PX),) * 2  # the borders differ by design
     describe("pyxel     codes (inner)", pyxel_codes[inner])

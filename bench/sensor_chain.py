@@ -36,14 +36,22 @@ import scipy.ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import add_blas_env, apply_blas_env, interleaved, load_line, print_header
-from pipeline.stage import Batch, SignalInfo, Stage, Unit
+from bench.common import (
+    Pairs,
+    add_blas_env,
+    apply_blas_env,
+    interleaved,
+    load_line,
+    print_header,
+)
+from pipeline.stage import Batch, SignalInfo, Stage, Unit, worker_threads
 from sensors.adc import ADCStage
 from sensors.optics import OpticsStage
-from sensors.photodetector import PhotodetectorStage
+from sensors.photodetector import PhotodetectorStage, expected_electrons
 from sensors.raw import RawStage
 
 SIGMA_PX = 0.7
+EXPOSURE_S = 0.01  # the benchmarks' exposure (the dark current integrates over it)
 SEED = 0
 TARGET_RATIO = 3.0  # issue 14: ≥ 3× the reference at both sizes
 
@@ -61,7 +69,7 @@ def build_chain(shape: tuple[int, int], *, seed: int = SEED) -> list[Stage]:
         ADCStage(ADCStage.Params(bits=10), seed=seed, index=2),
         RawStage(RawStage.Params(demosaic="bilinear"), seed=seed, index=3),
     ]
-    info = SignalInfo(Unit.PHOTONS, (*shape, 3), np.float32, {"exposure_s": 0.01})
+    info = SignalInfo(Unit.PHOTONS, (*shape, 3), np.float32, {"exposure_s": EXPOSURE_S})
     for stage in stages:
         info = stage.setup(info)
     return stages
@@ -188,6 +196,60 @@ def reference_steps(reference: Reference, photons: np.ndarray, repeats: int) -> 
     return {name: statistics.median(r[name] for r in runs) for name in runs[0]}
 
 
+def sampler_floor_s(stages: list[Stage], photons: np.ndarray, repeats: int) -> float:
+    """Median CPU seconds (one thread) of the photodetector's draws alone.
+
+    Each image's generator, its Poisson counts of the stage's mean electrons and its
+    read-noise normals: what any implementation drawing the same streams with NumPy's
+    samplers must spend, whatever it does around them.
+    """
+    batch = Batch(np.arange(len(photons)))
+    x = photons
+    for stage in stages:
+        if isinstance(stage, PhotodetectorStage):
+            break
+        x = stage.process(x, batch)
+    p = stage.params
+    lam = expected_electrons(
+        x,
+        p.cfa,
+        qe=p.qe,
+        qe_w=p.qe_w,
+        dark_current_e_per_s=p.dark_current_e_per_s,
+        exposure_s=EXPOSURE_S,
+    )
+    times = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        for i, rng in enumerate(stage.image_rngs(batch.image_index)):
+            rng.poisson(lam[i])
+            if p.read_noise_e > 0:
+                rng.standard_normal(lam[i].shape)
+        times.append(time.thread_time() - start)
+    return statistics.median(times)
+
+
+def ceiling_lines(timed: Pairs, floor_s: float, theirs: str, pixels: int) -> list[str]:
+    """The bound the samplers put on the ratio, from the same run's figures.
+
+    On one core the ratio cannot pass (their CPU time) / (the draws' CPU time); sensorlab
+    spreads its draws over its threads, so with c cores at work the bound is c times that.
+    """
+    their_cpu_s = float(np.median(timed.theirs_cpu_s))
+    cores = float(np.median(timed.ours_cpu_s / timed.ours_s))
+    one_core = their_cpu_s / floor_s
+    threads = worker_threads()
+    return [
+        f"  ceiling: NumPy's Poisson + normal draws alone take {1e3 * floor_s:.1f} ms CPU "
+        f"({1e9 * floor_s / pixels:.0f} ns/px, one thread); {theirs} took "
+        f"{1e3 * their_cpu_s:.1f} ms CPU, so on one core no chain drawing these streams "
+        f"passes {one_core:.2f}×",
+        f"  ceiling: sensorlab's {threads} threads had {cores:.2f} cores at work on average "
+        f"(CPU / wall time), a bound of {one_core * cores:.2f}× here and "
+        f"{one_core * threads:.2f}× with {threads} free cores",
+    ]
+
+
 def format_times(times: dict[str, float]) -> str:
     total = sum(times.values())
     return ", ".join(f"{k} {1e3 * v:.0f} ms ({100 * v / total:.0f} %)" for k, v in times.items())
@@ -238,6 +300,10 @@ def bench_case(n: int, h: int, w: int, pairs: int) -> float:
     repeats = max(3, pairs // 2)
     print("  sensorlab per stage: " + format_times(stage_times(stages, photons, repeats)))
     print("  reference per step:  " + format_times(reference_steps(reference, photons, repeats)))
+    for line in ceiling_lines(
+        timed, sampler_floor_s(stages, photons, repeats), "reference", n * h * w
+    ):
+        print(line)
     d_mean, d_var = compare_statistics(ours_out, ref_out, "frames")
     assert d_mean < 0.01 and d_var < 0.02, "chain and reference statistics disagree"
     return timed.ratio

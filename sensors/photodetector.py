@@ -38,7 +38,9 @@ repeated over the array (Bayer in its four phases, RGBW, mono); a ``stacked`` se
 (three layers, like a Foveon X3) detects all three channels at every pixel (each layer
 with its own row and column patterns). A ``W`` (panchromatic) pixel has no colour
 filter: it collects the photons of all three channels, ``λ = QE_W · (R + G + B)``; a
-``mono`` sensor is all W pixels.
+``mono`` sensor is all W pixels. A ``mono`` sensor also takes one (H, W, 1) plane that
+already holds ``R + G + B`` (a scene with ``channels: gray``): ``λ = QE_W · photons``,
+the same mean without the three planes' optics and sums.
 
 Spectral input (the scene's ``spectral`` attr: photons per band at ``wavelength_nm``):
 each photosite's channel has a spectral QE curve (``qe_curves``: Gaussian filters,
@@ -213,7 +215,8 @@ def expected_electrons(
 
     Parameters
     ----------
-    photons : ``(N, H, W, 3)`` mean photons per pixel and channel during the exposure.
+    photons : ``(N, H, W, 3)`` mean photons per pixel and channel during the exposure, or
+        ``(N, H, W, 1)`` all the light in one plane (for ``mono``).
     cfa, qe, qe_w : see :func:`cfa_weights`.
     dark_current_e_per_s : mean dark current in e⁻/s.
     exposure_s : exposure time in s.
@@ -226,6 +229,8 @@ def expected_electrons(
     negative photon values (e.g. optics ringing) count as zero light.
     """
     photons = np.asarray(photons)
+    if photons.shape[-1] == 1 and cfa != "mono":
+        raise ValueError(f"one photon plane has no colours for cfa {cfa}: use cfa mono")
     weights = cfa_weights(cfa, photons.shape[1:3], qe=qe, qe_w=qe_w)
     if prnu_gain is not None:
         gain = np.asarray(prnu_gain, dtype=np.float64)
@@ -243,6 +248,8 @@ def _mean_electrons(
     # noisy signal, at a third of the cost (and a mosaic stays a mosaic).
     if stacked:
         lam = np.multiply(photons, weights, dtype=np.float64)
+    elif photons.shape[-1] == 1:  # one plane of all the light into panchromatic pixels
+        lam = np.multiply(photons[..., 0], weights[..., 0], dtype=np.float64)
     else:
         # Σ_c photons·w, summed as (R + B) + G: the order of the np.einsum this replaced
         # (3× slower), so a W pixel's mean keeps its last bit; a colour pixel has a single
@@ -391,7 +398,8 @@ def _exposure_s(own_s: float | None, scene_s: float | None) -> float:
 
 # -- the stage -------------------------------------------------------------------------
 class PhotodetectorStage(Stage):
-    """The photodetector array: photons ``(N, H, W, 3)`` → electrons.
+    """The photodetector array: photons ``(N, H, W, 3)`` (or one plane ``(N, H, W, 1)``
+    for ``mono``) → electrons.
 
     Output: ``(N, H, W)`` for a mosaic CFA, ``(N, H, W, 3)`` for ``stacked``, in
     ``output_dtype`` (float32 by default: exact to < 0.01 e⁻ up to 1e5 e⁻, the ADC then
@@ -509,8 +517,18 @@ class PhotodetectorStage(Stage):
         if info.unit != Unit.PHOTONS:
             raise StageError(f"photodetector takes photons, got {info.unit}")
         is_spectral = bool(info.attr("spectral", False))
-        if len(info.shape) != 3 or (info.shape[2] != 3 and not is_spectral):
-            raise StageError(f"photodetector takes (H, W, 3) photons (R, G, B), got {info.shape}")
+        if len(info.shape) != 3 or (info.shape[2] not in (1, 3) and not is_spectral):
+            raise StageError(
+                "photodetector takes (H, W, 3) photons (R, G, B), or one (H, W, 1) plane "
+                f"for cfa: mono, got {info.shape}"
+            )
+        one_band = info.shape[2] == 1 and not is_spectral
+        if one_band and p.cfa != "mono":
+            raise StageError(
+                f"one photon plane (a gray scene) has no colours for cfa {p.cfa}: use "
+                "cfa: mono, or a scene with channels: rgb",
+                key="cfa",
+            )
         bands = len(info.attr("wavelength_nm") or ())
         if is_spectral and bands != info.shape[2]:
             raise StageError(
@@ -534,6 +552,8 @@ class PhotodetectorStage(Stage):
             dsnu_rng=self.pattern_rng(DSNU_TAG),
         )
         self._weights = cfa_weights(p.cfa, (h, w), qe=p.qe, qe_w=p.qe_w)
+        if one_band:  # a mono sensor's weight per photon of the one plane
+            self._weights = self._weights[..., :1].copy()
         self._curves = None  # spectral input: (K, B) QE curves, K = 4 (mosaic) or 3
         if is_spectral:
             self._curves = self._qe_curves(info.attr("wavelength_nm"), stacked)

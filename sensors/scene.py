@@ -21,6 +21,15 @@ sends the same photon count in R, G and B. In lux mode the camera equation gives
 photons of all the light; ``band_fractions`` (default a third each) shares them among
 the R, G and B bands, so R + G + B is what the camera equation allows.
 
+A gray scene (``channels: gray``) gives one plane instead of three: the photons of all
+the light, R + G + B of the RGB scene (a grey input image's ``g`` gives ``3·g`` times one
+channel's level; a colour image the sum of its three channels, in lux mode weighted by
+``band_fractions``), for a panchromatic ``mono`` photodetector, which then collects the
+same mean photons as from the three RGB planes, at a third of the optics' and the
+photodetector's cost. ``mean_photons`` fixes the mean of that plane divided by 3 (the
+mean per RGB channel, as in spectral mode); its one wavelength (for the optics' Airy
+PSF) is ``photon_wavelength_nm``.
+
 Spectral scenes (``spectral``, default ``off``: the three RGB channels above) give
 photons per band on a wavelength grid (``band_range_nm``, default 400–700 nm in 10 nm
 steps, or ``bands_nm``), (N, H, W, B), with the ``spectral`` attr set:
@@ -190,7 +199,8 @@ MAX_PHOTONS_PER_PX = 1e12
 
 
 class SceneStage(Stage):
-    """Dataset images → linear photons per sensor pixel per exposure, (N, H, W, 3) float32."""
+    """Dataset images → linear photons per sensor pixel per exposure, (N, H, W, 3) float32
+    (``channels: gray``: (N, H, W, 1); spectral: (N, H, W, B))."""
 
     name = "scene"
     kind = "scene"
@@ -260,6 +270,11 @@ class SceneStage(Stage):
             doc="Sensor pixels per image pixel along each axis (area-preserving upsampling).",
             ge=1,
             le=16,
+        )
+        channels: Literal["rgb", "gray"] = param(
+            "rgb",
+            doc="Photon planes: rgb (R, G, B bands) or gray (one plane of all the light, "
+            "R + G + B, for a mono photodetector; its wavelength is photon_wavelength_nm).",
         )
         spectral: Literal["off", "recover", "colorchecker", "cube"] = param(
             "off",
@@ -377,6 +392,15 @@ class SceneStage(Stage):
             attrs["photons_at_white"] = self._photons_per_sensor_px
         channels, self._channel_scale = 3, 1.0
         self._recovery = self._chart = self._cube = None
+        if p.channels == "gray":
+            if p.spectral != "off":
+                raise StageError(
+                    "a gray scene is one band of all the light; a spectral scene has its "
+                    "own bands: use channels: rgb with spectral",
+                    key="channels",
+                )
+            channels, self._channel_scale = 1, 1.0 / 3.0  # the mean of R + G + B, over 3
+            attrs["wavelength_nm"] = (float(p.photon_wavelength_nm),)
         if p.spectral == "off":
             self._refuse_spectral_keys()
         else:
@@ -487,7 +511,9 @@ class SceneStage(Stage):
             linear = decode_image(x, encoding=self._transfer)
             if linear.ndim == 3:
                 linear = linear[..., None]
-            if linear.shape[-1] == 1:
+            if self.params.channels == "gray":
+                linear = self._one_band(linear)
+            elif linear.shape[-1] == 1:
                 linear = np.repeat(linear, 3, axis=-1)
             if self._recovery is not None:  # reflectance per band × the white's photons
                 linear = self._recovery(linear)
@@ -503,9 +529,23 @@ class SceneStage(Stage):
             linear *= scale.astype(np.float32)[:, None, None, None]
         else:
             linear *= np.float32(per_image_px)
-            if self._mode == "illuminance_lux" and self.params.spectral == "off":
+            lux_rgb = self.params.spectral == "off" and self.params.channels == "rgb"
+            if self._mode == "illuminance_lux" and lux_rgb:
                 linear *= self._band_weights
         return upsample_photons(linear, k)
+
+    def _one_band(self, linear: np.ndarray) -> np.ndarray:
+        """A gray scene's one plane (N, H, W, 1): R + G + B of the linear values (lux mode:
+        weighted by 3 × band_fractions), so it holds the three RGB channels' photons."""
+        weights = np.ones(3, np.float32)
+        if self._mode == "illuminance_lux":
+            weights = self._band_weights
+        if linear.shape[-1] == 1:  # a grey image: the same value in every band
+            return linear * weights.sum(dtype=np.float32)
+        band = linear[..., 0] * weights[0]
+        band += linear[..., 1] * weights[1]
+        band += linear[..., 2] * weights[2]
+        return band[..., None]
 
     def _stored_spectra(self, batch: Batch) -> np.ndarray:
         """The chart, or the cube's scenes, as relative photons per band (n, H, W, B)."""

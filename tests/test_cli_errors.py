@@ -293,6 +293,16 @@ def test_exposure_set_on_the_scene_reaches_the_photodetector(tmp_path):
     assert pd["attrs"]["exposure_s"] == 0.033
 
 
+def test_a_gray_scene_into_a_colour_filter_array_is_refused_in_one_line(tmp_path):
+    path = _default_config(tmp_path, scene={"channels": "gray"})
+    _assert_user_error(
+        sensorlab("run", path, cwd=tmp_path),
+        tmp_path,
+        "cfg.yaml: sensor[2].photodetector.cfa: one photon plane (a gray scene) has no "
+        "colours for cfa RGGB: use cfa: mono",
+    )
+
+
 def test_absurd_psf_size_is_refused_in_one_line(tmp_path):
     proc = sensorlab(
         "run", _default_config(tmp_path), "--set", "sensor.optics.sigma_px=1e6", cwd=tmp_path
