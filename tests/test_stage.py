@@ -158,6 +158,29 @@ def test_map_images_gives_the_whole_batch_result(monkeypatch, threads):
     assert sorted(seen[:-1]) == [[100, 101], [102, 103], [104, 105], [106, 107], [108]]
 
 
+@pytest.mark.parametrize("tile_elements", [12, 1000])  # bands of 2 rows; whole images
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_map_tiles_calls_fn_once_per_tile_with_its_own_stream(monkeypatch, threads, tile_elements):
+    import pipeline.stage
+    from pipeline.stage import THREADS_ENV, Batch, tile_rows
+
+    monkeypatch.setattr(pipeline.stage, "TILE_ELEMENTS", tile_elements)
+    monkeypatch.setenv(THREADS_ENV, threads)
+    stage = ToyShot(seed=2)
+    x = np.arange(5 * 6 * 6, dtype=np.float64).reshape(5, 6, 6)
+    index = np.array([9, 4, 7, 1, 3])
+
+    def noisy(tile_x, tile):
+        return tile_x + stage.tile_rng(tile).standard_normal(tile_x.shape)
+
+    out = stage.map_tiles(noisy, x, Batch(index), (6, 6), np.float32)
+    assert out.dtype == np.float32
+    for i, key in enumerate(index):
+        for t, rows in enumerate(tile_rows((6, 6))):
+            tile = pipeline.stage.Tile(i, int(key), t, rows)
+            np.testing.assert_array_equal(out[i, rows], noisy(x[i, rows], tile).astype(np.float32))
+
+
 def test_tile_zero_draws_the_image_stream_and_later_tiles_their_own():
     from pipeline.stage import Tile
 
