@@ -204,11 +204,11 @@ def sampler_floor_s(stages: list[Stage], photons: np.ndarray, repeats: int) -> f
     samplers must spend, whatever it does around them.
     """
     batch = Batch(np.arange(len(photons)))
+    at = next(i for i, s in enumerate(stages) if isinstance(s, PhotodetectorStage))
     x = photons
-    for stage in stages:
-        if isinstance(stage, PhotodetectorStage):
-            break
+    for stage in stages[:at]:
         x = stage.process(x, batch)
+    stage = stages[at]
     p = stage.params
     lam = expected_electrons(
         x,
