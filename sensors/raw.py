@@ -209,16 +209,23 @@ class _BilinearDemosaic:
         # At measured pixels keep the value; elsewhere divide by the weight of the samples.
         self.fill = np.where(self.masks > 0, 0.0, 1.0 / np.maximum(weights, 1e-12)).astype(dtype)
 
-    def _filter(self, planes: np.ndarray) -> np.ndarray:
-        return cv2.sepFilter2D(
-            planes, -1, self.kernel_x, self.kernel_y, borderType=_DEMOSAIC_BORDER
-        ).reshape(planes.shape)
+    def _filter(self, planes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The tent filter of one image's (H, W, 3) planes, written into ``out`` if given
+        (OpenCV fills it in place: no copy)."""
+        res = cv2.sepFilter2D(
+            planes, -1, self.kernel_x, self.kernel_y, dst=out, borderType=_DEMOSAIC_BORDER
+        )
+        if out is None:
+            return res.reshape(planes.shape)
+        if res is not out:  # OpenCV allocated after all
+            out[...] = res.reshape(out.shape)
+        return out
 
     def __call__(self, mosaic: np.ndarray) -> np.ndarray:
         planes = mosaic[..., None] * self.masks
         out = np.empty_like(planes)
         for i in range(planes.shape[0]):
-            out[i] = self._filter(planes[i])
+            self._filter(planes[i], out[i])
         out *= self.fill
         out += planes
         return out
