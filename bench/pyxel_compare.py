@@ -55,13 +55,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_blas_env, apply_blas_env, interleaved, load_line, print_header
 from bench.sensor_chain import (
     EXPOSURE_S,
-    ceiling_lines,
+    Ceiling,
     format_times,
     opencv_line,
     run_chain,
     sampler_floor_s,
     scene,
     stage_times,
+    verdict,
 )
 from pipeline.stage import SignalInfo, Stage, Unit
 from sensors.adc import ADCStage
@@ -228,16 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         print("  sensorlab per stage: " + format_times(stage_times(stages, planes, repeats)))
         models = pyxel_model_times(config, repeats)
         print("  pyxel per model:     " + format_times(models))
-        for line in ceiling_lines(
-            timed, sampler_floor_s(stages, planes, repeats), "pyxel", size * size
-        ):
+        ceiling = Ceiling.of(timed, sampler_floor_s(stages, planes, repeats))
+        for line in ceiling.lines("pyxel", size * size):
             print(line)
         pyxel_codes = np.asarray(tree["bucket"]["image"]).reshape(size, size)
     inner = (slice(RADIUS_PX, -RADIUS_PX),) * 2  # the borders differ by design
     describe("pyxel     codes (inner)", pyxel_codes[inner])
     describe("sensorlab codes (inner)", ours[0][inner])
-    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    print(f"ratio to pyxel: {ratio:.1f}× ({verdict} {TARGET_RATIO:.0f}×)")
+    print(f"ratio to pyxel: {ratio:.1f}× ({verdict([ratio], [ceiling.here], TARGET_RATIO)})")
     print(load_line())
     return 0
 
