@@ -9,7 +9,9 @@
   RGGB and RGBW, the luminance figures of the mono sensor's grey output), and what a
   CCM that also took the W pixels could reach;
 * ``plot``: accuracy against light from the sweep's results (spectral-cfa.csv);
-* ``samples``: one test image as each trained model sees it (from the sweep folder).
+* ``samples``: one test image as each trained model sees it (from the sweep folder);
+* ``shape_colour_table``: each cell's accuracy split into shape right and colour right
+  (from the cells' confusion matrices): what a mono sensor keeps and what it cannot see.
 
 Usage (from the repository root)::
 
@@ -252,6 +254,54 @@ def plot(results: Path, png: Path) -> None:
     plt.close(fig)
 
 
+def shape_and_colour(confusion: np.ndarray, class_names: list[str]) -> dict[str, int]:
+    """Split a procedural confusion matrix (classes ``<colour>_<shape>``) into how many
+    images got the shape right and how many got the colour right, whatever the other.
+
+    Returns
+    -------
+    ``{"n", "shape_correct", "colour_correct"}``.
+    """
+    m = np.asarray(confusion)
+    colour = np.array([name.split("_", 1)[0] for name in class_names])
+    shape = np.array([name.split("_", 1)[1] for name in class_names])
+    return {
+        "n": int(m.sum()),
+        "shape_correct": int(m[shape[:, None] == shape[None, :]].sum()),
+        "colour_correct": int(m[colour[:, None] == colour[None, :]].sum()),
+    }
+
+
+def shape_colour_table(sweep: Path) -> list[dict[str, Any]]:
+    """:func:`shape_and_colour` for every cell of the sweep, with Wilson 95 % intervals."""
+    import json
+
+    from pipeline.metrics import wilson_interval
+
+    out = []
+    for row in read_results(sweep / "results.csv"):
+        metrics = json.loads((sweep / "cells" / row["cell"] / "manifest.json").read_text())[
+            "metrics"
+        ]
+        split = shape_and_colour(np.array(metrics["confusion_matrix"]), metrics["class_names"])
+        entry = {
+            "sensor": row_label(row),
+            "illuminant": row["sensor.scene.illuminant"],
+            "mean_photons": row["sensor.scene.mean_photons"],
+            "accuracy": row["accuracy"],
+        }
+        for what in ("shape", "colour"):
+            k = split[f"{what}_correct"]
+            lo, hi = wilson_interval(k, split["n"])
+            entry |= {
+                what: round(k / split["n"], 3),
+                f"{what}_lo": round(lo, 3),
+                f"{what}_hi": round(hi, 3),
+            }
+        out.append(entry)
+    return out
+
+
 def samples(sweep: Path, png: Path, *, image: int = 0) -> None:
     """What each trained model sees: one test image's raw stage output (what the CNN
     takes), a row per sensor (with white balance where it has one), a column per light
@@ -312,8 +362,9 @@ def main() -> None:
     )
     plot(RESULTS / "spectral-cfa.csv", RESULTS / "spectral-cfa-accuracy.png")
     sweep = ROOT / "sweeps" / "spectral-cfa"
-    if sweep.is_dir():  # the recorded images live in the sweep folder, not in git
+    if sweep.is_dir():  # the cells' records live in the sweep folder, not in git
         samples(sweep, RESULTS / "spectral-cfa-samples.png")
+        write_csv(RESULTS / "spectral-cfa-shape-colour.csv", shape_colour_table(sweep))
 
 
 if __name__ == "__main__":
