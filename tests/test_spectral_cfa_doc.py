@@ -66,3 +66,22 @@ def test_mean_codes_are_the_electrons_times_the_system_gain(study):
     per = study.codes("mono", "D65", 20, images=8)
     assert per["W"]["mean_dn"] == pytest.approx(0.0959 * (0.6 * 3 * 20 + 0.05), abs=0.05)
     assert per["W"]["at_black"] < 0.01
+
+
+def test_shape_and_colour_split_a_confusion_matrix(study):
+    """Counted image by image: a red disk called a blue disk has the shape right and the
+    colour wrong; a red disk called a red ring the other way round."""
+    names = [f"{c}_{s}" for c in ("red", "blue") for s in ("disk", "square", "ring")]
+    truth = ["red_disk"] * 3 + ["blue_ring"] * 2 + ["red_square"]
+    called = ["red_disk", "blue_disk", "red_ring", "blue_ring", "red_ring", "blue_disk"]
+    matrix = [[0] * len(names) for _ in names]
+    for t, c in zip(truth, called, strict=True):
+        matrix[names.index(t)][names.index(c)] += 1
+    split = study.shape_and_colour(matrix, names)
+    same = [(t.split("_"), c.split("_")) for t, c in zip(truth, called, strict=True)]
+    assert split == {
+        "n": 6,
+        "shape_correct": sum(t[1] == c[1] for t, c in same),  # 4
+        "colour_correct": sum(t[0] == c[0] for t, c in same),  # 3
+    }
+    assert split["shape_correct"] == 4 and split["colour_correct"] == 3
