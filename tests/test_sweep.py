@@ -389,9 +389,14 @@ def test_listed_cells_cross_the_axes(sweep_file, registry):
             {"cells": [{"sensor.toy_adc.bits": 4}], "mode": "grid"},
             "sweep.yaml: mode: mode grid needs axes: and no cells:",
         ),
+        (  # the limit counts the crossed cells, before expanding them
+            {"cells": [{"sensor.toy_adc.bits": b} for b in (2, 4, 8)]},
+            "sweep.yaml: cells: the list asks for 6 cells",
+        ),
     ],
 )
-def test_bad_listed_cells_with_axes(sweep_file, registry, patch, fragment):
+def test_bad_listed_cells_with_axes(sweep_file, registry, patch, fragment, monkeypatch):
+    monkeypatch.setenv("SENSORLAB_MAX_SWEEP_CELLS", "5")  # 3 listed × 2 crossed is too many
     spec = yaml.safe_load(sweep_file.read_text())
     spec["axes"] = {"sensor.toy_scene.photons": [50, 500]}
     _dump(sweep_file, {**spec, **patch})

@@ -376,15 +376,9 @@ def _expand(spec: SweepSpec, file: str) -> tuple[list[str], list[Cell]]:
                 file=file,
                 key=f"axes.{key}",
             )
-    n_cells = math.prod(len(v) for v in grid_axes.values()) * (len(listed or [None]))
-    where = "axes" if listed is None else "cells"
-    limits.check(
-        "sweep_cells",
-        n_cells,
-        what=f"the {'grid' if listed is None else 'list'}",
-        file=file,
-        key=where,
-    )
+    n_cells = math.prod(len(v) for v in grid_axes.values()) * (len(listed) if listed else 1)
+    what, where = ("the grid", "axes") if listed is None else ("the list", "cells")
+    limits.check("sweep_cells", n_cells, what=what, file=file, key=where)
     grid = [
         dict(zip(grid_axes, values, strict=True))
         for values in itertools.product(*grid_axes.values())
@@ -394,8 +388,8 @@ def _expand(spec: SweepSpec, file: str) -> tuple[list[str], list[Cell]]:
     for key in axes:
         if key.strip() != key or not key or key in _RESERVED:
             why = "is set by the sweep itself" if key in _RESERVED else "is not a config key"
-            where = "axes" if key in grid_axes else "cells[0]"
-            raise UserError(f"{key!r} {why}", file=file, key=f"{where}.{key}")
+            at = "axes" if key in grid_axes else "cells[0]"
+            raise UserError(f"{key!r} {why}", file=file, key=f"{at}.{key}")
     width = max(3, len(str(len(combos) - 1)))
     cells = [Cell(i, cell_id(i, c, width), c) for i, c in enumerate(combos)]
     return axes, cells
