@@ -25,7 +25,9 @@ curves under the scene's illuminant (or ``colour_illuminant``),
 :func:`sensors.colour_accuracy.colour_accuracy`: ΔE2000 of the 24 ColorChecker patches
 after the least-squares CCM (mean, max, each), the CCM, the sRGB CCM the raw stage
 applies and its noise amplification, and the Vora–Trussell μ-factor against the CIE
-observer.
+observer. A mono sensor gets ``luminance`` instead
+(:func:`sensors.colour_accuracy.luminance_accuracy`): the ΔL* of its one channel scaled
+to luminance, and the ΔE2000 of the grey image it delivers.
 
 Python API: :func:`characterize_stages` (stage objects → datasheet dict),
 :func:`write_datasheet` (dict → folder, atomically), :func:`characterize_config`
@@ -259,21 +261,25 @@ def characterize_stages(
         "channels": channels,
     }
     qe = pd_info.attr("spectral_qe")
-    if qe is not None and pd_info.attr("cfa") != "mono":
-        sheet["colour"] = _colour(qe, pd_info, colour_illuminant or attrs.get("illuminant"))
+    if qe is not None:
+        mono = pd_info.attr("cfa") == "mono"
+        key = "luminance" if mono else "colour"
+        light = colour_illuminant or attrs.get("illuminant")
+        sheet[key] = _colour(qe, pd_info, light, mono=mono)
     return sheet
 
 
-def _colour(qe: Any, pd_info: SignalInfo, illuminant: str | None) -> dict[str, Any]:
-    """The colour figures of the photodetector's QE curves (UserError for a bad light)."""
-    from sensors.colour_accuracy import colour_accuracy
+def _colour(qe: Any, pd_info: SignalInfo, illuminant: str | None, *, mono: bool) -> dict[str, Any]:
+    """The colour figures of the photodetector's QE curves (UserError for a bad light):
+    a colour sensor's (R, G, B rows), or a mono sensor's grey output (its W row)."""
+    from sensors.colour_accuracy import colour_accuracy, luminance_accuracy
 
+    curves = np.asarray(qe)
+    bands = np.asarray(pd_info.attr("spectral_qe_nm"))
     try:
-        return colour_accuracy(
-            np.asarray(qe),
-            np.asarray(pd_info.attr("spectral_qe_nm")),
-            illuminant=illuminant or "D65",
-        )
+        if mono:
+            return luminance_accuracy(curves, bands, illuminant=illuminant or "D65")
+        return colour_accuracy(curves, bands, illuminant=illuminant or "D65")
     except (ValueError, KeyError) as err:
         raise UserError(f"colour figures: {err}", key="colour_illuminant") from None
 

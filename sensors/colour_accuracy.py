@@ -13,6 +13,10 @@ All noiseless and computed from the curves alone (no frames), under one illumina
   1 for a sensor that meets the Luther condition. The QE curves act on photons and the
   CMFs on energy (a photon of λ carries h·c/λ), so the curves compared with the QE are
   the CMFs per photon, x̄(λ)/λ, ȳ(λ)/λ, z̄(λ)/λ (any constant factor drops out).
+
+A monochrome sensor has one curve and gives a grey image, so a CCM and μ do not apply:
+:func:`luminance_accuracy` reports how well its one channel, scaled by least squares,
+gives each patch's luminance (ΔL*), and the ΔE2000 of the grey it delivers.
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ import numpy as np
 from sensors import spectra
 from sensors.colour_correction import (
     ccm_noise_gain,
+    chart_camera_rgb,
+    chart_xyz,
+    delta_e2000,
     fit_chart,
     srgb_ccm,
     vora_trussell_mu,
 )
+from sensors.spectral import CURVE_CHANNELS
 from sensors.white_balance import illuminant_gains
 
-__all__ = ["colour_accuracy"]
+__all__ = ["colour_accuracy", "luminance_accuracy"]
 
 
 def colour_accuracy(
@@ -75,4 +83,70 @@ def colour_accuracy(
         "ccm_srgb": to_srgb.tolist(),
         "ccm_noise_gain": ccm_noise_gain(to_srgb).tolist(),
         "vora_trussell_mu": vora_trussell_mu(qe, cmfs_per_photon, light),
+    }
+
+
+def luminance_accuracy(
+    qe_curves: np.ndarray,
+    bands_nm: np.ndarray,
+    *,
+    illuminant: str = "D65",
+    chart: str = "BabelColor Average",
+) -> dict[str, Any]:
+    """The colour datasheet of a monochrome sensor: its grey output against the chart.
+
+    The patches' responses ``w`` through the one QE curve under ``illuminant`` are mapped
+    to luminance by the least-squares scale ``k = Σ w·Y / Σ w²`` (Y of the patches, white
+    Y = 1), and each patch is delivered as the grey of luminance ``k·w``: the
+    illuminant's white chromaticity, ``XYZ = k·w · XYZ_white / Y_white`` (a* = b* = 0).
+    ΔL* and ΔE2000 against the patches' true colour are in CIELAB relative to the white
+    (:func:`sensors.colour_correction.delta_e2000`). The ΔE2000 floor is that of the grey
+    with each patch's true luminance: what any grey output loses, the patch's chroma.
+
+    Parameters
+    ----------
+    qe_curves : (B,) QE of the panchromatic pixel at ``bands_nm``, e⁻/photon, or the
+        (4, B) rows R, G, B, W of :func:`sensors.spectral.qe_curves` (its W row is taken).
+    bands_nm : band centres, nm.
+    illuminant : a colour.SDS_ILLUMINANTS name (``flat_photons`` falls back to D65).
+    chart : a colour.SDS_COLOURCHECKERS name.
+
+    Returns
+    -------
+    ``{"illuminant", "chart", "luminance_scale", "delta_l_mean", "delta_l_max",
+    "delta_e2000_mean", "delta_e2000_max", "delta_e2000_floor_mean",
+    "delta_e2000_floor_max", "delta_l", "delta_e2000"}`` (per-patch dicts last).
+    """
+    import colour
+
+    if illuminant == spectra.FLAT_PHOTONS:
+        illuminant = "D65"
+    bands = np.asarray(bands_nm, dtype=np.float64)
+    reflectances, names = spectra.colourchecker_reflectances(chart, bands)
+    light = spectra.illuminant_photons(illuminant, bands)
+    curves = np.asarray(qe_curves, dtype=np.float64)
+    curve = curves[CURVE_CHANNELS.index("W")] if curves.ndim == 2 else curves
+    curve = curve.reshape(1, -1)
+    w = chart_camera_rgb(curve, light, reflectances)[:, 0]
+    xyz, white = chart_xyz(illuminant, chart)
+    scale = float(w @ xyz[:, 1] / (w @ w))
+    grey = (scale * w)[:, None] * (white / white[1])
+    true_grey = xyz[:, 1:2] * (white / white[1])
+    white_xy = colour.XYZ_to_xy(white / white[1])
+    lightness = colour.XYZ_to_Lab(np.concatenate([grey, xyz]) / white[1], white_xy)[:, 0]
+    delta_l = np.abs(lightness[: len(w)] - lightness[len(w) :])
+    delta_e = delta_e2000(grey, xyz, white)
+    floor = delta_e2000(true_grey, xyz, white)
+    return {
+        "illuminant": illuminant,
+        "chart": chart,
+        "luminance_scale": scale,
+        "delta_l_mean": float(delta_l.mean()),
+        "delta_l_max": float(delta_l.max()),
+        "delta_e2000_mean": float(delta_e.mean()),
+        "delta_e2000_max": float(delta_e.max()),
+        "delta_e2000_floor_mean": float(floor.mean()),
+        "delta_e2000_floor_max": float(floor.max()),
+        "delta_l": dict(zip(names, delta_l.tolist(), strict=True)),
+        "delta_e2000": dict(zip(names, delta_e.tolist(), strict=True)),
     }

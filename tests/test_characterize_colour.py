@@ -14,8 +14,8 @@ from pipeline.cli.characterize import summary
 from pipeline.errors import UserError
 from sensors import spectra, spectral
 from sensors.adc import ADCStage
-from sensors.colour_accuracy import colour_accuracy
-from sensors.colour_correction import ccm_noise_gain, vora_trussell_mu
+from sensors.colour_accuracy import colour_accuracy, luminance_accuracy
+from sensors.colour_correction import ccm_noise_gain, chart_xyz, vora_trussell_mu
 from sensors.photodetector import PhotodetectorStage
 
 BANDS = spectral.band_grid(400.0, 700.0, 10.0)
@@ -84,6 +84,37 @@ def test_flat_photons_falls_back_to_d65():
     assert colour_accuracy(qe, BANDS, illuminant="flat_photons")["illuminant"] == "D65"
 
 
+@pytest.mark.parametrize("illuminant", ["D65", "A"])
+def test_a_mono_sensor_with_the_luminance_curve_gives_true_lightness(illuminant):
+    """QE = ȳ/λ: the grey output has each patch's L* (up to the band sum), so its ΔE2000
+    is the floor: colour's CIEDE2000 between the patch and (L*, 0, 0)."""
+    import colour
+
+    qe_y = spectra.colour_matching_functions(BANDS)[1] / BANDS
+    sheet = luminance_accuracy(7.0 * qe_y, BANDS, illuminant=illuminant)
+    assert sheet["delta_l_max"] < 0.1
+    assert sheet["delta_e2000_mean"] == pytest.approx(sheet["delta_e2000_floor_mean"], abs=0.05)
+    xyz, white = chart_xyz(illuminant)
+    lab = colour.XYZ_to_Lab(xyz / white[1], colour.XYZ_to_xy(white / white[1]))
+    grey = lab * [1.0, 0.0, 0.0]
+    floor = colour.delta_E(lab, grey, method="CIE 2000")
+    assert sheet["delta_e2000_floor_mean"] == pytest.approx(floor.mean(), rel=1e-9)
+    assert sheet["delta_e2000_floor_max"] == pytest.approx(floor.max(), rel=1e-9)
+
+
+def test_a_flat_mono_sensor_errs_in_lightness_and_any_scale_gives_the_same_figures():
+    """A flat QE sees blue and red light that ȳ weighs little: L* errs; the fitted scale
+    absorbs the QE's height."""
+    flat = luminance_accuracy(np.full(BANDS.size, 0.6), BANDS, illuminant="D65")
+    other = luminance_accuracy(np.full(BANDS.size, 0.06), BANDS, illuminant="D65")
+    assert 1.0 < flat["delta_l_mean"] < 10.0
+    assert flat["delta_e2000_mean"] > flat["delta_e2000_floor_mean"]
+    for key in ("delta_l_mean", "delta_l_max", "delta_e2000_mean", "delta_e2000_max"):
+        assert other[key] == pytest.approx(flat[key], rel=1e-6), key
+    assert other["luminance_scale"] == pytest.approx(10 * flat["luminance_scale"], rel=1e-9)
+    assert len(flat["delta_l"]) == len(flat["delta_e2000"]) == 24
+
+
 # -- characterize on a spectral chain --------------------------------------------------------
 def test_flat_spectra_give_each_channel_its_band_averaged_qe():
     """η of a channel under a flat photon spectrum is the mean of its QE curve."""
@@ -130,6 +161,20 @@ def test_characterize_the_spectral_config_reports_colour(tmp_path):
             colour_illuminant="D99",
         )
     assert err.value.key == "colour_illuminant"
+
+
+def test_characterize_a_mono_spectral_sensor_reports_its_grey_output(tmp_path):
+    folder, sheet = characterize_config(
+        ROOT / "configs" / "spectral.yaml",
+        ["sensor.photodetector.cfa=mono"],
+        out=tmp_path / "sheet",
+        size=32,
+        levels=10,
+    )
+    assert "colour" not in sheet
+    expected = luminance_accuracy(np.full(BANDS.size, 0.6), BANDS, illuminant="D65")
+    assert sheet["luminance"]["delta_l_mean"] == pytest.approx(expected["delta_l_mean"])
+    assert "grey output dE2000" in summary(sheet, folder)
 
 
 def test_the_shipped_observer_qe_is_colours_cmfs_per_photon():

@@ -15,7 +15,22 @@ from pipeline.runner import run
 MODELS = ROOT / "data" / "models"
 
 
-@pytest.mark.parametrize("name", ["procedural32-default", "procedural32-clean", "digits32"])
+#: the spectral-CFA study's models (docs/results/spectral-cfa.md) and the validation
+#: accuracy each must reach: RGBW demosaics colour from half as many pixels (measured
+#: 0.946); half the procedural label is colour (red or blue, about the same luminance),
+#: which a monochrome sensor cannot see, so its ceiling is near 0.5
+SPECTRAL = {
+    "spectral-rggb-wb": 0.95,
+    "spectral-rggb-nowb": 0.95,
+    "spectral-rgbw-wb": 0.93,
+    "spectral-rgbw-nowb": 0.93,
+    "spectral-mono": 0.4,
+}
+
+
+@pytest.mark.parametrize(
+    "name", ["procedural32-default", "procedural32-clean", "digits32", *SPECTRAL]
+)
 def test_shipped_model_folder_is_complete_and_loads(name):
     folder = MODELS / name
     for part in ("model.yaml", "model.npz", "config.yaml", "metrics.json", "history.csv"):
@@ -25,7 +40,8 @@ def test_shipped_model_folder_is_complete_and_loads(name):
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["model"] == {"path": "model.yaml", "weights": "model.npz"}
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["accuracy"] >= 0.95  # validation accuracy when it was trained
+    assert metrics["accuracy"] >= SPECTRAL.get(name, 0.95)  # validation, when trained
+    assert not (folder / "report.html").exists()  # 150 kB that the folder does not need
 
 
 def test_default_run_accuracy_is_pinned(tmp_path):

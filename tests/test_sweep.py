@@ -344,6 +344,68 @@ def test_explicit_cells_list(sweep_file, registry):
         run_sweep(spec, registry=registry, base_dir=sweep_file.parent)
 
 
+def test_listed_cells_cross_the_axes(sweep_file, registry):
+    """cells: with axes: runs every listed cell at every grid point, listed cells slowest."""
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["cells"] = [{"sensor.toy_adc.bits": 3, "seed": 1}, {"sensor.toy_adc.bits": 5, "seed": 2}]
+    spec["axes"] = {"sensor.toy_scene.photons": [50, 500]}
+    res = run_sweep(spec, registry=registry, base_dir=sweep_file.parent)
+    assert res.cells == [
+        "c000-bits3-seed1-photons50",
+        "c001-bits3-seed1-photons500",
+        "c002-bits5-seed2-photons50",
+        "c003-bits5-seed2-photons500",
+    ]
+    rows = [(r["sensor.toy_adc.bits"], r["seed"], r["sensor.toy_scene.photons"]) for r in res.table]
+    assert rows == [(3, 1, 50), (3, 1, 500), (5, 2, 50), (5, 2, 500)]
+    # each crossed cell is the run of its overrides: same arrays as the same grid cell alone
+    alone = run_sweep(
+        {
+            **spec,
+            "cells": [{"sensor.toy_adc.bits": 5, "seed": 2}],
+            "name": "alone",
+            "axes": {"sensor.toy_scene.photons": [500]},
+        },
+        registry=registry,
+        base_dir=sweep_file.parent,
+    )
+    a = _arrays(res.path / "cells" / res.cells[3])
+    b = _arrays(alone.path / "cells" / alone.cells[0])
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("patch", "fragment"),
+    [
+        (  # an error of a crossed cell points at the listed cell it came from
+            {"cells": [{"sensor.toy_adc.bits": 4}, {"sensor.toy_adc.bits": 0}]},
+            "sweep.yaml: cells[1].sensor.toy_adc.bits: value 0 (cell c002-bits0-photons50): ",
+        ),
+        (
+            {"cells": [{"sensor.toy_scene.photons": 5}]},
+            "sweep.yaml: axes.sensor.toy_scene.photons: is set by every listed cell too",
+        ),
+        (
+            {"cells": [{"sensor.toy_adc.bits": 4}], "mode": "grid"},
+            "sweep.yaml: mode: mode grid needs axes: and no cells:",
+        ),
+        (  # the limit counts the crossed cells, before expanding them
+            {"cells": [{"sensor.toy_adc.bits": b} for b in (2, 4, 8)]},
+            "sweep.yaml: cells: the list asks for 6 cells",
+        ),
+    ],
+)
+def test_bad_listed_cells_with_axes(sweep_file, registry, patch, fragment, monkeypatch):
+    monkeypatch.setenv("SENSORLAB_MAX_SWEEP_CELLS", "5")  # 3 listed × 2 crossed is too many
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["axes"] = {"sensor.toy_scene.photons": [50, 500]}
+    _dump(sweep_file, {**spec, **patch})
+    with pytest.raises(UserError) as info:
+        run_sweep(sweep_file, registry=registry)
+    assert fragment in str(info.value), str(info.value)
+    assert not Path(spec["out"]).exists()
+
+
 # --------------------------------------------------------------------------- validation
 @pytest.mark.parametrize(
     ("axes", "fragments"),

@@ -17,7 +17,7 @@ from pipeline.characterize import (
 from pipeline.cli.common import add_set_option
 from pipeline.report import write_report
 
-__all__ = ["cmd_characterize", "colour_summary", "register", "summary"]
+__all__ = ["cmd_characterize", "colour_summary", "luminance_summary", "register", "summary"]
 
 
 def register(sub: Any) -> None:
@@ -89,7 +89,20 @@ def summary(sheet: Mapping[str, Any], folder: Path) -> str:
         lines.extend(f"     note: {note}" for note in ch["notes"])
     if "colour" in sheet:
         lines.extend(colour_summary(sheet["colour"]))
+    if "luminance" in sheet:
+        lines.extend(luminance_summary(sheet["luminance"]))
     return "\n".join(lines)
+
+
+def luminance_summary(figures: Mapping[str, Any]) -> list[str]:
+    """Two lines: a mono sensor's luminance error and the ΔE2000 of its grey output."""
+    return [
+        f"  mono under {figures['illuminant']}: ColorChecker dL* mean "
+        f"{figures['delta_l_mean']:.2f}, max {figures['delta_l_max']:.2f} (one scale fitted)",
+        f"     grey output dE2000 mean {figures['delta_e2000_mean']:.2f}, max "
+        f"{figures['delta_e2000_max']:.2f} (a grey of the true luminance: mean "
+        f"{figures['delta_e2000_floor_mean']:.2f}, the chroma no mono sensor delivers)",
+    ]
 
 
 def colour_summary(colour: Mapping[str, Any]) -> list[str]:

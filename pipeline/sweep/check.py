@@ -280,7 +280,7 @@ def _cell_error(plan: SweepPlan, cell: Cell, exc: UserError, registry: Registry)
         if str(base_exc) == str(exc):
             return exc
     values = ", ".join(f"{k}={_short(v)}" for k, v in cell.overrides.items())
-    where = "axes" if plan.spec.mode == "grid" else f"cells[{cell.index}]"
+    where = "axes" if plan.spec.mode == "grid" else f"cells[{plan.listed_index(cell)}]"
     return UserError(f"cell {cell.id} ({values}): {exc}", file=plan.file, key=where)
 
 

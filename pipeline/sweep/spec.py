@@ -15,6 +15,14 @@ values to try for some of its keys, using the dotted keys of ``--set``
     out: sweeps                    # the sweep folder is <out>/<name> (relative to the cwd)
     name: bitdepth                 # default: the sweep file's stem
 
+Given both, ``cells:`` and ``axes:`` cross: every listed cell is run at every point of
+the grid (the listed cells vary slowest). That pairs settings that belong together (a
+sensor with the model trained for it) and crosses the pairs with conditions::
+
+    cells: [{sensor.photodetector.cfa: RGGB, model.path: rggb/model.yaml},
+            {sensor.photodetector.cfa: mono, model.path: mono/model.yaml}]
+    axes: {sensor.scene.illuminant: [D65, A]}            # 4 cells
+
 This module only reads and expands; :mod:`pipeline.sweep.check` validates every cell.
 """
 
@@ -99,10 +107,14 @@ class SweepSpec(_Strict):
         None, description="Dotted config key -> values; every combination is a cell."
     )
     cells: list[dict[str, Any]] | None = Field(
-        None, description="An explicit list of cells, each a mapping of dotted key -> value."
+        None,
+        description="An explicit list of cells, each a mapping of dotted key -> value; with "
+        "axes, every listed cell is crossed with the grid.",
     )
     mode: Literal["grid", "cells"] | None = Field(
-        None, description="grid (axes) or cells (explicit list); default from which is given."
+        None,
+        description="grid (axes only) or cells (an explicit list, crossed with axes if given); "
+        "default from which is given.",
     )
     train: Literal["none", "per_cell", "fine_tune"] = Field(
         "none",
@@ -165,9 +177,14 @@ class SweepPlan:
 
     def axis_location(self, cell: Cell, key: str) -> str:
         """Where ``key``'s value for ``cell`` is written in the sweep file."""
-        if self.spec.mode == "cells":
-            return f"cells[{cell.index}].{key}"
+        if self.spec.mode == "cells" and key not in (self.spec.axes or {}):
+            return f"cells[{self.listed_index(cell)}].{key}"
         return f"axes.{key}"
+
+    def listed_index(self, cell: Cell) -> int:
+        """The index in ``cells:`` of the listed cell ``cell`` comes from (cells mode)."""
+        grid = math.prod(len(v) for v in (self.spec.axes or {}).values())
+        return cell.index // grid
 
     @property
     def cells_dir(self) -> Path:
@@ -272,13 +289,11 @@ def _validate_spec(raw: dict, file: str) -> SweepSpec:
         err = exc.errors(include_url=False)[0]
         loc = [p for p in err["loc"] if not _is_tag(p)]
         raise UserError(_message(err, loc), file=file, key=format_loc(loc) or None) from None
-    if spec.axes is not None and spec.cells is not None:
-        raise UserError("give either axes (a grid) or cells (a list), not both", file=file)
     if spec.axes is None and spec.cells is None:
         raise UserError("a sweep needs axes: (a grid) or cells: (a list)", file=file, key="axes")
-    mode = "grid" if spec.axes is not None else "cells"
+    mode = "cells" if spec.cells is not None else "grid"
     if spec.mode is not None and spec.mode != mode:
-        need = "axes:" if spec.mode == "grid" else "cells:"
+        need = "axes: and no cells:" if spec.mode == "grid" else "cells:"
         raise UserError(f"mode {spec.mode} needs {need}", file=file, key="mode")
     spec.mode = mode
     return spec
@@ -351,43 +366,56 @@ def _check_axes_shape(raw: dict, file: str) -> None:
 
 
 def _expand(spec: SweepSpec, file: str) -> tuple[list[str], list[Cell]]:
-    if spec.axes is not None:
-        axes = list(spec.axes)
-        n_cells = math.prod(len(spec.axes[k]) for k in axes)
-        limits.check("sweep_cells", n_cells, what="the grid", file=file, key="axes")
-        combos = [
-            dict(zip(axes, values, strict=True))
-            for values in itertools.product(*(spec.axes[k] for k in axes))
-        ]
-    else:
-        assert spec.cells is not None
-        limits.check("sweep_cells", len(spec.cells), what="the list", file=file, key="cells")
-        axes = list(spec.cells[0])
-        for i, c in enumerate(spec.cells):
-            if set(c) != set(axes):
-                missing = sorted(set(axes) - set(c))
-                extra = sorted(set(c) - set(axes))
-                what = f"lacks {', '.join(missing)}" if missing else f"adds {', '.join(extra)}"
-                raise UserError(
-                    f"every cell must set the same keys as cells[0]; this one {what}",
-                    file=file,
-                    key=f"cells[{i}]",
-                )
-        combos = [{k: c[k] for k in axes} for c in spec.cells]
-        seen: dict[str, int] = {}
-        for i, c in enumerate(combos):
-            tag = _value_tag(c)
-            if tag in seen:
-                raise UserError(f"same values as cells[{seen[tag]}]", file=file, key=f"cells[{i}]")
-            seen[tag] = i
+    grid_axes = spec.axes or {}
+    listed = None if spec.cells is None else _listed_cells(spec.cells, file)
+    listed_keys = [] if listed is None else list(listed[0])
+    for key in grid_axes:
+        if key in listed_keys:
+            raise UserError(
+                "is set by every listed cell too; give it in cells: or axes:, not both",
+                file=file,
+                key=f"axes.{key}",
+            )
+    n_cells = math.prod(len(v) for v in grid_axes.values()) * (len(listed) if listed else 1)
+    what, where = ("the grid", "axes") if listed is None else ("the list", "cells")
+    limits.check("sweep_cells", n_cells, what=what, file=file, key=where)
+    grid = [
+        dict(zip(grid_axes, values, strict=True))
+        for values in itertools.product(*grid_axes.values())
+    ]
+    combos = [{**c, **g} for c in (listed or [{}]) for g in grid]
+    axes = listed_keys + list(grid_axes)
     for key in axes:
         if key.strip() != key or not key or key in _RESERVED:
             why = "is set by the sweep itself" if key in _RESERVED else "is not a config key"
-            where = "axes" if spec.axes is not None else "cells[0]"
-            raise UserError(f"{key!r} {why}", file=file, key=f"{where}.{key}")
+            at = "axes" if key in grid_axes else "cells[0]"
+            raise UserError(f"{key!r} {why}", file=file, key=f"{at}.{key}")
     width = max(3, len(str(len(combos) - 1)))
     cells = [Cell(i, cell_id(i, c, width), c) for i, c in enumerate(combos)]
     return axes, cells
+
+
+def _listed_cells(cells: list[dict[str, Any]], file: str) -> list[dict[str, Any]]:
+    """The ``cells:`` list checked: every cell sets the same keys, no two are the same."""
+    keys = list(cells[0])
+    for i, c in enumerate(cells):
+        if set(c) != set(keys):
+            missing = sorted(set(keys) - set(c))
+            extra = sorted(set(c) - set(keys))
+            what = f"lacks {', '.join(missing)}" if missing else f"adds {', '.join(extra)}"
+            raise UserError(
+                f"every cell must set the same keys as cells[0]; this one {what}",
+                file=file,
+                key=f"cells[{i}]",
+            )
+    listed = [{k: c[k] for k in keys} for c in cells]
+    seen: dict[str, int] = {}
+    for i, c in enumerate(listed):
+        tag = _value_tag(c)
+        if tag in seen:
+            raise UserError(f"same values as cells[{seen[tag]}]", file=file, key=f"cells[{i}]")
+        seen[tag] = i
+    return listed
 
 
 # --------------------------------------------------------------------------- naming

@@ -326,15 +326,19 @@ PARITY_GRAPHS = [*SHIPPED, *TRAINED]
 )
 def test_shipped_models_match_numpy_on_every_runtime(path, opset, tmp_path):
     """configs/models/*.yaml with random initial weights and data/models/*/model.yaml with
-    their trained weights, at the lowest, default and highest opsets."""
+    their trained weights, at the lowest, default and highest opsets. A trained model's
+    logits reach tens (spectral-rgbw-nowb: 45), and float32 rounding grows with them, so
+    the tolerance is TOL or 1e-5 of the largest logit, whichever is larger (measured:
+    1.4e-4 at 45, OpenCV)."""
     model = load_model(path) if path in TRAINED else Model(load_graph(path), init_seed=7)
     proto = export_onnx(model, opset=opset)
     rng = np.random.default_rng(3)
     for n in (1, 4):
         x = rng.random((n, *model.input_shape), dtype=np.float32)
         expected = model.forward(x)
+        tol = max(TOL, 1e-5 * float(np.abs(expected).max()))
         for name, run in runtimes(tmp_path).items():
-            assert max_diff(run(proto, {INPUT_NAME: x}, [LOGITS_NAME])[0], expected) <= TOL, name
+            assert max_diff(run(proto, {INPUT_NAME: x}, [LOGITS_NAME])[0], expected) <= tol, name
 
 
 def test_openvino_matches_numpy(tmp_path):
