@@ -96,14 +96,18 @@ def layer_times(model: Model, x: np.ndarray, labels: np.ndarray, reps: int) -> l
         dys = {nodes[-1].index: d}
         for nd in reversed(nodes):
             t0 = [c() for c in clocks]
-            dxs, _ = nd.layer.backward(dys.pop(nd.index), tape[nd.index], model.layer_params(nd))
+            need_dx = any(j != INPUT for j in nd.inputs)  # as Model.backward
+            dxs, _ = nd.layer.backward(
+                dys.pop(nd.index), tape[nd.index], model.layer_params(nd), need_dx=need_dx
+            )
             (wall, cpu), (fwall, fcpu) = (
                 [c() - t for c, t in zip(clocks, t0, strict=True)],
                 fwd[nd.index],
             )
             times[nd.index].append((fwall, wall, fcpu, cpu))
             for j, dx in zip(nd.inputs, dxs, strict=True):
-                dys[j] = dx
+                if j != INPUT:
+                    dys[j] = dx
     return [[nd.name, *np.median(times[nd.index], axis=0).tolist()] for nd in nodes]
 
 

@@ -52,10 +52,12 @@ from pipeline.cnn.flat_conv import (
     CHUNK_ROWS,
     FlatLayout,
     corr_chunk,
+    corr_chunk_planar,
     flat_padded,
-    taps,
     use_im2col,
     weight_rows,
+    wgrad_chunk,
+    wgrad_chunk_planar,
 )
 from pipeline.threads import run_chunks
 
@@ -67,6 +69,7 @@ __all__ = [
     "batch_norm_train",
     "conv2d",
     "conv2d_backward",
+    "conv2d_train",
     "conv_output_size",
     "cross_entropy",
     "dense",
@@ -369,20 +372,50 @@ def conv2d(
             f"conv2d takes x (N,C,H,W) with w (F,C,kh,kw), x (C,H,W) with w (F,C,kh,kw) or "
             f"x (H,W) with w (kh,kw); got x {x.shape} and w {w.shape}"
         )
-    y = _conv2d_nchw(x, w, None if b is None else _like(b, x), stride, padding, dilation, groups)
+    b = None if b is None else _like(b, x)
+    y, _ = _conv2d_nchw(x, w, b, stride, padding, dilation, groups)
     return y[(0,) * len(squeeze)] if squeeze else y
 
 
-def _check_conv(x: np.ndarray, w: np.ndarray, groups: int) -> None:
+@dataclass(frozen=True)
+class ConvInput:
+    """A convolution's input as :func:`conv2d_train` kept it for :func:`conv2d_backward`:
+    its (N, C, H, W) shape and ``data``, the flat padded buffer the forward read (stride
+    1) or the input itself (other strides), so the backward does not lay it out again."""
+
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+def conv2d_train(
+    x: Any,
+    w: Any,
+    b: Any | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> tuple[np.ndarray, ConvInput]:
+    """:func:`conv2d` of an (N, C, H, W) batch for training: (y, the input as
+    :func:`conv2d_backward` reads it)."""
+    x = _float(x)
+    w = _like(w, x)
+    _check_4d(x)
+    _check_4d(w, "w")
+    b = None if b is None else _like(b, x)
+    y, data = _conv2d_nchw(x, w, b, stride, padding, dilation, groups)
+    return y, ConvInput(x.shape, data)
+
+
+def _check_conv(c: int, w: np.ndarray, groups: int) -> None:
+    """Raise ValueError unless ``c`` input channels, weights ``w`` and ``groups`` fit."""
     n_f, c_g = w.shape[:2]
-    if groups < 1 or x.shape[1] % groups or n_f % groups:
-        raise ValueError(
-            f"groups={groups} must divide input channels {x.shape[1]} and filters {n_f}"
-        )
-    if c_g * groups != x.shape[1]:
+    if groups < 1 or c % groups or n_f % groups:
+        raise ValueError(f"groups={groups} must divide input channels {c} and filters {n_f}")
+    if c_g * groups != c:
         raise ValueError(
             f"weights {w.shape} expect {c_g * groups} input channels "
-            f"(C/groups={c_g}, groups={groups}), input has {x.shape[1]}"
+            f"(C/groups={c_g}, groups={groups}), input has {c}"
         )
 
 
@@ -454,24 +487,20 @@ def _wgrad_into(
     m: int,
     row_step: int,
     col_step: int,
-    kh: int,
-    kw: int,
     dy: np.ndarray,
     out: np.ndarray,
+    planar: bool,
 ) -> None:
-    """out (kh, kw*C, F) = sum over rows q in [a, a+m) of
-    src[q + i*row_step + j*col_step] (outer) dy[q]."""
-    c = src.shape[1]
-    if use_im2col(kh, kw * c):
-        s = taps(
-            src, a, m, (kh, kw), (row_step, col_step), _scratch("taps", m * kh * kw * c, src.dtype)
-        )
-        np.matmul(s.T, dy, out=out.reshape(kh * kw * c, -1))
+    """out (kh, kw*C, F) = the weight gradient of rows [a, a+m) of the flat correlation
+    (:func:`pipeline.cnn.flat_conv.wgrad_chunk`, or its planar form), with this thread's
+    scratch buffer."""
+    kh, k_row, _ = out.shape
+    if planar:
+        buf = _scratch("taps", m * kh * k_row, src.dtype)
+        wgrad_chunk_planar(src, a, m, row_step, col_step, dy, out, buf)
         return
-    rows = m + (kh - 1) * row_step
-    s = taps(src, a, rows, (kw,), (col_step,), _scratch("taps", rows * kw * c, src.dtype))
-    for i in range(kh):
-        np.matmul(s[i * row_step : i * row_step + m].T, dy, out=out[i])
+    size = m * kh * k_row if use_im2col(kh, k_row) else (m + (kh - 1) * row_step) * k_row
+    wgrad_chunk(src, a, m, row_step, col_step, dy, out, _scratch("taps", size, src.dtype))
 
 
 @dataclass(frozen=True)
@@ -488,10 +517,13 @@ class _FlatGeometry:
     A convolution whose output has its input's size uses the inference layout
     (:class:`pipeline.cnn.flat_conv.FlatLayout`: padding shared between neighbouring rows
     and images, anchors at the output pixel); any other uses a plain padded NHWC matrix
-    with anchors at the window's top-left input pixel.
+    with anchors at the window's top-left input pixel. ``planar``: the input buffer is
+    the layout's planar form, (C, rows), read by the single-GEMM kernels (few channels:
+    contiguous tap copies, as the compiled evaluator's input layer).
     """
 
     layout: FlatLayout | None
+    planar: bool
     pads: Pads
     rows: int
     x0: int
@@ -509,6 +541,10 @@ class _FlatGeometry:
         if self.layout is None:
             return flat_padded(x, self.pads, 0, self.dy0)
         n, c = x.shape[:2]
+        if self.planar:
+            buf = np.zeros((c, self.layout.total_rows(n)), dtype=x.dtype)
+            self.layout.interior_planar(buf, n)[...] = x.transpose(1, 0, 2, 3)
+            return buf
         buf = np.zeros((self.layout.total_rows(n), c), dtype=x.dtype)
         _parallel_copy(self.layout.interior(buf, n), x.transpose(0, 2, 3, 1))
         return buf
@@ -527,7 +563,11 @@ class _FlatGeometry:
 
 
 def _flat_geometry(
-    x_shape: tuple[int, ...], kernel: tuple[int, int], pads: Pads, d: tuple[int, int]
+    x_shape: tuple[int, ...],
+    kernel: tuple[int, int],
+    pads: Pads,
+    d: tuple[int, int],
+    groups: int = 1,
 ) -> _FlatGeometry:
     """The :class:`_FlatGeometry` of a stride-1 convolution of an (N, C, H, W) input."""
     n, _, h, w = x_shape
@@ -538,6 +578,7 @@ def _flat_geometry(
         rows, wq = n * lay.img_rows, lay.wq
         return _FlatGeometry(
             layout=lay,
+            planar=groups == 1 and use_im2col(kh, kw * x_shape[1]),
             pads=pads,
             rows=rows,
             x0=lay.lead - t * wq - lft,
@@ -555,6 +596,7 @@ def _flat_geometry(
     reach = span_h * wp + span_w
     return _FlatGeometry(
         layout=None,
+        planar=False,
         pads=pads,
         rows=n * hp * wp,
         x0=0,
@@ -576,63 +618,78 @@ def _conv2d_s1(
     pads: Pads,
     d: tuple[int, int],
     groups: int,
-) -> np.ndarray:
-    """Stride-1 convolution on the flat padded layout (bias added per chunk)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stride-1 convolution on the flat padded layout (bias added per chunk); returns the
+    output and the input buffer (what the backward reads)."""
     n_f, c_g, kh, kw = w.shape
-    geo = _flat_geometry(x.shape, (kh, kw), pads, d)
+    geo = _flat_geometry(x.shape, (kh, kw), pads, d, groups)
     f_g = n_f // groups
     xb = geo.to_input(x)
     srcs = [_group(xb, g, c_g, groups) for g in range(groups)]
     wrs = [weight_rows(w[g * f_g : (g + 1) * f_g]) for g in range(groups)]
     y = np.empty((geo.rows, n_f), dtype=x.dtype)
     chunks = _row_chunks(geo.rows)
+    steps = (geo.row_step, geo.col_step)
 
     def chunk(k: int) -> None:
         a, m = chunks[k]
-        for g in range(groups):
-            out = y[a : a + m] if groups == 1 else _scratch("out", m * f_g, x.dtype)[: m * f_g]
-            out = out.reshape(m, -1)
-            _corr_into(srcs[g], geo.x0 + a, m, geo.row_step, geo.col_step, wrs[g], out)
-            if groups > 1:
-                y[a : a + m, g * f_g : (g + 1) * f_g] = out
+        if geo.planar:
+            buf = _scratch("taps", m * kh * kw * c_g, x.dtype)
+            corr_chunk_planar(xb, geo.x0 + a, m, *steps, wrs[0], y[a : a + m], buf)
+        else:
+            for g in range(groups):
+                out = y[a : a + m] if groups == 1 else _scratch("out", m * f_g, x.dtype)
+                out = out[: m * f_g].reshape(m, -1)
+                _corr_into(srcs[g], geo.x0 + a, m, *steps, wrs[g], out)
+                if groups > 1:
+                    y[a : a + m, g * f_g : (g + 1) * f_g] = out
         if b is not None:
             y[a : a + m] += b
 
     run_chunks(len(chunks), chunk)
-    return geo.crop(y, geo.out_crop)
+    return geo.crop(y, geo.out_crop), xb
 
 
 def _conv2d_backward_s1(
-    dy: np.ndarray, x: np.ndarray, w: np.ndarray, pads: Pads, d: tuple[int, int], groups: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dx, dw, db) of :func:`_conv2d_s1`; dw and db summed over chunks in chunk order."""
-    c = x.shape[1]
+    dy: np.ndarray,
+    x_shape: tuple[int, ...],
+    xb: np.ndarray,
+    w: np.ndarray,
+    pads: Pads,
+    d: tuple[int, int],
+    groups: int,
+    need_dx: bool,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(dx, dw, db) of :func:`_conv2d_s1` from its input buffer ``xb``; dw and db summed
+    over chunks in chunk order; dx is None when not ``need_dx``."""
+    c = x_shape[1]
     n_f, c_g, kh, kw = w.shape
-    geo = _flat_geometry(x.shape, (kh, kw), pads, d)
+    geo = _flat_geometry(x_shape, (kh, kw), pads, d, groups)
     f_g = n_f // groups
-    xb, dyb = geo.to_input(x), geo.to_grad(dy)
-    xs = [_group(xb, g, c_g, groups) for g in range(groups)]
+    dyb = geo.to_grad(dy)
+    xs = [xb] if geo.planar else [_group(xb, g, c_g, groups) for g in range(groups)]
     dys = [_group(dyb, g, f_g, groups) for g in range(groups)]
     # dx[p] = sum_ij dy[p + pad - ij] @ w_ij^T: the flipped kernel, F -> C
     wr_back = [
         weight_rows(w[g * f_g : (g + 1) * f_g].transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         for g in range(groups)
     ]
-    dxb = np.empty((geo.rows, c), dtype=x.dtype)
+    dxb = np.empty((geo.rows, c), dtype=dy.dtype) if need_dx else None
     chunks = _row_chunks(geo.rows)
     steps = (geo.row_step, geo.col_step)
 
     def chunk(k: int) -> tuple[np.ndarray, np.ndarray]:
         a, m = chunks[k]
-        dwr = np.empty((groups, kh, kw * c_g, f_g), dtype=x.dtype)
+        dwr = np.empty((groups, kh, kw * c_g, f_g), dtype=dy.dtype)
         for g in range(groups):
-            out = dxb[a : a + m] if groups == 1 else _scratch("out", m * c_g, x.dtype)[: m * c_g]
-            out = out.reshape(m, -1)
-            _corr_into(dys[g], geo.dx0 + a, m, *steps, wr_back[g], out)
-            if groups > 1:
-                dxb[a : a + m, g * c_g : (g + 1) * c_g] = out
+            if dxb is not None:
+                out = dxb[a : a + m] if groups == 1 else _scratch("out", m * c_g, dy.dtype)
+                out = out[: m * c_g].reshape(m, -1)
+                _corr_into(dys[g], geo.dx0 + a, m, *steps, wr_back[g], out)
+                if groups > 1:
+                    dxb[a : a + m, g * c_g : (g + 1) * c_g] = out
             dyc = dys[g][geo.dy0 + a : geo.dy0 + a + m]
-            _wgrad_into(xs[g], geo.x0 + a, m, *steps, kh, kw, dyc, dwr[g])
+            _wgrad_into(xs[g], geo.x0 + a, m, *steps, dyc, dwr[g], geo.planar)
         return dwr, dyb[geo.dy0 + a : geo.dy0 + a + m].sum(axis=0)
 
     parts = run_chunks(len(chunks), chunk)
@@ -641,7 +698,8 @@ def _conv2d_backward_s1(
         dwr += dwr_k
         db += db_k
     dw = dwr.reshape(groups, kh, kw, c_g, f_g).transpose(0, 4, 3, 1, 2).reshape(w.shape)
-    return geo.crop(dxb, geo.in_crop), np.ascontiguousarray(dw), db
+    dx = None if dxb is None else geo.crop(dxb, geo.in_crop)
+    return dx, np.ascontiguousarray(dw), db
 
 
 def _conv2d_nchw(
@@ -652,9 +710,11 @@ def _conv2d_nchw(
     padding: Padding,
     dilation: IntPair,
     groups: int,
-) -> np.ndarray:
-    """Stride 1: flat-layout row-offset GEMMs; otherwise im2col + GEMM, chunked."""
-    _check_conv(x, w, groups)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stride 1: flat-layout row-offset GEMMs; otherwise im2col + GEMM, chunked. Returns
+    the output and what the backward reads of the input (the flat buffer at stride 1,
+    else ``x``)."""
+    _check_conv(x.shape[1], w, groups)
     n_f, c_g, kh, kw = w.shape
     pads, s, d, (ho, wo) = _geometry(x.shape, (kh, kw), stride, padding, dilation)
     if s == (1, 1):
@@ -674,7 +734,7 @@ def _conv2d_nchw(
             y[n0:n1, :, :, g * f_g : (g + 1) * f_g] = (cols @ wmat).reshape(n1 - n0, ho, wo, f_g)
     if b is not None:
         y += b
-    return y.transpose(0, 3, 1, 2)
+    return y.transpose(0, 3, 1, 2), x
 
 
 def _im2col_nhwc(
@@ -703,31 +763,40 @@ def conv2d_backward(
     padding: Padding = 0,
     dilation: IntPair = 1,
     groups: int = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    *,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of :func:`conv2d` (4-D form) with respect to x, w and b.
 
     Parameters
     ----------
     dy : (N, F, Ho, Wo) upstream gradient.
-    x, w, stride, padding, dilation, groups : as given to the forward.
+    x : the forward's input, or the :class:`ConvInput` :func:`conv2d_train` returned.
+    w, stride, padding, dilation, groups : as given to the forward.
+    need_dx : False skips the input gradient (a network's first layer): dx is then None.
 
     Returns
     -------
-    (dx (N, C, H, W), dw (F, C/groups, kh, kw), db (F,)).
+    (dx (N, C, H, W) or None, dw (F, C/groups, kh, kw), db (F,)).
     """
-    x = _float(x)
+    kept = x if isinstance(x, ConvInput) else None
+    x = kept.data if kept is not None else _float(x)
+    x_shape = kept.shape if kept is not None else x.shape
     w = _like(w, x)
     dy = _like(dy, x)
-    _check_4d(x)
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {x_shape}")
     _check_4d(w, "w")
-    _check_conv(x, w, groups)
+    _check_conv(x_shape[1], w, groups)
     n_f, c_g, kh, kw = w.shape
-    pads, s, d, (ho, wo) = _geometry(x.shape, (kh, kw), stride, padding, dilation)
-    n, _, h, wd = x.shape
+    pads, s, d, (ho, wo) = _geometry(x_shape, (kh, kw), stride, padding, dilation)
+    n, _, h, wd = x_shape
     if dy.shape != (n, n_f, ho, wo):
         raise ValueError(f"dy must be {(n, n_f, ho, wo)}, got {dy.shape}")
     if s == (1, 1):
-        return _conv2d_backward_s1(dy, x, w, pads, d, groups)
+        geo = _flat_geometry(x_shape, (kh, kw), pads, d, groups)
+        xb = x if kept is not None else geo.to_input(x)
+        return _conv2d_backward_s1(dy, x_shape, xb, w, pads, d, groups, need_dx)
     db = dy.sum(axis=(0, 2, 3))
     f_g = n_f // groups
     xp = np.ascontiguousarray(_pad(x, pads).transpose(0, 2, 3, 1))
@@ -752,7 +821,7 @@ def conv2d_backward(
                     dxg[:, rs, css, :] += dcols[:, :, :, i, j, :]
     (t, _), (lft, _) = pads
     dx = np.ascontiguousarray(dxp[:, t : t + h, lft : lft + wd, :].transpose(0, 3, 1, 2))
-    return dx, np.ascontiguousarray(dw.transpose(0, 3, 1, 2)), db
+    return dx if need_dx else None, np.ascontiguousarray(dw.transpose(0, 3, 1, 2)), db
 
 
 # --------------------------------------------------------------------------- pooling
@@ -1050,19 +1119,23 @@ def dense(x: Any, w: Any, b: Any | None = None) -> np.ndarray:
     return y
 
 
-def dense_backward(dy: Any, x: Any, w: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of :func:`dense`: (dx like x, dw (out, in), db (out,))."""
+def dense_backward(
+    dy: Any, x: Any, w: Any, *, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`dense`: (dx like x, dw (out, in), db (out,)); dx is None when
+    not ``need_dx``."""
     x = _float(x)
     w = _like(w, x)
     dy = _like(dy, x)
     if x.ndim == 1:
-        return w.T @ dy, np.outer(dy, x), dy.copy()
-    dx = np.empty(x.shape, dtype=x.dtype)
+        return (w.T @ dy if need_dx else None), np.outer(dy, x), dy.copy()
+    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
     dw = np.empty(w.shape, dtype=x.dtype)
     cols = _blocks(w.shape[1], _DENSE_COLS)
 
     def block(k: int) -> None:
-        np.matmul(dy, w[:, cols[k]], out=dx[:, cols[k]])
+        if dx is not None:
+            np.matmul(dy, w[:, cols[k]], out=dx[:, cols[k]])
         np.matmul(dy.T, x[:, cols[k]], out=dw[:, cols[k]])
 
     run_chunks(len(cols), block)

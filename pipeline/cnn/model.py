@@ -260,7 +260,10 @@ class Model:
         grads: dict[str, np.ndarray] = {}
         for node in reversed(self.spec.nodes[: self._out + 1]):
             dy = dys.pop(node.index)
-            dxs, dps = node.layer.backward(dy, tape[node.index], self.layer_params(node))
+            need_dx = input_grad or any(j != INPUT for j in node.inputs)
+            dxs, dps = node.layer.backward(
+                dy, tape[node.index], self.layer_params(node), need_dx=need_dx
+            )
             tape[node.index] = None
             for short, g in dps.items():
                 grads[f"{node.name}.{short}"] = g
