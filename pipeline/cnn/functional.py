@@ -69,6 +69,8 @@ __all__ = [
     "batch_norm_train",
     "conv2d",
     "conv2d_backward",
+    "conv2d_relu_backward",
+    "conv2d_relu_train",
     "conv2d_train",
     "conv_output_size",
     "cross_entropy",
@@ -549,12 +551,17 @@ class _FlatGeometry:
         _parallel_copy(self.layout.interior(buf, n), x.transpose(0, 2, 3, 1))
         return buf
 
+    def grad_matrix(self, n_f: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """A zero gradient matrix for ``n_f`` output channels and the (N, Ho, Wo, F) view
+        of its output pixels (the rest stays zero)."""
+        dyb = np.zeros((self.dy_rows, n_f), dtype=dtype)
+        grid = dyb[self.dy0 : self.dy0 + self.rows].reshape(*self.grid, n_f)
+        return dyb, grid[(slice(None), *self.out_crop)]
+
     def to_grad(self, dy: np.ndarray) -> np.ndarray:
         """(N, F, Ho, Wo) output gradient as the zero-padded gradient matrix."""
-        n_f = dy.shape[1]
-        dyb = np.zeros((self.dy_rows, n_f), dtype=dy.dtype)
-        grid = dyb[self.dy0 : self.dy0 + self.rows].reshape(*self.grid, n_f)
-        _parallel_copy(grid[(slice(None), *self.out_crop)], dy.transpose(0, 2, 3, 1))
+        dyb, pixels = self.grad_matrix(dy.shape[1], dy.dtype)
+        _parallel_copy(pixels, dy.transpose(0, 2, 3, 1))
         return dyb
 
     def crop(self, flat: np.ndarray, which: tuple[slice, slice]) -> np.ndarray:
@@ -621,8 +628,23 @@ def _conv2d_s1(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stride-1 convolution on the flat padded layout (bias added per chunk); returns the
     output and the input buffer (what the backward reads)."""
+    geo = _flat_geometry(x.shape, w.shape[2:], pads, d, groups)
+    y, xb = _conv_flat(x, w, b, geo, groups)
+    return geo.crop(y, geo.out_crop), xb
+
+
+def _conv_flat(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    geo: _FlatGeometry,
+    groups: int,
+    then: Callable[[int, np.ndarray], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (rows, F) flat output of a stride-1 convolution with bias, and its input
+    buffer; ``then(a, rows)`` runs on each chunk's output rows (from row ``a``) once they
+    are done, while they are in cache."""
     n_f, c_g, kh, kw = w.shape
-    geo = _flat_geometry(x.shape, (kh, kw), pads, d, groups)
     f_g = n_f // groups
     xb = geo.to_input(x)
     srcs = [_group(xb, g, c_g, groups) for g in range(groups)]
@@ -645,28 +667,28 @@ def _conv2d_s1(
                     y[a : a + m, g * f_g : (g + 1) * f_g] = out
         if b is not None:
             y[a : a + m] += b
+        if then is not None:
+            then(a, y[a : a + m])
 
     run_chunks(len(chunks), chunk)
-    return geo.crop(y, geo.out_crop), xb
+    return y, xb
 
 
 def _conv2d_backward_s1(
-    dy: np.ndarray,
+    dyb: np.ndarray,
+    geo: _FlatGeometry,
     x_shape: tuple[int, ...],
     xb: np.ndarray,
     w: np.ndarray,
-    pads: Pads,
-    d: tuple[int, int],
     groups: int,
     need_dx: bool,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(dx, dw, db) of :func:`_conv2d_s1` from its input buffer ``xb``; dw and db summed
-    over chunks in chunk order; dx is None when not ``need_dx``."""
+    """(dx, dw, db) of :func:`_conv_flat` from the gradient matrix ``dyb``
+    (:meth:`_FlatGeometry.grad_matrix`) and the input buffer ``xb``; dw and db summed over
+    chunks in chunk order; dx is None when not ``need_dx``."""
     c = x_shape[1]
     n_f, c_g, kh, kw = w.shape
-    geo = _flat_geometry(x_shape, (kh, kw), pads, d, groups)
     f_g = n_f // groups
-    dyb = geo.to_grad(dy)
     xs = [xb] if geo.planar else [_group(xb, g, c_g, groups) for g in range(groups)]
     dys = [_group(dyb, g, f_g, groups) for g in range(groups)]
     # dx[p] = sum_ij dy[p + pad - ij] @ w_ij^T: the flipped kernel, F -> C
@@ -674,16 +696,16 @@ def _conv2d_backward_s1(
         weight_rows(w[g * f_g : (g + 1) * f_g].transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         for g in range(groups)
     ]
-    dxb = np.empty((geo.rows, c), dtype=dy.dtype) if need_dx else None
+    dxb = np.empty((geo.rows, c), dtype=dyb.dtype) if need_dx else None
     chunks = _row_chunks(geo.rows)
     steps = (geo.row_step, geo.col_step)
 
     def chunk(k: int) -> tuple[np.ndarray, np.ndarray]:
         a, m = chunks[k]
-        dwr = np.empty((groups, kh, kw * c_g, f_g), dtype=dy.dtype)
+        dwr = np.empty((groups, kh, kw * c_g, f_g), dtype=dyb.dtype)
         for g in range(groups):
             if dxb is not None:
-                out = dxb[a : a + m] if groups == 1 else _scratch("out", m * c_g, dy.dtype)
+                out = dxb[a : a + m] if groups == 1 else _scratch("out", m * c_g, dyb.dtype)
                 out = out[: m * c_g].reshape(m, -1)
                 _corr_into(dys[g], geo.dx0 + a, m, *steps, wr_back[g], out)
                 if groups > 1:
@@ -796,7 +818,7 @@ def conv2d_backward(
     if s == (1, 1):
         geo = _flat_geometry(x_shape, (kh, kw), pads, d, groups)
         xb = x if kept is not None else geo.to_input(x)
-        return _conv2d_backward_s1(dy, x_shape, xb, w, pads, d, groups, need_dx)
+        return _conv2d_backward_s1(geo.to_grad(dy), geo, x_shape, xb, w, groups, need_dx)
     db = dy.sum(axis=(0, 2, 3))
     f_g = n_f // groups
     xp = np.ascontiguousarray(_pad(x, pads).transpose(0, 2, 3, 1))
@@ -822,6 +844,133 @@ def conv2d_backward(
     (t, _), (lft, _) = pads
     dx = np.ascontiguousarray(dxp[:, t : t + h, lft : lft + wd, :].transpose(0, 3, 1, 2))
     return dx if need_dx else None, np.ascontiguousarray(dw.transpose(0, 3, 1, 2)), db
+
+
+# ------------------------------------------------- convolution + ReLU [+ max-pool]
+#
+# Training's fused kernel for the common chain conv -> ReLU [-> max-pool, size == stride]
+# (the layers' composition, the same bits): the ReLU runs on each GEMM chunk while it is
+# in cache, a max-pool pools the pre-activation map first and applies the ReLU to a
+# quarter of the data (max commutes with ReLU); the backward writes the ReLU-masked (and
+# pool-routed) gradient straight into the convolution's gradient matrix. The map before
+# the ReLU is kept for the backward (its sign is the mask, its window maxima the route).
+
+
+@dataclass(frozen=True)
+class ConvReluCache:
+    """What :func:`conv2d_relu_backward` needs: the convolution's input as its forward
+    read it, its (rows, F) flat output before the ReLU, and the pooled output (or None)."""
+
+    x: ConvInput
+    z: np.ndarray
+    pool: int
+    pooled: np.ndarray | None
+
+
+def conv2d_relu_train(
+    x: Any, w: Any, b: Any | None, padding: Padding, dilation: IntPair = 1, pool: int = 0
+) -> tuple[np.ndarray, ConvReluCache]:
+    """``max_pool2d(relu(conv2d(x, w, b, 1, padding, dilation)), pool)`` (no pooling for
+    ``pool=0``) of an (N, C, H, W) batch, for a stride-1 convolution whose output has its
+    input's size; the same values as the three functions in turn.
+
+    Returns
+    -------
+    (y (N, F, H', W'), the cache :func:`conv2d_relu_backward` reads).
+    """
+    x = _float(x)
+    w = _like(w, x)
+    _check_4d(x)
+    _check_4d(w, "w")
+    _check_conv(x.shape[1], w, 1)
+    geo = _fused_geometry(x.shape, w, padding, dilation)
+    if pool:
+        z, xb = _conv_flat(x, w, None if b is None else _like(b, x), geo, 1)
+        y = max_pool2d(geo.crop(z, geo.out_crop), pool)
+        _over_batch(y, lambda i: np.maximum(y[i], 0, out=y[i]))
+        return y, ConvReluCache(ConvInput(x.shape, xb), z, pool, y)
+    out = np.empty((geo.rows, w.shape[0]), dtype=x.dtype)
+
+    def relu_chunk(a: int, z_rows: np.ndarray) -> None:
+        np.maximum(z_rows, 0, out=out[a : a + len(z_rows)])
+
+    b = None if b is None else _like(b, x)
+    z, xb = _conv_flat(x, w, b, geo, 1, relu_chunk)
+    return geo.crop(out, geo.out_crop), ConvReluCache(ConvInput(x.shape, xb), z, 0, None)
+
+
+def conv2d_relu_backward(
+    dy: Any,
+    cache: ConvReluCache,
+    w: Any,
+    padding: Padding,
+    dilation: IntPair = 1,
+    *,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`conv2d_relu_train`: (dx or None, dw, db), the same values as
+    the backward functions of the three in turn.
+
+    Parameters
+    ----------
+    dy : upstream gradient, shaped like the forward's output.
+    cache : the forward's cache.
+    w, padding, dilation : as given to the forward.
+    need_dx : False skips the input gradient (dx is then None).
+    """
+    z = cache.z
+    w = _like(w, z)
+    dy = _like(dy, z)
+    x_shape = cache.x.shape
+    geo = _fused_geometry(x_shape, w, padding, dilation)
+    dyb, pixels = geo.grad_matrix(w.shape[0], z.dtype)  # (N, H, W, F) view
+    z_px = geo.crop(z, geo.out_crop).transpose(0, 2, 3, 1)
+    if cache.pooled is None:
+        if dy.shape != (*x_shape[:1], w.shape[0], *x_shape[2:]):
+            raise ValueError(f"dy must be shaped like the output, got {dy.shape}")
+        dy_px = dy.transpose(0, 2, 3, 1)
+        _over_batch(
+            z_px, lambda i: np.multiply(dy_px[i], (z_px[i] > 0).view(np.uint8), out=pixels[i])
+        )
+    else:
+        _pool_relu_route(dy, cache, z_px, pixels)
+    return _conv2d_backward_s1(dyb, geo, x_shape, cache.x.data, w, 1, need_dx)
+
+
+def _pool_relu_route(
+    dy: np.ndarray, cache: ConvReluCache, z_px: np.ndarray, pixels: np.ndarray
+) -> None:
+    """pixels (N, H, W, F) = the gradient before ReLU and max-pool: each window's ``dy``,
+    where its maximum is positive, to its first maximum (as max_pool2d_backward of the
+    ReLU's output, then relu_backward)."""
+    p, y = cache.pool, cache.pooled
+    if dy.shape != y.shape:
+        raise ValueError(f"dy must be {y.shape}, got {dy.shape}")
+    k, out = (p, p), y.shape[2:]
+    gate = np.empty_like(y)  # dy where the pooled maximum is positive
+    _over_batch(y, lambda i: np.multiply(dy[i], (y[i] > 0).view(np.uint8), out=gate[i]))
+    z_nchw, px_nchw = z_px.transpose(0, 3, 1, 2), pixels.transpose(0, 3, 1, 2)
+    taps, dz_taps = _pool_taps(z_nchw, k, k, out), _pool_taps(px_nchw, k, k, out)
+    clean = _over_batch(
+        gate, lambda i: _route_max([t[i] for t in taps], gate[i], [t[i] for t in dz_taps])
+    )
+    if not all(clean):  # a NaN maximum: the layers' own backward functions
+        relu_z = relu(z_nchw)
+        dz = relu_backward(max_pool2d_backward(dy, relu_z, p), z_nchw)
+        np.copyto(px_nchw, dz)
+
+
+def _fused_geometry(
+    x_shape: tuple[int, ...], w: np.ndarray, padding: Padding, dilation: IntPair
+) -> _FlatGeometry:
+    """The flat geometry of a fused convolution; ValueError unless its output has its
+    input's size."""
+    kernel = w.shape[2:]
+    pads, _, d, _ = _geometry(x_shape, kernel, 1, padding, dilation)
+    geo = _flat_geometry(x_shape, kernel, pads, d, 1)
+    if geo.layout is None:
+        raise ValueError(f"a fused convolution keeps the input's size; padding {pads} does not")
+    return geo
 
 
 # --------------------------------------------------------------------------- pooling
