@@ -460,8 +460,10 @@ def _scratch(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
 
 def _row_chunks(rows: int) -> list[tuple[int, int]]:
     """(first row, rows) of equal chunks of at most CHUNK_ROWS rows (at least
-    min(4, rows // 1024) chunks): a function of ``rows`` alone."""
+    min(4, rows // 1024) chunks; an even number above one, so two threads finish
+    together): a function of ``rows`` alone."""
     n = max(-(-rows // CHUNK_ROWS), min(4, rows // _MIN_CHUNKS_ROWS), 1)
+    n += n % 2 * (n > 1)
     bounds = [rows * k // n for k in range(n + 1)]
     return [(bounds[k], bounds[k + 1] - bounds[k]) for k in range(n)]
 
@@ -543,18 +545,25 @@ class _FlatGeometry:
         if self.layout is None:
             return flat_padded(x, self.pads, 0, self.dy0)
         n, c = x.shape[:2]
+        lay = self.layout
         if self.planar:
-            buf = np.zeros((c, self.layout.total_rows(n)), dtype=x.dtype)
-            self.layout.interior_planar(buf, n)[...] = x.transpose(1, 0, 2, 3)
+            buf = np.empty((c, lay.total_rows(n)), dtype=x.dtype)
+            _zero_padding(buf, lay, n, planar=True)
+            _parallel_copy(lay.interior_planar(buf, n), x.transpose(1, 0, 2, 3))
             return buf
-        buf = np.zeros((self.layout.total_rows(n), c), dtype=x.dtype)
-        _parallel_copy(self.layout.interior(buf, n), x.transpose(0, 2, 3, 1))
+        buf = np.empty((lay.total_rows(n), c), dtype=x.dtype)
+        _zero_padding(buf, lay, n)
+        _parallel_copy(lay.interior(buf, n), x.transpose(0, 2, 3, 1))
         return buf
 
     def grad_matrix(self, n_f: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        """A zero gradient matrix for ``n_f`` output channels and the (N, Ho, Wo, F) view
-        of its output pixels (the rest stays zero)."""
-        dyb = np.zeros((self.dy_rows, n_f), dtype=dtype)
+        """A gradient matrix for ``n_f`` output channels and the (N, Ho, Wo, F) view of
+        its output pixels, which the caller must fill: the rest is zero."""
+        if self.layout is None:
+            dyb = np.zeros((self.dy_rows, n_f), dtype=dtype)
+        else:  # only the padding zeroed: the pixels are written next
+            dyb = np.empty((self.dy_rows, n_f), dtype=dtype)
+            _zero_padding(dyb, self.layout, self.grid[0])
         grid = dyb[self.dy0 : self.dy0 + self.rows].reshape(*self.grid, n_f)
         return dyb, grid[(slice(None), *self.out_crop)]
 
@@ -567,6 +576,24 @@ class _FlatGeometry:
     def crop(self, flat: np.ndarray, which: tuple[slice, slice]) -> np.ndarray:
         """(N, C, h, w) view of the ``rows`` x C matrix ``flat`` at the pixels ``which``."""
         return flat.reshape(*self.grid, -1)[(slice(None), *which)].transpose(0, 3, 1, 2)
+
+
+def _zero_padding(buf: np.ndarray, lay: FlatLayout, n: int, planar: bool = False) -> None:
+    """Zero everything but the pixels of ``n`` images of layout ``lay`` (any channel
+    count) in a C-contiguous (rows, C) matrix, or a planar (C, rows) one: the guard rows
+    and the padding."""
+    rows = buf if not planar else buf.T
+    end = lay.lead + n * lay.img_rows
+    rows[: lay.lead] = 0
+    rows[end:] = 0
+    if planar:
+        grid = buf[:, lay.lead : end].reshape(-1, n, lay.h + lay.pr, lay.wq)
+        grid[:, :, lay.h :] = 0
+        grid[:, :, : lay.h, lay.w :] = 0
+        return
+    grid = buf[lay.lead : end].reshape(n, lay.h + lay.pr, lay.wq, -1)
+    grid[:, lay.h :] = 0
+    grid[:, : lay.h, lay.w :] = 0
 
 
 def _flat_geometry(
@@ -712,7 +739,8 @@ def _conv2d_backward_s1(
                     dxb[a : a + m, g * c_g : (g + 1) * c_g] = out
             dyc = dys[g][geo.dy0 + a : geo.dy0 + a + m]
             _wgrad_into(xs[g], geo.x0 + a, m, *steps, dyc, dwr[g], geo.planar)
-        return dwr, dyb[geo.dy0 + a : geo.dy0 + a + m].sum(axis=0)
+        # the bias gradient as a GEMV: numpy's column sum loops over F values per row
+        return dwr, np.ones(m, dyb.dtype) @ dyb[geo.dy0 + a : geo.dy0 + a + m]
 
     parts = run_chunks(len(chunks), chunk)
     dwr, db = parts[0]
@@ -942,17 +970,21 @@ def _pool_relu_route(
 ) -> None:
     """pixels (N, H, W, F) = the gradient before ReLU and max-pool: each window's ``dy``,
     where its maximum is positive, to its first maximum (as max_pool2d_backward of the
-    ReLU's output, then relu_backward)."""
+    ReLU's output, then relu_backward). The pooled output stands for the window maxima:
+    it is the maximum where that is positive, and elsewhere the gradient is zero."""
     p, y = cache.pool, cache.pooled
     if dy.shape != y.shape:
         raise ValueError(f"dy must be {y.shape}, got {dy.shape}")
     k, out = (p, p), y.shape[2:]
+    pixels[:, out[0] * p :] = 0  # rows and columns no window covers
+    pixels[:, :, out[1] * p :] = 0
     gate = np.empty_like(y)  # dy where the pooled maximum is positive
     _over_batch(y, lambda i: np.multiply(dy[i], (y[i] > 0).view(np.uint8), out=gate[i]))
     z_nchw, px_nchw = z_px.transpose(0, 3, 1, 2), pixels.transpose(0, 3, 1, 2)
     taps, dz_taps = _pool_taps(z_nchw, k, k, out), _pool_taps(px_nchw, k, k, out)
     clean = _over_batch(
-        gate, lambda i: _route_max([t[i] for t in taps], gate[i], [t[i] for t in dz_taps])
+        gate,
+        lambda i: _route_max([t[i] for t in taps], gate[i], [t[i] for t in dz_taps], y[i]),
     )
     if not all(clean):  # a NaN maximum: the layers' own backward functions
         relu_z = relu(z_nchw)
@@ -1071,12 +1103,18 @@ def max_pool2d_backward(
     return dxp[:, :, t : t + x.shape[2], lft : lft + x.shape[3]]
 
 
-def _route_max(taps: list[np.ndarray], dy: np.ndarray, dx_taps: list[np.ndarray]) -> bool:
+def _route_max(
+    taps: list[np.ndarray],
+    dy: np.ndarray,
+    dx_taps: list[np.ndarray],
+    y: np.ndarray | None = None,
+) -> bool:
     """Non-overlapping windows: each tap, in row-major order, takes the gradient of the
-    windows whose maximum it is and that no earlier tap has taken. False (and nothing
-    meaningful written) if a window's maximum is NaN."""
-    y = np.empty_like(dy)
-    _window_max(taps, y)
+    windows whose maximum ``y`` (computed when None) it is and that no earlier tap has
+    taken. False (and nothing meaningful written) if a window's maximum is NaN."""
+    if y is None:
+        y = np.empty_like(dy)
+        _window_max(taps, y)
     if np.isnan(y).any():
         return False
     taken = None
