@@ -1070,13 +1070,15 @@ def max_pool2d_backward(
     size: IntPair,
     stride: IntPair | None = None,
     padding: Padding = 0,
+    y: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`max_pool2d` with respect to x.
 
     Each window's gradient goes to its maximum; when several pixels tie for the
     maximum, all of it goes to the first in row-major order within the window (as
     ``np.argmax``; PyTorch and onnxruntime also pick one pixel, not a share).
-    Overlapping windows add up.
+    Overlapping windows add up. ``y``: the forward's output, if kept (the window maxima
+    are then not recomputed).
     """
     x = _float(x)
     dy = _like(dy, x)
@@ -1084,10 +1086,15 @@ def max_pool2d_backward(
     if dy.shape != x.shape[:2] + out:
         raise ValueError(f"dy must be {x.shape[:2] + out}, got {dy.shape}")
     if s == k and pads == ((0, 0), (0, 0)):
-        dx = np.zeros_like(x)
+        tiled = x.shape[2] == out[0] * k[0] and x.shape[3] == out[1] * k[1]
+        dx = np.empty_like(x) if tiled else np.zeros_like(x)  # the taps cover a tiled x
         taps, dx_taps = _pool_taps(x, k, s, out), _pool_taps(dx, k, s, out)
+        ys = y if y is not None and y.shape == dy.shape else None
         clean = _over_batch(
-            dy, lambda i: _route_max([t[i] for t in taps], dy[i], [t[i] for t in dx_taps])
+            dy,
+            lambda i: _route_max(
+                [t[i] for t in taps], dy[i], [t[i] for t in dx_taps], None if ys is None else ys[i]
+            ),
         )
         if all(clean):
             return dx
