@@ -1435,15 +1435,23 @@ def batch_norm_train(
     """
     # C order first: on a channels-last view (a convolution's output) the per-channel
     # broadcasts below would run in inner loops of C values, several times slower
-    x = np.ascontiguousarray(_float(x))
-    shp, axes = _channel_shape(x), _reduce_axes(x)
-    mean = x.mean(axis=axes, dtype=x.dtype)
-    xc = x - mean.reshape(shp)
-    var = (xc * xc).mean(axis=axes, dtype=x.dtype)
-    inv_std = 1 / np.sqrt(var + x.dtype.type(eps))
-    xhat = xc * inv_std.reshape(shp)
-    g = _like(gamma, x)
-    y = xhat * g.reshape(shp) + _like(beta, x).reshape(shp)
+    x = _float(x)
+    xc = np.ascontiguousarray(x)
+    shp, axes = _channel_shape(xc), _reduce_axes(xc)
+    mean = xc.mean(axis=axes, dtype=xc.dtype)
+    # the same operations as x - mean, (xc*xc).mean, xc*inv_std, xhat*g + beta, with two
+    # buffers (xc becomes xhat in place, the squares become y) instead of five
+    if xc is x:  # the caller's array: not overwritten
+        xc = xc - mean.reshape(shp)
+    else:
+        np.subtract(xc, mean.reshape(shp), out=xc)
+    y = np.multiply(xc, xc)
+    var = y.mean(axis=axes, dtype=xc.dtype)
+    inv_std = 1 / np.sqrt(var + xc.dtype.type(eps))
+    xhat = np.multiply(xc, inv_std.reshape(shp), out=xc)
+    g = _like(gamma, xhat)
+    np.multiply(xhat, g.reshape(shp), out=y)
+    y += _like(beta, xhat).reshape(shp)
     return y, (xhat, inv_std, g), mean, var
 
 
@@ -1458,8 +1466,13 @@ def batch_norm_backward(dy: Any, cache: tuple) -> tuple[np.ndarray, np.ndarray, 
     shp, axes = _channel_shape(xhat), _reduce_axes(xhat)
     m = xhat.size // xhat.shape[1]
     dbeta = dy.sum(axis=axes)
-    dgamma = (dy * xhat).sum(axis=axes)
-    dx = (g * inv_std / m).reshape(shp) * (m * dy - dbeta.reshape(shp) - xhat * dgamma.reshape(shp))
+    t = np.multiply(dy, xhat)
+    dgamma = t.sum(axis=axes)
+    # (g*inv_std/m) * (m*dy - dbeta - xhat*dgamma), the same operations in two buffers
+    dx = np.multiply(dy, xhat.dtype.type(m))
+    dx -= dbeta.reshape(shp)
+    dx -= np.multiply(xhat, dgamma.reshape(shp), out=t)
+    dx *= (g * inv_std / m).reshape(shp)
     return dx, dgamma, dbeta
 
 

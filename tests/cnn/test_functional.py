@@ -419,7 +419,9 @@ def test_batch_norm_eval_matches_formula():
 def test_batch_norm_train_normalises_per_channel():
     rng = np.random.default_rng(9)
     x = rng.standard_normal((8, 3, 5, 5)) * [[[[2.0]], [[0.5]], [[3.0]]]] + 4
+    before = x.copy()
     y, _, mean, var = F.batch_norm_train(x, np.ones(3), np.zeros(3), eps=0.0)
+    np.testing.assert_array_equal(x, before)  # works in its own buffers, never in x
     np.testing.assert_allclose(mean, x.mean((0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(var, x.var((0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(y.mean((0, 2, 3)), 0, atol=1e-12)
