@@ -276,6 +276,24 @@ class FlatLayout:
         body = buf[self.lead : self.lead + n * self.img_rows]
         return body.reshape(n, self.h + self.pr, self.wq, self.c)[:, : self.h, : self.w]
 
+    def zero_padding(self, buf: np.ndarray, n: int, planar: bool = False) -> None:
+        """Zero everything but the pixels of ``n`` images in a C-contiguous (rows, C)
+        matrix of this layout (any channel count), or a planar (C, rows) one: the guard
+        rows and the padding (for a buffer allocated uninitialised whose pixels are
+        written next)."""
+        end = self.lead + n * self.img_rows
+        rows = buf.T if planar else buf
+        rows[: self.lead] = 0
+        rows[end:] = 0
+        if planar:
+            grid = buf[:, self.lead : end].reshape(-1, n, self.h + self.pr, self.wq)
+            grid[:, :, self.h :] = 0
+            grid[:, :, : self.h, self.w :] = 0
+            return
+        grid = buf[self.lead : end].reshape(n, self.h + self.pr, self.wq, -1)
+        grid[:, self.h :] = 0
+        grid[:, : self.h, self.w :] = 0
+
     def alloc_planar(self, n: int) -> np.ndarray:
         """A zero (C, rows) float32 matrix for ``n`` images: the planar form, one flat
         padded row per channel (:func:`corr_chunk_planar`)."""

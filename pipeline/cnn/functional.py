@@ -548,11 +548,11 @@ class _FlatGeometry:
         lay = self.layout
         if self.planar:
             buf = np.empty((c, lay.total_rows(n)), dtype=x.dtype)
-            _zero_padding(buf, lay, n, planar=True)
+            lay.zero_padding(buf, n, planar=True)
             _parallel_copy(lay.interior_planar(buf, n), x.transpose(1, 0, 2, 3))
             return buf
         buf = np.empty((lay.total_rows(n), c), dtype=x.dtype)
-        _zero_padding(buf, lay, n)
+        lay.zero_padding(buf, n)
         _parallel_copy(lay.interior(buf, n), x.transpose(0, 2, 3, 1))
         return buf
 
@@ -563,7 +563,7 @@ class _FlatGeometry:
             dyb = np.zeros((self.dy_rows, n_f), dtype=dtype)
         else:  # only the padding zeroed: the pixels are written next
             dyb = np.empty((self.dy_rows, n_f), dtype=dtype)
-            _zero_padding(dyb, self.layout, self.grid[0])
+            self.layout.zero_padding(dyb, self.grid[0])
         grid = dyb[self.dy0 : self.dy0 + self.rows].reshape(*self.grid, n_f)
         return dyb, grid[(slice(None), *self.out_crop)]
 
@@ -576,24 +576,6 @@ class _FlatGeometry:
     def crop(self, flat: np.ndarray, which: tuple[slice, slice]) -> np.ndarray:
         """(N, C, h, w) view of the ``rows`` x C matrix ``flat`` at the pixels ``which``."""
         return flat.reshape(*self.grid, -1)[(slice(None), *which)].transpose(0, 3, 1, 2)
-
-
-def _zero_padding(buf: np.ndarray, lay: FlatLayout, n: int, planar: bool = False) -> None:
-    """Zero everything but the pixels of ``n`` images of layout ``lay`` (any channel
-    count) in a C-contiguous (rows, C) matrix, or a planar (C, rows) one: the guard rows
-    and the padding."""
-    rows = buf if not planar else buf.T
-    end = lay.lead + n * lay.img_rows
-    rows[: lay.lead] = 0
-    rows[end:] = 0
-    if planar:
-        grid = buf[:, lay.lead : end].reshape(-1, n, lay.h + lay.pr, lay.wq)
-        grid[:, :, lay.h :] = 0
-        grid[:, :, : lay.h, lay.w :] = 0
-        return
-    grid = buf[lay.lead : end].reshape(n, lay.h + lay.pr, lay.wq, -1)
-    grid[:, lay.h :] = 0
-    grid[:, : lay.h, lay.w :] = 0
 
 
 def _flat_geometry(

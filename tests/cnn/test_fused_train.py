@@ -103,11 +103,10 @@ def test_zero_padding_leaves_only_pixels(planar):
     """Buffers are allocated uninitialised and only their padding zeroed: on a NaN-filled
     matrix every value but the images' pixels must become 0."""
     from pipeline.cnn.flat_conv import FlatLayout
-    from pipeline.cnn.functional import _zero_padding
 
     lay, n = FlatLayout(h=4, w=5, c=3, pr=1, pc=2), 2
     buf = np.full((3, lay.total_rows(n)) if planar else (lay.total_rows(n), 3), np.nan)
-    _zero_padding(buf, lay, n, planar=planar)
+    lay.zero_padding(buf, n, planar=planar)
     inner = lay.interior_planar(buf, n) if planar else lay.interior(buf, n)
     assert np.isnan(inner).all()
     assert np.isnan(buf).sum() == inner.size and np.nansum(np.abs(buf)) == 0
