@@ -15,8 +15,9 @@ time, CPU ms a step). Before timing, the first step's loss and gradients are che
 agree between the two (same net, same maths).
 
 It also prints per-layer forward and backward times of our step (median over
-``--profile-reps`` steps, each layer's ``forward``/``backward`` through the model's
-nodes). The header, the load and ``--blas-env free|haswell|machine`` are
+``--profile-reps`` steps, each step of the model as ``Model.forward(train=True)`` and
+``Model.backward`` run it: a layer, or a fused conv -> ReLU [-> max-pool] chain,
+pipeline/cnn/fused_train.py). The header, the load and ``--blas-env free|haswell|machine`` are
 bench/common.py's; ``--all-envs`` runs ``free`` and ``haswell`` as subprocesses. PyTorch
 is not a dependency of the project: without it the torch side is skipped and said so.
 
