@@ -648,11 +648,11 @@ def _conv_flat(
     b: np.ndarray | None,
     geo: _FlatGeometry,
     groups: int,
-    then: Callable[[int, np.ndarray], None] | None = None,
+    then: Callable[[np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (rows, F) flat output of a stride-1 convolution with bias, and its input
-    buffer; ``then(a, rows)`` runs on each chunk's output rows (from row ``a``) once they
-    are done, while they are in cache."""
+    buffer; ``then(rows)`` runs on each chunk's output rows once they are done, while they
+    are in cache."""
     n_f, c_g, kh, kw = w.shape
     f_g = n_f // groups
     xb = geo.to_input(x)
@@ -677,7 +677,7 @@ def _conv_flat(
         if b is not None:
             y[a : a + m] += b
         if then is not None:
-            then(a, y[a : a + m])
+            then(y[a : a + m])
 
     run_chunks(len(chunks), chunk)
     return y, xb
@@ -869,7 +869,9 @@ def conv2d_backward(
 @dataclass(frozen=True)
 class ConvReluCache:
     """What :func:`conv2d_relu_backward` needs: the convolution's input as its forward
-    read it, its (rows, F) flat output before the ReLU, and the pooled output (or None)."""
+    read it, its (rows, F) flat output (before the ReLU when pooled; without a pool the
+    ReLU's output, which is positive exactly where its input is), and the pooled output
+    (or None)."""
 
     x: ConvInput
     z: np.ndarray
@@ -899,14 +901,13 @@ def conv2d_relu_train(
         y = max_pool2d(geo.crop(z, geo.out_crop), pool)
         _over_batch(y, lambda i: np.maximum(y[i], 0, out=y[i]))
         return y, ConvReluCache(ConvInput(x.shape, xb), z, pool, y)
-    out = np.empty((geo.rows, w.shape[0]), dtype=x.dtype)
 
-    def relu_chunk(a: int, z_rows: np.ndarray) -> None:
-        np.maximum(z_rows, 0, out=out[a : a + len(z_rows)])
+    def relu_chunk(z_rows: np.ndarray) -> None:
+        np.maximum(z_rows, 0, out=z_rows)  # in place: relu(z) > 0 where z > 0
 
     b = None if b is None else _like(b, x)
     z, xb = _conv_flat(x, w, b, geo, 1, relu_chunk)
-    return geo.crop(out, geo.out_crop), ConvReluCache(ConvInput(x.shape, xb), z, 0, None)
+    return geo.crop(z, geo.out_crop), ConvReluCache(ConvInput(x.shape, xb), z, 0, None)
 
 
 def conv2d_relu_backward(
