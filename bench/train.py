@@ -15,8 +15,9 @@ time, CPU ms a step). Before timing, the first step's loss and gradients are che
 agree between the two (same net, same maths).
 
 It also prints per-layer forward and backward times of our step (median over
-``--profile-reps`` steps, each layer's ``forward``/``backward`` through the model's
-nodes). The header, the load and ``--blas-env free|haswell|machine`` are
+``--profile-reps`` steps, each step of the model as ``Model.forward(train=True)`` and
+``Model.backward`` run it: a layer, or a fused conv -> ReLU [-> max-pool] chain,
+pipeline/cnn/fused_train.py). The header, the load and ``--blas-env free|haswell|machine`` are
 bench/common.py's; ``--all-envs`` runs ``free`` and ``haswell`` as subprocesses. PyTorch
 is not a dependency of the project: without it the torch side is skipped and said so.
 
@@ -76,35 +77,50 @@ def numpy_step(model: Model, opt: AdamW, x: np.ndarray, labels: np.ndarray) -> f
 
 
 def layer_times(model: Model, x: np.ndarray, labels: np.ndarray, reps: int) -> list[list]:
-    """[layer, forward s, backward s, forward CPU s, backward CPU s] of each node, medians
-    over ``reps`` steps run node by node as ``Model.forward(train=True)`` and
-    ``Model.backward`` do (no update). CPU time is summed over the process's threads: the
-    work, which a busy machine disturbs less than the wall time."""
+    """[step, forward s, backward s, forward CPU s, backward CPU s] of each step of
+    ``Model.forward(train=True)`` and ``Model.backward`` (a node, or a fused chain named
+    by its nodes joined with "+"), medians over ``reps`` steps run step by step as the
+    model does (no update). CPU time is summed over the process's threads: the work,
+    which a busy machine disturbs less than the wall time."""
     nodes = model.spec.nodes[: model.spec.output_index + 1]
-    times = {nd.index: [] for nd in nodes}  # per rep: (fwd, bwd, fwd cpu, bwd cpu)
+    chains = model.train_chains()
+    inner = {nd.index for ch in chains.values() for nd in ch.nodes[1:]}
+    units = [nd for nd in nodes if nd.index not in inner]
+    times = {nd.index: [] for nd in units}  # per rep: (fwd, bwd, fwd cpu, bwd cpu)
     rng = np.random.default_rng(0)
     clocks = (time.perf_counter, time.process_time)
     for _ in range(reps):
         outs, tape, fwd = {INPUT: x}, {}, {}
-        for nd in nodes:
+        for nd in units:
+            ch, p = chains.get(nd.index), model.layer_params(nd)
+            xs = [outs[j] for j in nd.inputs]
             t0 = [c() for c in clocks]
-            outs[nd.index], tape[nd.index] = nd.layer.forward(
-                [outs[j] for j in nd.inputs], model.layer_params(nd), train=True, rng=rng
-            )
+            y, cache = ch.forward(xs[0], p) if ch else nd.layer.forward(xs, p, train=True, rng=rng)
             fwd[nd.index] = [c() - t for c, t in zip(clocks, t0, strict=True)]
+            outs[ch.last if ch else nd.index], tape[nd.index] = y, cache
         _, d = F.cross_entropy(outs[nodes[-1].index], labels)
         dys = {nodes[-1].index: d}
-        for nd in reversed(nodes):
+        for nd in reversed(units):
+            ch, p = chains.get(nd.index), model.layer_params(nd)
+            need_dx = any(j != INPUT for j in nd.inputs)  # as Model.backward
+            dy = dys.pop(ch.last if ch else nd.index)
             t0 = [c() for c in clocks]
-            dxs, _ = nd.layer.backward(dys.pop(nd.index), tape[nd.index], model.layer_params(nd))
+            if ch:
+                dxs = [ch.backward(dy, tape[nd.index], p, need_dx=need_dx)[0]]
+            else:
+                dxs = nd.layer.backward(dy, tape[nd.index], p, need_dx=need_dx)[0]
             (wall, cpu), (fwall, fcpu) = (
                 [c() - t for c, t in zip(clocks, t0, strict=True)],
                 fwd[nd.index],
             )
             times[nd.index].append((fwall, wall, fcpu, cpu))
             for j, dx in zip(nd.inputs, dxs, strict=True):
-                dys[j] = dx
-    return [[nd.name, *np.median(times[nd.index], axis=0).tolist()] for nd in nodes]
+                if j != INPUT:
+                    dys[j] = dx
+    names = {nd.index: nd.name for nd in nodes}
+    for k, ch in chains.items():
+        names[k] = "+".join(n.name for n in ch.nodes)
+    return [[names[nd.index], *np.median(times[nd.index], axis=0).tolist()] for nd in units]
 
 
 # ----------------------------------------------------------------------------- torch
@@ -242,7 +258,7 @@ def report(r: dict) -> None:
     print("per layer, ours (median ms): forward, backward wall; forward, backward CPU")
     rows = [*r["layers"], ["sum", *np.sum([row[1:] for row in r["layers"]], axis=0)]]
     for name, *ms in rows:
-        print(f"  {name:14s} " + " ".join(f"{v * 1e3:7.2f}" for v in ms))
+        print(f"  {name:28s} " + " ".join(f"{v * 1e3:7.2f}" for v in ms))
     print(load_line(r["load_end"]))
 
 

@@ -133,7 +133,10 @@ def test_backends_agree_with_the_numpy_chain_of_sensorlab_run(trained, exports):
     ran = run(trained["eval"], set={"model.path": model_yaml}, store=False, progress=False)
     assert np.array_equal(ran.predictions, numpy_result.predictions)
     assert numpy_result.metrics["accuracy"] == ran.metrics["accuracy"]
-    assert 0.5 < numpy_result.metrics["accuracy"] < 1.0  # a real, imperfect classifier
+    # a real classifier, above chance (3 classes); whether 12 epochs end at 0.99 or 1.0 on
+    # these 200 images hinges on the float rounding of training (0.99 before the training
+    # kernels of issue 14 changed the order of some sums, 1.0 after)
+    assert 0.5 < numpy_result.metrics["accuracy"] <= 1.0
     for backend, engine in (("onnxruntime", "auto"), ("opencv", "new"), ("opencv", "classic")):
         for onnx_file in (None, exports["float"], exports["raw"]):
             r = evaluate(

@@ -79,6 +79,9 @@ __all__ = [
     "compile_model",
     "default_block_images",
     "fast_forward",
+    "flat_conv_pads",
+    "follow_chain",
+    "pool_fuses",
 ]
 
 
@@ -358,49 +361,25 @@ class CompiledNet:
 
     # -------------------------------------------------------------------- planning
 
-    def _sole(self, i: int) -> int | None:
-        """The one node reading node ``i``'s output, if exactly one does (never past the
-        network's output)."""
-        cs = self._consumers[i]
-        return cs[0] if len(cs) == 1 and i != self.out else None
-
     def _fast_conv_pads(self, i: int):
         """Resolved pads if node i is a convolution the flat kernel computes, else None."""
         form = self.forms[i]
-        src = self.nodes[i].inputs[0] if isinstance(form, ConvKernel) else None
-        if src is None or len(self.shapes[src]) != 3:
+        if not isinstance(form, ConvKernel):
             return None
-        if form.groups != 1 or form.stride != (1, 1) or form.dilation != (1, 1):
-            return None
-        kh, kw = form.weight.shape[2:]
-        if sum(form.pads[0]) != kh - 1 or sum(form.pads[1]) != kw - 1:
-            return None  # output size differs from input size
-        return form.pads
-
-    def _follow(self, cur: int, kind: type, accept: Callable[[Any], bool]) -> int | None:
-        """The sole reader of ``cur`` when its form is a ``kind`` that ``accept`` takes."""
-        nxt = self._sole(cur)
-        if nxt is not None and isinstance(self.forms[nxt], kind) and accept(self.forms[nxt]):
-            return nxt
-        return None
+        return flat_conv_pads(form, self.shapes[self.nodes[i].inputs[0]])
 
     def _conv_chain(self, i: int) -> dict[str, Any]:
         """conv [-> channel affine] [-> activation] [-> max-pool (size == stride)]."""
-        chain: dict[str, Any] = {"affine": None, "act": None, "pool": 0, "nodes": [i]}
         steps = (
             ("affine", ChannelAffine, lambda f: True),
             ("act", Activation, lambda f: 0.0 <= f.alpha <= 1.0),
-            ("pool", MaxPoolWindow, _pool_fuses),
+            ("pool", MaxPoolWindow, pool_fuses),
         )
-        cur = i
-        for key, kind, accept in steps:
-            nxt = self._follow(cur, kind, accept)
-            if nxt is not None:
-                form = self.forms[nxt]
-                chain[key] = form.size[0] if key == "pool" else form
-                chain["nodes"].append(nxt)
-                cur = nxt
-        return chain
+        return follow_chain(i, self.forms, self._consumers, self.out, steps)
+
+    def _follow(self, cur: int, kind: type, accept: Callable[[Any], bool]) -> int | None:
+        """The sole reader of ``cur`` when its form is a ``kind`` that ``accept`` takes."""
+        return _follow(cur, self.forms, self._consumers, self.out, kind, accept)
 
     def _plan(self) -> None:
         fast_pads = {
@@ -724,10 +703,64 @@ class _Clock:
         self.t = t
 
 
-def _pool_fuses(form: MaxPoolWindow) -> bool:
-    """A max-pool the fused convolution applies: square, stride == size, no padding."""
+def pool_fuses(form: MaxPoolWindow) -> bool:
+    """A max-pool a fused convolution applies: square, stride == size, no padding."""
     k, st = form.size, form.stride
     return k[0] == k[1] == st[0] == st[1] and form.padding == (0, 0)
+
+
+def flat_conv_pads(form: ConvKernel, src_shape: tuple[int, ...]):
+    """The resolved pads of a convolution the fused flat kernels compute (stride 1,
+    dilation 1, one group, output of its (C, H, W) input's size), else None."""
+    if len(src_shape) != 3 or form.groups != 1:
+        return None
+    if form.stride != (1, 1) or form.dilation != (1, 1):
+        return None
+    kh, kw = form.weight.shape[2:]
+    if sum(form.pads[0]) != kh - 1 or sum(form.pads[1]) != kw - 1:
+        return None  # output size differs from input size
+    return form.pads
+
+
+def _follow(
+    cur: int,
+    forms: Mapping[int, Any],
+    consumers: Mapping[int, list[int]],
+    out: int,
+    kind: type,
+    accept: Callable[[Any], bool],
+) -> int | None:
+    """The one node reading node ``cur`` (never past the network's output ``out``), when
+    its form is a ``kind`` that ``accept`` takes."""
+    cs = consumers[cur]
+    nxt = cs[0] if len(cs) == 1 and cur != out else None
+    if nxt is not None and isinstance(forms[nxt], kind) and accept(forms[nxt]):
+        return nxt
+    return None
+
+
+def follow_chain(
+    start: int,
+    forms: Mapping[int, Any],
+    consumers: Mapping[int, list[int]],
+    out: int,
+    steps: Sequence[tuple[str, type, Callable[[Any], bool]]],
+) -> dict[str, Any]:
+    """The chain of nodes a fused kernel computes from node ``start``: each of ``steps``
+    (key, form type, test) in turn, when the chain's last node has one reader and it is
+    of that form (a step that does not match is skipped). Returns ``{"nodes": [start,
+    ...], key: form (the pool's size for "pool") or None (0 for "pool")}``."""
+    chain: dict[str, Any] = {key: (0 if key == "pool" else None) for key, _, _ in steps}
+    chain["nodes"] = [start]
+    cur = start
+    for key, kind, accept in steps:
+        nxt = _follow(cur, forms, consumers, out, kind, accept)
+        if nxt is not None:
+            form = forms[nxt]
+            chain[key] = form.size[0] if key == "pool" else form
+            chain["nodes"].append(nxt)
+            cur = nxt
+    return chain
 
 
 # ---------------------------------------------------------------- pipeline.cnn.model glue

@@ -19,6 +19,10 @@ im2col copy is ``kh*kw*C`` plain copies instead of a gather of ``C``-value piece
 faster on the 3-channel input layer). It forms the same products in the same (i, j, c)
 order, but through another GEMM call (its A operand transposed), which BLAS may round
 differently.
+
+:func:`wgrad_chunk` and :func:`wgrad_chunk_planar` are the weight gradients of the two:
+the same tap copies, transposed against the chunk's output gradient (training's
+backward sums them over chunks in chunk order).
 """
 
 from __future__ import annotations
@@ -35,9 +39,12 @@ __all__ = [
     "corr_chunk",
     "corr_chunk_planar",
     "flat_padded",
+    "planar_taps",
     "taps",
     "use_im2col",
     "weight_rows",
+    "wgrad_chunk",
+    "wgrad_chunk_planar",
 ]
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -122,6 +129,33 @@ def corr_chunk(
         out += acc
 
 
+def planar_taps(
+    src: np.ndarray,
+    start: int,
+    rows: int,
+    kernel: tuple[int, int],
+    steps: tuple[int, int],
+    buf: np.ndarray,
+) -> np.ndarray:
+    """Copy of the taps of a *planar* ``(C, rows_total)`` flat matrix from anchor row
+    ``start``: ``(kh*kw*C, rows)`` with row ``(i*kw + j)*C + c`` holding
+    ``src[c, start + q + i*steps[0] + j*steps[1]]`` for q in [0, rows) (contiguous runs)."""
+    (kh, kw), (row_step, col_step) = kernel, steps
+    c = src.shape[0]
+    need = start + rows - 1 + (kh - 1) * row_step + (kw - 1) * col_step
+    assert start >= 0 and need < src.shape[1], "flat layout guard too small"
+    item, plane = src.itemsize, src.strides[0]
+    view = as_strided(
+        src[:, start:],
+        (kh, kw, c, rows),
+        (row_step * item, col_step * item, plane, item),
+        writeable=False,
+    )
+    cols = buf[: view.size].reshape(view.shape)
+    np.copyto(cols, view)
+    return cols.reshape(kh * kw * c, rows)
+
+
 def corr_chunk_planar(
     src: np.ndarray,
     start: int,
@@ -146,20 +180,61 @@ def corr_chunk_planar(
     buf : scratch of at least rows * kh*kw*C values.
     """
     kh, k_row, n_f = wr.shape
-    c = src.shape[0]
-    kw = k_row // c
-    need = start + rows - 1 + (kh - 1) * row_step + (kw - 1) * col_step
-    assert start >= 0 and need < src.shape[1], "flat layout guard too small"
-    item, plane = src.itemsize, src.strides[0]
-    view = as_strided(
-        src[:, start:],
-        (kh, kw, c, rows),
-        (row_step * item, col_step * item, plane, item),
-        writeable=False,
-    )
-    cols = buf[: view.size].reshape(view.shape)
-    np.copyto(cols, view)
-    np.matmul(cols.reshape(kh * k_row, rows).T, wr.reshape(kh * k_row, n_f), out=out)
+    kw = k_row // src.shape[0]
+    cols = planar_taps(src, start, rows, (kh, kw), (row_step, col_step), buf)
+    np.matmul(cols.T, wr.reshape(kh * k_row, n_f), out=out)
+
+
+def wgrad_chunk(
+    src: np.ndarray,
+    start: int,
+    rows: int,
+    row_step: int,
+    col_step: int,
+    dy: np.ndarray,
+    out: np.ndarray,
+    buf: np.ndarray,
+) -> None:
+    """The weight gradient of :func:`corr_chunk` over one chunk:
+    ``out[i, j*C + c, f] = sum_q src[start + q + i*row_step + j*col_step, c] * dy[q, f]``.
+
+    Parameters
+    ----------
+    src : (rows_total, C) flat padded matrix (the forward's input).
+    start, rows : first anchor row and number of rows q.
+    row_step, col_step : row offsets of one kernel row and one kernel column.
+    dy : (rows, F) output gradient of the chunk.
+    out : (kh, kw*C, F) result, overwritten (its shape gives kh and kw).
+    buf : scratch of at least (rows + (kh-1)*row_step) * kw*C values.
+    """
+    kh, k_row, n_f = out.shape
+    kw = k_row // src.shape[1]
+    if use_im2col(kh, k_row):
+        s = taps(src, start, rows, (kh, kw), (row_step, col_step), buf)
+        np.matmul(s.T, dy, out=out.reshape(kh * k_row, n_f))
+        return
+    s = taps(src, start, rows + (kh - 1) * row_step, (kw,), (col_step,), buf)
+    for i in range(kh):
+        np.matmul(s[i * row_step : i * row_step + rows].T, dy, out=out[i])
+
+
+def wgrad_chunk_planar(
+    src: np.ndarray,
+    start: int,
+    rows: int,
+    row_step: int,
+    col_step: int,
+    dy: np.ndarray,
+    out: np.ndarray,
+    buf: np.ndarray,
+) -> None:
+    """:func:`wgrad_chunk` on a planar ``(C, rows_total)`` matrix (the input of
+    :func:`corr_chunk_planar`): one GEMM of the ``(kh*kw*C, rows)`` taps with ``dy``.
+    ``buf``: scratch of at least rows * kh*kw*C values."""
+    kh, k_row, n_f = out.shape
+    kw = k_row // src.shape[0]
+    cols = planar_taps(src, start, rows, (kh, kw), (row_step, col_step), buf)
+    np.matmul(cols, dy, out=out.reshape(kh * k_row, n_f))
 
 
 @dataclass(frozen=True)
@@ -200,6 +275,24 @@ class FlatLayout:
         """(n, h, w, c) view of the pixels."""
         body = buf[self.lead : self.lead + n * self.img_rows]
         return body.reshape(n, self.h + self.pr, self.wq, self.c)[:, : self.h, : self.w]
+
+    def zero_padding(self, buf: np.ndarray, n: int, planar: bool = False) -> None:
+        """Zero everything but the pixels of ``n`` images in a C-contiguous (rows, C)
+        matrix of this layout (any channel count), or a planar (C, rows) one: the guard
+        rows and the padding (for a buffer allocated uninitialised whose pixels are
+        written next)."""
+        end = self.lead + n * self.img_rows
+        rows = buf.T if planar else buf
+        rows[: self.lead] = 0
+        rows[end:] = 0
+        if planar:
+            grid = buf[:, self.lead : end].reshape(-1, n, self.h + self.pr, self.wq)
+            grid[:, :, self.h :] = 0
+            grid[:, :, : self.h, self.w :] = 0
+            return
+        grid = buf[self.lead : end].reshape(n, self.h + self.pr, self.wq, -1)
+        grid[:, self.h :] = 0
+        grid[:, : self.h, self.w :] = 0
 
     def alloc_planar(self, n: int) -> np.ndarray:
         """A zero (C, rows) float32 matrix for ``n`` images: the planar form, one flat

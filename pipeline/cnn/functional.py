@@ -52,10 +52,12 @@ from pipeline.cnn.flat_conv import (
     CHUNK_ROWS,
     FlatLayout,
     corr_chunk,
+    corr_chunk_planar,
     flat_padded,
-    taps,
     use_im2col,
     weight_rows,
+    wgrad_chunk,
+    wgrad_chunk_planar,
 )
 from pipeline.threads import run_chunks
 
@@ -67,6 +69,9 @@ __all__ = [
     "batch_norm_train",
     "conv2d",
     "conv2d_backward",
+    "conv2d_relu_backward",
+    "conv2d_relu_train",
+    "conv2d_train",
     "conv_output_size",
     "cross_entropy",
     "dense",
@@ -369,20 +374,50 @@ def conv2d(
             f"conv2d takes x (N,C,H,W) with w (F,C,kh,kw), x (C,H,W) with w (F,C,kh,kw) or "
             f"x (H,W) with w (kh,kw); got x {x.shape} and w {w.shape}"
         )
-    y = _conv2d_nchw(x, w, None if b is None else _like(b, x), stride, padding, dilation, groups)
+    b = None if b is None else _like(b, x)
+    y, _ = _conv2d_nchw(x, w, b, stride, padding, dilation, groups)
     return y[(0,) * len(squeeze)] if squeeze else y
 
 
-def _check_conv(x: np.ndarray, w: np.ndarray, groups: int) -> None:
+@dataclass(frozen=True)
+class ConvInput:
+    """A convolution's input as :func:`conv2d_train` kept it for :func:`conv2d_backward`:
+    its (N, C, H, W) shape and ``data``, the flat padded buffer the forward read (stride
+    1) or the input itself (other strides), so the backward does not lay it out again."""
+
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+def conv2d_train(
+    x: Any,
+    w: Any,
+    b: Any | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> tuple[np.ndarray, ConvInput]:
+    """:func:`conv2d` of an (N, C, H, W) batch for training: (y, the input as
+    :func:`conv2d_backward` reads it)."""
+    x = _float(x)
+    w = _like(w, x)
+    _check_4d(x)
+    _check_4d(w, "w")
+    b = None if b is None else _like(b, x)
+    y, data = _conv2d_nchw(x, w, b, stride, padding, dilation, groups)
+    return y, ConvInput(x.shape, data)
+
+
+def _check_conv(c: int, w: np.ndarray, groups: int) -> None:
+    """Raise ValueError unless ``c`` input channels, weights ``w`` and ``groups`` fit."""
     n_f, c_g = w.shape[:2]
-    if groups < 1 or x.shape[1] % groups or n_f % groups:
-        raise ValueError(
-            f"groups={groups} must divide input channels {x.shape[1]} and filters {n_f}"
-        )
-    if c_g * groups != x.shape[1]:
+    if groups < 1 or c % groups or n_f % groups:
+        raise ValueError(f"groups={groups} must divide input channels {c} and filters {n_f}")
+    if c_g * groups != c:
         raise ValueError(
             f"weights {w.shape} expect {c_g * groups} input channels "
-            f"(C/groups={c_g}, groups={groups}), input has {x.shape[1]}"
+            f"(C/groups={c_g}, groups={groups}), input has {c}"
         )
 
 
@@ -425,8 +460,10 @@ def _scratch(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
 
 def _row_chunks(rows: int) -> list[tuple[int, int]]:
     """(first row, rows) of equal chunks of at most CHUNK_ROWS rows (at least
-    min(4, rows // 1024) chunks): a function of ``rows`` alone."""
+    min(4, rows // 1024) chunks; an even number above one, so two threads finish
+    together): a function of ``rows`` alone."""
     n = max(-(-rows // CHUNK_ROWS), min(4, rows // _MIN_CHUNKS_ROWS), 1)
+    n += n % 2 * (n > 1)
     bounds = [rows * k // n for k in range(n + 1)]
     return [(bounds[k], bounds[k + 1] - bounds[k]) for k in range(n)]
 
@@ -454,24 +491,20 @@ def _wgrad_into(
     m: int,
     row_step: int,
     col_step: int,
-    kh: int,
-    kw: int,
     dy: np.ndarray,
     out: np.ndarray,
+    planar: bool,
 ) -> None:
-    """out (kh, kw*C, F) = sum over rows q in [a, a+m) of
-    src[q + i*row_step + j*col_step] (outer) dy[q]."""
-    c = src.shape[1]
-    if use_im2col(kh, kw * c):
-        s = taps(
-            src, a, m, (kh, kw), (row_step, col_step), _scratch("taps", m * kh * kw * c, src.dtype)
-        )
-        np.matmul(s.T, dy, out=out.reshape(kh * kw * c, -1))
+    """out (kh, kw*C, F) = the weight gradient of rows [a, a+m) of the flat correlation
+    (:func:`pipeline.cnn.flat_conv.wgrad_chunk`, or its planar form), with this thread's
+    scratch buffer."""
+    kh, k_row, _ = out.shape
+    if planar:
+        buf = _scratch("taps", m * kh * k_row, src.dtype)
+        wgrad_chunk_planar(src, a, m, row_step, col_step, dy, out, buf)
         return
-    rows = m + (kh - 1) * row_step
-    s = taps(src, a, rows, (kw,), (col_step,), _scratch("taps", rows * kw * c, src.dtype))
-    for i in range(kh):
-        np.matmul(s[i * row_step : i * row_step + m].T, dy, out=out[i])
+    size = m * kh * k_row if use_im2col(kh, k_row) else (m + (kh - 1) * row_step) * k_row
+    wgrad_chunk(src, a, m, row_step, col_step, dy, out, _scratch("taps", size, src.dtype))
 
 
 @dataclass(frozen=True)
@@ -488,10 +521,13 @@ class _FlatGeometry:
     A convolution whose output has its input's size uses the inference layout
     (:class:`pipeline.cnn.flat_conv.FlatLayout`: padding shared between neighbouring rows
     and images, anchors at the output pixel); any other uses a plain padded NHWC matrix
-    with anchors at the window's top-left input pixel.
+    with anchors at the window's top-left input pixel. ``planar``: the input buffer is
+    the layout's planar form, (C, rows), read by the single-GEMM kernels (few channels:
+    contiguous tap copies, as the compiled evaluator's input layer).
     """
 
     layout: FlatLayout | None
+    planar: bool
     pads: Pads
     rows: int
     x0: int
@@ -509,16 +545,32 @@ class _FlatGeometry:
         if self.layout is None:
             return flat_padded(x, self.pads, 0, self.dy0)
         n, c = x.shape[:2]
-        buf = np.zeros((self.layout.total_rows(n), c), dtype=x.dtype)
-        _parallel_copy(self.layout.interior(buf, n), x.transpose(0, 2, 3, 1))
+        lay = self.layout
+        if self.planar:
+            buf = np.empty((c, lay.total_rows(n)), dtype=x.dtype)
+            lay.zero_padding(buf, n, planar=True)
+            _parallel_copy(lay.interior_planar(buf, n), x.transpose(1, 0, 2, 3))
+            return buf
+        buf = np.empty((lay.total_rows(n), c), dtype=x.dtype)
+        lay.zero_padding(buf, n)
+        _parallel_copy(lay.interior(buf, n), x.transpose(0, 2, 3, 1))
         return buf
+
+    def grad_matrix(self, n_f: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """A gradient matrix for ``n_f`` output channels and the (N, Ho, Wo, F) view of
+        its output pixels, which the caller must fill: the rest is zero."""
+        if self.layout is None:
+            dyb = np.zeros((self.dy_rows, n_f), dtype=dtype)
+        else:  # only the padding zeroed: the pixels are written next
+            dyb = np.empty((self.dy_rows, n_f), dtype=dtype)
+            self.layout.zero_padding(dyb, self.grid[0])
+        grid = dyb[self.dy0 : self.dy0 + self.rows].reshape(*self.grid, n_f)
+        return dyb, grid[(slice(None), *self.out_crop)]
 
     def to_grad(self, dy: np.ndarray) -> np.ndarray:
         """(N, F, Ho, Wo) output gradient as the zero-padded gradient matrix."""
-        n_f = dy.shape[1]
-        dyb = np.zeros((self.dy_rows, n_f), dtype=dy.dtype)
-        grid = dyb[self.dy0 : self.dy0 + self.rows].reshape(*self.grid, n_f)
-        _parallel_copy(grid[(slice(None), *self.out_crop)], dy.transpose(0, 2, 3, 1))
+        dyb, pixels = self.grad_matrix(dy.shape[1], dy.dtype)
+        _parallel_copy(pixels, dy.transpose(0, 2, 3, 1))
         return dyb
 
     def crop(self, flat: np.ndarray, which: tuple[slice, slice]) -> np.ndarray:
@@ -527,7 +579,11 @@ class _FlatGeometry:
 
 
 def _flat_geometry(
-    x_shape: tuple[int, ...], kernel: tuple[int, int], pads: Pads, d: tuple[int, int]
+    x_shape: tuple[int, ...],
+    kernel: tuple[int, int],
+    pads: Pads,
+    d: tuple[int, int],
+    groups: int = 1,
 ) -> _FlatGeometry:
     """The :class:`_FlatGeometry` of a stride-1 convolution of an (N, C, H, W) input."""
     n, _, h, w = x_shape
@@ -538,6 +594,7 @@ def _flat_geometry(
         rows, wq = n * lay.img_rows, lay.wq
         return _FlatGeometry(
             layout=lay,
+            planar=groups == 1 and use_im2col(kh, kw * x_shape[1]),
             pads=pads,
             rows=rows,
             x0=lay.lead - t * wq - lft,
@@ -555,6 +612,7 @@ def _flat_geometry(
     reach = span_h * wp + span_w
     return _FlatGeometry(
         layout=None,
+        planar=False,
         pads=pads,
         rows=n * hp * wp,
         x0=0,
@@ -576,64 +634,95 @@ def _conv2d_s1(
     pads: Pads,
     d: tuple[int, int],
     groups: int,
-) -> np.ndarray:
-    """Stride-1 convolution on the flat padded layout (bias added per chunk)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stride-1 convolution on the flat padded layout (bias added per chunk); returns the
+    output and the input buffer (what the backward reads)."""
+    geo = _flat_geometry(x.shape, w.shape[2:], pads, d, groups)
+    y, xb = _conv_flat(x, w, b, geo, groups)
+    return geo.crop(y, geo.out_crop), xb
+
+
+def _conv_flat(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    geo: _FlatGeometry,
+    groups: int,
+    then: Callable[[np.ndarray], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (rows, F) flat output of a stride-1 convolution with bias, and its input
+    buffer; ``then(rows)`` runs on each chunk's output rows once they are done, while they
+    are in cache."""
     n_f, c_g, kh, kw = w.shape
-    geo = _flat_geometry(x.shape, (kh, kw), pads, d)
     f_g = n_f // groups
     xb = geo.to_input(x)
     srcs = [_group(xb, g, c_g, groups) for g in range(groups)]
     wrs = [weight_rows(w[g * f_g : (g + 1) * f_g]) for g in range(groups)]
     y = np.empty((geo.rows, n_f), dtype=x.dtype)
     chunks = _row_chunks(geo.rows)
+    steps = (geo.row_step, geo.col_step)
 
     def chunk(k: int) -> None:
         a, m = chunks[k]
-        for g in range(groups):
-            out = y[a : a + m] if groups == 1 else _scratch("out", m * f_g, x.dtype)[: m * f_g]
-            out = out.reshape(m, -1)
-            _corr_into(srcs[g], geo.x0 + a, m, geo.row_step, geo.col_step, wrs[g], out)
-            if groups > 1:
-                y[a : a + m, g * f_g : (g + 1) * f_g] = out
+        if geo.planar:
+            buf = _scratch("taps", m * kh * kw * c_g, x.dtype)
+            corr_chunk_planar(xb, geo.x0 + a, m, *steps, wrs[0], y[a : a + m], buf)
+        else:
+            for g in range(groups):
+                out = y[a : a + m] if groups == 1 else _scratch("out", m * f_g, x.dtype)
+                out = out[: m * f_g].reshape(m, -1)
+                _corr_into(srcs[g], geo.x0 + a, m, *steps, wrs[g], out)
+                if groups > 1:
+                    y[a : a + m, g * f_g : (g + 1) * f_g] = out
         if b is not None:
             y[a : a + m] += b
+        if then is not None:
+            then(y[a : a + m])
 
     run_chunks(len(chunks), chunk)
-    return geo.crop(y, geo.out_crop)
+    return y, xb
 
 
 def _conv2d_backward_s1(
-    dy: np.ndarray, x: np.ndarray, w: np.ndarray, pads: Pads, d: tuple[int, int], groups: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dx, dw, db) of :func:`_conv2d_s1`; dw and db summed over chunks in chunk order."""
-    c = x.shape[1]
+    dyb: np.ndarray,
+    geo: _FlatGeometry,
+    x_shape: tuple[int, ...],
+    xb: np.ndarray,
+    w: np.ndarray,
+    groups: int,
+    need_dx: bool,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(dx, dw, db) of :func:`_conv_flat` from the gradient matrix ``dyb``
+    (:meth:`_FlatGeometry.grad_matrix`) and the input buffer ``xb``; dw and db summed over
+    chunks in chunk order; dx is None when not ``need_dx``."""
+    c = x_shape[1]
     n_f, c_g, kh, kw = w.shape
-    geo = _flat_geometry(x.shape, (kh, kw), pads, d)
     f_g = n_f // groups
-    xb, dyb = geo.to_input(x), geo.to_grad(dy)
-    xs = [_group(xb, g, c_g, groups) for g in range(groups)]
+    xs = [xb] if geo.planar else [_group(xb, g, c_g, groups) for g in range(groups)]
     dys = [_group(dyb, g, f_g, groups) for g in range(groups)]
     # dx[p] = sum_ij dy[p + pad - ij] @ w_ij^T: the flipped kernel, F -> C
     wr_back = [
         weight_rows(w[g * f_g : (g + 1) * f_g].transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         for g in range(groups)
     ]
-    dxb = np.empty((geo.rows, c), dtype=x.dtype)
+    dxb = np.empty((geo.rows, c), dtype=dyb.dtype) if need_dx else None
     chunks = _row_chunks(geo.rows)
     steps = (geo.row_step, geo.col_step)
 
     def chunk(k: int) -> tuple[np.ndarray, np.ndarray]:
         a, m = chunks[k]
-        dwr = np.empty((groups, kh, kw * c_g, f_g), dtype=x.dtype)
+        dwr = np.empty((groups, kh, kw * c_g, f_g), dtype=dyb.dtype)
         for g in range(groups):
-            out = dxb[a : a + m] if groups == 1 else _scratch("out", m * c_g, x.dtype)[: m * c_g]
-            out = out.reshape(m, -1)
-            _corr_into(dys[g], geo.dx0 + a, m, *steps, wr_back[g], out)
-            if groups > 1:
-                dxb[a : a + m, g * c_g : (g + 1) * c_g] = out
+            if dxb is not None:
+                out = dxb[a : a + m] if groups == 1 else _scratch("out", m * c_g, dyb.dtype)
+                out = out[: m * c_g].reshape(m, -1)
+                _corr_into(dys[g], geo.dx0 + a, m, *steps, wr_back[g], out)
+                if groups > 1:
+                    dxb[a : a + m, g * c_g : (g + 1) * c_g] = out
             dyc = dys[g][geo.dy0 + a : geo.dy0 + a + m]
-            _wgrad_into(xs[g], geo.x0 + a, m, *steps, kh, kw, dyc, dwr[g])
-        return dwr, dyb[geo.dy0 + a : geo.dy0 + a + m].sum(axis=0)
+            _wgrad_into(xs[g], geo.x0 + a, m, *steps, dyc, dwr[g], geo.planar)
+        # the bias gradient as a GEMV: numpy's column sum loops over F values per row
+        return dwr, np.ones(m, dyb.dtype) @ dyb[geo.dy0 + a : geo.dy0 + a + m]
 
     parts = run_chunks(len(chunks), chunk)
     dwr, db = parts[0]
@@ -641,7 +730,8 @@ def _conv2d_backward_s1(
         dwr += dwr_k
         db += db_k
     dw = dwr.reshape(groups, kh, kw, c_g, f_g).transpose(0, 4, 3, 1, 2).reshape(w.shape)
-    return geo.crop(dxb, geo.in_crop), np.ascontiguousarray(dw), db
+    dx = None if dxb is None else geo.crop(dxb, geo.in_crop)
+    return dx, np.ascontiguousarray(dw), db
 
 
 def _conv2d_nchw(
@@ -652,9 +742,11 @@ def _conv2d_nchw(
     padding: Padding,
     dilation: IntPair,
     groups: int,
-) -> np.ndarray:
-    """Stride 1: flat-layout row-offset GEMMs; otherwise im2col + GEMM, chunked."""
-    _check_conv(x, w, groups)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stride 1: flat-layout row-offset GEMMs; otherwise im2col + GEMM, chunked. Returns
+    the output and what the backward reads of the input (the flat buffer at stride 1,
+    else ``x``)."""
+    _check_conv(x.shape[1], w, groups)
     n_f, c_g, kh, kw = w.shape
     pads, s, d, (ho, wo) = _geometry(x.shape, (kh, kw), stride, padding, dilation)
     if s == (1, 1):
@@ -674,7 +766,7 @@ def _conv2d_nchw(
             y[n0:n1, :, :, g * f_g : (g + 1) * f_g] = (cols @ wmat).reshape(n1 - n0, ho, wo, f_g)
     if b is not None:
         y += b
-    return y.transpose(0, 3, 1, 2)
+    return y.transpose(0, 3, 1, 2), x
 
 
 def _im2col_nhwc(
@@ -703,31 +795,40 @@ def conv2d_backward(
     padding: Padding = 0,
     dilation: IntPair = 1,
     groups: int = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    *,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of :func:`conv2d` (4-D form) with respect to x, w and b.
 
     Parameters
     ----------
     dy : (N, F, Ho, Wo) upstream gradient.
-    x, w, stride, padding, dilation, groups : as given to the forward.
+    x : the forward's input, or the :class:`ConvInput` :func:`conv2d_train` returned.
+    w, stride, padding, dilation, groups : as given to the forward.
+    need_dx : False skips the input gradient (a network's first layer): dx is then None.
 
     Returns
     -------
-    (dx (N, C, H, W), dw (F, C/groups, kh, kw), db (F,)).
+    (dx (N, C, H, W) or None, dw (F, C/groups, kh, kw), db (F,)).
     """
-    x = _float(x)
+    kept = x if isinstance(x, ConvInput) else None
+    x = kept.data if kept is not None else _float(x)
+    x_shape = kept.shape if kept is not None else x.shape
     w = _like(w, x)
     dy = _like(dy, x)
-    _check_4d(x)
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {x_shape}")
     _check_4d(w, "w")
-    _check_conv(x, w, groups)
+    _check_conv(x_shape[1], w, groups)
     n_f, c_g, kh, kw = w.shape
-    pads, s, d, (ho, wo) = _geometry(x.shape, (kh, kw), stride, padding, dilation)
-    n, _, h, wd = x.shape
+    pads, s, d, (ho, wo) = _geometry(x_shape, (kh, kw), stride, padding, dilation)
+    n, _, h, wd = x_shape
     if dy.shape != (n, n_f, ho, wo):
         raise ValueError(f"dy must be {(n, n_f, ho, wo)}, got {dy.shape}")
     if s == (1, 1):
-        return _conv2d_backward_s1(dy, x, w, pads, d, groups)
+        geo = _flat_geometry(x_shape, (kh, kw), pads, d, groups)
+        xb = x if kept is not None else geo.to_input(x)
+        return _conv2d_backward_s1(geo.to_grad(dy), geo, x_shape, xb, w, groups, need_dx)
     db = dy.sum(axis=(0, 2, 3))
     f_g = n_f // groups
     xp = np.ascontiguousarray(_pad(x, pads).transpose(0, 2, 3, 1))
@@ -752,7 +853,139 @@ def conv2d_backward(
                     dxg[:, rs, css, :] += dcols[:, :, :, i, j, :]
     (t, _), (lft, _) = pads
     dx = np.ascontiguousarray(dxp[:, t : t + h, lft : lft + wd, :].transpose(0, 3, 1, 2))
-    return dx, np.ascontiguousarray(dw.transpose(0, 3, 1, 2)), db
+    return dx if need_dx else None, np.ascontiguousarray(dw.transpose(0, 3, 1, 2)), db
+
+
+# ------------------------------------------------- convolution + ReLU [+ max-pool]
+#
+# Training's fused kernel for the common chain conv -> ReLU [-> max-pool, size == stride]
+# (the layers' composition, the same bits): the ReLU runs on each GEMM chunk while it is
+# in cache, a max-pool pools the pre-activation map first and applies the ReLU to a
+# quarter of the data (max commutes with ReLU); the backward writes the ReLU-masked (and
+# pool-routed) gradient straight into the convolution's gradient matrix. The map before
+# the ReLU is kept for the backward (its sign is the mask, its window maxima the route).
+
+
+@dataclass(frozen=True)
+class ConvReluCache:
+    """What :func:`conv2d_relu_backward` needs: the convolution's input as its forward
+    read it, its (rows, F) flat output (before the ReLU when pooled; without a pool the
+    ReLU's output, which is positive exactly where its input is), and the pooled output
+    (or None)."""
+
+    x: ConvInput
+    z: np.ndarray
+    pool: int
+    pooled: np.ndarray | None
+
+
+def conv2d_relu_train(
+    x: Any, w: Any, b: Any | None, padding: Padding, dilation: IntPair = 1, pool: int = 0
+) -> tuple[np.ndarray, ConvReluCache]:
+    """``max_pool2d(relu(conv2d(x, w, b, 1, padding, dilation)), pool)`` (no pooling for
+    ``pool=0``) of an (N, C, H, W) batch, for a stride-1 convolution whose output has its
+    input's size; the same values as the three functions in turn.
+
+    Returns
+    -------
+    (y (N, F, H', W'), the cache :func:`conv2d_relu_backward` reads).
+    """
+    x = _float(x)
+    w = _like(w, x)
+    _check_4d(x)
+    _check_4d(w, "w")
+    _check_conv(x.shape[1], w, 1)
+    geo = _fused_geometry(x.shape, w, padding, dilation)
+    if pool:
+        z, xb = _conv_flat(x, w, None if b is None else _like(b, x), geo, 1)
+        y = max_pool2d(geo.crop(z, geo.out_crop), pool)
+        _over_batch(y, lambda i: np.maximum(y[i], 0, out=y[i]))
+        return y, ConvReluCache(ConvInput(x.shape, xb), z, pool, y)
+
+    def relu_chunk(z_rows: np.ndarray) -> None:
+        np.maximum(z_rows, 0, out=z_rows)  # in place: relu(z) > 0 where z > 0
+
+    b = None if b is None else _like(b, x)
+    z, xb = _conv_flat(x, w, b, geo, 1, relu_chunk)
+    return geo.crop(z, geo.out_crop), ConvReluCache(ConvInput(x.shape, xb), z, 0, None)
+
+
+def conv2d_relu_backward(
+    dy: Any,
+    cache: ConvReluCache,
+    w: Any,
+    padding: Padding,
+    dilation: IntPair = 1,
+    *,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`conv2d_relu_train`: (dx or None, dw, db), the same values as
+    the backward functions of the three in turn.
+
+    Parameters
+    ----------
+    dy : upstream gradient, shaped like the forward's output.
+    cache : the forward's cache.
+    w, padding, dilation : as given to the forward.
+    need_dx : False skips the input gradient (dx is then None).
+    """
+    z = cache.z
+    w = _like(w, z)
+    dy = _like(dy, z)
+    x_shape = cache.x.shape
+    geo = _fused_geometry(x_shape, w, padding, dilation)
+    dyb, pixels = geo.grad_matrix(w.shape[0], z.dtype)  # (N, H, W, F) view
+    z_px = geo.crop(z, geo.out_crop).transpose(0, 2, 3, 1)
+    if cache.pooled is None:
+        if dy.shape != (*x_shape[:1], w.shape[0], *x_shape[2:]):
+            raise ValueError(f"dy must be shaped like the output, got {dy.shape}")
+        dy_px = dy.transpose(0, 2, 3, 1)
+        _over_batch(
+            z_px, lambda i: np.multiply(dy_px[i], (z_px[i] > 0).view(np.uint8), out=pixels[i])
+        )
+    else:
+        _pool_relu_route(dy, cache, z_px, pixels)
+    return _conv2d_backward_s1(dyb, geo, x_shape, cache.x.data, w, 1, need_dx)
+
+
+def _pool_relu_route(
+    dy: np.ndarray, cache: ConvReluCache, z_px: np.ndarray, pixels: np.ndarray
+) -> None:
+    """pixels (N, H, W, F) = the gradient before ReLU and max-pool: each window's ``dy``,
+    where its maximum is positive, to its first maximum (as max_pool2d_backward of the
+    ReLU's output, then relu_backward). The pooled output stands for the window maxima:
+    it is the maximum where that is positive, and elsewhere the gradient is zero."""
+    p, y = cache.pool, cache.pooled
+    if dy.shape != y.shape:
+        raise ValueError(f"dy must be {y.shape}, got {dy.shape}")
+    k, out = (p, p), y.shape[2:]
+    pixels[:, out[0] * p :] = 0  # rows and columns no window covers
+    pixels[:, :, out[1] * p :] = 0
+    gate = np.empty_like(y)  # dy where the pooled maximum is positive
+    _over_batch(y, lambda i: np.multiply(dy[i], (y[i] > 0).view(np.uint8), out=gate[i]))
+    z_nchw, px_nchw = z_px.transpose(0, 3, 1, 2), pixels.transpose(0, 3, 1, 2)
+    taps, dz_taps = _pool_taps(z_nchw, k, k, out), _pool_taps(px_nchw, k, k, out)
+    clean = _over_batch(
+        gate,
+        lambda i: _route_max([t[i] for t in taps], gate[i], [t[i] for t in dz_taps], y[i]),
+    )
+    if not all(clean):  # a NaN maximum: the layers' own backward functions
+        relu_z = relu(z_nchw)
+        dz = relu_backward(max_pool2d_backward(dy, relu_z, p), z_nchw)
+        np.copyto(px_nchw, dz)
+
+
+def _fused_geometry(
+    x_shape: tuple[int, ...], w: np.ndarray, padding: Padding, dilation: IntPair
+) -> _FlatGeometry:
+    """The flat geometry of a fused convolution; ValueError unless its output has its
+    input's size."""
+    kernel = w.shape[2:]
+    pads, _, d, _ = _geometry(x_shape, kernel, 1, padding, dilation)
+    geo = _flat_geometry(x_shape, kernel, pads, d, 1)
+    if geo.layout is None:
+        raise ValueError(f"a fused convolution keeps the input's size; padding {pads} does not")
+    return geo
 
 
 # --------------------------------------------------------------------------- pooling
@@ -820,13 +1053,15 @@ def max_pool2d_backward(
     size: IntPair,
     stride: IntPair | None = None,
     padding: Padding = 0,
+    y: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`max_pool2d` with respect to x.
 
     Each window's gradient goes to its maximum; when several pixels tie for the
     maximum, all of it goes to the first in row-major order within the window (as
     ``np.argmax``; PyTorch and onnxruntime also pick one pixel, not a share).
-    Overlapping windows add up.
+    Overlapping windows add up. ``y``: the forward's output, if kept (the window maxima
+    are then not recomputed).
     """
     x = _float(x)
     dy = _like(dy, x)
@@ -834,10 +1069,15 @@ def max_pool2d_backward(
     if dy.shape != x.shape[:2] + out:
         raise ValueError(f"dy must be {x.shape[:2] + out}, got {dy.shape}")
     if s == k and pads == ((0, 0), (0, 0)):
-        dx = np.zeros_like(x)
+        tiled = x.shape[2] == out[0] * k[0] and x.shape[3] == out[1] * k[1]
+        dx = np.empty_like(x) if tiled else np.zeros_like(x)  # the taps cover a tiled x
         taps, dx_taps = _pool_taps(x, k, s, out), _pool_taps(dx, k, s, out)
+        ys = y if y is not None and y.shape == dy.shape else None
         clean = _over_batch(
-            dy, lambda i: _route_max([t[i] for t in taps], dy[i], [t[i] for t in dx_taps])
+            dy,
+            lambda i: _route_max(
+                [t[i] for t in taps], dy[i], [t[i] for t in dx_taps], None if ys is None else ys[i]
+            ),
         )
         if all(clean):
             return dx
@@ -853,12 +1093,18 @@ def max_pool2d_backward(
     return dxp[:, :, t : t + x.shape[2], lft : lft + x.shape[3]]
 
 
-def _route_max(taps: list[np.ndarray], dy: np.ndarray, dx_taps: list[np.ndarray]) -> bool:
+def _route_max(
+    taps: list[np.ndarray],
+    dy: np.ndarray,
+    dx_taps: list[np.ndarray],
+    y: np.ndarray | None = None,
+) -> bool:
     """Non-overlapping windows: each tap, in row-major order, takes the gradient of the
-    windows whose maximum it is and that no earlier tap has taken. False (and nothing
-    meaningful written) if a window's maximum is NaN."""
-    y = np.empty_like(dy)
-    _window_max(taps, y)
+    windows whose maximum ``y`` (computed when None) it is and that no earlier tap has
+    taken. False (and nothing meaningful written) if a window's maximum is NaN."""
+    if y is None:
+        y = np.empty_like(dy)
+        _window_max(taps, y)
     if np.isnan(y).any():
         return False
     taken = None
@@ -1050,19 +1296,23 @@ def dense(x: Any, w: Any, b: Any | None = None) -> np.ndarray:
     return y
 
 
-def dense_backward(dy: Any, x: Any, w: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of :func:`dense`: (dx like x, dw (out, in), db (out,))."""
+def dense_backward(
+    dy: Any, x: Any, w: Any, *, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`dense`: (dx like x, dw (out, in), db (out,)); dx is None when
+    not ``need_dx``."""
     x = _float(x)
     w = _like(w, x)
     dy = _like(dy, x)
     if x.ndim == 1:
-        return w.T @ dy, np.outer(dy, x), dy.copy()
-    dx = np.empty(x.shape, dtype=x.dtype)
+        return (w.T @ dy if need_dx else None), np.outer(dy, x), dy.copy()
+    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
     dw = np.empty(w.shape, dtype=x.dtype)
     cols = _blocks(w.shape[1], _DENSE_COLS)
 
     def block(k: int) -> None:
-        np.matmul(dy, w[:, cols[k]], out=dx[:, cols[k]])
+        if dx is not None:
+            np.matmul(dy, w[:, cols[k]], out=dx[:, cols[k]])
         np.matmul(dy.T, x[:, cols[k]], out=dw[:, cols[k]])
 
     run_chunks(len(cols), block)
@@ -1168,15 +1418,23 @@ def batch_norm_train(
     """
     # C order first: on a channels-last view (a convolution's output) the per-channel
     # broadcasts below would run in inner loops of C values, several times slower
-    x = np.ascontiguousarray(_float(x))
-    shp, axes = _channel_shape(x), _reduce_axes(x)
-    mean = x.mean(axis=axes, dtype=x.dtype)
-    xc = x - mean.reshape(shp)
-    var = (xc * xc).mean(axis=axes, dtype=x.dtype)
-    inv_std = 1 / np.sqrt(var + x.dtype.type(eps))
-    xhat = xc * inv_std.reshape(shp)
-    g = _like(gamma, x)
-    y = xhat * g.reshape(shp) + _like(beta, x).reshape(shp)
+    x = _float(x)
+    xc = np.ascontiguousarray(x)
+    shp, axes = _channel_shape(xc), _reduce_axes(xc)
+    mean = xc.mean(axis=axes, dtype=xc.dtype)
+    # the same operations as x - mean, (xc*xc).mean, xc*inv_std, xhat*g + beta, with two
+    # buffers (xc becomes xhat in place, the squares become y) instead of five
+    if xc is x:  # the caller's array: not overwritten
+        xc = xc - mean.reshape(shp)
+    else:
+        np.subtract(xc, mean.reshape(shp), out=xc)
+    y = np.multiply(xc, xc)
+    var = y.mean(axis=axes, dtype=xc.dtype)
+    inv_std = 1 / np.sqrt(var + xc.dtype.type(eps))
+    xhat = np.multiply(xc, inv_std.reshape(shp), out=xc)
+    g = _like(gamma, xhat)
+    np.multiply(xhat, g.reshape(shp), out=y)
+    y += _like(beta, xhat).reshape(shp)
     return y, (xhat, inv_std, g), mean, var
 
 
@@ -1191,8 +1449,13 @@ def batch_norm_backward(dy: Any, cache: tuple) -> tuple[np.ndarray, np.ndarray, 
     shp, axes = _channel_shape(xhat), _reduce_axes(xhat)
     m = xhat.size // xhat.shape[1]
     dbeta = dy.sum(axis=axes)
-    dgamma = (dy * xhat).sum(axis=axes)
-    dx = (g * inv_std / m).reshape(shp) * (m * dy - dbeta.reshape(shp) - xhat * dgamma.reshape(shp))
+    t = np.multiply(dy, xhat)
+    dgamma = t.sum(axis=axes)
+    # (g*inv_std/m) * (m*dy - dbeta - xhat*dgamma), the same operations in two buffers
+    dx = np.multiply(dy, xhat.dtype.type(m))
+    dx -= dbeta.reshape(shp)
+    dx -= np.multiply(xhat, dgamma.reshape(shp), out=t)
+    dx *= (g * inv_std / m).reshape(shp)
     return dx, dgamma, dbeta
 
 

@@ -19,7 +19,9 @@ import numpy as np
 import yaml
 
 from pipeline.cnn.fast import fast_forward
+from pipeline.cnn.fused_train import ConvReluChain, train_chains
 from pipeline.cnn.graph import INPUT, GraphSpec, Node, load_graph
+from pipeline.cnn.heap import keep_freed_memory
 from pipeline.errors import UserError
 from pipeline.files import ordinary_mode
 from pipeline.npyfile import check_npz
@@ -50,6 +52,9 @@ class Model:
 
     fast_eval: bool = True
     """Evaluation of a float32 model uses the compiled evaluator (pipeline.cnn.fast)."""
+    fuse_train: bool = True
+    """Training runs conv -> ReLU [-> max-pool] chains as one kernel
+    (pipeline.cnn.fused_train; the same values as the layers in turn)."""
 
     def __init__(self, spec: GraphSpec, *, dtype: Any = np.float32, init_seed: int = 0):
         self.spec = spec
@@ -74,6 +79,7 @@ class Model:
                 else:
                     self._uses[j] += 1
         self._tape: list[Any] | None = None
+        self._train_chains: dict[int, ConvReluChain] | None = None
         self._rng = np.random.default_rng([init_seed, 0xD50])
         self.init_params(init_seed)
 
@@ -229,22 +235,43 @@ class Model:
         return outs[self._out]
 
     def _forward_train(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        keep_freed_memory()  # steps reuse their feature maps' pages (pipeline.cnn.heap)
         outs: dict[int, np.ndarray] = {INPUT: x}
         uses = list(self._uses)
         tape: list[Any] = [None] * (self._out + 1)
+        chains = self.train_chains()
+        inner = {nd.index for ch in chains.values() for nd in ch.nodes[1:]}
         for node in self.spec.nodes[: self._out + 1]:
-            y, cache = node.layer.forward(
-                [outs[j] for j in node.inputs], self.layer_params(node), train=True, rng=rng
-            )
-            tape[node.index] = cache
+            if node.index in inner:
+                continue
+            xs = [outs[j] for j in node.inputs]
+            chain = chains.get(node.index)
+            if chain is not None:  # conv -> ReLU [-> pool] in one kernel
+                y, cache = chain.forward(xs[0], self.layer_params(node))
+                index = chain.last
+            else:
+                y, cache = node.layer.forward(xs, self.layer_params(node), train=True, rng=rng)
+                index = node.index
+            tape[index] = cache
             for j in node.inputs:
                 if j != INPUT:
                     uses[j] -= 1
                     if uses[j] == 0:
                         del outs[j]
-            outs[node.index] = y
+            outs[index] = y
         self._tape = tape
         return outs[self._out]
+
+    def train_chains(self) -> dict[int, ConvReluChain]:
+        """The chains training runs fused (:mod:`pipeline.cnn.fused_train`), by the index
+        of their convolution node; none when :attr:`fuse_train` is False."""
+        if not self.fuse_train:
+            return {}
+        if self._train_chains is None:
+            nodes = self.spec.nodes[: self._out + 1]
+            params = {nd.index: self.layer_params(nd) for nd in nodes}
+            self._train_chains = train_chains(nodes, params)
+        return self._train_chains
 
     def backward(
         self, dlogits: np.ndarray, *, input_grad: bool = False
@@ -258,13 +285,25 @@ class Model:
         tape, self._tape = self._tape, None
         dys: dict[int, np.ndarray] = {self._out: np.asarray(dlogits, dtype=self.dtype)}
         grads: dict[str, np.ndarray] = {}
+        chains = {ch.last: ch for ch in self.train_chains().values()}
+        inner = {nd.index for ch in chains.values() for nd in ch.nodes[:-1]}
         for node in reversed(self.spec.nodes[: self._out + 1]):
+            if node.index in inner:
+                continue
             dy = dys.pop(node.index)
-            dxs, dps = node.layer.backward(dy, tape[node.index], self.layer_params(node))
+            chain = chains.get(node.index)
+            first = node if chain is None else chain.conv
+            need_dx = input_grad or any(j != INPUT for j in first.inputs)
+            p = self.layer_params(first)
+            if chain is None:
+                dxs, dps = node.layer.backward(dy, tape[node.index], p, need_dx=need_dx)
+            else:
+                dx, dps = chain.backward(dy, tape[node.index], p, need_dx=need_dx)
+                dxs = [dx]
             tape[node.index] = None
             for short, g in dps.items():
-                grads[f"{node.name}.{short}"] = g
-            for j, dx in zip(node.inputs, dxs, strict=True):
+                grads[f"{first.name}.{short}"] = g
+            for j, dx in zip(first.inputs, dxs, strict=True):
                 if j == INPUT and not input_grad:
                     continue
                 dys[j] = dx if j not in dys else dys[j] + dx

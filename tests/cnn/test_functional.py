@@ -275,6 +275,22 @@ def test_max_pool_backward_routes_ties_to_first_max():
     x[0, 0, 1, 3] = 0.5
     dx = F.max_pool2d_backward(np.array([[[[2.0, 3.0]]]]), x, 2)
     np.testing.assert_array_equal(dx[0, 0], [[2, 0, 3, 0], [0, 0, 0, 0]])
+    # the forward's output given (not recomputed): the same routing
+    y = F.max_pool2d(x, 2)
+    np.testing.assert_array_equal(F.max_pool2d_backward(y * 0 + [[[[2.0, 3.0]]]], x, 2, y=y), dx)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 4), (2, 3, 7, 5)])
+def test_max_pool_backward_with_kept_output_is_identical(shape):
+    """Tiled (dx allocated without zeroing) and untiled (the uncovered row and column
+    stay zero) inputs: passing the forward's output changes nothing."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = F.max_pool2d(x, 2)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = F.max_pool2d_backward(dy, x, 2, y=y)
+    np.testing.assert_array_equal(dx, F.max_pool2d_backward(dy, x, 2))
+    assert not dx[:, :, 6:].any() and not dx[:, :, :, 4:].any()
 
 
 def test_avg_pool_counts_only_real_pixels():
@@ -403,7 +419,9 @@ def test_batch_norm_eval_matches_formula():
 def test_batch_norm_train_normalises_per_channel():
     rng = np.random.default_rng(9)
     x = rng.standard_normal((8, 3, 5, 5)) * [[[[2.0]], [[0.5]], [[3.0]]]] + 4
+    before = x.copy()
     y, _, mean, var = F.batch_norm_train(x, np.ones(3), np.zeros(3), eps=0.0)
+    np.testing.assert_array_equal(x, before)  # works in its own buffers, never in x
     np.testing.assert_allclose(mean, x.mean((0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(var, x.var((0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(y.mean((0, 2, 3)), 0, atol=1e-12)

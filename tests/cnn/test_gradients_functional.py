@@ -101,6 +101,32 @@ def test_conv2d_backward_same_padding_stride2_float32_dtype():
     assert all(g.dtype == np.float32 for g in grads32)
 
 
+@pytest.mark.parametrize(("c", "n_f"), [(3, 4), (8, 5)])
+def test_conv2d_train_backward_from_kept_input(c, n_f):
+    """The training pair: conv2d_train keeps the input as the backward reads it (planar
+    for few channels, (C, rows); NHWC rows otherwise); the gradients from it pass the
+    finite-difference check, and need_dx=False gives the same dw, db and no dx."""
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((2, c, 5, 6))
+    wt = rng.standard_normal((n_f, c, 3, 3))
+    b = rng.standard_normal(n_f)
+    y, kept = F.conv2d_train(x, wt, b, padding=1)
+    assert np.array_equal(y, F.conv2d(x, wt, b, padding=1))
+    planar = c * 3 < 64
+    assert kept.data.shape[0] == c if planar else kept.data.shape[1] == c
+
+    def fwd():
+        return F.conv2d(x, wt, b, padding=1)
+
+    r = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(r, kept, wt, padding=1)
+    check(fwd, {"x": x, "w": wt, "b": b}, {"x": dx, "w": dw, "b": db}, r)
+    none, dw2, db2 = F.conv2d_backward(r, kept, wt, padding=1, need_dx=False)
+    assert none is None and np.array_equal(dw, dw2) and np.array_equal(db, db2)
+    again = F.conv2d_backward(r, x, wt, padding=1)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (dx, dw, db), strict=True))
+
+
 # --------------------------------------------------------------------- pooling
 
 
@@ -174,6 +200,8 @@ def test_dense_backward(batched):
     r = rng.standard_normal((4, 3) if batched else (3,))
     dx, dw, db = F.dense_backward(r, x, w)
     check(lambda: F.dense(x, w, b), {"x": x, "w": w, "b": b}, {"x": dx, "w": dw, "b": db}, r)
+    none, dw2, db2 = F.dense_backward(r, x, w, need_dx=False)
+    assert none is None and np.array_equal(dw, dw2) and np.array_equal(db, db2)
 
 
 # --------------------------------------------------------------- loss & softmax

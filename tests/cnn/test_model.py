@@ -82,6 +82,9 @@ def test_whole_graph_gradients_match_finite_differences():
     for name, p in model.params.items():
         assert rel(grads[name], numeric(p)) < 1e-6, name
     assert rel(dx, numeric(x)) < 1e-6
+    # without input_grad the layers reading the input skip their dx: same parameter grads
+    model.forward(x, train=True, rng=np.random.default_rng(11))
+    assert all(np.array_equal(g, grads[k]) for k, g in model.backward(dlogits).items())
 
 
 def test_forward_single_image_dtypes_and_softmax_output():

@@ -412,9 +412,29 @@ THREADED = {
         {"type": "dense", "units": 4},
     ],
 }
+# the training kernels of the bench net and of the shipped models: fused conv -> ReLU
+# without and with a pool (several row chunks), batch norm, a layer-by-layer pool
+THREADED_BN = {
+    "input": [3, 16, 16],
+    "classes": ["0deg", "45deg", "90deg", "135deg"],
+    "layers": [
+        {"type": "conv2d", "filters": 8, "kernel": 3, "padding": 1},
+        {"type": "relu"},
+        {"type": "conv2d", "filters": 8, "kernel": 3, "padding": 1},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "conv2d", "filters": 8, "kernel": 3, "padding": 1, "bias": False},
+        {"type": "batchnorm2d"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 4},
+    ],
+}
 
 
-def test_trained_weights_are_bit_identical_for_any_thread_count(monkeypatch):
+@pytest.mark.parametrize("graph", [THREADED, THREADED_BN], ids=["plain", "batchnorm"])
+def test_trained_weights_are_bit_identical_for_any_thread_count(monkeypatch, graph):
     """Weight gradients are summed over fixed chunks in a fixed order, whichever thread
     computed each chunk: 1, 2 and 3 worker threads train the same weights, bit for bit."""
     from pipeline.threads import THREADS_ENV
@@ -425,11 +445,11 @@ def test_trained_weights_are_bit_identical_for_any_thread_count(monkeypatch):
     weights = []
     for n_threads in (1, 2, 3):
         monkeypatch.setenv(THREADS_ENV, str(n_threads))
-        model = Model(parse_graph(THREADED), init_seed=4)
+        model = Model(parse_graph(graph), init_seed=4)
         fit(model, (x, y), cfg=cfg)
         weights.append(model.state_arrays())
     for other in weights[1:]:
         for k, v in weights[0].items():
             np.testing.assert_array_equal(other[k], v, err_msg=k)
-    initial = Model(parse_graph(THREADED), init_seed=4).params
+    initial = Model(parse_graph(graph), init_seed=4).params
     assert all(not np.array_equal(weights[0][k], v) for k, v in initial.items())

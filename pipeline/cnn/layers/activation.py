@@ -20,7 +20,7 @@ class ReLU(Elementwise):
     def forward(self, xs, p, *, train=False, rng=None):
         return F.relu(xs[0]), xs[0]
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         return [F.relu_backward(dy, cache)], {}
 
     def fused(self, p):
@@ -44,7 +44,7 @@ class LeakyReLU(Elementwise):
     def forward(self, xs, p, *, train=False, rng=None):
         return F.leaky_relu(xs[0], self.args.alpha), xs[0]
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         return [F.leaky_relu_backward(dy, cache, self.args.alpha)], {}
 
     def fused(self, p):
@@ -70,7 +70,7 @@ class Sigmoid(Elementwise):
         y = F.sigmoid(xs[0])
         return y, y
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         return [F.sigmoid_backward(dy, cache)], {}
 
 
@@ -86,7 +86,7 @@ class Tanh(Elementwise):
         y = F.tanh(xs[0])
         return y, y
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         return [F.tanh_backward(dy, cache)], {}
 
 
@@ -105,7 +105,7 @@ class Softmax(Layer):
         y = F.softmax(xs[0])
         return y, y
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         y = cache
         return [y * (dy - np.sum(dy * y, axis=1, keepdims=True))], {}
 
@@ -144,7 +144,7 @@ class HardSigmoid(Elementwise):
         z = x * x.dtype.type(a.alpha) + x.dtype.type(a.beta)
         return np.clip(z, 0, 1), z
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         inside = (cache > 0) & (cache < 1)
         return [np.where(inside, dy * dy.dtype.type(self.args.alpha), 0).astype(dy.dtype)], {}
 

@@ -284,9 +284,11 @@ class Layer:
         raise NotImplementedError
 
     def backward(
-        self, dy: np.ndarray, cache: Any, p: Mapping[str, np.ndarray]
-    ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-        """Gradients with respect to each input and to each parameter (short names)."""
+        self, dy: np.ndarray, cache: Any, p: Mapping[str, np.ndarray], *, need_dx: bool = True
+    ) -> tuple[list[np.ndarray | None], dict[str, np.ndarray]]:
+        """Gradients with respect to each input and to each parameter (short names).
+        ``need_dx=False``: the caller drops the input gradients (the layer reads only the
+        network's input), so a layer may skip them and return None in their place."""
         raise NotImplementedError
 
     # -- compiled evaluator

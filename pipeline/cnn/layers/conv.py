@@ -100,13 +100,14 @@ class Conv2d(Layer):
     def forward(self, xs, p, *, train=False, rng=None):
         a = self.args
         (x,) = xs
-        y = F.conv2d(x, p["weight"], p.get("bias"), a.stride, self.pads, a.dilation, a.groups)
-        return y, x
+        return F.conv2d_train(
+            x, p["weight"], p.get("bias"), a.stride, self.pads, a.dilation, a.groups
+        )
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         a = self.args
         dx, dw, db = F.conv2d_backward(
-            dy, cache, p["weight"], a.stride, self.pads, a.dilation, a.groups
+            dy, cache, p["weight"], a.stride, self.pads, a.dilation, a.groups, need_dx=need_dx
         )
         grads = {"weight": dw}
         if a.bias:

@@ -65,8 +65,8 @@ class Dense(Layer):
         (x,) = xs
         return F.dense(x, p["weight"], p.get("bias")), x
 
-    def backward(self, dy, cache, p):
-        dx, dw, db = F.dense_backward(dy, cache, p["weight"])
+    def backward(self, dy, cache, p, *, need_dx=True):
+        dx, dw, db = F.dense_backward(dy, cache, p["weight"], need_dx=need_dx)
         grads = {"weight": dw}
         if self.args.bias:
             grads["bias"] = db

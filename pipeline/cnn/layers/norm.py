@@ -141,7 +141,7 @@ class BatchNorm2d(Layer):
         rv += a.momentum * np.asarray(unbiased, rv.dtype).reshape(rv.shape)
         return y, cache
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         if cache is None:
             raise RuntimeError("batchnorm2d: backward needs a forward pass in training mode")
         dx, dgamma, dbeta = F.batch_norm_backward(dy, cache)
@@ -218,7 +218,7 @@ class Dropout(Elementwise):
         y, mask = F.dropout(x, self.args.rate, rng)
         return y, mask
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         if cache is None:
             return [dy], {}
         return [F.dropout_backward(dy, cache)], {}

@@ -93,11 +93,13 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, xs, p, *, train=False, rng=None):
         a = self.args
-        return F.max_pool2d(xs[0], a.size, self.stride, a.padding), xs[0]
+        y = F.max_pool2d(xs[0], a.size, self.stride, a.padding)
+        return y, (xs[0], y)
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         a = self.args
-        return [F.max_pool2d_backward(dy, cache, a.size, self.stride, a.padding)], {}
+        x, y = cache
+        return [F.max_pool2d_backward(dy, x, a.size, self.stride, a.padding, y=y)], {}
 
 
 @register
@@ -113,7 +115,7 @@ class AvgPool2d(_Pool2d):
         a = self.args
         return F.avg_pool2d(xs[0], a.size, self.stride, a.padding), xs[0].shape
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         a = self.args
         return [F.avg_pool2d_backward(dy, cache, a.size, self.stride, a.padding)], {}
 
@@ -151,5 +153,5 @@ class GlobalAvgPool(Layer):
         x = xs[0]
         return F.global_avg_pool(x).reshape(x.shape[0], x.shape[1]), x.shape
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         return [F.global_avg_pool_backward(dy, cache)], {}

@@ -58,7 +58,7 @@ class Flatten(Layer):
         x = xs[0]
         return F.flatten(x), x.shape
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         return [F.flatten_backward(dy, cache)], {}
 
 
@@ -82,7 +82,7 @@ class Add(Layer):
             y += x
         return y, len(xs)
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         return [dy] * cache, {}
 
     def to_onnx(self, name, inputs, out, params, opset):
@@ -205,6 +205,6 @@ class Concat(Layer):
         sizes = [x.shape[1] for x in xs]
         return np.concatenate(xs, axis=1), sizes
 
-    def backward(self, dy, cache, p):
+    def backward(self, dy, cache, p, *, need_dx=True):
         bounds = np.cumsum(cache)[:-1]
         return list(np.split(dy, bounds, axis=1)), {}

@@ -1,0 +1,112 @@
+"""Training's fused conv -> ReLU [-> max-pool] kernel: the same bits as the layers in
+turn, gradients against finite differences (float64), and which chains fuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.cnn import functional as F
+from pipeline.cnn.graph import parse_graph
+from pipeline.cnn.model import Model
+from pipeline.cnn.optim import AdamW
+from tests.cnn.test_gradients_functional import check
+
+GRAPH = {
+    "name": "chains",
+    "input": [3, 9, 8],
+    "classes": ["a", "b", "c"],
+    "layers": [
+        {"type": "conv2d", "filters": 4, "kernel": 3, "padding": 1, "name": "c0"},
+        {"type": "relu", "name": "r0"},  # fused: c0+r0 (planar input, first layer)
+        {"type": "conv2d", "filters": 5, "kernel": 3, "padding": 1, "name": "c1"},
+        {"type": "relu", "name": "r1"},
+        {"type": "maxpool2d", "size": 2, "name": "p1"},  # fused: c1+r1+p1 (odd height)
+        {"type": "conv2d", "filters": 5, "kernel": 3, "padding": 1, "name": "c2"},
+        {"type": "relu", "name": "r2"},  # not fused: c2 is read twice
+        {"type": "add", "from": ["r2", "c2"], "name": "skip"},
+        {"type": "conv2d", "filters": 4, "kernel": 3, "padding": 1, "bias": False, "name": "c3"},
+        {"type": "leaky_relu", "alpha": 0.1, "name": "lr3"},  # not fused: leaky
+        {"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2, "name": "c4"},
+        {"type": "relu", "name": "r4"},  # not fused: stride 2
+        {"type": "flatten"},
+        {"type": "dense", "units": 3, "name": "fc"},
+    ],
+}
+
+
+def model(dtype=np.float32, fuse=True) -> Model:
+    m = Model(parse_graph(GRAPH, source="chains.yaml"), dtype=dtype, init_seed=3)
+    m.fuse_train = fuse
+    return m
+
+
+def test_chains_found():
+    chains = model().train_chains()
+    assert {k: [n.name for n in ch.nodes] for k, ch in chains.items()} == {
+        0: ["c0", "r0"],
+        2: ["c1", "r1", "p1"],
+    }
+    assert chains[2].pool == 2 and chains[0].pool == 0
+    assert model(fuse=False).train_chains() == {}
+
+
+def test_fused_training_is_bit_identical_to_the_layers():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3, 9, 8)).astype(np.float32)
+    labels = rng.integers(0, 3, 6)
+    runs = []
+    for fuse in (True, False):
+        m = model(fuse=fuse)
+        opt = AdamW(m.params, lr=1e-2)
+        for _ in range(3):
+            loss, d = F.cross_entropy(m.forward(x, train=True), labels)
+            grads, dx = m.backward(d, input_grad=True)
+            opt.step(grads)
+        runs.append((loss, grads, dx, m.params))
+    (l1, g1, dx1, p1), (l2, g2, dx2, p2) = runs
+    assert l1 == l2
+    assert np.array_equal(dx1, dx2)
+    for k in p1:
+        assert np.array_equal(g1[k], g2[k]), k
+        assert np.array_equal(p1[k], p2[k]), k
+
+
+@pytest.mark.parametrize(("c", "pool", "hw"), [(3, 0, (5, 6)), (6, 2, (5, 6)), (6, 2, (4, 4))])
+def test_conv2d_relu_gradients_match_finite_differences(c, pool, hw):
+    rng = np.random.default_rng(c + pool)
+    x = rng.standard_normal((2, c, *hw))
+    w = rng.standard_normal((4, c, 3, 3))
+    b = rng.standard_normal(4)
+
+    def fwd():
+        y = F.relu(F.conv2d(x, w, b, padding=1))
+        return F.max_pool2d(y, pool) if pool else y
+
+    y, cache = F.conv2d_relu_train(x, w, b, ((1, 1), (1, 1)), pool=pool)
+    assert np.array_equal(y, fwd())
+    r = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_relu_backward(r, cache, w, ((1, 1), (1, 1)))
+    check(fwd, {"x": x, "w": w, "b": b}, {"x": dx, "w": dw, "b": db}, r)
+    none, dw2, db2 = F.conv2d_relu_backward(r, cache, w, 1, need_dx=False)
+    assert none is None and np.array_equal(dw, dw2) and np.array_equal(db, db2)
+
+
+def test_conv2d_relu_rejects_a_size_changing_convolution():
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="keeps the input's size"):
+        F.conv2d_relu_train(x, np.zeros((3, 2, 3, 3), np.float32), None, 0)
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_zero_padding_leaves_only_pixels(planar):
+    """Buffers are allocated uninitialised and only their padding zeroed: on a NaN-filled
+    matrix every value but the images' pixels must become 0."""
+    from pipeline.cnn.flat_conv import FlatLayout
+
+    lay, n = FlatLayout(h=4, w=5, c=3, pr=1, pc=2), 2
+    buf = np.full((3, lay.total_rows(n)) if planar else (lay.total_rows(n), 3), np.nan)
+    lay.zero_padding(buf, n, planar=planar)
+    inner = lay.interior_planar(buf, n) if planar else lay.interior(buf, n)
+    assert np.isnan(inner).all()
+    assert np.isnan(buf).sum() == inner.size and np.nansum(np.abs(buf)) == 0
