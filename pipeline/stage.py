@@ -287,6 +287,26 @@ SIGNAL_ATTRS: Mapping[str, SignalAttr] = MappingProxyType(
                 "The 3×3 colour correction matrix applied after demosaicing (rows: output "
                 "channels), or None.",
             ),
+            SignalAttr(
+                "qe_rgbw",
+                "e⁻/photon",
+                "photodetector (RGB input, a CFA with W)",
+                "QE of the R, G, B photosites and of W (per photon of any channel); the raw "
+                "stage's rgbw_fusion takes its W = Σ (qe_w / qe_c) e_c from them.",
+            ),
+            SignalAttr(
+                "rgbw_coefficients",
+                "",
+                "raw (demosaic: rgbw_fusion)",
+                "a_R, a_G, a_B of Ŵ = Σ a_c C_c, the W a white-balanced colour pixel would "
+                "see (sensors.rgbw.w_coefficients).",
+            ),
+            SignalAttr(
+                "rgbw_guard",
+                "",
+                "raw (demosaic: rgbw_fusion)",
+                "The guard δ of the fusion's ratio (W + δ) / (Ŵ + δ), in normalised units.",
+            ),
             SignalAttr("logits", "", "cnn (classifier)", "True: the values are class scores."),
         )
     }

@@ -112,6 +112,12 @@ CFA_TILES: dict[str, tuple[tuple[str, ...], ...]] = {
     "mono": (("W",),),
 }
 CFAS = (*CFA_TILES, "stacked")
+
+
+def _has_w(cfa: str) -> bool:
+    return any("W" in row for row in CFA_TILES[cfa])
+
+
 CHANNELS = ("R", "G", "B")
 
 #: Exposure time used when neither the parameter nor the scene's attrs give one.
@@ -575,6 +581,10 @@ class PhotodetectorStage(Stage):
         attrs |= {"cfa": p.cfa, "full_well_e": p.full_well_e, "exposure_s": self._exposure_s}
         if not stacked:
             attrs["cfa_tile"] = CFA_TILES[p.cfa]
+        if not is_spectral and not stacked and p.cfa != "mono" and _has_w(p.cfa):
+            # for the raw stage's RGBW fusion: R, G, B QE and W's (per photon of any channel)
+            qe_rgb = np.broadcast_to(np.asarray(p.qe, dtype=np.float64), (3,))
+            attrs["qe_rgbw"] = (*map(float, qe_rgb), float(p.qe_w))
         if is_spectral:  # for the raw stage's white balance and colour correction
             attrs["spectral_qe"] = tuple(tuple(map(float, row)) for row in self._curves)
             attrs["spectral_qe_nm"] = tuple(info.attr("wavelength_nm"))

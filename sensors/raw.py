@@ -18,7 +18,9 @@ Steps, in order (the physical order of a camera pipeline):
    curves (``spectral_qe``: a spectral chain). ``gray_world`` and ``white_patch`` are
    per-image statistics: each image gets its own gains, so an exported graph (the ONNX
    raw front end, which holds only fixed gains and matrices) cannot carry them.
-   ``auto_gain`` (a per-image digital gain) follows, on the balanced mosaic.
+   ``auto_gain`` (a per-image digital gain) follows, measured on the balanced mosaic's
+   colour pixels (all pixels unless the CFA has W: a W pixel is not on the balanced
+   colour scale, and counting it made the level depend on the illuminant).
 3. Assemble RGB planes: demosaic a mosaic, take a stacked sensor's planes as they are,
    or replicate a mono sensor's plane (``mono_output``). ``output: mosaic`` skips this
    and passes the normalised mosaic on as one channel (N, H, W, 1).
@@ -36,6 +38,11 @@ Demosaicing methods (all give float32 (N, H, W, 3)):
   method. W pixels are not used for colour: R, G, B are interpolated from R, G, B sites
   only. Borders are mirrored without repeating the edge pixel (which keeps the CFA
   phase), so a flat colour field comes back exactly everywhere, borders included.
+* ``rgbw_fusion``: a CFA with W pixels (:mod:`sensors.rgbw`): the dense W plane gives
+  the luminance (its detail and its electrons), the low-passed R, G, B planes the chroma,
+  ``out_c = C_c · (W + δ) / (Ŵ + δ)`` with ``Ŵ`` the W a colour pixel would see (fitted
+  from the QE curves under the illuminant, or RGB mode's ``qe_rgbw``) and ``δ``
+  (``rgbw_guard_e`` electrons) guarding the division. The auto gain is applied after it.
 * ``malvar``: Malvar–He–Cutler (2004) gradient-corrected linear interpolation, Bayer
   only, borders mirrored as above.
 * ``opencv_ea``: OpenCV's edge-aware Bayer demosaicing, run on 16-bit codes: values are
@@ -61,6 +68,7 @@ from pipeline.stage import Batch, SignalInfo, Stage, StageError, StageParams, Un
 from sensors import white_balance
 from sensors.colour import linear_to_srgb
 from sensors.curves import dequantize, linearize_codes
+from sensors.rgbw import RgbwFusion, fusion_guard, tent_kernel, w_coefficients, w_coefficients_flat
 
 __all__ = [
     "BAYER_TILES",
@@ -187,12 +195,6 @@ def normalise_dn(
     return out
 
 
-def _tent(period: int) -> np.ndarray:
-    """Triangle kernel of half-width ``period``: linear interpolation between samples."""
-    i = np.arange(-(period - 1), period, dtype=np.float64)
-    return 1.0 - np.abs(i) / period
-
-
 class _BilinearDemosaic:
     """Bilinear demosaicing by normalised convolution, planned for one CFA tile and size."""
 
@@ -202,8 +204,8 @@ class _BilinearDemosaic:
         missing = [c for c in "RGB" if not (cmap == _CHANNEL_INDEX[c]).any()]
         if missing:
             raise ValueError(f"the CFA has no {', '.join(missing)} pixels to interpolate from")
-        self.kernel_y = _tent(len(tile)).astype(dtype)
-        self.kernel_x = _tent(len(tile[0])).astype(dtype)
+        self.kernel_y = tent_kernel(len(tile)).astype(dtype)
+        self.kernel_x = tent_kernel(len(tile[0])).astype(dtype)
         self.masks = np.stack([(cmap == c) for c in range(3)], axis=-1).astype(dtype)
         weights = self._filter(self.masks)
         # At measured pixels keep the value; elsewhere divide by the weight of the samples.
@@ -395,8 +397,17 @@ class RawStage(Stage):
     gives = Unit.UNITLESS
 
     class Params(StageParams):
-        demosaic: Literal["bilinear", "malvar", "opencv_ea", "opencv_vng"] = param(
-            "bilinear", doc="Demosaicing method for a mosaic (malvar and opencv_*: Bayer only)."
+        demosaic: Literal["bilinear", "malvar", "opencv_ea", "opencv_vng", "rgbw_fusion"] = param(
+            "bilinear",
+            doc="Demosaicing method for a mosaic (malvar and opencv_*: Bayer only; "
+            "rgbw_fusion: a CFA with W pixels, luminance from W, chroma from R, G, B).",
+        )
+        rgbw_guard_e: float = param(
+            2.0,
+            unit="e-",
+            doc="rgbw_fusion: the guard added to both sides of the W / Ŵ ratio, in "
+            "electrons, so it stays finite where the light is near zero.",
+            gt=0,
         )
         black_level_dn: float | None = param(
             None, unit="DN", doc="Black level (default: the ADC's black_level_dn, else 0)."
@@ -446,8 +457,9 @@ class RawStage(Stage):
         auto_gain: bool = param(
             False,
             doc="Digital gain per image (an ISP's auto-brightness): scale each normalised "
-            "image so its mean is gain_target. Applied to the codes after the ADC, so "
-            "quantisation and noise stay as they are.",
+            "image so the mean of its (balanced) colour pixels is gain_target (a CFA with W: "
+            "W pixels not counted). Applied to the codes after the ADC, so quantisation and "
+            "noise stay as they are.",
         )
         gain_target: float = param(
             0.18, doc="auto_gain: the mean an image is scaled to.", gt=0, le=1
@@ -479,6 +491,7 @@ class RawStage(Stage):
             shape = shape[:2]
         self._layout = self._resolve_layout(cfa, shape)
         self._demosaic = None
+        self._gain_pixels = None  # auto gain's pixels: all, or the colour pixels of an RGBW
         height, width = shape[:2]
         fixed_wb = self._fixed_wb_gains(attrs)
         self._ccm = self._plan_ccm(attrs, fixed_wb)
@@ -498,8 +511,9 @@ class RawStage(Stage):
             self._cmap = cmap
             # One multiply does normalisation and white balance: gain / (white − black).
             self._scale = gains[cmap].astype(np.float32)
+            self._gain_pixels = (cmap != _CHANNEL_INDEX["W"]) if (cmap == 3).any() else None
             if p.output == "planes":
-                self._demosaic = self._plan_demosaic(tile, height, width)
+                self._demosaic = self._plan_demosaic(tile, height, width, attrs, fixed_wb)
         elif self._layout == "stacked":
             if p.output == "mosaic":
                 raise StageError("output: mosaic needs a mosaic sensor, not stacked", key="output")
@@ -516,6 +530,9 @@ class RawStage(Stage):
             "white_balance": p.white_balance,
             "ccm": None if self._ccm is None else tuple(map(tuple, self._ccm.tolist())),
         }
+        if isinstance(self._demosaic, RgbwFusion):
+            out_attrs["rgbw_coefficients"] = tuple(map(float, self._demosaic.coefficients))
+            out_attrs["rgbw_guard"] = float(self._demosaic.guard)
         return info.evolve(
             unit=Unit.UNITLESS,
             shape=(height, width, channels),
@@ -663,8 +680,10 @@ class RawStage(Stage):
             key="stage",
         )
 
-    def _plan_demosaic(self, tile, height: int, width: int):
+    def _plan_demosaic(self, tile, height: int, width: int, attrs, fixed_wb: np.ndarray):
         method = self.params.demosaic
+        if method == "rgbw_fusion":
+            return self._plan_fusion(tile, height, width, attrs, fixed_wb)
         if method == "bilinear":
             try:
                 return _BilinearDemosaic(tile, height, width)
@@ -680,6 +699,49 @@ class RawStage(Stage):
             return _MalvarDemosaic(pattern, height, width)
         ocv = "ea" if method == "opencv_ea" else "vng"
         return lambda m: demosaic_opencv(m, pattern, method=ocv)
+
+    def _plan_fusion(self, tile, height: int, width: int, attrs, fixed_wb) -> RgbwFusion:
+        """The RGBW fusion with its coefficients (from the QE curves under the illuminant,
+        or RGB mode's qe) and its guard in normalised units."""
+        p = self.params
+        if p.white_balance in PER_IMAGE_WB:
+            raise StageError(
+                f"demosaic: rgbw_fusion needs fixed white-balance gains, not {p.white_balance}",
+                key="white_balance",
+            )
+        if "W" not in {c for row in tile for c in row}:
+            raise StageError(f"demosaic: rgbw_fusion needs W pixels; tile {tile}", "demosaic")
+        qe = attrs.get("spectral_qe")
+        if qe is not None:
+            from sensors import spectra
+
+            bands = np.asarray(attrs.get("spectral_qe_nm"), dtype=np.float64)
+            name = p.illuminant or attrs.get("illuminant")
+            light = np.ones_like(bands) if name is None else spectra.illuminant_photons(name, bands)
+            qe = np.asarray(qe, dtype=np.float64)
+            coefficients = w_coefficients(qe[:3], qe[3], light, fixed_wb)
+        elif attrs.get("qe_rgbw") is not None:
+            qe_rgbw = attrs["qe_rgbw"]
+            coefficients = w_coefficients_flat(qe_rgbw[:3], qe_rgbw[3], fixed_wb)
+        else:
+            raise StageError(
+                "demosaic: rgbw_fusion needs the photodetector's QE (spectral_qe or qe_rgbw)",
+                key="demosaic",
+            )
+        gain = attrs.get("system_gain_dn_per_e")
+        if gain and self._transfer is None:
+            e_per_unit = (self._white - self._black) / float(gain)
+        elif attrs.get("full_well_e"):
+            e_per_unit = float(attrs["full_well_e"])
+        else:
+            raise StageError("rgbw_fusion_guard_e needs the ADC's system gain", "rgbw_guard_e")
+        guard = fusion_guard(p.rgbw_guard_e, e_per_unit)
+        try:
+            return RgbwFusion(
+                channel_map(tile, height, width), (len(tile), len(tile[0])), coefficients, guard
+            )
+        except ValueError as err:
+            raise StageError(str(err), key="demosaic") from err
 
     def _output_channels(self, shape: tuple[int, ...]) -> int:
         if self.params.output == "mosaic":
@@ -706,12 +768,16 @@ class RawStage(Stage):
         y *= self._scale
         if p.white_balance in PER_IMAGE_WB and self._layout != "mono":
             y *= self._per_image_gains(y)
-        if p.auto_gain:
-            y *= auto_gain(y, p.gain_target, p.max_gain)
+        gain = self._auto_gain(y) if p.auto_gain else None
+        fusion = isinstance(self._demosaic, RgbwFusion)
+        if gain is not None and not fusion:  # the fusion's guard is in the sensor's electrons
+            y *= gain
         if p.output == "mosaic":
             out = y[..., None]
         elif self._layout == "mosaic":
             out = self._demosaic(y)
+            if gain is not None and fusion:
+                out *= gain[..., None]
         elif self._layout == "mono":
             out = y[..., None]
             if p.mono_output == "replicate":
@@ -727,6 +793,15 @@ class RawStage(Stage):
         elif p.encode == "gamma":
             out = np.copysign(np.abs(out) ** np.float32(1.0 / p.gamma), out)
         return out.astype(np.float32, copy=False)
+
+    def _auto_gain(self, y: np.ndarray) -> np.ndarray:
+        """Per-image gains shaped like ``y``'s batch, measured on the balanced colour
+        pixels (all pixels unless the CFA has W: W is not on the colour planes' scale)."""
+        p = self.params
+        if self._gain_pixels is None:
+            return auto_gain(y, p.gain_target, p.max_gain)
+        colour = y[:, self._gain_pixels]
+        return auto_gain(colour, p.gain_target, p.max_gain).reshape(len(y), 1, 1)
 
     def _per_image_gains(self, y: np.ndarray) -> np.ndarray:
         """float32 per-image gains shaped to multiply ``y`` (a mosaic or planes)."""

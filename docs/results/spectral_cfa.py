@@ -7,8 +7,10 @@
   above black and the fraction of pixels at the black code, by pixel colour;
 * ``colour``: the colour datasheet per CFA (ΔE2000 of the ColorChecker after the CCM for
   RGGB and RGBW, the luminance figures of the mono sensor's grey output), and what a
-  CCM that also took the W pixels could reach;
-* ``plot``: accuracy against light from the sweep's results (spectral-cfa.csv);
+  CCM that also took the W pixels could reach, and the RGBW fusion's ΔE;
+* ``plot``: accuracy against light from the sweep's results (spectral-cfa.csv), with the
+  ablation (the RGBW cells with the bilinear demosaic that ignores W,
+  spectral-cfa-rgbw-bilinear.csv, from the study's first run) dotted;
 * ``samples``: one test image as each trained model sees it (from the sweep folder);
 * ``shape_colour_table``: each cell's accuracy split into shape right and colour right
   (from the cells' confusion matrices): what a mono sensor keeps and what it cannot see.
@@ -32,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
 CONFIG = ROOT / "configs" / "spectral.yaml"
 CFAS = ("RGGB", "RGBW", "mono")
+#: the ablation: the RGBW cells as the study first ran them (bilinear demosaic from the
+#: colour pixels only, W in the auto gain), kept beside the W-aware rows
+ABLATION = RESULTS / "spectral-cfa-rgbw-bilinear.csv"
 ILLUMINANTS = ("D65", "A", "FL2")
 PHOTONS = (20, 200, 2000)
 NIKON = "Nikon 5100 (NPL)"
@@ -166,6 +171,34 @@ def w_aware_delta_e(illuminant: str) -> tuple[float, float]:
     return float(de.mean()), float(de.max())
 
 
+def fusion_delta_e(illuminant: str) -> dict[str, float]:
+    """ΔE2000 of the ColorChecker as the RGBW fusion delivers it (``demosaic:
+    rgbw_fusion``, noiseless flat patches): each patch's camera RGB times ``W / Ŵ``
+    (:func:`sensors.rgbw.w_coefficients` under the illuminant), then either a 3×3
+    least-squares CCM fitted on those values (a pipeline calibrated on its own output) or
+    the one fitted on the plain R, G, B (what ``ccm: fit`` applies today)."""
+    from sensors import spectra, spectral
+    from sensors.colour_correction import chart_camera_rgb, chart_xyz, delta_e2000, fit_ccm
+    from sensors.rgbw import w_coefficients
+
+    bands = spectral.band_grid(400.0, 700.0, 10.0)
+    qe = spectral.qe_curves("camera", bands, qe=0.6, qe_w=0.6, camera=NIKON)  # rows R G B W
+    reflectances, _ = spectra.colourchecker_reflectances("BabelColor Average", bands)
+    light = spectra.illuminant_photons(illuminant, bands)
+    rgbw = chart_camera_rgb(qe, light, reflectances)
+    a = w_coefficients(qe[:3], qe[3], light, np.ones(3))
+    fused = rgbw[:, :3] * (rgbw[:, 3] / (rgbw[:, :3] @ a))[:, None]
+    xyz, white = chart_xyz(illuminant)
+    own = delta_e2000(fused @ fit_ccm(fused, xyz).T, xyz, white)
+    plain = delta_e2000(fused @ fit_ccm(rgbw[:, :3], xyz).T, xyz, white)
+    return {
+        "rgbw_fusion_de_mean": float(own.mean()),
+        "rgbw_fusion_de_max": float(own.max()),
+        "rgbw_fusion_plain_ccm_de_mean": float(plain.mean()),
+        "rgbw_fusion_plain_ccm_de_max": float(plain.max()),
+    }
+
+
 def colour_table() -> list[dict[str, Any]]:
     """The colour datasheet per CFA and illuminant (the figures ``characterize`` reports)."""
     from sensors import spectral
@@ -185,6 +218,7 @@ def colour_table() -> list[dict[str, Any]]:
                 "rgb_de_max": rgb["delta_e2000_max"],
                 "rgbw_w_ccm_de_mean": w_mean,
                 "rgbw_w_ccm_de_max": w_max,
+                **fusion_delta_e(light),
                 "mono_dl_mean": mono["delta_l_mean"],
                 "mono_dl_max": mono["delta_l_max"],
                 "mono_de_mean": mono["delta_e2000_mean"],
@@ -210,17 +244,20 @@ def row_label(row: dict[str, str]) -> str:
     )
     if "procedural32-default" in row["model.path"]:
         label += ", shipped RGB model"
+    if cfa == "RGBW" and row.get("sensor.raw.demosaic", "bilinear") == "bilinear":
+        label += ", bilinear (W unused)"
     return label
 
 
-def plot(results: Path, png: Path) -> None:
-    """Accuracy (Wilson 95 %) against mean photons, a panel per illuminant."""
+def plot(results: Path, png: Path, ablation: Path | None = None) -> None:
+    """Accuracy (Wilson 95 %) against mean photons, a panel per illuminant; the
+    ablation's rows (if given) dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_results(results)
+    rows = read_results(results) + (read_results(ablation) if ablation else [])
     labels = list(dict.fromkeys(row_label(r) for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), sharey=True)
     for ax, light in zip(axes, ILLUMINANTS, strict=True):
@@ -232,7 +269,7 @@ def plot(results: Path, png: Path) -> None:
             y = np.array([float(r["accuracy"]) for r in sel])
             lo = y - np.array([float(r["accuracy_lo"]) for r in sel])
             hi = np.array([float(r["accuracy_hi"]) for r in sel]) - y
-            style = "--" if "shipped" in label else "-"
+            style = "--" if "shipped" in label else ":" if "W unused" in label else "-"
             ax.errorbar(
                 x * (1 + 0.03 * (j - 3)),
                 y,
@@ -360,7 +397,7 @@ def main() -> None:
             for r in colour_table()
         ],
     )
-    plot(RESULTS / "spectral-cfa.csv", RESULTS / "spectral-cfa-accuracy.png")
+    plot(RESULTS / "spectral-cfa.csv", RESULTS / "spectral-cfa-accuracy.png", ABLATION)
     sweep = ROOT / "sweeps" / "spectral-cfa"
     if sweep.is_dir():  # the cells' records live in the sweep folder, not in git
         samples(sweep, RESULTS / "spectral-cfa-samples.png")

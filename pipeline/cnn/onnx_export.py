@@ -138,6 +138,9 @@ class SensorFront:
     linearized : the raw stage undid the ADC's transfer curve (log, sqrt, table).
     curve, log_compression, thresholds : the ADC's transfer curve (``adc_transfer``
         attrs): two sensors with another curve give the model other inputs.
+    rgbw_coefficients, rgbw_guard : ``demosaic: rgbw_fusion``'s ``Ŵ = Σ_c a_c C_c``
+        coefficients and its guard δ in normalised units (the raw stage's attrs;
+        :mod:`sensors.rgbw`); None for any other demosaic (and then not in :meth:`as_dict`).
     code_lookup, lookup_span : for a linearised front: the raw stage's float32 value of
         every code 0 .. 2**bits - 1 after linearising and subtracting black, and the
         signal span it divides by (``RawStage.linear_lookup``); set by
@@ -167,6 +170,8 @@ class SensorFront:
     curve: str = "linear"
     log_compression: float = 255.0
     thresholds: tuple[float, ...] | None = None
+    rgbw_coefficients: tuple[float, float, float] | None = None
+    rgbw_guard: float | None = None
     code_lookup: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
     lookup_span: float | None = dataclasses.field(default=None, compare=False)
 
@@ -217,6 +222,11 @@ class SensorFront:
         d["adc_shape"] = list(self.adc_shape)
         d["wb_gains"] = list(self.wb_gains)
         d["ccm"] = None if self.ccm is None else [list(row) for row in self.ccm]
+        for key in ("rgbw_coefficients", "rgbw_guard"):  # a fusion's only: older metadata
+            if d[key] is None:
+                del d[key]
+        if self.rgbw_coefficients is not None:
+            d["rgbw_coefficients"] = list(self.rgbw_coefficients)
         return d
 
     @classmethod
@@ -230,6 +240,8 @@ class SensorFront:
             d["ccm"] = tuple(tuple(float(v) for v in row) for row in d["ccm"])
         if d.get("thresholds") is not None:
             d["thresholds"] = tuple(float(t) for t in d["thresholds"])
+        if d.get("rgbw_coefficients") is not None:
+            d["rgbw_coefficients"] = tuple(float(a) for a in d["rgbw_coefficients"])
         for key in _NOT_METADATA:
             d.pop(key, None)
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -264,6 +276,8 @@ class SensorFront:
         if raw_info.attr("wb_gains") is not None:  # the gains applied, e.g. from the illuminant
             settings["wb_gains"] = tuple(float(g) for g in raw_info.attr("wb_gains"))
         ccm = raw_info.attr("ccm")
+        coefficients = raw_info.attr("rgbw_coefficients")
+        guard = raw_info.attr("rgbw_guard")
         return cls(
             bits=int(bits),
             black_level_dn=float(raw_info.attr("black_level_dn")),
@@ -280,6 +294,8 @@ class SensorFront:
             lookup_span=lookup_span,
             white_balance=str(raw_info.attr("white_balance", "none")),
             ccm=None if ccm is None else tuple(tuple(float(v) for v in row) for row in ccm),
+            rgbw_coefficients=None if coefficients is None else tuple(map(float, coefficients)),
+            rgbw_guard=None if guard is None else float(guard),
             **settings,
         )
 
@@ -357,11 +373,57 @@ def _bilinear_plan(tile: Sequence[Sequence[str]], h: int, w: int):
     return masks, fill, np.outer(ky, kx), (py, px)
 
 
-def _auto_gain_nodes(front: SensorFront, src: str, nodes: list, inits: list) -> str:
-    """The raw stage's auto gain, ``x * target / max(mean(x), target / max_gain)`` per image,
-    with opset-13 operators (the mean as a GlobalAveragePool over a reshaped copy)."""
+def _normalised_conv(masks: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """The reflect-101 correlation of (C, H, W) masks by a symmetric kernel, in float64."""
+    py, px = kernel.shape[0] // 2, kernel.shape[1] // 2
+    h, w = masks.shape[1:]
+    padded = np.pad(masks, ((0, 0), (py, py), (px, px)), mode="reflect")
+    out = np.zeros_like(masks)
+    for i in range(kernel.shape[0]):
+        for j in range(kernel.shape[1]):
+            out += kernel[i, j] * padded[:, i : i + h, j : j + w]
+    return out
+
+
+def _fusion_plan(tile: Sequence[Sequence[str]], h: int, w: int) -> dict[str, np.ndarray]:
+    """The constants of :class:`sensors.rgbw.RgbwFusion`, computed in float64 (float32
+    out): colour masks and their normalisation, the W mask and its fill, the kernels."""
+    codes = np.array([[_CHANNEL_INDEX[c] for c in row] for row in tile], dtype=np.int8)
+    cmap = np.tile(codes, (-(-h // len(tile)), -(-w // len(tile[0]))))[:h, :w]
+    colour_masks = np.stack([(cmap == c) for c in range(3)]).astype(np.float64)
+    w_mask = (cmap == _CHANNEL_INDEX["W"]).astype(np.float64)
+    colour_kernel = np.outer(_tent(len(tile)), _tent(len(tile[0])))
+    w_kernel = np.outer(_tent(2), _tent(2))
+    colour_norm = 1.0 / _normalised_conv(colour_masks, colour_kernel)
+    w_weights = _normalised_conv(w_mask[None], w_kernel)[0]
+    w_fill = np.where(w_mask > 0, 0.0, 1.0 / np.maximum(w_weights, 1e-12))
+    return {
+        "colour_masks": colour_masks.astype(np.float32),
+        "colour_norm": colour_norm.astype(np.float32),
+        "w_mask": w_mask.astype(np.float32),
+        "w_fill": w_fill.astype(np.float32),
+        "colour_kernel": colour_kernel,
+        "w_kernel": w_kernel,
+    }
+
+
+def _auto_gain_nodes(
+    front: SensorFront, src: str, nodes: list, inits: list, colour_only: np.ndarray | None
+) -> str:
+    """The raw stage's auto gain ``target / max(mean(x), target / max_gain)`` per image,
+    shaped (N, 1, ...) like ``src``'s batch, with opset-13 operators (the mean as a
+    GlobalAveragePool over a reshaped copy). ``colour_only``: the (H, W) mask of the
+    pixels the mean is over (an RGBW's colour pixels), as ``mean(x · mask · size / n)``.
+    Returns the gain's tensor name."""
     f = FRONT_PREFIX
     size = int(np.prod(front.adc_shape))
+    if colour_only is not None:
+        weight = colour_only * (size / float(colour_only.sum()))
+        inits.append(_const(f + "gain_pixels", weight.astype(np.float32)[None]))
+        nodes.append(
+            helper.make_node("Mul", [src, f + "gain_pixels"], [f + "gain_src"], name=f + "gain_px")
+        )
+        src = f + "gain_src"
     per_image = [-1, *([1] * len(front.adc_shape))]
     inits.append(_const(f + "gain_flat_shape", np.array([-1, 1, size, 1], np.int64)))
     inits.append(_const(f + "gain_shape", np.array(per_image, np.int64)))
@@ -386,9 +448,90 @@ def _auto_gain_nodes(front: SensorFront, src: str, nodes: list, inits: list) -> 
         helper.make_node(
             "Div", [f + "gain_target", f + "gain_denom"], [f + "gain"], name=f + "gain_value"
         ),
-        helper.make_node("Mul", [src, f + "gain"], [f + "gained"], name=f + "gain_apply"),
     ]
-    return f + "gained"
+    return f + "gain"
+
+
+def _tent_conv(src: str, dst: str, kernel: np.ndarray, channels: int, tag: str, nodes, inits):
+    """A reflect-101-padded depthwise convolution of ``src`` (N, C, H, W) by ``kernel``."""
+    f = FRONT_PREFIX
+    py, px = kernel.shape[0] // 2, kernel.shape[1] // 2
+    inits.append(_const(f + tag + "_pads", np.array([0, 0, py, px, 0, 0, py, px], np.int64)))
+    weight = np.broadcast_to(kernel, (channels, 1, *kernel.shape)).astype(np.float32)
+    inits.append(_const(f + tag + "_kernel", weight))
+    nodes += [
+        helper.make_node(
+            "Pad",
+            [src, f + tag + "_pads"],
+            [f + tag + "_padded"],
+            name=f + tag + "_reflect",
+            mode="reflect",
+        ),
+        helper.make_node(
+            "Conv",
+            [f + tag + "_padded", f + tag + "_kernel"],
+            [dst],
+            name=f + tag + "_conv",
+            group=channels,
+            kernel_shape=list(kernel.shape),
+        ),
+    ]
+
+
+def _fusion_nodes(front: SensorFront, src: str, nodes: list, inits: list) -> str:
+    """:class:`sensors.rgbw.RgbwFusion` as graph ops on ``src`` (N, 1, H, W): masks (Mul),
+    tent convolutions (Pad, Conv), the normalisations (Mul), ``Ŵ`` as a 1×1 Conv, then
+    ``C · (W + δ) / (Relu(Ŵ) + δ)``. Returns the (N, 3, H, W) planes' name."""
+    f = FRONT_PREFIX
+    h, w = front.adc_shape[:2]
+    plan = _fusion_plan(front.cfa_tile, h, w)
+    inits += [
+        _const(f + "colour_masks", plan["colour_masks"][None]),
+        _const(f + "colour_norm", plan["colour_norm"][None]),
+        _const(f + "w_mask", plan["w_mask"][None, None]),
+        _const(f + "w_fill", plan["w_fill"][None, None]),
+        _const(
+            f + "w_coefficients",
+            np.asarray(front.rgbw_coefficients, np.float32).reshape(1, 3, 1, 1),
+        ),
+        _const(f + "w_guard", np.array(front.rgbw_guard, np.float32)),
+    ]
+    nodes += [
+        helper.make_node(
+            "Mul", [src, f + "colour_masks"], [f + "colour_sparse"], name=f + "cfa_split"
+        ),
+        helper.make_node("Mul", [src, f + "w_mask"], [f + "w_sparse"], name=f + "w_split"),
+    ]
+    _tent_conv(
+        f + "colour_sparse", f + "colour_sum", plan["colour_kernel"], 3, "colour", nodes, inits
+    )
+    _tent_conv(f + "w_sparse", f + "w_sum", plan["w_kernel"], 1, "w", nodes, inits)
+    nodes += [
+        helper.make_node(
+            "Mul", [f + "colour_sum", f + "colour_norm"], [f + "colour"], name=f + "colour_lowpass"
+        ),
+        helper.make_node(
+            "Mul", [f + "w_sum", f + "w_fill"], [f + "w_missing"], name=f + "w_normalise"
+        ),
+        helper.make_node(
+            "Add", [f + "w_missing", f + "w_sparse"], [f + "w_dense"], name=f + "w_dense"
+        ),
+        helper.make_node(
+            "Conv", [f + "colour", f + "w_coefficients"], [f + "w_hat"], name=f + "w_hat"
+        ),
+        helper.make_node("Relu", [f + "w_hat"], [f + "w_hat_pos"], name=f + "w_hat_floor"),
+        helper.make_node(
+            "Add", [f + "w_hat_pos", f + "w_guard"], [f + "ratio_den"], name=f + "guard_den"
+        ),
+        helper.make_node(
+            "Add", [f + "w_dense", f + "w_guard"], [f + "ratio_num"], name=f + "guard_num"
+        ),
+        helper.make_node(
+            "Div", [f + "ratio_num", f + "ratio_den"], [f + "ratio"], name=f + "w_ratio"
+        ),
+        helper.make_node("Mul", [f + "colour", f + "ratio"], [f + "planes"], name=f + "fusion"),
+    ]
+    return f + "planes"
 
 
 def _black_nodes(front: SensorFront, out: str, nodes: list, inits: list) -> None:
@@ -460,10 +603,22 @@ def _front_nodes(front: SensorFront, input_dtype: str, out: str):
     inits: list[onnx.TensorProto] = []
     h, w = front.adc_shape[:2]
     layout = front.layout
-    if front.demosaic != "bilinear" and layout == "mosaic" and front.raw_output == "planes":
+    fusion = front.demosaic == "rgbw_fusion"
+    if (
+        front.demosaic not in ("bilinear", "rgbw_fusion")
+        and layout == "mosaic"
+        and front.raw_output == "planes"
+    ):
         raise UserError(
-            f"the raw front end computes the bilinear demosaic only; the model was trained "
-            f"with demosaic: {front.demosaic} (retrain with bilinear, or export without --front)",
+            f"the raw front end computes the bilinear and rgbw_fusion demosaics only; the "
+            f"model was trained with demosaic: {front.demosaic} (retrain with bilinear, or "
+            "export without --front)",
+            key="front",
+        )
+    if fusion and (front.rgbw_coefficients is None or front.rgbw_guard is None):
+        raise UserError(
+            "demosaic: rgbw_fusion needs the raw stage's rgbw_coefficients and rgbw_guard; "
+            "build the front end from the chain",
             key="front",
         )
     if front.encode != "linear":
@@ -491,6 +646,7 @@ def _front_nodes(front: SensorFront, input_dtype: str, out: str):
         codes = np.array([[_CHANNEL_INDEX[c] for c in row] for row in tile], dtype=np.int8)
         cmap = np.tile(codes, (-(-h // len(tile)), -(-w // len(tile[0]))))[:h, :w]
         scale = gains[cmap].astype(np.float32)[None]  # (1, H, W)
+        has_w = bool((cmap == _CHANNEL_INDEX["W"]).any())
     elif layout == "stacked":
         scale = gains[:3].astype(np.float32).reshape(1, 1, 1, 3)
     else:
@@ -500,8 +656,15 @@ def _front_nodes(front: SensorFront, input_dtype: str, out: str):
         helper.make_node("Mul", [f + "offset", f + "scale"], [f + "normalised"], name=f + "white")
     )
     last = f + "normalised"
+    gain = None
     if front.auto_gain:
-        last = _auto_gain_nodes(front, last, nodes, inits)
+        colour_only = (cmap != _CHANNEL_INDEX["W"]) if layout == "mosaic" and has_w else None
+        gain = _auto_gain_nodes(front, last, nodes, inits, colour_only)
+        if not (fusion and layout == "mosaic" and front.raw_output == "planes"):
+            nodes.append(
+                helper.make_node("Mul", [last, gain], [f + "gained"], name=f + "gain_apply")
+            )
+            last, gain = f + "gained", None
 
     def reshape_nchw(src: str, dst: str) -> None:
         inits.append(_const(f + "nchw_shape", np.array([-1, 1, h, w], np.int64)))
@@ -527,6 +690,18 @@ def _front_nodes(front: SensorFront, input_dtype: str, out: str):
             )
         )
         last = f + "planes"
+    elif fusion:
+        reshape_nchw(last, f + "mosaic")
+        last = _fusion_nodes(front, f + "mosaic", nodes, inits)
+        if gain is not None:  # after the fusion: its guard is in the sensor's electrons
+            inits.append(_const(f + "gain_nchw", np.array([-1, 1, 1, 1], np.int64)))
+            nodes += [
+                helper.make_node(
+                    "Reshape", [gain, f + "gain_nchw"], [f + "gain4"], name=f + "gain_to_nchw"
+                ),
+                helper.make_node("Mul", [last, f + "gain4"], [f + "gained"], name=f + "gain_apply"),
+            ]
+            last = f + "gained"
     else:  # bilinear demosaic
         masks, fill, kernel, (py, px) = _bilinear_plan(front.cfa_tile, h, w)
         reshape_nchw(last, f + "mosaic")
@@ -634,9 +809,15 @@ def metadata(
                 f", then times gain_target / max(image mean, gain_target / max_gain) per image "
                 f"(gain_target {front.gain_target}, max_gain {front.max_gain})"
             )
-        elif front is not None:
+        elif front is not None and front.rgbw_coefficients is None:
             lo, hi = front.input_range()
             input_range |= {"min": lo, "max": hi}
+        if front is not None and front.rgbw_coefficients is not None:
+            input_range["formula"] += (
+                ", then (demosaic: rgbw_fusion) rgb <- c * (w + d) / (max(c . a, 0) + d) with c "
+                "the low-passed colour planes, w the dense W plane, a rgbw_coefficients, d "
+                "rgbw_guard (the auto gain after it)"
+            )
         if front is not None and front.ccm is not None:
             input_range["formula"] += ", then (after demosaicing) rgb <- ccm @ rgb per pixel"
     meta = {

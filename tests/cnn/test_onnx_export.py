@@ -555,7 +555,7 @@ def test_raw_front_accepts_an_int32_input(tmp_path):
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"demosaic": "malvar"}, "bilinear demosaic only"),
+        ({"demosaic": "malvar"}, "bilinear and rgbw_fusion demosaics only"),
         ({"encode": "srgb"}, "encode: srgb"),
     ],
 )
