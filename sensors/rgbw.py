@@ -28,9 +28,10 @@ References
 D. R. Cok, "Signal processing method and apparatus for producing interpolated
 chrominance values in a sampled color image signal", US patent 4,642,678, 1987 (the
 constant-hue, colour-ratio interpolation against a denser luminance channel).
-J. F. Hamilton, J. T. Compton, "Processing color and panchromatic pixels", US patent
-application 2007/0024879 (Kodak), 2007: a full-resolution panchromatic image and a
-low-resolution colour image, combined so the colour takes the panchromatic detail.
+J. T. Compton, J. F. Hamilton et al. (Kodak), "Processing color and panchromatic
+pixels", US patent application 11/191,538, filed 2005: a full-resolution panchromatic
+image and a low-resolution colour image, combined so the colour takes the panchromatic
+detail.
 H. Knutsson, C.-F. Westin, "Normalized and differential convolution", CVPR 1993.
 """
 

@@ -50,6 +50,36 @@ NOISE_OFF = {
 }
 
 
+def _recorded(
+    stage: str,
+    cfa: str,
+    illuminant: str,
+    mean_photons: float,
+    *,
+    images: int,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    """One stage's output on the first ``images`` test images of the study's chain with
+    this CFA, illuminant and light (no model): (float64 array, the stage's attrs, the
+    CFA letter of each pixel)."""
+    from pipeline.runner import run
+    from sensors.photodetector import channel_map
+
+    settings = {
+        **(overrides or {}),
+        "sensor.photodetector.cfa": cfa,
+        "sensor.scene.illuminant": illuminant,
+        "sensor.scene.mean_photons": mean_photons,
+        "dataset.n": images,
+        "model": None,
+        "run.record": {"stages": [stage], "images": "all"},
+        "run.samples": 0,
+    }
+    result = run(CONFIG, set=settings, store=False, progress=False)
+    values = np.asarray(result.arrays[stage], dtype=np.float64)
+    return values, result.stage(stage)["attrs"], channel_map(cfa, values.shape[1:3])
+
+
 def electrons_per_pixel(
     cfa: str, illuminant: str, mean_photons: float, *, images: int = 64
 ) -> dict[str, float]:
@@ -66,22 +96,9 @@ def electrons_per_pixel(
     -------
     ``{letter: mean e⁻ per pixel}`` for the letters of the CFA's tile.
     """
-    from pipeline.runner import run
-    from sensors.photodetector import channel_map
-
-    overrides = {
-        **NOISE_OFF,
-        "sensor.photodetector.cfa": cfa,
-        "sensor.scene.illuminant": illuminant,
-        "sensor.scene.mean_photons": mean_photons,
-        "dataset.n": images,
-        "model": None,
-        "run.record": {"stages": ["photodetector"], "images": "all"},
-        "run.samples": 0,
-    }
-    result = run(CONFIG, set=overrides, store=False, progress=False)
-    electrons = np.asarray(result.arrays["photodetector"], dtype=np.float64)
-    letters = channel_map(cfa, electrons.shape[1:3])
+    electrons, _, letters = _recorded(
+        "photodetector", cfa, illuminant, mean_photons, images=images, overrides=NOISE_OFF
+    )
     return {c: float(electrons[:, letters == c].mean()) for c in "RGBW" if (letters == c).any()}
 
 
@@ -93,22 +110,8 @@ def codes(cfa: str, illuminant: str, mean_photons: float, *, images: int = 64) -
     -------
     ``{letter: {"mean_dn": float, "at_black": float}}``.
     """
-    from pipeline.runner import run
-    from sensors.photodetector import channel_map
-
-    overrides = {
-        "sensor.photodetector.cfa": cfa,
-        "sensor.scene.illuminant": illuminant,
-        "sensor.scene.mean_photons": mean_photons,
-        "dataset.n": images,
-        "model": None,
-        "run.record": {"stages": ["adc"], "images": "all"},
-        "run.samples": 0,
-    }
-    result = run(CONFIG, set=overrides, store=False, progress=False)
-    black = float(result.stage("adc")["attrs"]["black_level_dn"])
-    dn = np.asarray(result.arrays["adc"], dtype=np.float64) - black
-    letters = channel_map(cfa, dn.shape[1:3])
+    codes_dn, attrs, letters = _recorded("adc", cfa, illuminant, mean_photons, images=images)
+    dn = codes_dn - float(attrs["black_level_dn"])
     return {
         c: {
             "mean_dn": float(dn[:, letters == c].mean()),
