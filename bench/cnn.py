@@ -9,7 +9,9 @@ Inference at batch 256: the compiled evaluator (pipeline.cnn.fast) against onnxr
 (2 intra-op threads), outputs checked to agree (< 1e-4 of the largest logit), timed as
 interleaved pairs by bench/common.py (the median of the pairs' ratios, each side's
 median); then the time of each fused step of ours (``CompiledNet.profile``) and of each
-onnxruntime node (its profiler), median over a few runs. The training step against
+onnxruntime node (its profiler), median over a few runs; and the ceiling the BLAS sets
+(``bench.common.gemm_floor`` of :func:`net_gemms`: the batch's GEMMs as plain sgemm calls
+on one core, against onnxruntime's CPU time). The training step against
 PyTorch is bench/train.py's.
 
 The header, the load and ``--blas-env free|haswell|machine`` are bench/common.py's;
@@ -37,11 +39,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
+    Gemm,
     Pairs,
     add_blas_env,
     apply_blas_env,
+    ceiling_line,
     each_blas_env,
     environment,
+    gemm_floor,
     header_lines,
     interleaved,
     load_average,
@@ -109,6 +114,34 @@ def make_model(wts: dict[str, np.ndarray]) -> Model:
         {k.replace(".w", ".weight").replace(".b", ".bias"): v for k, v in wts.items()}
     )
     return model
+
+
+def net_gemms(batch: int, *, train: bool, chunk_rows: int = 2048) -> list[Gemm]:
+    """The benchmark net's GEMMs in the shapes of the flat-layout engine.
+
+    A 3×3 convolution C → F over P output pixels is, per chunk of ``chunk_rows`` pixels,
+    three GEMMs (one per kernel row, K = 3C; the 3-channel input layer: one im2col GEMM,
+    K = 27); training adds the input gradient (chunk × F @ F × K, not for the input
+    layer) and the weight gradient (K × chunk @ chunk × F). Dense layers: one GEMM each
+    (training: three).
+    """
+    gemms: list[Gemm] = []
+    for k in range(4):
+        c, f = CHANNELS[k], CHANNELS[k + 1]
+        size = SIZE_PX if k < 2 else SIZE_PX // 2
+        chunks = -(-batch * size * size // chunk_rows)
+        taps, depth = (1, 9 * c) if k == 0 else (3, 3 * c)
+        gemms.append(Gemm(chunks * taps, chunk_rows, depth, f))
+        if train:
+            gemms.append(Gemm(chunks * taps, depth, chunk_rows, f))
+            if k > 0:
+                gemms.append(Gemm(chunks * taps, chunk_rows, f, depth))
+    flat = CHANNELS[-1] * (SIZE_PX // 4) ** 2
+    for d_in, d_out in ((flat, HIDDEN), (HIDDEN, CLASSES)):
+        gemms.append(Gemm(1, batch, d_in, d_out))
+        if train:
+            gemms += [Gemm(1, batch, d_out, d_in), Gemm(1, d_in, batch, d_out)]
+    return gemms
 
 
 def layers_forward(model: Model, x: np.ndarray) -> np.ndarray:
@@ -216,7 +249,10 @@ def run(args: argparse.Namespace) -> dict:
     env = environment()
     pairs = interleaved(lambda: fast(x), lambda: sess.run(None, {"x": x}), args.pairs)
     layers = per_layer(fast, onnx_bytes, x, args.profile_runs)
+    gemm_cpu_s, gflop = gemm_floor(net_gemms(args.batch, train=False, chunk_rows=fast.chunk_rows))
     return {
+        "gemm_floor_cpu_s": gemm_cpu_s,
+        "gemm_gflop": gflop,
         "environment": env,
         "batch": args.batch,
         "block_images": fast.block_images,
@@ -253,6 +289,8 @@ def report(r: dict) -> None:
         f"  max |diff| / max |ort|: compiled {r['max_rel_err_fast_vs_ort']:.1e}, "
         f"layers' forward {r['max_rel_err_layers_vs_ort']:.1e}"
     )
+    ort_cpu_s = float(np.median(pairs.theirs_cpu_s))
+    print(ceiling_line(r["gemm_floor_cpu_s"], r["gemm_gflop"], "onnxruntime", ort_cpu_s, "batch"))
     ok = r["max_rel_err_fast_vs_ort"] < 1e-4 and r["max_rel_err_layers_vs_ort"] < 1e-4
     print("outputs agree (< 1e-4)" if ok else "OUTPUTS DISAGREE")
     print(load_line(r["load_end"]))

@@ -127,6 +127,60 @@ def interleaved(
     return Pairs(a[:, 0], b[:, 0], a[:, 1], b[:, 1])
 
 
+@dataclasses.dataclass(frozen=True)
+class Gemm:
+    """``count`` float32 GEMMs ``(m, k) @ (k, n)``: one shape of an engine's work."""
+
+    count: int
+    m: int
+    k: int
+    n: int
+
+    @property
+    def flop(self) -> float:
+        return 2.0 * self.count * self.m * self.k * self.n
+
+
+def gemm_floor(gemms: Sequence[Gemm], reps: int = 3) -> tuple[float, float]:
+    """(CPU s, GFLOP) of ``gemms`` as plain sgemm calls of this process's BLAS on one core
+    (threads limited to 1; the least of ``reps`` runs per shape).
+
+    The floor under any engine whose work is these GEMMs on this BLAS: an engine using
+    ``T`` cores needs at least this CPU time, whatever it does around them.
+    """
+    from threadpoolctl import threadpool_limits
+
+    cpu_s, rng = 0.0, np.random.default_rng(0)
+    with threadpool_limits(1):
+        for g in gemms:
+            a = rng.random((g.m, g.k), dtype=np.float32)
+            b = rng.random((g.k, g.n), dtype=np.float32)
+            out = np.empty((g.m, g.n), np.float32)
+            np.matmul(a, b, out=out)
+
+            def run(
+                a: np.ndarray = a, b: np.ndarray = b, out: np.ndarray = out, n: int = g.count
+            ) -> None:
+                for _ in range(n):
+                    np.matmul(a, b, out=out)
+
+            cpu_s += min(_timed(run)[1] for _ in range(reps))
+    return cpu_s, sum(g.flop for g in gemms) / 1e9
+
+
+def ceiling_line(
+    gemm_cpu_s: float, gflop: float, theirs: str, theirs_cpu_s: float, what: str = "step"
+) -> str:
+    """The printed ceiling: our GEMMs' floor (:func:`gemm_floor`) for one ``what`` (a
+    training step, an inference batch) against the other side's whole CPU time for it."""
+    return (
+        f"  ceiling: the {what}'s GEMMs ({gflop:.2f} GFLOP) alone take {1e3 * gemm_cpu_s:.1f} ms "
+        f"CPU on one core of this BLAS ({gflop / gemm_cpu_s:.0f} GFLOP/s); {theirs} took "
+        f"{1e3 * theirs_cpu_s:.1f} ms CPU, so an engine whose work is these sgemm calls "
+        f"passes {theirs_cpu_s / gemm_cpu_s:.2f}× only with nothing else to do"
+    )
+
+
 # -- environment -------------------------------------------------------------------------
 
 

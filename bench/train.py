@@ -14,12 +14,15 @@ pairs of torch step time / our step time, each side's images/s from its median s
 time, CPU ms a step). Before timing, the first step's loss and gradients are checked to
 agree between the two (same net, same maths).
 
-It also prints per-layer forward and backward times of our step (median over
-``--profile-reps`` steps, each step of the model as ``Model.forward(train=True)`` and
-``Model.backward`` run it: a layer, or a fused conv -> ReLU [-> max-pool] chain,
-pipeline/cnn/fused_train.py). The header, the load and ``--blas-env free|haswell|machine`` are
-bench/common.py's; ``--all-envs`` runs ``free`` and ``haswell`` as subprocesses. PyTorch
-is not a dependency of the project: without it the torch side is skipped and said so.
+It prints the ceiling the BLAS sets (``bench.common.gemm_floor``: the step's GEMMs in
+the engine's shapes, ``bench.cnn.net_gemms``, as plain sgemm calls on one core, against
+torch's CPU time for its whole step), and per-layer forward and backward times of our
+step (median over ``--profile-reps`` steps, each step of the model as
+``Model.forward(train=True)`` and ``Model.backward`` run it: a layer, or a fused conv ->
+ReLU [-> max-pool] chain, pipeline/cnn/fused_train.py). The header, the load and
+``--blas-env free|haswell|machine`` are bench/common.py's; ``--all-envs`` runs ``free``
+and ``haswell`` as subprocesses. PyTorch is not a dependency of the project: without it
+the torch side is skipped and said so.
 
 Usage (from the repository root)::
 
@@ -43,13 +46,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cnn import CHANNELS, CLASSES, SIZE_PX, make_model, make_weights
+from bench.cnn import CHANNELS, CLASSES, SIZE_PX, make_model, make_weights, net_gemms
 from bench.common import (
     Pairs,
     add_blas_env,
     apply_blas_env,
+    ceiling_line,
     each_blas_env,
     environment,
+    gemm_floor,
     header_lines,
     interleaved,
     load_average,
@@ -57,6 +62,7 @@ from bench.common import (
     without_options,
 )
 from pipeline.cnn import functional as F
+from pipeline.cnn.flat_conv import CHUNK_ROWS
 from pipeline.cnn.graph import INPUT
 from pipeline.cnn.model import Model
 from pipeline.cnn.optim import AdamW
@@ -236,6 +242,8 @@ def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
     result["torch_img_s"] = batch / pairs.theirs_median_s
     result["ratio_median_of_pairs"] = pairs.ratio
     result["layers"] = layer_times(model, x, labels, profile_reps)
+    gemms = net_gemms(batch, train=True, chunk_rows=CHUNK_ROWS)
+    result["gemm_floor_cpu_s"], result["gemm_gflop"] = gemm_floor(gemms)
     result["load_end"] = load_average()
     return result
 
@@ -255,6 +263,8 @@ def report(r: dict) -> None:
     else:
         print(f"  torch  {r['torch_img_s']:8.0f} images/s (median)")
         print(f"  first step vs torch: max relative difference {r['max_rel_diff_vs_torch']:.1e}")
+        theirs_cpu_s = float(np.median(pairs.theirs_cpu_s))
+        print(ceiling_line(r["gemm_floor_cpu_s"], r["gemm_gflop"], "torch", theirs_cpu_s))
     print("per layer, ours (median ms): forward, backward wall; forward, backward CPU")
     rows = [*r["layers"], ["sum", *np.sum([row[1:] for row in r["layers"]], axis=0)]]
     for name, *ms in rows:

@@ -43,3 +43,30 @@ def test_blas_env_free_removes_only_the_openblas_variables(monkeypatch):
 def test_without_options_drops_flags_and_valued_options():
     argv = ["--all-envs", "--pairs", "3", "--blas-env", "free", "--json", "--blas-env=haswell"]
     assert without_options(argv, ("--all-envs", "--json"), ("--blas-env",)) == ["--pairs", "3"]
+
+
+def test_gemm_floor_counts_the_flops_and_takes_cpu_time():
+    from bench.common import Gemm, gemm_floor
+
+    cpu_s, gflop = gemm_floor([Gemm(2, 64, 32, 16), Gemm(1, 8, 8, 8)], reps=1)
+    assert gflop == (2 * 2 * 64 * 32 * 16 + 2 * 8 * 8 * 8) / 1e9
+    assert cpu_s >= 0.0
+
+
+def test_net_gemms_hold_the_benchmark_nets_flops():
+    """Forward: 2·P·9C·F per 3×3 conv plus the dense layers (chunks rounded up to whole
+    GEMMs of the chunk's rows); training adds the weight gradient everywhere and the input
+    gradient everywhere but the input layer."""
+    from bench.cnn import CHANNELS, CLASSES, HIDDEN, SIZE_PX, net_gemms
+
+    batch, chunk = 64, 2048
+    convs = []
+    for k in range(4):
+        size = SIZE_PX if k < 2 else SIZE_PX // 2
+        pixels = -(-batch * size * size // chunk) * chunk
+        convs.append(2 * pixels * 9 * CHANNELS[k] * CHANNELS[k + 1])
+    dense = 2 * batch * (CHANNELS[-1] * (SIZE_PX // 4) ** 2 * HIDDEN + HIDDEN * CLASSES)
+    forward = sum(g.flop for g in net_gemms(batch, train=False, chunk_rows=chunk))
+    train = sum(g.flop for g in net_gemms(batch, train=True, chunk_rows=chunk))
+    assert forward == sum(convs) + dense
+    assert train == 3 * sum(convs) - convs[0] + 3 * dense
