@@ -262,7 +262,7 @@ def plot(results: Path, png: Path, ablation: Path | None = None) -> None:
 
     rows = read_results(results) + (read_results(ablation) if ablation else [])
     labels = list(dict.fromkeys(row_label(r) for r in rows))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), sharey=True)
     for ax, light in zip(axes, ILLUMINANTS, strict=True):
         for j, label in enumerate(labels):
             sel = [
@@ -288,8 +288,10 @@ def plot(results: Path, png: Path, ablation: Path | None = None) -> None:
         ax.axhline(0.1, color="0.6", lw=0.8, ls=":")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (1,000 test images, Wilson 95 %)")
-    axes[-1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    # below the panels: inside one it would hide that panel's points
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=5, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
