@@ -734,7 +734,9 @@ class RawStage(Stage):
         elif attrs.get("full_well_e"):
             e_per_unit = float(attrs["full_well_e"])
         else:
-            raise StageError("rgbw_fusion_guard_e needs the ADC's system gain", "rgbw_guard_e")
+            raise StageError(
+                "rgbw_guard_e needs the ADC's system gain or the full well", "rgbw_guard_e"
+            )
         guard = fusion_guard(p.rgbw_guard_e, e_per_unit)
         try:
             return RgbwFusion(

@@ -212,3 +212,22 @@ def test_fusion_refuses_a_cfa_without_w_and_per_image_white_balance(cfa, raw, ke
         for i, (cls, params) in enumerate(stages):
             info = cls(cls.Params(**params), index=i).setup(info)
     assert err.value.key == key and "\n" not in str(err.value)
+
+
+def test_fusion_refuses_a_chain_that_gives_no_electron_scale_for_its_guard():
+    """The guard is in electrons: without the ADC's system gain or the full well the
+    raw stage cannot convert it, and says so in one line naming rgbw_guard_e."""
+    import dataclasses
+
+    info = SignalInfo(Unit.PHOTONS, (8, 8, 3), np.float32, {"exposure_s": 0.01})
+    info = PhotodetectorStage(PhotodetectorStage.Params(cfa="RGBW"), index=0).setup(info)
+    info = ADCStage(ADCStage.Params(bits=10), index=1).setup(info)
+    scale_free = {
+        k: v for k, v in info.attrs.items() if k not in ("system_gain_dn_per_e", "full_well_e")
+    }
+    info = dataclasses.replace(info, attrs=scale_free)
+    raw = RawStage(RawStage.Params(demosaic="rgbw_fusion"), index=2)
+    with pytest.raises(StageError) as err:
+        raw.setup(info)
+    assert err.value.key == "rgbw_guard_e" and "\n" not in str(err.value)
+    assert "system gain" in str(err.value)
