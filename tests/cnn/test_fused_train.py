@@ -110,3 +110,35 @@ def test_zero_padding_leaves_only_pixels(planar):
     inner = lay.interior_planar(buf, n) if planar else lay.interior(buf, n)
     assert np.isnan(inner).all()
     assert np.isnan(buf).sum() == inner.size and np.nansum(np.abs(buf)) == 0
+
+
+def test_wide_convolution_gradients_are_the_same_bits_for_any_thread_count(monkeypatch):
+    """A 64 -> 64 channel conv + ReLU + pool over 32 * 17 * 17 flat rows is cut into the
+    narrower chunks of a wide tap copy (at most 2,048 rows): its weight and bias gradients,
+    summed over them in chunk order, are the same bits for 1, 2 and 3 threads and agree
+    with the float64 sums dw[f, c, i, j] = sum dz[n, f, p, q] * x_pad[n, c, p + i, q + j]."""
+    from pipeline.threads import THREADS_ENV
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((32, 64, 16, 16)).astype(np.float32)
+    w = (0.05 * rng.standard_normal((64, 64, 3, 3))).astype(np.float32)
+    b = (0.1 * rng.standard_normal(64)).astype(np.float32)
+    dy = rng.standard_normal((32, 64, 8, 8)).astype(np.float32)
+    grads = []
+    for n_threads in (1, 2, 3):
+        monkeypatch.setenv(THREADS_ENV, str(n_threads))
+        _, cache = F.conv2d_relu_train(x, w, b, 1, pool=2)
+        grads.append(F.conv2d_relu_backward(dy, cache, w, 1))
+    for other in grads[1:]:
+        for g, g1 in zip(grads[0], other, strict=True):
+            np.testing.assert_array_equal(g, g1)
+    # dz: the gradient before ReLU and pool, from the layers' own backward functions
+    z = F.conv2d(x, w, b, padding=1)
+    dz = F.relu_backward(F.max_pool2d_backward(dy, F.relu(z), 2), z).astype(np.float64)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    dw = np.empty(w.shape)
+    for i in range(3):
+        for j in range(3):
+            dw[:, :, i, j] = np.einsum("nfpq,ncpq->fc", dz, xp[:, :, i : i + 16, j : j + 16])
+    np.testing.assert_allclose(grads[0][1], dw, rtol=0, atol=1e-4 * np.abs(dw).max())
+    np.testing.assert_allclose(grads[0][2], dz.sum(axis=(0, 2, 3)), rtol=1e-4, atol=1e-3)
