@@ -50,7 +50,7 @@ import time
 import weakref
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -132,14 +132,23 @@ class _Worker:
         return y
 
 
-def _activate(y: np.ndarray, act: Activation | None) -> None:
-    """In place: max(y, 0) for ReLU, max(y, alpha*y) for 0 < alpha <= 1, or nothing."""
+def _activate(y: np.ndarray, act: Activation | None, zero: np.ndarray | None = None) -> None:
+    """In place: max(y, 0) for ReLU, max(y, alpha*y) for 0 < alpha <= 1, or nothing.
+    ``zero``: optional zeros broadcastable to ``y`` along its last axis (NumPy's maximum
+    against a contiguous zero row is 2.5x faster than against the scalar 0, same values)."""
     if act is None:
         return
     if act.alpha == 0.0:
-        np.maximum(y, 0, out=y)
+        np.maximum(y, 0 if zero is None else zero, out=y)
     else:
         np.maximum(y, y * np.float32(act.alpha), out=y)
+
+
+def _pixel_rows(a: np.ndarray) -> np.ndarray:
+    """A view of an (..., W, F) array with its last two axes merged, (..., W*F): the
+    pixels of an image row are adjacent (a bias or zero row tiled W times broadcasts over
+    it with a long inner loop). Raises if that needs a copy."""
+    return np.reshape(a, (*a.shape[:-2], a.shape[-2] * a.shape[-1]), copy=False)
 
 
 # ------------------------------------------------------------------------------ steps
@@ -221,6 +230,7 @@ class _Conv:
     pool: int  # 0: none, else size == stride
     chunks: tuple[tuple[int, int], ...]  # (first image, images) of each chunk of a block
     planar: bool  # the source is planar (C, rows): corr_chunk_planar
+    _tiles: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def scratch(self, gi: FlatLayout) -> tuple[int, int]:
         """Values of the tap buffer and of the accumulator this step needs."""
@@ -229,6 +239,15 @@ class _Conv:
         if use_im2col(kh, k_row):
             return rows * kh * k_row, rows * n_f
         return (rows + (kh - 1) * gi.wq) * k_row, rows * n_f
+
+    def row_tiles(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The bias and a zero row tiled ``width`` pixels wide, (width * F,) each: they add
+        and clamp one image row of ``width`` pixels per broadcast (see :func:`_pixel_rows`)."""
+        tiles = self._tiles.get(width)
+        if tiles is None:
+            bias = np.tile(self.bias, width)
+            tiles = self._tiles[width] = (bias, np.zeros_like(bias))
+        return tiles
 
     def run(self, net: CompiledNet, vals: dict[int, _Val], wk: _Worker, n: int) -> None:
         gi, go = net.layouts[self.src], net.layouts[self.dst]
@@ -246,31 +265,45 @@ class _Conv:
                 corr_chunk_planar(src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch)
             else:
                 corr_chunk(src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch, wk.scratch3)
+            block = acc.reshape(m, gi.h + gi.pr, gi.wq, n_f)
             if direct:
-                acc += self.bias
-                _activate(acc, self.act)
+                self._bias_act(block)
                 if gi.pr or gi.pc:
-                    block = acc.reshape(m, gi.h + gi.pr, gi.wq, n_f)
                     block[:, gi.h :] = 0
                     block[:, : gi.h, gi.w :] = 0
                 continue
-            full = acc.reshape(m, gi.h + gi.pr, gi.wq, n_f)[:, : gi.h, : gi.w]
-            self._finish(full, dst_inner[k0 : k0 + m])
+            self._finish(block, gi, dst_inner[k0 : k0 + m], wk.scratch3)
         vals[self.dst] = _Val(nhwc=dst_inner, buf=dst)
 
-    def _finish(self, full: np.ndarray, out: np.ndarray) -> None:
-        """Pool (before bias and activation: they commute with max), bias, activation."""
+    def _bias_act(self, y: np.ndarray) -> None:
+        """In place on (..., W, F): add the bias, apply the activation, image row by
+        image row."""
+        bias, zero = self.row_tiles(y.shape[-2])
+        rows = _pixel_rows(y)
+        rows += bias
+        _activate(rows, self.act, zero)
+
+    def _finish(self, block: np.ndarray, gi: FlatLayout, out: np.ndarray, tmp: np.ndarray) -> None:
+        """A chunk's (m, H + pr, Wq, F) padded output into ``out`` (m, Ho, Wo, F): pool
+        (before bias and activation: they commute with max; rows first, over whole
+        padded image rows, then columns), bias, activation. ``tmp``: scratch of at least
+        m * Ho * Wq * F values."""
+        m, n_f = block.shape[0], block.shape[3]
         if self.pool:
             p = self.pool
-            ho, wo = full.shape[1] // p, full.shape[2] // p
-            taps = [full[:, a : ho * p : p, b : wo * p : p] for a in range(p) for b in range(p)]
-            np.copyto(out, taps[0])
-            for tap in taps[1:]:
-                np.maximum(out, tap, out=out)
+            ho, wo = gi.h // p, gi.w // p
+            img_rows = _pixel_rows(block)[:, : ho * p].reshape(m, ho, p, gi.wq * n_f)
+            vert = tmp[: m * ho * gi.wq * n_f].reshape(m, ho, gi.wq * n_f)
+            np.copyto(vert, img_rows[:, :, 0])
+            for a in range(1, p):
+                np.maximum(vert, img_rows[:, :, a], out=vert)
+            pairs = vert.reshape(m, ho, gi.wq, n_f)[:, :, : wo * p].reshape(m, ho, wo, p * n_f)
+            np.copyto(out, pairs[..., :n_f])
+            for b in range(1, p):
+                np.maximum(out, pairs[..., b * n_f : (b + 1) * n_f], out=out)
         else:
-            np.copyto(out, full)
-        out += self.bias
-        _activate(out, self.act)
+            np.copyto(out, block[:, : gi.h, : gi.w])
+        self._bias_act(out)
 
 
 _Step = _ToPadded | _Forward | _FlattenHWC | _Dense | _Conv
