@@ -312,8 +312,9 @@ _Step = _ToPadded | _Forward | _FlattenHWC | _Dense | _Conv
 # ---------------------------------------------------------------------------- compile
 
 
-BLOCK_ROWS = 16384
-"""Target flat-layout rows (padded pixels) of the largest map in one block."""
+BLOCK_ROWS = 8192
+"""Target flat-layout rows (padded pixels) of the largest map in one block (8192: blocks
+of 8 32x32 images, 5 % less wall time than 16 with 2 threads, docs/performance.md)."""
 MAX_BLOCK_IMAGES = 64
 TAIL_IMAGES = 64
 """Images per tile of the dense tail: a (4096 -> 256) GEMM costs 2.4x more per image at
@@ -323,7 +324,7 @@ TAIL_IMAGES = 64
 def default_block_images(img_rows: int) -> int:
     """Images per block: the power of two nearest to ``BLOCK_ROWS / img_rows`` (1 to
     ``MAX_BLOCK_IMAGES``), ``img_rows`` being the flat rows of the largest map a fused
-    convolution reads (16 for a 32x32 map)."""
+    convolution reads (8 for a 32x32 map)."""
     return int(min(MAX_BLOCK_IMAGES, 2 ** max(0, round(np.log2(BLOCK_ROWS / img_rows)))))
 
 
@@ -348,8 +349,9 @@ class CompiledNet:
     threads : Python worker threads over the blocks (default:
         :func:`pipeline.threads.worker_threads`, ``SENSORLAB_THREADS`` or the usable cores); the
         outputs do not depend on it.
-    chunk_rows : target output pixels per GEMM chunk (2k measured best in blocks: the tap
-        matrix stays near the 1 MiB L2 of a core).
+    chunk_rows : target output pixels per GEMM chunk (4k with blocks of 8 32x32 images:
+        4 images per chunk of the 32x32 maps, the whole block of the 16x16 ones; the tap
+        matrix is then about 1.7 MiB for both).
     block_images : images per block, the unit of work (default
         :func:`default_block_images` of the net; no GEMM's shape depends on the batch).
     """
@@ -360,7 +362,7 @@ class CompiledNet:
         params: Mapping[int, Mapping[str, np.ndarray]],
         input_shape: Sequence[int],
         threads: int | None = None,
-        chunk_rows: int = 2048,
+        chunk_rows: int = 4096,
         block_images: int | None = None,
     ):
         self.nodes = list(nodes)

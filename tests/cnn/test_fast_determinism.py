@@ -134,7 +134,7 @@ def test_block_chunks_cover_the_block_and_default_block_sizes():
         assert sum(m for _, m in chunks) == n_imgs and min(m for _, m in chunks) >= 1
     assert block_chunks(16, 1089, 4096) == ((0, 4), (4, 4), (8, 4), (12, 4))
     assert block_chunks(16, 289, 4096) == ((0, 16),)
-    assert default_block_images(33 * 33) == 16  # the 32x32 bench net
+    assert default_block_images(33 * 33) == 8  # the 32x32 bench net
     assert default_block_images(10**6) == 1
     assert default_block_images(4) == fast.MAX_BLOCK_IMAGES
 
