@@ -59,6 +59,7 @@ from pipeline.cnn.flat_conv import (
     FlatLayout,
     corr_chunk,
     corr_chunk_planar,
+    small_gemm_rows,
     use_im2col,
     weight_rows,
 )
@@ -230,6 +231,7 @@ class _Conv:
     pool: int  # 0: none, else size == stride
     chunks: tuple[tuple[int, int], ...]  # (first image, images) of each chunk of a block
     planar: bool  # the source is planar (C, rows): corr_chunk_planar
+    gemm_rows: int  # rows per GEMM call (flat_conv.small_gemm_rows)
     _tiles: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def scratch(self, gi: FlatLayout) -> tuple[int, int]:
@@ -262,9 +264,22 @@ class _Conv:
             first = q0 - t * gi.wq - lft  # buffer row of the chunk's first (top-left) tap
             acc = dst[q0 : q0 + rows] if direct else wk.scratch2[: rows * n_f].reshape(rows, n_f)
             if self.planar:
-                corr_chunk_planar(src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch)
+                corr_chunk_planar(
+                    src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch, self.gemm_rows
+                )
             else:
-                corr_chunk(src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch, wk.scratch3)
+                corr_chunk(
+                    src,
+                    first,
+                    rows,
+                    gi.wq,
+                    1,
+                    self.w_rows,
+                    acc,
+                    wk.scratch,
+                    wk.scratch3,
+                    self.gemm_rows,
+                )
             block = acc.reshape(m, gi.h + gi.pr, gi.wq, n_f)
             if direct:
                 self._bias_act(block)
@@ -572,6 +587,8 @@ class CompiledNet:
             w = w * affine.scale[:, None, None, None]
             b = (b - affine.center) * affine.scale + affine.offset
         src = self.nodes[i].inputs[0]
+        kh, k_row = self._kh_krow(i)
+        k_gemm = kh * k_row if use_im2col(kh, k_row) else k_row  # values per GEMM row
         return _Conv(
             nodes=tuple(chain["nodes"]),
             src=src,
@@ -583,6 +600,7 @@ class CompiledNet:
             pool=chain["pool"],
             chunks=block_chunks(self.block_images, self.layouts[src].img_rows, self.chunk_rows),
             planar=src in self.planar,
+            gemm_rows=small_gemm_rows(k_gemm, n_f),
         )
 
     # -------------------------------------------------------------------- run time
