@@ -27,6 +27,7 @@ backward sums them over chunks in chunk order).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,9 @@ from numpy.lib.stride_tricks import as_strided
 __all__ = [
     "CHUNK_ROWS",
     "IM2COL_MAX_K",
+    "SMALL_GEMM_MNK",
     "FlatLayout",
+    "blas_small_gemm",
     "corr_chunk",
     "corr_chunk_planar",
     "flat_padded",
@@ -56,16 +59,39 @@ CHUNK_ROWS = 4096
 IM2COL_MAX_K = 64
 """Below this many values per tap row (kw*C), one GEMM over all kh*kw taps beats kh GEMMs."""
 SMALL_GEMM_MNK = 100**3
-"""OpenBLAS (0.3.17+, SkylakeX kernels) runs an sgemm of M*K*N <= 100**3 through its
-small-matrix kernels, without packing the operands: 8-23 % faster per flop at this net's
-shapes (docs/performance.md), the same values."""
+"""OpenBLAS (0.3.17+) runs an sgemm of M*K*N <= 100**3 on its SkylakeX-family kernels
+through small-matrix kernels that skip packing the operands: 8-23 % faster per flop at
+the bench net's shapes (docs/performance.md), the same values. Other kernels (Haswell)
+have no such path: there one GEMM per product is faster."""
+SMALL_GEMM_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+"""OpenBLAS kernels (threadpoolctl's ``architecture``, lower case) with that path."""
 MIN_GEMM_ROWS = 32
-"""Fewest rows worth one GEMM call of their own (NumPy's call overhead)."""
+"""Fewest rows worth one GEMM of their own."""
 
 
-def small_gemm_rows(k: int, n: int) -> int:
+@functools.cache
+def blas_small_gemm() -> bool:
+    """Whether an OpenBLAS with small-matrix sgemm kernels (:data:`SMALL_GEMM_KERNELS`) is
+    loaded (threadpoolctl; False without it). Fixed for the process: OpenBLAS picks its
+    kernel when it loads."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return False
+    return any(
+        info.get("internal_api") == "openblas"
+        and str(info.get("architecture", "")).lower() in SMALL_GEMM_KERNELS
+        for info in threadpool_info()
+    )
+
+
+def small_gemm_rows(k: int, n: int, small_kernels: bool | None = None) -> int:
     """Rows per GEMM for a (rows, k) @ (k, n) product to stay at or under
-    :data:`SMALL_GEMM_MNK` (0: one GEMM of all rows, when that is under MIN_GEMM_ROWS)."""
+    :data:`SMALL_GEMM_MNK`; 0 (one GEMM of all rows) when that is under
+    :data:`MIN_GEMM_ROWS` or the BLAS has no small-matrix kernels (``small_kernels``,
+    default :func:`blas_small_gemm`)."""
+    if not (blas_small_gemm() if small_kernels is None else small_kernels):
+        return 0
     rows = SMALL_GEMM_MNK // (k * n)
     return rows if rows >= MIN_GEMM_ROWS else 0
 

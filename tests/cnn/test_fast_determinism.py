@@ -14,12 +14,15 @@ import time
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from pipeline.cnn import fast
 from pipeline.cnn.fast import TAIL_IMAGES, CompiledNet, block_chunks, default_block_images
 from pipeline.cnn.flat_conv import (
+    SMALL_GEMM_KERNELS,
     SMALL_GEMM_MNK,
     FlatLayout,
+    blas_small_gemm,
     corr_chunk,
     corr_chunk_planar,
     matmul_rows,
@@ -147,9 +150,16 @@ def test_gemms_of_row_groups_are_one_gemm_bit_for_bit(rows):
         out = np.full((333, 32), np.nan, np.float32)
         matmul_rows(left, b, out, rows)
         np.testing.assert_array_equal(out, np.matmul(left, b))
-    assert small_gemm_rows(96, 32) == SMALL_GEMM_MNK // (96 * 32) == 325
+    assert small_gemm_rows(96, 32, True) == SMALL_GEMM_MNK // (96 * 32) == 325
     assert 325 * 96 * 32 <= SMALL_GEMM_MNK < 326 * 96 * 32
-    assert small_gemm_rows(4096, 256) == 0  # under MIN_GEMM_ROWS: one GEMM
+    assert small_gemm_rows(4096, 256, True) == 0  # under MIN_GEMM_ROWS: one GEMM
+    assert small_gemm_rows(96, 32, False) == 0  # no small-matrix kernels: one GEMM
+    kernels = {
+        str(i.get("architecture")).lower()
+        for i in threadpool_info()
+        if i.get("internal_api") == "openblas"
+    }
+    assert blas_small_gemm() == bool(kernels & SMALL_GEMM_KERNELS)
 
 
 def test_split_gemms_leave_the_convolution_kernels_bits_unchanged():
