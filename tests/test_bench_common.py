@@ -69,4 +69,6 @@ def test_net_gemms_hold_the_benchmark_nets_flops():
     forward = sum(g.flop for g in net_gemms(batch, train=False, chunk_rows=chunk))
     train = sum(g.flop for g in net_gemms(batch, train=True, chunk_rows=chunk))
     assert forward == sum(convs) + dense
+    grouped = net_gemms(batch, train=False, chunk_rows=chunk, small_groups=True)
+    assert sum(g.flop for g in grouped) == forward
     assert train == 3 * sum(convs) - convs[0] + 3 * dense

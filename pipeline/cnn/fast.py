@@ -50,7 +50,7 @@ import time
 import weakref
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,7 @@ from pipeline.cnn.flat_conv import (
     FlatLayout,
     corr_chunk,
     corr_chunk_planar,
+    small_gemm_rows,
     use_im2col,
     weight_rows,
 )
@@ -132,14 +133,23 @@ class _Worker:
         return y
 
 
-def _activate(y: np.ndarray, act: Activation | None) -> None:
-    """In place: max(y, 0) for ReLU, max(y, alpha*y) for 0 < alpha <= 1, or nothing."""
+def _activate(y: np.ndarray, act: Activation | None, zero: np.ndarray | None = None) -> None:
+    """In place: max(y, 0) for ReLU, max(y, alpha*y) for 0 < alpha <= 1, or nothing.
+    ``zero``: optional zeros broadcastable to ``y`` along its last axis (NumPy's maximum
+    against a contiguous zero row is 2.5x faster than against the scalar 0, same values)."""
     if act is None:
         return
     if act.alpha == 0.0:
-        np.maximum(y, 0, out=y)
+        np.maximum(y, 0 if zero is None else zero, out=y)
     else:
         np.maximum(y, y * np.float32(act.alpha), out=y)
+
+
+def _pixel_rows(a: np.ndarray) -> np.ndarray:
+    """A view of an (..., W, F) array with its last two axes merged, (..., W*F): the
+    pixels of an image row are adjacent (a bias or zero row tiled W times broadcasts over
+    it with a long inner loop). Raises if that needs a copy."""
+    return np.reshape(a, (*a.shape[:-2], a.shape[-2] * a.shape[-1]), copy=False)
 
 
 # ------------------------------------------------------------------------------ steps
@@ -221,6 +231,8 @@ class _Conv:
     pool: int  # 0: none, else size == stride
     chunks: tuple[tuple[int, int], ...]  # (first image, images) of each chunk of a block
     planar: bool  # the source is planar (C, rows): corr_chunk_planar
+    gemm_rows: int  # rows per GEMM call (flat_conv.small_gemm_rows)
+    _tiles: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def scratch(self, gi: FlatLayout) -> tuple[int, int]:
         """Values of the tap buffer and of the accumulator this step needs."""
@@ -229,6 +241,15 @@ class _Conv:
         if use_im2col(kh, k_row):
             return rows * kh * k_row, rows * n_f
         return (rows + (kh - 1) * gi.wq) * k_row, rows * n_f
+
+    def row_tiles(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The bias and a zero row tiled ``width`` pixels wide, (width * F,) each: they add
+        and clamp one image row of ``width`` pixels per broadcast (see :func:`_pixel_rows`)."""
+        tiles = self._tiles.get(width)
+        if tiles is None:
+            bias = np.tile(self.bias, width)
+            tiles = self._tiles[width] = (bias, np.zeros_like(bias))
+        return tiles
 
     def run(self, net: CompiledNet, vals: dict[int, _Val], wk: _Worker, n: int) -> None:
         gi, go = net.layouts[self.src], net.layouts[self.dst]
@@ -243,34 +264,61 @@ class _Conv:
             first = q0 - t * gi.wq - lft  # buffer row of the chunk's first (top-left) tap
             acc = dst[q0 : q0 + rows] if direct else wk.scratch2[: rows * n_f].reshape(rows, n_f)
             if self.planar:
-                corr_chunk_planar(src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch)
+                corr_chunk_planar(
+                    src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch, self.gemm_rows
+                )
             else:
-                corr_chunk(src, first, rows, gi.wq, 1, self.w_rows, acc, wk.scratch, wk.scratch3)
+                corr_chunk(
+                    src,
+                    first,
+                    rows,
+                    gi.wq,
+                    1,
+                    self.w_rows,
+                    acc,
+                    wk.scratch,
+                    wk.scratch3,
+                    self.gemm_rows,
+                )
+            block = acc.reshape(m, gi.h + gi.pr, gi.wq, n_f)
             if direct:
-                acc += self.bias
-                _activate(acc, self.act)
+                self._bias_act(block)
                 if gi.pr or gi.pc:
-                    block = acc.reshape(m, gi.h + gi.pr, gi.wq, n_f)
                     block[:, gi.h :] = 0
                     block[:, : gi.h, gi.w :] = 0
                 continue
-            full = acc.reshape(m, gi.h + gi.pr, gi.wq, n_f)[:, : gi.h, : gi.w]
-            self._finish(full, dst_inner[k0 : k0 + m])
+            self._finish(block, gi, dst_inner[k0 : k0 + m], wk.scratch3)
         vals[self.dst] = _Val(nhwc=dst_inner, buf=dst)
 
-    def _finish(self, full: np.ndarray, out: np.ndarray) -> None:
-        """Pool (before bias and activation: they commute with max), bias, activation."""
+    def _bias_act(self, y: np.ndarray) -> None:
+        """In place on (..., W, F): add the bias, apply the activation, image row by
+        image row."""
+        bias, zero = self.row_tiles(y.shape[-2])
+        rows = _pixel_rows(y)
+        rows += bias
+        _activate(rows, self.act, zero)
+
+    def _finish(self, block: np.ndarray, gi: FlatLayout, out: np.ndarray, tmp: np.ndarray) -> None:
+        """A chunk's (m, H + pr, Wq, F) padded output into ``out`` (m, Ho, Wo, F): pool
+        (before bias and activation: they commute with max; rows first, over whole
+        padded image rows, then columns), bias, activation. ``tmp``: scratch of at least
+        m * Ho * Wq * F values."""
+        m, n_f = block.shape[0], block.shape[3]
         if self.pool:
             p = self.pool
-            ho, wo = full.shape[1] // p, full.shape[2] // p
-            taps = [full[:, a : ho * p : p, b : wo * p : p] for a in range(p) for b in range(p)]
-            np.copyto(out, taps[0])
-            for tap in taps[1:]:
-                np.maximum(out, tap, out=out)
+            ho, wo = gi.h // p, gi.w // p
+            img_rows = _pixel_rows(block)[:, : ho * p].reshape(m, ho, p, gi.wq * n_f)
+            vert = tmp[: m * ho * gi.wq * n_f].reshape(m, ho, gi.wq * n_f)
+            np.copyto(vert, img_rows[:, :, 0])
+            for a in range(1, p):
+                np.maximum(vert, img_rows[:, :, a], out=vert)
+            pairs = vert.reshape(m, ho, gi.wq, n_f)[:, :, : wo * p].reshape(m, ho, wo, p * n_f)
+            np.copyto(out, pairs[..., :n_f])
+            for b in range(1, p):
+                np.maximum(out, pairs[..., b * n_f : (b + 1) * n_f], out=out)
         else:
-            np.copyto(out, full)
-        out += self.bias
-        _activate(out, self.act)
+            np.copyto(out, block[:, : gi.h, : gi.w])
+        self._bias_act(out)
 
 
 _Step = _ToPadded | _Forward | _FlattenHWC | _Dense | _Conv
@@ -279,8 +327,9 @@ _Step = _ToPadded | _Forward | _FlattenHWC | _Dense | _Conv
 # ---------------------------------------------------------------------------- compile
 
 
-BLOCK_ROWS = 16384
-"""Target flat-layout rows (padded pixels) of the largest map in one block."""
+BLOCK_ROWS = 8192
+"""Target flat-layout rows (padded pixels) of the largest map in one block (8192: blocks
+of 8 32x32 images, 5 % less wall time than 16 with 2 threads, docs/performance.md)."""
 MAX_BLOCK_IMAGES = 64
 TAIL_IMAGES = 64
 """Images per tile of the dense tail: a (4096 -> 256) GEMM costs 2.4x more per image at
@@ -290,7 +339,7 @@ TAIL_IMAGES = 64
 def default_block_images(img_rows: int) -> int:
     """Images per block: the power of two nearest to ``BLOCK_ROWS / img_rows`` (1 to
     ``MAX_BLOCK_IMAGES``), ``img_rows`` being the flat rows of the largest map a fused
-    convolution reads (16 for a 32x32 map)."""
+    convolution reads (8 for a 32x32 map)."""
     return int(min(MAX_BLOCK_IMAGES, 2 ** max(0, round(np.log2(BLOCK_ROWS / img_rows)))))
 
 
@@ -315,8 +364,9 @@ class CompiledNet:
     threads : Python worker threads over the blocks (default:
         :func:`pipeline.threads.worker_threads`, ``SENSORLAB_THREADS`` or the usable cores); the
         outputs do not depend on it.
-    chunk_rows : target output pixels per GEMM chunk (2k measured best in blocks: the tap
-        matrix stays near the 1 MiB L2 of a core).
+    chunk_rows : target output pixels per GEMM chunk (4k with blocks of 8 32x32 images:
+        4 images per chunk of the 32x32 maps, the whole block of the 16x16 ones; the tap
+        matrix is then about 1.7 MiB for both).
     block_images : images per block, the unit of work (default
         :func:`default_block_images` of the net; no GEMM's shape depends on the batch).
     """
@@ -327,7 +377,7 @@ class CompiledNet:
         params: Mapping[int, Mapping[str, np.ndarray]],
         input_shape: Sequence[int],
         threads: int | None = None,
-        chunk_rows: int = 2048,
+        chunk_rows: int = 4096,
         block_images: int | None = None,
     ):
         self.nodes = list(nodes)
@@ -537,6 +587,8 @@ class CompiledNet:
             w = w * affine.scale[:, None, None, None]
             b = (b - affine.center) * affine.scale + affine.offset
         src = self.nodes[i].inputs[0]
+        kh, k_row = self._kh_krow(i)
+        k_gemm = kh * k_row if use_im2col(kh, k_row) else k_row  # values per GEMM row
         return _Conv(
             nodes=tuple(chain["nodes"]),
             src=src,
@@ -548,6 +600,7 @@ class CompiledNet:
             pool=chain["pool"],
             chunks=block_chunks(self.block_images, self.layouts[src].img_rows, self.chunk_rows),
             planar=src in self.planar,
+            gemm_rows=small_gemm_rows(k_gemm, n_f),
         )
 
     # -------------------------------------------------------------------- run time

@@ -27,6 +27,7 @@ backward sums them over chunks in chunk order).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,11 +36,15 @@ from numpy.lib.stride_tricks import as_strided
 __all__ = [
     "CHUNK_ROWS",
     "IM2COL_MAX_K",
+    "SMALL_GEMM_MNK",
     "FlatLayout",
+    "blas_small_gemm",
     "corr_chunk",
     "corr_chunk_planar",
     "flat_padded",
+    "matmul_rows",
     "planar_taps",
+    "small_gemm_rows",
     "taps",
     "use_im2col",
     "weight_rows",
@@ -53,6 +58,60 @@ CHUNK_ROWS = 4096
 """Output pixels per GEMM chunk: temporaries stay in cache (4-8k measured best)."""
 IM2COL_MAX_K = 64
 """Below this many values per tap row (kw*C), one GEMM over all kh*kw taps beats kh GEMMs."""
+SMALL_GEMM_MNK = 100**3
+"""OpenBLAS (0.3.17+) runs an sgemm of M*K*N <= 100**3 on its SkylakeX-family kernels
+through small-matrix kernels that skip packing the operands: 8-23 % faster per flop at
+the bench net's shapes (docs/performance.md), the same values. Other kernels (Haswell)
+have no such path: there one GEMM per product is faster."""
+SMALL_GEMM_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+"""OpenBLAS kernels (threadpoolctl's ``architecture``, lower case) with that path."""
+MIN_GEMM_ROWS = 32
+"""Fewest rows worth one GEMM of their own."""
+
+
+@functools.cache
+def blas_small_gemm() -> bool:
+    """Whether an OpenBLAS with small-matrix sgemm kernels (:data:`SMALL_GEMM_KERNELS`) is
+    loaded (threadpoolctl; False without it). Fixed for the process: OpenBLAS picks its
+    kernel when it loads."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return False
+    return any(
+        info.get("internal_api") == "openblas"
+        and str(info.get("architecture", "")).lower() in SMALL_GEMM_KERNELS
+        for info in threadpool_info()
+    )
+
+
+def small_gemm_rows(k: int, n: int, small_kernels: bool | None = None) -> int:
+    """Rows per GEMM for a (rows, k) @ (k, n) product to stay at or under
+    :data:`SMALL_GEMM_MNK`; 0 (one GEMM of all rows) when that is under
+    :data:`MIN_GEMM_ROWS` or the BLAS has no small-matrix kernels (``small_kernels``,
+    default :func:`blas_small_gemm`)."""
+    if not (blas_small_gemm() if small_kernels is None else small_kernels):
+        return 0
+    rows = SMALL_GEMM_MNK // (k * n)
+    return rows if rows >= MIN_GEMM_ROWS else 0
+
+
+def matmul_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int = 0) -> None:
+    """``out = a @ b`` as GEMMs of ``rows`` rows of ``a`` (0: one GEMM): one stacked
+    ``np.matmul`` over the whole groups (one call, so one release of the GIL: a Python loop of
+    calls made two threads wait on each other), then one GEMM of the remaining rows (joined
+    with the last group when fewer than :data:`MIN_GEMM_ROWS`: a one-row product would be a
+    GEMV). Each row of the result is the same dot products whatever the split."""
+    m = a.shape[0]
+    whole = m // rows * rows if 0 < rows < m else 0
+    if 0 < m - whole < MIN_GEMM_ROWS:
+        whole = max(0, whole - rows)
+    if whole:
+        k, n = a.shape[1], b.shape[1]
+        stack = np.reshape(a[:whole], (whole // rows, rows, k), copy=False)
+        np.matmul(stack, b, out=np.reshape(out[:whole], (whole // rows, rows, n), copy=False))
+    if whole < m:
+        np.matmul(a[whole:], b, out=out[whole:])
 
 
 def weight_rows(w: np.ndarray) -> np.ndarray:
@@ -102,6 +161,7 @@ def corr_chunk(
     out: np.ndarray,
     buf: np.ndarray,
     tmp: np.ndarray,
+    gemm_rows: int = 0,
 ) -> None:
     """out[q] = sum_{i,j} src[start + q + i*row_step + j*col_step] @ wr[i, j*C:(j+1)*C].
 
@@ -114,18 +174,19 @@ def corr_chunk(
     out : (rows, F) result, overwritten.
     buf : scratch of at least (rows + (kh-1)*row_step) * kh*kw*C values.
     tmp : scratch of at least rows * F values.
+    gemm_rows : rows per GEMM call (:func:`matmul_rows`; 0: one call per product).
     """
     kh, k_row, n_f = wr.shape
     kw = k_row // src.shape[1]
     if use_im2col(kh, k_row):
         s = taps(src, start, rows, (kh, kw), (row_step, col_step), buf)
-        np.matmul(s, wr.reshape(kh * k_row, n_f), out=out)
+        matmul_rows(s, wr.reshape(kh * k_row, n_f), out, gemm_rows)
         return
     s = taps(src, start, rows + (kh - 1) * row_step, (kw,), (col_step,), buf)
-    np.matmul(s[:rows], wr[0], out=out)
+    matmul_rows(s[:rows], wr[0], out, gemm_rows)
     acc = tmp.reshape(-1)[: rows * n_f].reshape(rows, n_f)
     for i in range(1, kh):
-        np.matmul(s[i * row_step : i * row_step + rows], wr[i], out=acc)
+        matmul_rows(s[i * row_step : i * row_step + rows], wr[i], acc, gemm_rows)
         out += acc
 
 
@@ -165,6 +226,7 @@ def corr_chunk_planar(
     wr: np.ndarray,
     out: np.ndarray,
     buf: np.ndarray,
+    gemm_rows: int = 0,
 ) -> None:
     """out[q] = sum_{i,j,c} src[c, start + q + i*row_step + j*col_step] * wr[i, j*C + c]:
     :func:`corr_chunk`'s single-GEMM (im2col) branch on a planar ``(C, rows_total)`` matrix
@@ -178,11 +240,12 @@ def corr_chunk_planar(
     wr : (kh, kw*C, F) weights (:func:`weight_rows`).
     out : (rows, F) result, overwritten.
     buf : scratch of at least rows * kh*kw*C values.
+    gemm_rows : rows per GEMM call (:func:`matmul_rows`; 0: one call).
     """
     kh, k_row, n_f = wr.shape
     kw = k_row // src.shape[0]
     cols = planar_taps(src, start, rows, (kh, kw), (row_step, col_step), buf)
-    np.matmul(cols.T, wr.reshape(kh * k_row, n_f), out=out)
+    matmul_rows(cols.T, wr.reshape(kh * k_row, n_f), out, gemm_rows)
 
 
 def wgrad_chunk(

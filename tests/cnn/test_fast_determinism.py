@@ -14,10 +14,21 @@ import time
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from pipeline.cnn import fast
 from pipeline.cnn.fast import TAIL_IMAGES, CompiledNet, block_chunks, default_block_images
-from pipeline.cnn.flat_conv import FlatLayout, corr_chunk, corr_chunk_planar, weight_rows
+from pipeline.cnn.flat_conv import (
+    SMALL_GEMM_KERNELS,
+    SMALL_GEMM_MNK,
+    FlatLayout,
+    blas_small_gemm,
+    corr_chunk,
+    corr_chunk_planar,
+    matmul_rows,
+    small_gemm_rows,
+    weight_rows,
+)
 from tests.cnn.test_fast import _model, assert_matches_layers, compiled, conv
 
 # RGB input (planar kernel), conv + batch norm + relu, conv + relu + pool, an unfused
@@ -126,6 +137,46 @@ def test_planar_kernel_matches_the_nhwc_im2col_kernel_and_the_definition():
     np.testing.assert_allclose(planar[q - first], want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("rows", [0, 32, 64, 100, 166, 325, 332, 400])
+def test_gemms_of_row_groups_are_one_gemm_bit_for_bit(rows):
+    """matmul_rows splits a product into GEMMs of ``rows`` rows (a stacked call and a
+    remainder, a short one joined to the last group): each result row is the same dot
+    products as np.matmul's single GEMM, for a C-contiguous and a transposed
+    (planar-kernel) left operand."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((333, 96)).astype(np.float32)
+    b = rng.standard_normal((96, 32)).astype(np.float32)
+    for left in (a, np.ascontiguousarray(a.T).T):
+        out = np.full((333, 32), np.nan, np.float32)
+        matmul_rows(left, b, out, rows)
+        np.testing.assert_array_equal(out, np.matmul(left, b))
+    assert small_gemm_rows(96, 32, True) == SMALL_GEMM_MNK // (96 * 32) == 325
+    assert 325 * 96 * 32 <= SMALL_GEMM_MNK < 326 * 96 * 32
+    assert small_gemm_rows(4096, 256, True) == 0  # under MIN_GEMM_ROWS: one GEMM
+    assert small_gemm_rows(96, 32, False) == 0  # no small-matrix kernels: one GEMM
+    kernels = {
+        str(i.get("architecture")).lower()
+        for i in threadpool_info()
+        if i.get("internal_api") == "openblas"
+    }
+    assert blas_small_gemm() == bool(kernels & SMALL_GEMM_KERNELS)
+
+
+def test_split_gemms_leave_the_convolution_kernels_bits_unchanged():
+    rng = np.random.default_rng(6)
+    g = FlatLayout(8, 8, 32, 1, 1)
+    n = 2
+    src = g.alloc(n)
+    g.interior(src, n)[...] = rng.standard_normal((n, 8, 8, 32))
+    wr = weight_rows(rng.standard_normal((16, 32, 3, 3)).astype(np.float32))
+    rows, first = n * g.img_rows, g.lead - g.wq - 1
+    buf, tmp = np.empty((rows + 2 * g.wq) * 96, np.float32), np.empty(rows * 16, np.float32)
+    whole, split = np.empty((rows, 16), np.float32), np.empty((rows, 16), np.float32)
+    corr_chunk(src, first, rows, g.wq, 1, wr, whole, buf, tmp)
+    corr_chunk(src, first, rows, g.wq, 1, wr, split, buf, tmp, gemm_rows=37)
+    np.testing.assert_array_equal(split, whole)
+
+
 def test_block_chunks_cover_the_block_and_default_block_sizes():
     for n_imgs, img_rows, chunk in [(16, 1089, 4096), (16, 289, 4096), (5, 100, 64), (1, 9, 4096)]:
         chunks = block_chunks(n_imgs, img_rows, chunk)
@@ -134,7 +185,7 @@ def test_block_chunks_cover_the_block_and_default_block_sizes():
         assert sum(m for _, m in chunks) == n_imgs and min(m for _, m in chunks) >= 1
     assert block_chunks(16, 1089, 4096) == ((0, 4), (4, 4), (8, 4), (12, 4))
     assert block_chunks(16, 289, 4096) == ((0, 16),)
-    assert default_block_images(33 * 33) == 16  # the 32x32 bench net
+    assert default_block_images(33 * 33) == 8  # the 32x32 bench net
     assert default_block_images(10**6) == 1
     assert default_block_images(4) == fast.MAX_BLOCK_IMAGES
 
