@@ -298,3 +298,37 @@ def test_stream_refuses_nan_for_every_caller(toy_registry, tmp_path):
     with pytest.raises(UserError, match="image 4 contains NaN"):
         list(model_inputs(chain, dataset, 4, adc_codes=False, start=3))
     assert len(list(model_inputs(chain, dataset, 4, adc_codes=True, stop=4))) == 1
+
+
+def test_batch_invariance_holds_under_openblas_haswell_kernel_too():
+    """Some machines set OPENBLAS_CORETYPE=Haswell (the env's README), whose sgemm rounds a
+    GEMM row by its offset in the GEMM: the runner's batch-size tests, run in a process
+    that loads that kernel, still hold (the classifier stage puts each image at a fixed
+    row). The compiled evaluator's own checks run there too."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
+    probe = (
+        "from threadpoolctl import threadpool_info; import numpy; "
+        "print(sorted({i.get('architecture') for i in threadpool_info() "
+        "if i['internal_api'] == 'openblas'}))"
+    )
+    kernel = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "Haswell" in kernel
+    tests = [
+        "tests/test_runner.py::test_same_arrays_for_batch_sizes_1_7_64",
+        "tests/test_runner.py::test_logits_are_identical_for_any_batch_size",
+        "tests/cnn/test_fast_determinism.py",
+    ]
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"]
+    done = subprocess.run(
+        [*pytest, *tests],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
