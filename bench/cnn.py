@@ -54,7 +54,7 @@ from bench.common import (
     without_options,
 )
 from pipeline.cnn.fast import compile_model
-from pipeline.cnn.flat_conv import small_gemm_rows
+from pipeline.cnn.flat_conv import FlatLayout, small_gemm_rows
 from pipeline.cnn.graph import parse_graph
 from pipeline.cnn.model import Model
 
@@ -122,7 +122,9 @@ def net_gemms(
 ) -> list[Gemm]:
     """The benchmark net's GEMMs in the shapes of the flat-layout engine.
 
-    A 3×3 convolution C → F over P output pixels is, per chunk of ``chunk_rows`` pixels,
+    A 3×3 convolution C → F over P output rows of the flat padded layout (each image's
+    pixels and its padding rows, which the engine computes and drops:
+    ``FlatLayout.img_rows``) is, per chunk (near-equal, of at most ``chunk_rows`` rows),
     three GEMMs (one per kernel row, K = 3C; the 3-channel input layer: one im2col GEMM,
     K = 27); training adds the input gradient (chunk × F @ F × K, not for the input
     layer) and the weight gradient (K × chunk @ chunk × F). Dense layers: one GEMM each
@@ -134,19 +136,21 @@ def net_gemms(
     for k in range(4):
         c, f = CHANNELS[k], CHANNELS[k + 1]
         size = SIZE_PX if k < 2 else SIZE_PX // 2
-        chunks = -(-batch * size * size // chunk_rows)
+        rows = batch * FlatLayout(size, size, c, 1, 1).img_rows
+        chunks = -(-rows // chunk_rows)  # near-equal chunks of at most chunk_rows rows
+        m = -(-rows // chunks)
         taps, depth = (1, 9 * c) if k == 0 else (3, 3 * c)
         group = small_gemm_rows(depth, f) if small_groups else 0
-        if 0 < group < chunk_rows:
-            gemms.append(Gemm(chunks * taps * (chunk_rows // group), group, depth, f))
-            if chunk_rows % group:
-                gemms.append(Gemm(chunks * taps, chunk_rows % group, depth, f))
+        if 0 < group < m:
+            gemms.append(Gemm(chunks * taps * (m // group), group, depth, f))
+            if m % group:
+                gemms.append(Gemm(chunks * taps, m % group, depth, f))
         else:
-            gemms.append(Gemm(chunks * taps, chunk_rows, depth, f))
+            gemms.append(Gemm(chunks * taps, m, depth, f))
         if train:
-            gemms.append(Gemm(chunks * taps, depth, chunk_rows, f))
+            gemms.append(Gemm(chunks * taps, depth, m, f))
             if k > 0:
-                gemms.append(Gemm(chunks * taps, chunk_rows, f, depth))
+                gemms.append(Gemm(chunks * taps, m, f, depth))
     flat = CHANNELS[-1] * (SIZE_PX // 4) ** 2
     for d_in, d_out in ((flat, HIDDEN), (HIDDEN, CLASSES)):
         gemms.append(Gemm(1, batch, d_in, d_out))

@@ -54,16 +54,19 @@ def test_gemm_floor_counts_the_flops_and_takes_cpu_time():
 
 
 def test_net_gemms_hold_the_benchmark_nets_flops():
-    """Forward: 2·P·9C·F per 3×3 conv plus the dense layers (chunks rounded up to whole
-    GEMMs of the chunk's rows); training adds the weight gradient everywhere and the input
-    gradient everywhere but the input layer."""
+    """Forward: 2·P·9C·F per 3×3 conv, P the flat layout's rows (each padded image row
+    and the row between images: (size + 1)² per image) in near-equal chunks, plus
+    the dense layers; training adds the weight gradient everywhere and the input gradient
+    everywhere but the input layer."""
     from bench.cnn import CHANNELS, CLASSES, HIDDEN, SIZE_PX, net_gemms
 
     batch, chunk = 64, 2048
     convs = []
     for k in range(4):
         size = SIZE_PX if k < 2 else SIZE_PX // 2
-        pixels = -(-batch * size * size // chunk) * chunk
+        rows = batch * (size + 1) ** 2
+        chunks = -(-rows // chunk)
+        pixels = chunks * -(-rows // chunks)
         convs.append(2 * pixels * 9 * CHANNELS[k] * CHANNELS[k + 1])
     dense = 2 * batch * (CHANNELS[-1] * (SIZE_PX // 4) ** 2 * HIDDEN + HIDDEN * CLASSES)
     forward = sum(g.flop for g in net_gemms(batch, train=False, chunk_rows=chunk))
