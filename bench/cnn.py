@@ -43,6 +43,7 @@ from bench.common import (
     Pairs,
     add_blas_env,
     apply_blas_env,
+    blas_kernels,
     ceiling_line,
     each_blas_env,
     environment,
@@ -51,7 +52,6 @@ from bench.common import (
     interleaved,
     load_average,
     load_line,
-    without_options,
 )
 from pipeline.cnn.fast import compile_model
 from pipeline.cnn.flat_conv import FlatLayout, small_gemm_rows
@@ -333,14 +333,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def all_envs(argv: list[str]) -> int:
     """This bench under each BLAS environment, as subprocesses; both reports and a summary."""
-    rows = each_blas_env(
-        "bench.cnn", without_options(argv, ("--all-envs", "--json"), ("--blas-env",))
-    )
+    rows = each_blas_env("bench.cnn", argv)
     for _, r in rows:
         report(r)
     print("\nsummary (numpy compiled / onnxruntime, median of interleaved pairs):")
     for mode, r in rows:
-        arch = ",".join(sorted({str(b["architecture"]) for b in r["environment"]["blas"]}))
+        arch = blas_kernels(r["environment"])
         print(
             f"  {mode:8s} kernel {arch:10s} {r['ratio_fast_to_ort']:.2f}x; "
             f"ort {r['onnxruntime_img_s']:.0f} img/s, numpy {r['fast_img_s']:.0f} img/s; "

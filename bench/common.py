@@ -286,7 +286,9 @@ def apply_blas_env(mode: str) -> None:
 
 def each_blas_env(module: str, argv: Sequence[str]) -> list[tuple[str, dict]]:
     """Run ``python -m module *argv --json --blas-env MODE`` for MODE free and haswell from
-    the repository root; each run's JSON result (its last line), by mode."""
+    the repository root (``argv`` without its own ``--all-envs``, ``--json`` and
+    ``--blas-env``); each run's JSON result (its last line), by mode."""
+    argv = without_options(argv, ("--all-envs", "--json"), (BLAS_ENV_ARG,))
     rows = []
     for mode in BLAS_ENVS:
         cmd = [sys.executable, "-m", module, *argv, "--json", BLAS_ENV_ARG, mode]
@@ -294,6 +296,11 @@ def each_blas_env(module: str, argv: Sequence[str]) -> list[tuple[str, dict]]:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
         rows.append((mode, json.loads(out.strip().splitlines()[-1])))
     return rows
+
+
+def blas_kernels(env: dict) -> str:
+    """The BLAS kernels (architectures) an :func:`environment` names, comma-separated."""
+    return ",".join(sorted({str(b["architecture"]) for b in env["blas"]}))
 
 
 def without_options(argv: Sequence[str], flags: Sequence[str], valued: Sequence[str]) -> list:

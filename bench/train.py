@@ -51,6 +51,7 @@ from bench.common import (
     Pairs,
     add_blas_env,
     apply_blas_env,
+    blas_kernels,
     ceiling_line,
     each_blas_env,
     environment,
@@ -59,7 +60,6 @@ from bench.common import (
     interleaved,
     load_average,
     load_line,
-    without_options,
 )
 from pipeline.cnn import functional as F
 from pipeline.cnn.flat_conv import CHUNK_ROWS
@@ -285,14 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-envs", action="store_true", help="run free and haswell, both")
     args = ap.parse_args(argv)
     if args.all_envs:
-        rows = each_blas_env(
-            "bench.train", without_options(argv, ("--all-envs", "--json"), ("--blas-env",))
-        )
+        rows = each_blas_env("bench.train", argv)
         for _, r in rows:
             report(r)
         print("\nsummary (numpy / torch training step, median of interleaved pairs):")
         for mode, r in rows:
-            arch = ",".join(sorted({str(b["architecture"]) for b in r["environment"]["blas"]}))
+            arch = blas_kernels(r["environment"])
             ratio = "torch skipped" if r["torch"] is None else f"{r['ratio_median_of_pairs']:.2f}x"
             print(f"  {mode:8s} kernel {arch:10s} {ratio}; numpy {r['numpy_img_s']:.0f} img/s")
         return 0
