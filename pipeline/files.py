@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 
-__all__ = ["folder_lock", "ordinary_mode", "written_folder"]
+__all__ = ["folder_lock", "ordinary_mode", "owned_folder", "written_folder"]
 
 
 def ordinary_mode(path: str | Path, *, folder: bool = False) -> None:
@@ -74,3 +74,20 @@ def folder_lock(folder: Path, *, what: str, file: str | Path | None = None) -> I
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def owned_folder(
+    folder: Path, *, what: str, file: str | Path | None = None, make: Path | None = None
+) -> Iterator[None]:
+    """Create ``folder`` (or ``make``, a folder inside it) with its parents, then hold
+    :func:`folder_lock` on ``folder``: a folder that cannot be made is a UserError naming
+    it and the ``out`` key of ``file``."""
+    try:
+        (make or folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write to {folder}: {exc.strerror or exc}", file=file, key="out"
+        ) from None
+    with folder_lock(folder, what=what, file=file):
+        yield

@@ -34,7 +34,7 @@ from pipeline.design.ranged import run_range
 from pipeline.design.spec import DesignCell, DesignPlan, canonical_hash, load_design
 from pipeline.design.store import front_path, range_dir, read_result, search_dir
 from pipeline.errors import UserError
-from pipeline.files import folder_lock
+from pipeline.files import owned_folder
 from pipeline.progress import progress as progress_reporter
 from pipeline.registry import Registry, default_registry
 from pipeline.runner import build_chain, open_config_dataset
@@ -103,13 +103,7 @@ def design_adc(
     plan = load_design(source, out=out)
     registry = default_registry()
     tasks = _tasks(plan, registry)
-    try:
-        plan.folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"cannot write to {plan.folder}: {exc}", file=plan.file, key="out"
-        ) from None
-    with folder_lock(plan.folder, what="design", file=plan.file):
+    with owned_folder(plan.folder, what="design", file=plan.file):
         write_json_atomic(plan.folder / "design.json", _description(plan, tasks))
         _ensure_fronts(plan, tasks, registry)
         pending = [t for t in tasks if _finished(plan, t) is None]

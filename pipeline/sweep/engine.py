@@ -31,7 +31,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +39,7 @@ from typing import Any
 
 from pipeline import limits
 from pipeline.errors import UserError
-from pipeline.files import folder_lock
+from pipeline.files import owned_folder
 from pipeline.progress import progress as progress_reporter
 from pipeline.registry import Registry, default_registry
 from pipeline.store import write_json_atomic
@@ -138,7 +138,9 @@ def run_sweep(
         pending, _ = _split_cells(plan, checked, {})  # read-only: refuses mixed records early
         if pending:
             engine.ready()  # a cluster that cannot start leaves no folder
-        stack.enter_context(_own_folder(plan))
+        stack.enter_context(
+            owned_folder(plan.folder, what="sweep", file=plan.file, make=plan.cells_dir)
+        )
         damaged: dict[str, str] = {}
         pending, skipped = _split_cells(plan, checked, damaged)  # damaged: recomputed
         _remove_leftovers(plan, pending)
@@ -173,19 +175,6 @@ def _check_engine_options(workers: int | None, scheduler: str | None) -> None:
         limits.check("workers", int(workers), what="--workers", key="workers")
     if workers is not None or scheduler is not None:
         import_distributed()
-
-
-@contextlib.contextmanager
-def _own_folder(plan: SweepPlan) -> Iterator[None]:
-    """Create the sweep folder and hold its lock."""
-    try:
-        plan.cells_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"cannot write to {plan.folder}: {exc.strerror or exc}", file=plan.file, key="out"
-        ) from None
-    with folder_lock(plan.folder, what="sweep", file=plan.file):
-        yield
 
 
 def _compute(plan: SweepPlan, engine: Engine, tasks: list[CellTask], bar: Any) -> list[str]:
