@@ -43,6 +43,7 @@ __all__ = [
     "corr_chunk_planar",
     "flat_padded",
     "matmul_rows",
+    "matmul_tn_rows",
     "planar_taps",
     "small_gemm_rows",
     "taps",
@@ -112,6 +113,28 @@ def matmul_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int = 0) ->
         np.matmul(stack, b, out=np.reshape(out[:whole], (whole // rows, rows, n), copy=False))
     if whole < m:
         np.matmul(a[whole:], b, out=out[whole:])
+
+
+def matmul_tn_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int = 0) -> None:
+    """``out = a.T @ b`` for ``a`` (m, K) and ``b`` (m, N) as GEMMs over ``rows`` rows
+    each (0: one GEMM): one stacked ``np.matmul`` of the whole groups, their (K, N)
+    products summed in row order, then the remaining rows' product added (joined with the
+    last group when fewer than :data:`MIN_GEMM_ROWS`). The split is what lets a weight
+    gradient (K and N a few dozen, m thousands) use the small-matrix kernels; the sum
+    order is a function of m and ``rows`` alone."""
+    m = a.shape[0]
+    whole = m // rows * rows if 0 < rows < m else 0
+    if 0 < m - whole < MIN_GEMM_ROWS:
+        whole = max(0, whole - rows)
+    if not whole:
+        np.matmul(a.T, b, out=out)
+        return
+    k, n = a.shape[1], b.shape[1]
+    stack_a = np.reshape(a[:whole], (whole // rows, rows, k), copy=False).transpose(0, 2, 1)
+    stack_b = np.reshape(b[:whole], (whole // rows, rows, n), copy=False)
+    np.sum(np.matmul(stack_a, stack_b), axis=0, out=out)
+    if whole < m:
+        out += a[whole:].T @ b[whole:]
 
 
 def weight_rows(w: np.ndarray) -> np.ndarray:
@@ -257,6 +280,7 @@ def wgrad_chunk(
     dy: np.ndarray,
     out: np.ndarray,
     buf: np.ndarray,
+    gemm_rows: int = 0,
 ) -> None:
     """The weight gradient of :func:`corr_chunk` over one chunk:
     ``out[i, j*C + c, f] = sum_q src[start + q + i*row_step + j*col_step, c] * dy[q, f]``.
@@ -269,16 +293,18 @@ def wgrad_chunk(
     dy : (rows, F) output gradient of the chunk.
     out : (kh, kw*C, F) result, overwritten (its shape gives kh and kw).
     buf : scratch of at least (rows + (kh-1)*row_step) * kw*C values.
+    gemm_rows : rows q per GEMM call, products summed in order (:func:`matmul_tn_rows`;
+        0: one call).
     """
     kh, k_row, n_f = out.shape
     kw = k_row // src.shape[1]
     if use_im2col(kh, k_row):
         s = taps(src, start, rows, (kh, kw), (row_step, col_step), buf)
-        np.matmul(s.T, dy, out=out.reshape(kh * k_row, n_f))
+        matmul_tn_rows(s, dy, out.reshape(kh * k_row, n_f), gemm_rows)
         return
     s = taps(src, start, rows + (kh - 1) * row_step, (kw,), (col_step,), buf)
     for i in range(kh):
-        np.matmul(s[i * row_step : i * row_step + rows].T, dy, out=out[i])
+        matmul_tn_rows(s[i * row_step : i * row_step + rows], dy, out[i], gemm_rows)
 
 
 def wgrad_chunk_planar(
@@ -290,14 +316,15 @@ def wgrad_chunk_planar(
     dy: np.ndarray,
     out: np.ndarray,
     buf: np.ndarray,
+    gemm_rows: int = 0,
 ) -> None:
     """:func:`wgrad_chunk` on a planar ``(C, rows_total)`` matrix (the input of
-    :func:`corr_chunk_planar`): one GEMM of the ``(kh*kw*C, rows)`` taps with ``dy``.
-    ``buf``: scratch of at least rows * kh*kw*C values."""
+    :func:`corr_chunk_planar`): the ``(kh*kw*C, rows)`` taps times ``dy``.
+    ``buf``: scratch of at least rows * kh*kw*C values; ``gemm_rows`` as there."""
     kh, k_row, n_f = out.shape
     kw = k_row // src.shape[0]
     cols = planar_taps(src, start, rows, (kh, kw), (row_step, col_step), buf)
-    np.matmul(cols, dy, out=out.reshape(kh * k_row, n_f))
+    matmul_tn_rows(cols.T, dy, out.reshape(kh * k_row, n_f), gemm_rows)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from pipeline.cnn.flat_conv import (
     corr_chunk,
     corr_chunk_planar,
     flat_padded,
+    small_gemm_rows,
     use_im2col,
     weight_rows,
     wgrad_chunk,
@@ -488,10 +489,12 @@ def _corr_into(
     """out = rows [a, a+m) of the flat correlation of ``src`` with ``wr``
     (:func:`pipeline.cnn.flat_conv.corr_chunk`), with this thread's scratch buffers."""
     kh, k_row, n_f = wr.shape
-    ext = 0 if use_im2col(kh, k_row) else (kh - 1) * row_step
+    im2col = use_im2col(kh, k_row)
+    ext = 0 if im2col else (kh - 1) * row_step
     buf = _scratch("taps", (m + ext) * kh * k_row, src.dtype)
     tmp = _scratch("acc", m * n_f, src.dtype)
-    corr_chunk(src, a, m, row_step, col_step, wr, out, buf, tmp)
+    gemm_rows = small_gemm_rows(kh * k_row if im2col else k_row, n_f)
+    corr_chunk(src, a, m, row_step, col_step, wr, out, buf, tmp, gemm_rows)
 
 
 def _wgrad_into(
@@ -507,13 +510,17 @@ def _wgrad_into(
     """out (kh, kw*C, F) = the weight gradient of rows [a, a+m) of the flat correlation
     (:func:`pipeline.cnn.flat_conv.wgrad_chunk`, or its planar form), with this thread's
     scratch buffer."""
-    kh, k_row, _ = out.shape
+    kh, k_row, n_f = out.shape
     if planar:
         buf = _scratch("taps", m * kh * k_row, src.dtype)
-        wgrad_chunk_planar(src, a, m, row_step, col_step, dy, out, buf)
+        gemm_rows = small_gemm_rows(kh * k_row, n_f)
+        wgrad_chunk_planar(src, a, m, row_step, col_step, dy, out, buf, gemm_rows)
         return
-    size = m * kh * k_row if use_im2col(kh, k_row) else (m + (kh - 1) * row_step) * k_row
-    wgrad_chunk(src, a, m, row_step, col_step, dy, out, _scratch("taps", size, src.dtype))
+    im2col = use_im2col(kh, k_row)
+    size = m * kh * k_row if im2col else (m + (kh - 1) * row_step) * k_row
+    gemm_rows = small_gemm_rows(kh * k_row if im2col else k_row, n_f)
+    buf = _scratch("taps", size, src.dtype)
+    wgrad_chunk(src, a, m, row_step, col_step, dy, out, buf, gemm_rows)
 
 
 @dataclass(frozen=True)
@@ -675,7 +682,8 @@ def _conv_flat(
         a, m = chunks[k]
         if geo.planar:
             buf = _scratch("taps", m * kh * kw * c_g, x.dtype)
-            corr_chunk_planar(xb, geo.x0 + a, m, *steps, wrs[0], y[a : a + m], buf)
+            gemm_rows = small_gemm_rows(kh * kw * c_g, n_f)
+            corr_chunk_planar(xb, geo.x0 + a, m, *steps, wrs[0], y[a : a + m], buf, gemm_rows)
         else:
             for g in range(groups):
                 out = y[a : a + m] if groups == 1 else _scratch("out", m * f_g, x.dtype)

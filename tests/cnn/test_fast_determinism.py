@@ -28,6 +28,7 @@ from pipeline.cnn.flat_conv import (
     corr_chunk,
     corr_chunk_planar,
     matmul_rows,
+    matmul_tn_rows,
     small_gemm_rows,
     weight_rows,
 )
@@ -186,6 +187,30 @@ def test_gemms_of_row_groups_are_one_gemm_bit_for_bit(rows):
         if i.get("internal_api") == "openblas"
     }
     assert blas_small_gemm() == bool(kernels & SMALL_GEMM_KERNELS)
+
+
+@pytest.mark.parametrize(("m", "rows"), [(333, 0), (333, 100), (333, 111), (4096, 325), (40, 32)])
+def test_weight_gradient_gemms_over_row_groups_sum_in_row_order(m, rows):
+    """matmul_tn_rows = a.T @ b as GEMMs over row groups whose products are added in row
+    order (a short remainder joined to the last group): the same bits as those products
+    summed one by one, and a.T @ b to float32 rounding of the sum (float64 reference)."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((m, 96)).astype(np.float32)
+    b = rng.standard_normal((m, 32)).astype(np.float32)
+    out = np.full((96, 32), np.nan, np.float32)
+    matmul_tn_rows(a, b, out, rows)
+    want = a.astype(np.float64).T @ b.astype(np.float64)
+    scale = np.abs(a).T.astype(np.float64) @ np.abs(b).astype(np.float64)
+    assert np.all(np.abs(out - want) <= 4 * m * np.finfo(np.float32).eps * scale)
+    whole = m // rows * rows if 0 < rows < m else 0
+    if 0 < m - whole < 32:
+        whole = max(0, whole - rows)
+    bounds = [*range(0, whole, rows), whole] if whole else [0]
+    parts = [a[i:j].T @ b[i:j] for i, j in itertools.pairwise(bounds)]
+    ref = np.sum(np.stack(parts), axis=0) if parts else np.zeros((96, 32), np.float32)
+    if whole < m:
+        ref = ref + a[whole:].T @ b[whole:] if parts else a.T @ b
+    np.testing.assert_array_equal(out, ref)
 
 
 def test_split_gemms_leave_the_convolution_kernels_bits_unchanged():
