@@ -28,6 +28,7 @@ backward sums them over chunks in chunk order).
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -327,6 +328,11 @@ def wgrad_chunk_planar(
     matmul_tn_rows(cols.T, dy, out.reshape(kh * k_row, n_f), gemm_rows)
 
 
+_SEALED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+"""Matrices :meth:`FlatLayout.seal` zeroed the padding of, by id: a training layer that
+writes its output into one hands the next convolution its input buffer ready-made."""
+
+
 @dataclass(frozen=True)
 class FlatLayout:
     """A flat padded NHWC layout of ``h`` x ``w`` x ``c`` images: each row is followed by
@@ -383,6 +389,26 @@ class FlatLayout:
         grid = buf[self.lead : end].reshape(n, self.h + self.pr, self.wq, -1)
         grid[:, self.h :] = 0
         grid[:, : self.h, self.w :] = 0
+
+    def seal(self, buf: np.ndarray, n: int) -> np.ndarray:
+        """Zero the padding of a C-contiguous (rows, C) matrix of this layout whose pixels
+        hold ``n`` images, and record it for :meth:`sealed`; returns the (n, c, h, w) view
+        of its pixels. Nothing may write the padding afterwards."""
+        self.zero_padding(buf, n)
+        _SEALED[id(buf)] = buf
+        return self.interior(buf, n).transpose(0, 3, 1, 2)
+
+    def sealed(self, x: np.ndarray) -> np.ndarray | None:
+        """The matrix of this layout that :meth:`seal` returned ``x`` (n, c, h, w) as the
+        pixels of, or None (any other array)."""
+        buf = x.base
+        if buf is None or _SEALED.get(id(buf)) is not buf or x.ndim != 4:
+            return None
+        if buf.shape != (self.total_rows(x.shape[0]), self.c) or buf.dtype != x.dtype:
+            return None
+        pixels = self.interior(buf, x.shape[0]).transpose(0, 3, 1, 2)
+        same = pixels.shape == x.shape and pixels.strides == x.strides
+        return buf if same and pixels.ctypes.data == x.ctypes.data else None
 
     def alloc_planar(self, n: int) -> np.ndarray:
         """A zero (C, rows) float32 matrix for ``n`` images: the planar form, one flat

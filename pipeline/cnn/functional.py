@@ -40,6 +40,7 @@ Goodfellow, Bengio & Courville, *Deep Learning*, ch. 6 and 9.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -567,6 +568,9 @@ class _FlatGeometry:
             lay.zero_padding(buf, n, planar=True)
             _parallel_copy(lay.interior_planar(buf, n), x.transpose(1, 0, 2, 3))
             return buf
+        buf = lay.sealed(x)  # a fused chain's output already laid out (conv2d_relu_train)
+        if buf is not None:
+            return buf
         buf = np.empty((lay.total_rows(n), c), dtype=x.dtype)
         lay.zero_padding(buf, n)
         _parallel_copy(lay.interior(buf, n), x.transpose(0, 2, 3, 1))
@@ -665,16 +669,17 @@ def _conv_flat(
     geo: _FlatGeometry,
     groups: int,
     then: Callable[[np.ndarray], None] | None = None,
+    y: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The (rows, F) flat output of a stride-1 convolution with bias, and its input
-    buffer; ``then(rows)`` runs on each chunk's output rows once they are done, while they
-    are in cache."""
+    """The (rows, F) flat output of a stride-1 convolution with bias (written into ``y``
+    when given), and its input buffer; ``then(rows)`` runs on each chunk's output rows
+    once they are done, while they are in cache."""
     n_f, c_g, kh, kw = w.shape
     f_g = n_f // groups
     xb = geo.to_input(x)
     srcs = [_group(xb, g, c_g, groups) for g in range(groups)]
     wrs = [weight_rows(w[g * f_g : (g + 1) * f_g]) for g in range(groups)]
-    y = np.empty((geo.rows, n_f), dtype=x.dtype)
+    y = np.empty((geo.rows, n_f), dtype=x.dtype) if y is None else y
     chunks = _row_chunks(geo.rows, kw * max(c_g, f_g))
     steps = (geo.row_step, geo.col_step)
 
@@ -913,18 +918,34 @@ def conv2d_relu_train(
     _check_4d(w, "w")
     _check_conv(x.shape[1], w, 1)
     geo = _fused_geometry(x.shape, w, padding, dilation)
+    n, lay = x.shape[0], geo.layout
     if pool:
         z, xb = _conv_flat(x, w, None if b is None else _like(b, x), geo, 1)
-        y = max_pool2d(geo.crop(z, geo.out_crop), pool)
-        _over_batch(y, lambda i: np.maximum(y[i], 0, out=y[i]))
+        z_nchw = geo.crop(z, geo.out_crop)
+        k, _, _, out = _pool_geometry(z_nchw, pool, None, 0)
+        # the output as the pixels of a flat matrix of its size and this padding: a
+        # convolution like this one reads it as its input buffer without a copy
+        out_lay = FlatLayout(*out, w.shape[0], lay.pr, lay.pc)
+        ybuf = np.empty((out_lay.total_rows(n), w.shape[0]), dtype=z.dtype)
+        y = out_lay.seal(ybuf, n)
+        taps = _pool_taps(z_nchw, k, k, out)
+
+        def pool_relu(i: slice) -> None:
+            _window_max([tap[i] for tap in taps], y[i])
+            np.maximum(y[i], 0, out=y[i])
+
+        _over_batch(y, pool_relu)
         return y, ConvReluCache(ConvInput(x.shape, xb), z, pool, y)
 
     def relu_chunk(z_rows: np.ndarray) -> None:
         np.maximum(z_rows, 0, out=z_rows)  # in place: relu(z) > 0 where z > 0
 
     b = None if b is None else _like(b, x)
-    z, xb = _conv_flat(x, w, b, geo, 1, relu_chunk)
-    return geo.crop(z, geo.out_crop), ConvReluCache(ConvInput(x.shape, xb), z, 0, None)
+    out_lay = dataclasses.replace(lay, c=w.shape[0])  # as above, at the input's size
+    zbuf = np.empty((out_lay.total_rows(n), w.shape[0]), dtype=x.dtype)
+    z = zbuf[out_lay.lead : out_lay.lead + geo.rows]
+    _, xb = _conv_flat(x, w, b, geo, 1, relu_chunk, z)
+    return out_lay.seal(zbuf, n), ConvReluCache(ConvInput(x.shape, xb), z, 0, None)
 
 
 def conv2d_relu_backward(
@@ -984,7 +1005,9 @@ def _pool_relu_route(
     taps, dz_taps = _pool_taps(z_nchw, k, k, out), _pool_taps(px_nchw, k, k, out)
     clean = _over_batch(
         gate,
-        lambda i: _route_max([t[i] for t in taps], gate[i], [t[i] for t in dz_taps], y[i]),
+        lambda i: _route_max(
+            [t[i] for t in taps], gate[i], [t[i] for t in dz_taps], y[i], consume=True
+        ),
     )
     if not all(clean):  # a NaN maximum: the layers' own backward functions
         relu_z = relu(z_nchw)
@@ -1059,8 +1082,11 @@ def _pool_taps(
 
 def _window_max(taps: list[np.ndarray], y: np.ndarray) -> None:
     """y = the element-wise maximum of the taps."""
-    np.copyto(y, taps[0])
-    for tap in taps[1:]:
+    if len(taps) == 1:
+        np.copyto(y, taps[0])
+        return
+    np.maximum(taps[0], taps[1], out=y)
+    for tap in taps[2:]:
         np.maximum(y, tap, out=y)
 
 
@@ -1115,24 +1141,24 @@ def _route_max(
     dy: np.ndarray,
     dx_taps: list[np.ndarray],
     y: np.ndarray | None = None,
+    *,
+    consume: bool = False,
 ) -> bool:
     """Non-overlapping windows: each tap, in row-major order, takes the gradient of the
     windows whose maximum ``y`` (computed when None) it is and that no earlier tap has
-    taken. False (and nothing meaningful written) if a window's maximum is NaN."""
+    taken (the gradient left to route drops to zero where a tap takes it: three passes a
+    tap). ``consume``: ``dy`` is scratch that may be overwritten. False (and nothing
+    meaningful written) if a window's maximum is NaN."""
     if y is None:
         y = np.empty_like(dy)
         _window_max(taps, y)
     if np.isnan(y).any():
         return False
-    taken = None
-    for tap, dx_tap in zip(taps, dx_taps, strict=True):
-        hit = tap == y
-        if taken is None:
-            taken = hit
-        else:
-            hit &= ~taken
-            taken |= hit
-        np.multiply(dy, hit.view(np.uint8), out=dx_tap)
+    left = dy if consume else dy.copy()
+    for k, (tap, dx_tap) in enumerate(zip(taps, dx_taps, strict=True)):
+        np.multiply(left, (tap == y).view(np.uint8), out=dx_tap)
+        if k < len(taps) - 1:
+            left -= dx_tap
     return True
 
 
