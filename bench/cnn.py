@@ -55,6 +55,7 @@ from bench.common import (
 )
 from pipeline.cnn.fast import compile_model
 from pipeline.cnn.flat_conv import FlatLayout, small_gemm_rows
+from pipeline.cnn.functional import _row_chunks
 from pipeline.cnn.graph import parse_graph
 from pipeline.cnn.model import Model
 
@@ -124,33 +125,47 @@ def net_gemms(
 
     A 3×3 convolution C → F over P output rows of the flat padded layout (each image's
     pixels and its padding rows, which the engine computes and drops:
-    ``FlatLayout.img_rows``) is, per chunk (near-equal, of at most ``chunk_rows`` rows),
-    three GEMMs (one per kernel row, K = 3C; the 3-channel input layer: one im2col GEMM,
-    K = 27); training adds the input gradient (chunk × F @ F × K, not for the input
-    layer) and the weight gradient (K × chunk @ chunk × F). Dense layers: one GEMM each
-    (training: three). ``small_groups``: the forward GEMMs in the row groups the compiled
-    evaluator uses (``flat_conv.small_gemm_rows``: small-matrix kernels where the BLAS
-    has them), the same flops.
+    ``FlatLayout.img_rows``) is, per chunk, three GEMMs (one per kernel row, K = 3C; the
+    3-channel input layer: one im2col GEMM, K = 27). Inference cuts P into near-equal
+    chunks of at most ``chunk_rows`` rows; training into the chunks its kernels use
+    (``functional._row_chunks``) and adds the input gradient (chunk × 3F @ 3F × C, not
+    for the input layer) and the weight gradient (K × chunk @ chunk × F). Dense layers:
+    one GEMM each (training: three). ``small_groups``: each GEMM in the row groups the
+    engine uses where the BLAS has small-matrix kernels (``flat_conv.small_gemm_rows``;
+    a weight gradient's chunk rows are its inner dimension, the groups' products then
+    summed), the same flops.
     """
+
+    def grouped(count: int, m: int, k: int, n: int, rows: int, inner: bool = False) -> list:
+        """``count`` (m, k) @ (k, n) products, each split into GEMMs of ``rows`` rows of m
+        (of k when ``inner``)."""
+        split = k if inner else m
+        if not (small_groups and 0 < rows < split):
+            return [Gemm(count, m, k, n)]
+        shape = (m, rows, n) if inner else (rows, k, n)
+        out = [Gemm(count * (split // rows), *shape)]
+        if split % rows:
+            out.append(Gemm(count, *((m, split % rows, n) if inner else (split % rows, k, n))))
+        return out
+
     gemms: list[Gemm] = []
     for k in range(4):
         c, f = CHANNELS[k], CHANNELS[k + 1]
         size = SIZE_PX if k < 2 else SIZE_PX // 2
         rows = batch * FlatLayout(size, size, c, 1, 1).img_rows
-        chunks = -(-rows // chunk_rows)  # near-equal chunks of at most chunk_rows rows
-        m = -(-rows // chunks)
-        taps, depth = (1, 9 * c) if k == 0 else (3, 3 * c)
-        group = small_gemm_rows(depth, f) if small_groups else 0
-        if 0 < group < m:
-            gemms.append(Gemm(chunks * taps * (m // group), group, depth, f))
-            if m % group:
-                gemms.append(Gemm(chunks * taps, m % group, depth, f))
-        else:
-            gemms.append(Gemm(chunks * taps, m, depth, f))
         if train:
-            gemms.append(Gemm(chunks * taps, depth, m, f))
-            if k > 0:
-                gemms.append(Gemm(chunks * taps, m, f, depth))
+            sizes = [m for _, m in _row_chunks(rows, 3 * max(c, f))]
+        else:
+            chunks = -(-rows // chunk_rows)  # near-equal chunks of at most chunk_rows rows
+            sizes = [-(-rows // chunks)] * chunks
+        taps, depth = (1, 9 * c) if k == 0 else (3, 3 * c)
+        for m in sorted(set(sizes)):
+            count = sizes.count(m) * taps
+            gemms += grouped(count, m, depth, f, small_gemm_rows(depth, f))
+            if train:
+                gemms += grouped(count, depth, m, f, small_gemm_rows(depth, f), inner=True)
+                if k > 0:
+                    gemms += grouped(count, m, 3 * f, c, small_gemm_rows(3 * f, c))
     flat = CHANNELS[-1] * (SIZE_PX // 4) ** 2
     for d_in, d_out in ((flat, HIDDEN), (HIDDEN, CLASSES)):
         gemms.append(Gemm(1, batch, d_in, d_out))

@@ -62,7 +62,7 @@ from bench.common import (
     load_line,
 )
 from pipeline.cnn import functional as F
-from pipeline.cnn.flat_conv import CHUNK_ROWS
+from pipeline.cnn.flat_conv import blas_small_gemm
 from pipeline.cnn.graph import INPUT
 from pipeline.cnn.model import Model
 from pipeline.cnn.optim import AdamW
@@ -242,7 +242,7 @@ def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
     result["torch_img_s"] = batch / pairs.theirs_median_s
     result["ratio_median_of_pairs"] = pairs.ratio
     result["layers"] = layer_times(model, x, labels, profile_reps)
-    gemms = net_gemms(batch, train=True, chunk_rows=CHUNK_ROWS)
+    gemms = net_gemms(batch, train=True, small_groups=blas_small_gemm())
     result["gemm_floor_cpu_s"], result["gemm_gflop"] = gemm_floor(gemms)
     result["load_end"] = load_average()
     return result
