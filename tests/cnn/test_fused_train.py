@@ -142,3 +142,30 @@ def test_wide_convolution_gradients_are_the_same_bits_for_any_thread_count(monke
             dw[:, :, i, j] = np.einsum("nfpq,ncpq->fc", dz, xp[:, :, i : i + 16, j : j + 16])
     np.testing.assert_allclose(grads[0][1], dw, rtol=0, atol=1e-4 * np.abs(dw).max())
     np.testing.assert_allclose(grads[0][2], dz.sum(axis=(0, 2, 3)), rtol=1e-4, atol=1e-3)
+
+
+def test_a_chains_output_is_the_next_convolutions_input_matrix():
+    """A fused chain writes its output as the pixels of a flat matrix of the layout a
+    same-padded convolution reads (FlatLayout.seal): padding zero, the output a view of
+    it, and that convolution's kept input is the matrix itself (no copy). A copy, a
+    slice, another layout or a plain array is not taken."""
+    from pipeline.cnn.flat_conv import FlatLayout
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 40, 8, 6)).astype(np.float32)
+    w = rng.standard_normal((32, 40, 3, 3)).astype(np.float32)
+    for pool in (0, 2):
+        y, _ = F.conv2d_relu_train(x, w, None, 1, 1, pool)
+        lay = FlatLayout(*y.shape[2:], 32, 1, 1)
+        buf = lay.sealed(y)
+        assert buf is not None and y.base is buf
+        pixels = np.zeros(buf.shape, bool)
+        lay.interior(pixels, 3)[...] = True
+        assert not buf[~pixels].any()  # guard rows and padding
+        _, kept = F.conv2d_train(y, w[:, :32], None, padding=1)
+        assert kept.data is buf
+        _, kept_copy = F.conv2d_train(y.copy(), w[:, :32], None, padding=1)
+        assert np.array_equal(kept_copy.data, buf)
+        assert lay.sealed(y.copy()) is None and lay.sealed(y[:2]) is None
+        assert FlatLayout(*y.shape[2:], 32, 2, 2).sealed(y) is None
+        assert lay.sealed(np.zeros(y.shape, np.float32)) is None

@@ -283,3 +283,54 @@ def test_dense_split_over_threads(monkeypatch):
     np.testing.assert_allclose(dw, r.T @ x, rtol=1e-12)
     np.testing.assert_allclose(db, r.sum(0), rtol=1e-12)
     check(lambda: F.dense(x, w, b), {"w": w}, {"w": dw}, r)
+
+
+def _dw_float64(x, dy, w_shape, pads, dilation, groups):
+    """dw[f, c, i, j] = sum over n, y, x of dy[n, f, y, x] * x_padded[n, c, y + i*d, x + j*d]
+    (stride 1), in float64: the definition, independent of the flat-layout kernels."""
+    n_f, c_g, kh, kw = w_shape
+    (t, b), (lft, r) = pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (t, b), (lft, r)))
+    ho, wo = dy.shape[2:]
+    f_g, dw = n_f // groups, np.zeros(w_shape)
+    for f in range(n_f):
+        g = f // f_g
+        for i in range(kh):
+            for j in range(kw):
+                win = xp[:, g * c_g : (g + 1) * c_g, i * dilation :, j * dilation :]
+                dw[f, :, i, j] = np.einsum("nyx,ncyx->c", dy[:, f], win[:, :, :ho, :wo])
+    return dw
+
+
+@pytest.mark.parametrize(
+    ("c", "h", "w", "n_f", "kernel", "padding", "dilation", "groups"),
+    [
+        (32, 12, 10, 32, (3, 3), 1, 1, 1),  # the flat layout (output of the input's size)
+        (40, 9, 11, 24, (3, 3), 0, 1, 1),  # a plain padded matrix (valid convolution)
+        (36, 10, 10, 40, (5, 5), 2, 1, 1),
+        (32, 12, 12, 32, (3, 3), 2, 2, 1),  # dilated
+        (64, 8, 8, 64, (3, 3), 1, 1, 2),  # grouped
+        (32, 8, 9, 16, (1, 1), 0, 1, 1),
+        (32, 7, 7, 16, (3, 5), ((1, 1), (2, 2)), 1, 1),
+    ],
+)
+def test_wide_conv_weight_gradient_matches_its_definition(
+    c, h, w, n_f, kernel, padding, dilation, groups
+):
+    """Convolutions too wide for the finite-difference check above (kw*C >= 64: kh GEMMs
+    a chunk over the tap matrix, weight gradients over row groups summed in order): dw
+    matches the float64 definition to float32 rounding, with and without dx (the same
+    bits), and the bias gradient is dy's sum."""
+    rng = np.random.default_rng(c + n_f)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((n_f, c // groups, *kernel)).astype(np.float32)
+    kw = dict(padding=padding, dilation=dilation, groups=groups)
+    y, kept = F.conv2d_train(x, wt, None, **kw)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = F.conv2d_backward(dy, kept, wt, **kw)
+    pads = F.resolve_padding(padding, kernel, 1, dilation, input_size=(h, w))
+    want = _dw_float64(x, dy.astype(np.float64), wt.shape, pads, dilation, groups)
+    assert np.abs(dw - want).max() <= 1e-5 * np.abs(want).max()
+    np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), atol=1e-4)
+    none, dw2, db2 = F.conv2d_backward(dy, kept, wt, need_dx=False, **kw)
+    assert none is None and np.array_equal(dw, dw2) and np.array_equal(db, db2)
