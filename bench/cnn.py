@@ -10,8 +10,8 @@ Inference at batch 256: the compiled evaluator (pipeline.cnn.fast) against onnxr
 interleaved pairs by bench/common.py (the median of the pairs' ratios, each side's
 median); then the time of each fused step of ours (``CompiledNet.profile``) and of each
 onnxruntime node (its profiler), median over a few runs; and the ceiling the BLAS sets
-(``bench.common.gemm_floor`` of :func:`net_gemms`: the batch's GEMMs as plain sgemm calls
-on one core, against onnxruntime's CPU time). The training step against
+(``bench.common.gemm_floor`` of :func:`net_gemms`: the batch's GEMMs as sgemm calls in the
+engine's row groups on one core, against onnxruntime's CPU time). The training step against
 PyTorch is bench/train.py's.
 
 The header, the load and ``--blas-env free|haswell|machine`` are bench/common.py's;

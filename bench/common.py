@@ -142,7 +142,7 @@ class Gemm:
 
 
 def gemm_floor(gemms: Sequence[Gemm], reps: int = 3) -> tuple[float, float]:
-    """(CPU s, GFLOP) of ``gemms`` as plain sgemm calls of this process's BLAS on one core
+    """(CPU s, GFLOP) of ``gemms`` as sgemm calls of this process's BLAS on one core
     (threads limited to 1; the least of ``reps`` runs per shape).
 
     The floor under any engine whose work is these GEMMs on this BLAS: an engine using

@@ -15,7 +15,7 @@ time, CPU ms a step). Before timing, the first step's loss and gradients are che
 agree between the two (same net, same maths).
 
 It prints the ceiling the BLAS sets (``bench.common.gemm_floor``: the step's GEMMs in
-the engine's shapes, ``bench.cnn.net_gemms``, as plain sgemm calls on one core, against
+the engine's shapes and row groups, ``bench.cnn.net_gemms``, as sgemm calls on one core, against
 torch's CPU time for its whole step), and per-layer forward and backward times of our
 step (median over ``--profile-reps`` steps, each step of the model as
 ``Model.forward(train=True)`` and ``Model.backward`` run it: a layer, or a fused conv ->
