@@ -153,9 +153,9 @@ def gemm_floor(gemms: Sequence[Gemm], reps: int = 3) -> tuple[float, float]:
     cpu_s, rng = 0.0, np.random.default_rng(0)
     with threadpool_limits(1):
         for g in gemms:
-            # stacked calls of up to 64 products (as the engine's small GEMMs run), so
-            # Python's loop adds little to thousands of small ones
-            stack = max(1, min(g.count, 64))
+            # stacked calls (as the engine runs its small GEMMs) of at most 1 MiB of left
+            # operands (a chunk's, in cache), so Python's loop adds little to thousands
+            stack = max(1, min(g.count, (1 << 20) // (4 * g.m * g.k)))
             a = rng.random((stack, g.m, g.k), dtype=np.float32)
             b = rng.random((g.k, g.n), dtype=np.float32)
             out = np.empty((stack, g.m, g.n), np.float32)
