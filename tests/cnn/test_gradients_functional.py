@@ -327,7 +327,7 @@ def test_wide_conv_weight_gradient_matches_its_definition(
     kw = dict(padding=padding, dilation=dilation, groups=groups)
     y, kept = F.conv2d_train(x, wt, None, **kw)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx, dw, db = F.conv2d_backward(dy, kept, wt, **kw)
+    _, dw, db = F.conv2d_backward(dy, kept, wt, **kw)
     pads = F.resolve_padding(padding, kernel, 1, dilation, input_size=(h, w))
     want = _dw_float64(x, dy.astype(np.float64), wt.shape, pads, dilation, groups)
     assert np.abs(dw - want).max() <= 1e-5 * np.abs(want).max()
