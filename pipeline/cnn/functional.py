@@ -981,18 +981,51 @@ def conv2d_relu_backward(
     dy = _like(dy, z)
     x_shape = cache.x.shape
     geo = _fused_geometry(x_shape, w, padding, dilation)
-    dyb, pixels = geo.grad_matrix(w.shape[0], z.dtype)  # (N, H, W, F) view
-    z_px = geo.crop(z, geo.out_crop).transpose(0, 2, 3, 1)
-    if cache.pooled is None:
-        if dy.shape != (*x_shape[:1], w.shape[0], *x_shape[2:]):
-            raise ValueError(f"dy must be shaped like the output, got {dy.shape}")
-        dy_px = dy.transpose(0, 2, 3, 1)
+    if cache.pooled is not None:
+        dyb, pixels = geo.grad_matrix(w.shape[0], z.dtype)  # (N, H, W, F) view
+        _pool_relu_route(dy, cache, geo.crop(z, geo.out_crop).transpose(0, 2, 3, 1), pixels)
+    elif dy.shape != (*x_shape[:1], w.shape[0], *x_shape[2:]):
+        raise ValueError(f"dy must be shaped like the output, got {dy.shape}")
+    else:
+        dyb = _relu_grad_matrix(dy, z, geo)
+    return _conv2d_backward_s1(dyb, geo, x_shape, cache.x.data, w, 1, need_dx)
+
+
+def _relu_grad_matrix(dy: np.ndarray, z: np.ndarray, geo: _FlatGeometry) -> np.ndarray:
+    """The gradient matrix (:meth:`_FlatGeometry.grad_matrix`) of ``dy`` (N, F, H, W)
+    where the ReLU's output ``z`` ((rows, F), zero in the padding) is positive, else 0.
+    When ``dy`` is the pixels of a matrix of this layout (a convolution's input gradient
+    is), whole images of rows, padding included, are one contiguous pass each; the
+    padding is zeroed afterwards."""
+    n, n_f = dy.shape[:2]
+    dy_rows = _as_rows(dy, geo)
+    if dy_rows is None:
+        dyb, pixels = geo.grad_matrix(n_f, z.dtype)  # (N, H, W, F) view
+        dy_px, z_px = dy.transpose(0, 2, 3, 1), geo.crop(z, geo.out_crop).transpose(0, 2, 3, 1)
         _over_batch(
             z_px, lambda i: np.multiply(dy_px[i], (z_px[i] > 0).view(np.uint8), out=pixels[i])
         )
-    else:
-        _pool_relu_route(dy, cache, z_px, pixels)
-    return _conv2d_backward_s1(dyb, geo, x_shape, cache.x.data, w, 1, need_dx)
+        return dyb
+    dyb = np.empty((geo.dy_rows, n_f), dtype=z.dtype)
+    d, zi = dy_rows.reshape(n, -1), z.reshape(n, -1)
+    body = dyb[geo.dy0 : geo.dy0 + geo.rows].reshape(n, -1)
+    _over_batch(body, lambda i: np.multiply(d[i], (zi[i] > 0).view(np.uint8), out=body[i]))
+    geo.layout.zero_padding(dyb, n)
+    return dyb
+
+
+def _as_rows(a: np.ndarray, geo: _FlatGeometry) -> np.ndarray | None:
+    """The (rows, C) matrix of ``geo``'s anchors whose output pixels (:meth:`_FlatGeometry.crop`)
+    the (N, C, H, W) array ``a`` is a view of (as an input gradient of a convolution of
+    this layout is), or None."""
+    base = a.base
+    if not isinstance(base, np.ndarray) or base.ndim != 2 or not base.flags.c_contiguous:
+        return None
+    if base.shape != (geo.rows, a.shape[1]) or base.dtype != a.dtype:
+        return None
+    view = geo.crop(base, geo.out_crop)
+    same = view.shape == a.shape and view.strides == a.strides
+    return base if same and view.ctypes.data == a.ctypes.data else None
 
 
 def _pool_relu_route(
