@@ -1188,9 +1188,9 @@ def _scratch_like(a: np.ndarray, slot: str, dtype: Any = None) -> np.ndarray:
     """An uninitialised array shaped like ``a``, laid out in ``a``'s memory order, in this
     thread's scratch buffer ``slot`` (valid until that slot's next use)."""
     dtype = np.dtype(a.dtype if dtype is None else dtype)
-    order = np.argsort(a.strides, kind="stable")[::-1]  # axes, outermost first
+    order = sorted(range(a.ndim), key=lambda ax: -a.strides[ax])  # axes, outermost first
     mem = _scratch(slot, a.size, dtype)[: a.size].reshape([a.shape[ax] for ax in order])
-    return mem.transpose(np.argsort(order))
+    return mem.transpose(sorted(range(a.ndim), key=order.__getitem__))
 
 
 def _index_dtype(values: int) -> np.dtype:
