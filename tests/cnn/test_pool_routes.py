@@ -39,11 +39,12 @@ def tied_maps(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return x
 
 
-CASES = [(5, (9, 8), 1), (20, (32, 32), 1), (20, (32, 32), 3)]  # (batch, (H, W), threads)
+CASES = [(5, (9, 8), 1, 2), (5, (11, 9), 1, 3), (20, (32, 32), 1, 2), (20, (32, 32), 3, 2)]
+"""(batch, (H, W), threads, pool size)"""
 
 
-@pytest.mark.parametrize(("n", "hw", "threads"), CASES)
-def test_fused_pool_routes_ties_to_the_first_maximum(monkeypatch, n, hw, threads):
+@pytest.mark.parametrize(("n", "hw", "threads", "pool"), CASES)
+def test_fused_pool_routes_ties_to_the_first_maximum(monkeypatch, n, hw, threads, pool):
     """A 1x1 identity convolution makes the pre-activation map the input itself, so the
     fused chain's input gradient is the gradient before ReLU and pool."""
     monkeypatch.setenv(THREADS_ENV, str(threads))
@@ -51,17 +52,18 @@ def test_fused_pool_routes_ties_to_the_first_maximum(monkeypatch, n, hw, threads
     c = 16
     x = tied_maps(rng, (n, c, *hw))
     eye = np.eye(c, dtype=np.float32)[:, :, None, None]
-    y, cache = F.conv2d_relu_train(x, eye, np.zeros(c, np.float32), 0, pool=2)
+    y, cache = F.conv2d_relu_train(x, eye, np.zeros(c, np.float32), 0, pool=pool)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, _, _ = F.conv2d_relu_backward(dy, cache, eye, 0)
     relu_x = F.relu(x)
-    np.testing.assert_array_equal(y, F.max_pool2d(relu_x, 2))
-    np.testing.assert_array_equal(dx, F.relu_backward(F.max_pool2d_backward(dy, relu_x, 2), x))
-    positive = F.max_pool2d(x, 2) > 0  # the ReLU passes the window's gradient
-    np.testing.assert_array_equal(dx, argmax_route(np.where(positive, dy, 0), x, (2, 2)))
+    np.testing.assert_array_equal(y, F.max_pool2d(relu_x, pool))
+    np.testing.assert_array_equal(dx, F.relu_backward(F.max_pool2d_backward(dy, relu_x, pool), x))
+    positive = F.max_pool2d(x, pool) > 0  # the ReLU passes the window's gradient
+    np.testing.assert_array_equal(dx, argmax_route(np.where(positive, dy, 0), x, (pool, pool)))
     assert np.all(dx[1] == 0)  # all windows negative
     # the constant image: every window's gradient at its top-left pixel
-    np.testing.assert_array_equal(dx[0, :, 0 : hw[0] // 2 * 2 : 2, 0 : hw[1] // 2 * 2 : 2], dy[0])
+    corners = dx[0, :, 0 : hw[0] // pool * pool : pool, 0 : hw[1] // pool * pool : pool]
+    np.testing.assert_array_equal(corners, dy[0])
 
 
 def test_fused_pool_with_a_nan_maximum_matches_the_layers():
