@@ -893,12 +893,16 @@ class ConvReluCache:
     """What :func:`conv2d_relu_backward` needs: the convolution's input as its forward
     read it, its (rows, F) flat output (before the ReLU when pooled; without a pool the
     ReLU's output, which is positive exactly where its input is), and the pooled output
-    (or None)."""
+    (or None). Pooled, also each window's route (``route``, (N, F, Ho, Wo): the index of
+    the tap holding its first maximum (:func:`_first_max`), or that plus the tap count
+    where the maximum is not positive) and whether a window maximum is NaN (``nan``)."""
 
     x: ConvInput
     z: np.ndarray
     pool: int
     pooled: np.ndarray | None
+    route: np.ndarray | None = None
+    nan: bool = False
 
 
 def conv2d_relu_train(
@@ -929,13 +933,18 @@ def conv2d_relu_train(
         ybuf = np.empty((out_lay.total_rows(n), w.shape[0]), dtype=z.dtype)
         y = out_lay.seal(ybuf, n)
         taps = _pool_taps(z_nchw, k, k, out)
+        route = np.empty_like(taps[0], dtype=_index_dtype(2 * len(taps)))
 
-        def pool_relu(i: slice) -> None:
-            _window_max([tap[i] for tap in taps], y[i])
-            np.maximum(y[i], 0, out=y[i])
+        def pool_relu(i: slice) -> bool:
+            m = _scratch_like(taps[0][i], "pool_max")
+            _first_max([tap[i] for tap in taps], k, m, route[i])
+            np.maximum(m, 0, out=y[i])
+            nonpositive = np.less_equal(m, 0).view(np.uint8)  # the ReLU's zero gradient:
+            route[i] += nonpositive * route.dtype.type(len(taps))  # routed to no tap
+            return bool(np.isnan(m).any())
 
-        _over_batch(y, pool_relu)
-        return y, ConvReluCache(ConvInput(x.shape, xb), z, pool, y)
+        nan = any(_over_batch(y, pool_relu))
+        return y, ConvReluCache(ConvInput(x.shape, xb), z, pool, y, route, nan)
 
     def relu_chunk(z_rows: np.ndarray) -> None:
         np.maximum(z_rows, 0, out=z_rows)  # in place: relu(z) > 0 where z > 0
@@ -972,18 +981,51 @@ def conv2d_relu_backward(
     dy = _like(dy, z)
     x_shape = cache.x.shape
     geo = _fused_geometry(x_shape, w, padding, dilation)
-    dyb, pixels = geo.grad_matrix(w.shape[0], z.dtype)  # (N, H, W, F) view
-    z_px = geo.crop(z, geo.out_crop).transpose(0, 2, 3, 1)
-    if cache.pooled is None:
-        if dy.shape != (*x_shape[:1], w.shape[0], *x_shape[2:]):
-            raise ValueError(f"dy must be shaped like the output, got {dy.shape}")
-        dy_px = dy.transpose(0, 2, 3, 1)
+    if cache.pooled is not None:
+        dyb, pixels = geo.grad_matrix(w.shape[0], z.dtype)  # (N, H, W, F) view
+        _pool_relu_route(dy, cache, geo.crop(z, geo.out_crop).transpose(0, 2, 3, 1), pixels)
+    elif dy.shape != (*x_shape[:1], w.shape[0], *x_shape[2:]):
+        raise ValueError(f"dy must be shaped like the output, got {dy.shape}")
+    else:
+        dyb = _relu_grad_matrix(dy, z, geo)
+    return _conv2d_backward_s1(dyb, geo, x_shape, cache.x.data, w, 1, need_dx)
+
+
+def _relu_grad_matrix(dy: np.ndarray, z: np.ndarray, geo: _FlatGeometry) -> np.ndarray:
+    """The gradient matrix (:meth:`_FlatGeometry.grad_matrix`) of ``dy`` (N, F, H, W)
+    where the ReLU's output ``z`` ((rows, F), zero in the padding) is positive, else 0.
+    When ``dy`` is the pixels of a matrix of this layout (a convolution's input gradient
+    is), whole images of rows, padding included, are one contiguous pass each; the
+    padding is zeroed afterwards."""
+    n, n_f = dy.shape[:2]
+    dy_rows = _as_rows(dy, geo)
+    if dy_rows is None:
+        dyb, pixels = geo.grad_matrix(n_f, z.dtype)  # (N, H, W, F) view
+        dy_px, z_px = dy.transpose(0, 2, 3, 1), geo.crop(z, geo.out_crop).transpose(0, 2, 3, 1)
         _over_batch(
             z_px, lambda i: np.multiply(dy_px[i], (z_px[i] > 0).view(np.uint8), out=pixels[i])
         )
-    else:
-        _pool_relu_route(dy, cache, z_px, pixels)
-    return _conv2d_backward_s1(dyb, geo, x_shape, cache.x.data, w, 1, need_dx)
+        return dyb
+    dyb = np.empty((geo.dy_rows, n_f), dtype=z.dtype)
+    d, zi = dy_rows.reshape(n, -1), z.reshape(n, -1)
+    body = dyb[geo.dy0 : geo.dy0 + geo.rows].reshape(n, -1)
+    _over_batch(body, lambda i: np.multiply(d[i], (zi[i] > 0).view(np.uint8), out=body[i]))
+    geo.layout.zero_padding(dyb, n)
+    return dyb
+
+
+def _as_rows(a: np.ndarray, geo: _FlatGeometry) -> np.ndarray | None:
+    """The (rows, C) matrix of ``geo``'s anchors whose output pixels (:meth:`_FlatGeometry.crop`)
+    the (N, C, H, W) array ``a`` is a view of (as an input gradient of a convolution of
+    this layout is), or None."""
+    base = a.base
+    if not isinstance(base, np.ndarray) or base.ndim != 2 or not base.flags.c_contiguous:
+        return None
+    if base.shape != (geo.rows, a.shape[1]) or base.dtype != a.dtype:
+        return None
+    view = geo.crop(base, geo.out_crop)
+    same = view.shape == a.shape and view.strides == a.strides
+    return base if same and view.ctypes.data == a.ctypes.data else None
 
 
 def _pool_relu_route(
@@ -991,28 +1033,22 @@ def _pool_relu_route(
 ) -> None:
     """pixels (N, H, W, F) = the gradient before ReLU and max-pool: each window's ``dy``,
     where its maximum is positive, to its first maximum (as max_pool2d_backward of the
-    ReLU's output, then relu_backward). The pooled output stands for the window maxima:
-    it is the maximum where that is positive, and elsewhere the gradient is zero."""
+    ReLU's output, then relu_backward), along the routes the forward found."""
     p, y = cache.pool, cache.pooled
     if dy.shape != y.shape:
         raise ValueError(f"dy must be {y.shape}, got {dy.shape}")
-    k, out = (p, p), y.shape[2:]
+    out = y.shape[2:]
     pixels[:, out[0] * p :] = 0  # rows and columns no window covers
     pixels[:, :, out[1] * p :] = 0
-    gate = np.empty_like(y)  # dy where the pooled maximum is positive
-    _over_batch(y, lambda i: np.multiply(dy[i], (y[i] > 0).view(np.uint8), out=gate[i]))
     z_nchw, px_nchw = z_px.transpose(0, 3, 1, 2), pixels.transpose(0, 3, 1, 2)
-    taps, dz_taps = _pool_taps(z_nchw, k, k, out), _pool_taps(px_nchw, k, k, out)
-    clean = _over_batch(
-        gate,
-        lambda i: _route_max(
-            [t[i] for t in taps], gate[i], [t[i] for t in dz_taps], y[i], consume=True
-        ),
-    )
-    if not all(clean):  # a NaN maximum: the layers' own backward functions
+    if cache.nan:  # a NaN maximum: the layers' own backward functions
         relu_z = relu(z_nchw)
         dz = relu_backward(max_pool2d_backward(dy, relu_z, p), z_nchw)
         np.copyto(px_nchw, dz)
+        return
+    dz_taps = _pool_taps(px_nchw, (p, p), (p, p), out)
+    route = cache.route
+    _over_batch(y, lambda i: _route_by_index(route[i], dy[i], [t[i] for t in dz_taps]))
 
 
 def _fused_geometry(
@@ -1103,8 +1139,9 @@ def max_pool2d_backward(
     Each window's gradient goes to its maximum; when several pixels tie for the
     maximum, all of it goes to the first in row-major order within the window (as
     ``np.argmax``; PyTorch and onnxruntime also pick one pixel, not a share).
-    Overlapping windows add up. ``y``: the forward's output, if kept (the window maxima
-    are then not recomputed).
+    Overlapping windows add up. ``y``: the forward's output, if kept; it is not needed
+    (non-overlapping windows find their maxima with the routes, other windows by argmax)
+    and only kept in the signature for the layers' calls.
     """
     x = _float(x)
     dy = _like(dy, x)
@@ -1115,14 +1152,17 @@ def max_pool2d_backward(
         tiled = x.shape[2] == out[0] * k[0] and x.shape[3] == out[1] * k[1]
         dx = np.empty_like(x) if tiled else np.zeros_like(x)  # the taps cover a tiled x
         taps, dx_taps = _pool_taps(x, k, s, out), _pool_taps(dx, k, s, out)
-        ys = y if y is not None and y.shape == dy.shape else None
-        clean = _over_batch(
-            dy,
-            lambda i: _route_max(
-                [t[i] for t in taps], dy[i], [t[i] for t in dx_taps], None if ys is None else ys[i]
-            ),
-        )
-        if all(clean):
+
+        def route(i: slice) -> bool:
+            m = _scratch_like(taps[0][i], "pool_max")
+            index = np.empty_like(taps[0][i], dtype=_index_dtype(len(taps)))
+            _first_max([t[i] for t in taps], k, m, index)
+            if np.isnan(m).any():
+                return False
+            _route_by_index(index, dy[i], [t[i] for t in dx_taps])
+            return True
+
+        if all(_over_batch(dy, route)):
             return dx
     xp = _pad(x, pads, -np.inf)
     win = _windows(xp, k, s, (1, 1), out).reshape(*x.shape[:2], *out, k[0] * k[1])
@@ -1136,30 +1176,81 @@ def max_pool2d_backward(
     return dxp[:, :, t : t + x.shape[2], lft : lft + x.shape[3]]
 
 
-def _route_max(
-    taps: list[np.ndarray],
-    dy: np.ndarray,
-    dx_taps: list[np.ndarray],
-    y: np.ndarray | None = None,
-    *,
-    consume: bool = False,
-) -> bool:
-    """Non-overlapping windows: each tap, in row-major order, takes the gradient of the
-    windows whose maximum ``y`` (computed when None) it is and that no earlier tap has
-    taken (the gradient left to route drops to zero where a tap takes it: three passes a
-    tap). ``consume``: ``dy`` is scratch that may be overwritten. False (and nothing
-    meaningful written) if a window's maximum is NaN."""
-    if y is None:
-        y = np.empty_like(dy)
-        _window_max(taps, y)
-    if np.isnan(y).any():
-        return False
-    left = dy if consume else dy.copy()
-    for k, (tap, dx_tap) in enumerate(zip(taps, dx_taps, strict=True)):
-        np.multiply(left, (tap == y).view(np.uint8), out=dx_tap)
-        if k < len(taps) - 1:
-            left -= dx_tap
-    return True
+# Max-pool routing with non-overlapping windows. The forward finds each window's first
+# maximum (row-major, as ``np.argmax``) while it takes the maxima, as a small integer per
+# window and channel; the backward reads only that. Passes over the pool taps (strided
+# views whose contiguous runs are C values in a channels-last map) are several times
+# slower than over contiguous arrays: a window's rows are scanned tap by tap (one maximum
+# and one comparison a tap after the first), the rows' results, contiguous, after that.
+
+
+def _scratch_like(a: np.ndarray, slot: str, dtype: Any = None) -> np.ndarray:
+    """An uninitialised array shaped like ``a``, laid out in ``a``'s memory order, in this
+    thread's scratch buffer ``slot`` (valid until that slot's next use)."""
+    dtype = np.dtype(a.dtype if dtype is None else dtype)
+    order = sorted(range(a.ndim), key=lambda ax: -a.strides[ax])  # axes, outermost first
+    mem = _scratch(slot, a.size, dtype)[: a.size].reshape([a.shape[ax] for ax in order])
+    return mem.transpose(sorted(range(a.ndim), key=order.__getitem__))
+
+
+def _index_dtype(values: int) -> np.dtype:
+    """The smallest unsigned integer type holding 0..values."""
+    return np.dtype(np.uint8 if values < 256 else np.uint16 if values < 65536 else np.uint32)
+
+
+def _first_max_in_row(row: list[np.ndarray], m: np.ndarray, index: np.ndarray) -> None:
+    """m = the element-wise maximum of the taps ``row``, index = the first tap holding it
+    (a later tap takes over only when strictly greater: when the maximum changes)."""
+    if len(row) == 1:
+        np.copyto(m, row[0])
+        index.fill(0)
+        return
+    np.maximum(row[0], row[1], out=m)
+    flag = index.view(np.bool_) if index.itemsize == 1 else index  # a bool output is fast
+    np.not_equal(m, row[0], out=flag)  # 1 where tap 1 is strictly greater than tap 0
+    better = _scratch_like(m, "pool_better", np.bool_)
+    for j, tap in enumerate(row[2:], start=2):
+        np.greater(tap, m, out=better)
+        np.maximum(m, tap, out=m)
+        _take_over(index, better, j)
+
+
+def _take_over(index: np.ndarray, better: np.ndarray, new: Any) -> None:
+    """index = ``new`` where ``better``, else unchanged (integer arithmetic modulo the
+    type's range: index + better * (new - index))."""
+    step = np.subtract(new, index, dtype=index.dtype)
+    step *= better.view(np.uint8)
+    index += step
+
+
+def _first_max(
+    taps: list[np.ndarray], k: tuple[int, int], m: np.ndarray, index: np.ndarray
+) -> None:
+    """Window maxima ``m`` and the index (row-major, 0..kh*kw-1) of each window's first
+    maximum, from its taps in row-major order (:func:`_pool_taps`): each row's maximum
+    and first maximum, then the first row whose maximum is strictly greater than those
+    above it. A NaN maximum leaves the index meaningless."""
+    kh, kw = k
+    _first_max_in_row(taps[:kw], m, index)
+    if kh == 1:
+        return
+    row_m = _scratch_like(m, "pool_row_max")
+    row_index = _scratch_like(index, "pool_row_index")
+    better = _scratch_like(m, "pool_row_better", np.bool_)
+    for r in range(1, kh):
+        _first_max_in_row(taps[r * kw : (r + 1) * kw], row_m, row_index)
+        np.greater(row_m, m, out=better)
+        np.maximum(m, row_m, out=m)
+        row_index += index.dtype.type(r * kw)
+        _take_over(index, better, row_index)
+
+
+def _route_by_index(index: np.ndarray, dy: np.ndarray, dx_taps: list[np.ndarray]) -> None:
+    """dx_taps[k] = dy where ``index`` is k, else 0."""
+    g = _scratch_like(index, "pool_grad", dy.dtype)  # contiguous, laid out as the index
+    np.copyto(g, dy)
+    for k, dx_tap in enumerate(dx_taps):
+        np.multiply(g, np.equal(index, k).view(np.uint8), out=dx_tap)
 
 
 def _avg_counts(

@@ -169,3 +169,24 @@ def test_a_chains_output_is_the_next_convolutions_input_matrix():
         assert lay.sealed(y.copy()) is None and lay.sealed(y[:2]) is None
         assert FlatLayout(*y.shape[2:], 32, 2, 2).sealed(y) is None
         assert lay.sealed(np.zeros(y.shape, np.float32)) is None
+
+
+def test_relu_gradient_from_a_flat_matrix_ignores_its_padding():
+    """An upstream gradient that is the pixels of a flat matrix of the chain's layout (as
+    the next convolution's input gradient is) is masked row by row, padding included; the
+    padding's values, even NaN, do not reach the result, which equals the same gradient
+    given as a plain array."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 6, 7, 5)).astype(np.float32)
+    w = rng.standard_normal((8, 6, 3, 3)).astype(np.float32)
+    _, cache = F.conv2d_relu_train(x, w, None, 1)
+    geo = F._fused_geometry(x.shape, w, 1, 1)
+    rows = np.full((geo.rows, 8), np.nan, dtype=np.float32)
+    dy = geo.crop(rows, geo.out_crop)  # a view: NaN everywhere but the pixels
+    dy[...] = rng.standard_normal(dy.shape)
+    assert F._as_rows(dy, geo) is rows and F._as_rows(dy.copy(), geo) is None
+    flat = F.conv2d_relu_backward(dy, cache, w, 1)
+    plain = F.conv2d_relu_backward(np.ascontiguousarray(dy), cache, w, 1)
+    for g, g_plain in zip(flat, plain, strict=True):
+        assert not np.isnan(g).any()
+        np.testing.assert_array_equal(g, g_plain)
