@@ -1132,16 +1132,14 @@ def max_pool2d_backward(
     size: IntPair,
     stride: IntPair | None = None,
     padding: Padding = 0,
-    y: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`max_pool2d` with respect to x.
 
     Each window's gradient goes to its maximum; when several pixels tie for the
     maximum, all of it goes to the first in row-major order within the window (as
     ``np.argmax``; PyTorch and onnxruntime also pick one pixel, not a share).
-    Overlapping windows add up. ``y``: the forward's output, if kept; it is not needed
-    (non-overlapping windows find their maxima with the routes, other windows by argmax)
-    and only kept in the signature for the layers' calls.
+    Overlapping windows add up. Non-overlapping windows find their first maxima as the
+    fused training kernel does (:func:`_first_max`), others by argmax.
     """
     x = _float(x)
     dy = _like(dy, x)

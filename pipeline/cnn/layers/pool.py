@@ -93,13 +93,11 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, xs, p, *, train=False, rng=None):
         a = self.args
-        y = F.max_pool2d(xs[0], a.size, self.stride, a.padding)
-        return y, (xs[0], y)
+        return F.max_pool2d(xs[0], a.size, self.stride, a.padding), xs[0]
 
     def backward(self, dy, cache, p, *, need_dx=True):
         a = self.args
-        x, y = cache
-        return [F.max_pool2d_backward(dy, x, a.size, self.stride, a.padding, y=y)], {}
+        return [F.max_pool2d_backward(dy, cache, a.size, self.stride, a.padding)], {}
 
 
 @register
