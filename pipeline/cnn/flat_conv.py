@@ -46,6 +46,7 @@ __all__ = [
     "matmul_rows",
     "matmul_tn_rows",
     "planar_taps",
+    "same_view",
     "small_gemm_rows",
     "taps",
     "use_im2col",
@@ -328,6 +329,12 @@ def wgrad_chunk_planar(
     matmul_tn_rows(cols.T, dy, out.reshape(kh * k_row, n_f), gemm_rows)
 
 
+def same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same view of memory: shape, strides and first
+    element."""
+    return a.shape == b.shape and a.strides == b.strides and a.ctypes.data == b.ctypes.data
+
+
 _SEALED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 """Matrices :meth:`FlatLayout.seal` zeroed the padding of, by id: a training layer that
 writes its output into one hands the next convolution its input buffer ready-made."""
@@ -407,8 +414,7 @@ class FlatLayout:
         if buf.shape != (self.total_rows(x.shape[0]), self.c) or buf.dtype != x.dtype:
             return None
         pixels = self.interior(buf, x.shape[0]).transpose(0, 3, 1, 2)
-        same = pixels.shape == x.shape and pixels.strides == x.strides
-        return buf if same and pixels.ctypes.data == x.ctypes.data else None
+        return buf if same_view(pixels, x) else None
 
     def alloc_planar(self, n: int) -> np.ndarray:
         """A zero (C, rows) float32 matrix for ``n`` images: the planar form, one flat

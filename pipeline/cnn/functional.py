@@ -55,6 +55,7 @@ from pipeline.cnn.flat_conv import (
     corr_chunk,
     corr_chunk_planar,
     flat_padded,
+    same_view,
     small_gemm_rows,
     use_im2col,
     weight_rows,
@@ -1023,9 +1024,7 @@ def _as_rows(a: np.ndarray, geo: _FlatGeometry) -> np.ndarray | None:
         return None
     if base.shape != (geo.rows, a.shape[1]) or base.dtype != a.dtype:
         return None
-    view = geo.crop(base, geo.out_crop)
-    same = view.shape == a.shape and view.strides == a.strides
-    return base if same and view.ctypes.data == a.ctypes.data else None
+    return base if same_view(geo.crop(base, geo.out_crop), a) else None
 
 
 def _pool_relu_route(
