@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -183,6 +184,104 @@ def ceiling_line(
         f"{1e3 * theirs_cpu_s:.1f} ms CPU, so an engine whose work is these sgemm calls "
         f"passes {theirs_cpu_s / gemm_cpu_s:.2f}× only with nothing else to do"
     )
+
+
+# -- where the threads wait ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadWaits:
+    """Where the time of a step run on :func:`pipeline.threads.run_parallel` goes, medians
+    over steps (seconds a step): ``serial``, the caller's thread alone between parallel
+    regions; ``regions`` of them, ``region_wall`` long in all; in those, thread-seconds
+    ``busy`` in tasks, ``start`` waited before a thread's first task (all the region for
+    a thread that took none), ``end`` waited after its last one until the region
+    returned, ``between`` between tasks: they add up to threads x ``region_wall``."""
+
+    step: float
+    serial: float
+    regions: int
+    region_wall: float
+    busy: float
+    start: float
+    end: float
+    between: float
+
+    def lines(self, threads: int) -> list[str]:
+        ms = {k: 1e3 * v for k, v in dataclasses.asdict(self).items()}
+        return [
+            f"where a step's {ms['step']:.1f} ms go on {threads} threads (median of steps, "
+            "ms): the caller alone between parallel regions "
+            f"{ms['serial']:.1f}; {self.regions} regions {ms['region_wall']:.1f}",
+            f"  in the regions, of {threads} x {ms['region_wall']:.1f} thread-ms: tasks "
+            f"{ms['busy']:.1f}, waiting for a first task {ms['start']:.1f}, after the last "
+            f"one {ms['end']:.1f}, between tasks {ms['between']:.1f}",
+        ]
+
+
+def thread_waits(step: Callable[[], object], reps: int) -> ThreadWaits:
+    """:class:`ThreadWaits` of ``reps`` calls of ``step``, every top-level
+    ``run_parallel`` call (by any module that imported it) timed per task."""
+    import threading
+
+    from pipeline import threads
+
+    original = threads.run_parallel
+    regions: list[tuple[float, float, list]] = []
+
+    def traced(tasks: Sequence[Callable[[], object]], n: int | None = None) -> list:
+        if getattr(threads._local, "inside", False):  # nested: runs in turn, in a task
+            return original(tasks, n)
+        spans: list = [None] * len(tasks)
+
+        def timed(k: int, task: Callable[[], object]) -> Callable[[], object]:
+            def run() -> object:
+                t0 = time.perf_counter()
+                out = task()
+                spans[k] = (threading.get_ident(), t0, time.perf_counter())
+                return out
+
+            return run
+
+        t0 = time.perf_counter()
+        out = original([timed(k, t) for k, t in enumerate(tasks)], n)
+        regions.append((t0, time.perf_counter(), spans))
+        return out
+
+    modules = [
+        m for m in list(sys.modules.values()) if getattr(m, "run_parallel", None) is original
+    ]
+    per_step = []
+    for m in modules:
+        m.run_parallel = traced
+    try:
+        for _ in range(reps):
+            regions.clear()
+            s0 = time.perf_counter()
+            step()
+            s1 = time.perf_counter()
+            count = worker_threads()
+            row = dict.fromkeys(("serial", "region_wall", "busy", "start", "end", "between"), 0.0)
+            row["serial"] = s1 - s0 - sum(t1 - t0 for t0, t1, _ in regions)
+            for t0, t1, spans in regions:
+                row["region_wall"] += t1 - t0
+                by_thread: dict[int, list] = {}
+                for ident, a, b in spans:
+                    by_thread.setdefault(ident, []).append((a, b))
+                for runs in by_thread.values():
+                    runs.sort()
+                    row["busy"] += sum(b - a for a, b in runs)
+                    row["start"] += runs[0][0] - t0
+                    row["end"] += t1 - runs[-1][1]
+                    row["between"] += sum(c - b for (_, b), (c, _) in itertools.pairwise(runs))
+                row["start"] += (count - len(by_thread)) * (t1 - t0)  # took no task
+            per_step.append((s1 - s0, len(regions), row))
+    finally:
+        for m in modules:
+            m.run_parallel = original
+    med = {k: float(np.median([r[k] for *_, r in per_step])) for k in per_step[0][2]}
+    step_s = float(np.median([s for s, _, _ in per_step]))
+    return ThreadWaits(step_s, regions=per_step[0][1], **med)
 
 
 # -- environment -------------------------------------------------------------------------

@@ -19,7 +19,9 @@ the engine's shapes and row groups, ``bench.cnn.net_gemms``, as sgemm calls on o
 torch's CPU time for its whole step), and per-layer forward and backward times of our
 step (median over ``--profile-reps`` steps, each step of the model as
 ``Model.forward(train=True)`` and ``Model.backward`` run it: a layer, or a fused conv ->
-ReLU [-> max-pool] chain, pipeline/cnn/fused_train.py). The header, the load and
+ReLU [-> max-pool] chain, pipeline/cnn/fused_train.py), and on more than one thread
+where the threads wait (``bench.common.thread_waits``: the caller alone between
+parallel regions, and in them before, between and after the tasks). The header, the load and
 ``--blas-env free|haswell|machine`` are bench/common.py's; ``--all-envs`` runs ``free``
 and ``haswell`` as subprocesses. PyTorch is not a dependency of the project: without it
 the torch side is skipped and said so.
@@ -49,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.cnn import CHANNELS, CLASSES, SIZE_PX, make_model, make_weights, net_gemms
 from bench.common import (
     Pairs,
+    ThreadWaits,
     add_blas_env,
     apply_blas_env,
     blas_kernels,
@@ -60,6 +63,7 @@ from bench.common import (
     interleaved,
     load_average,
     load_line,
+    thread_waits,
 )
 from pipeline.cnn import functional as F
 from pipeline.cnn.flat_conv import blas_small_gemm
@@ -242,6 +246,8 @@ def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
     result["torch_img_s"] = batch / pairs.theirs_median_s
     result["ratio_median_of_pairs"] = pairs.ratio
     result["layers"] = layer_times(model, x, labels, profile_reps)
+    if threads > 1:
+        result["thread_waits"] = dataclasses.asdict(thread_waits(ours, profile_reps))
     gemms = net_gemms(batch, train=True, small_groups=blas_small_gemm())
     result["gemm_floor_cpu_s"], result["gemm_gflop"] = gemm_floor(gemms)
     result["load_end"] = load_average()
@@ -269,6 +275,9 @@ def report(r: dict) -> None:
     rows = [*r["layers"], ["sum", *np.sum([row[1:] for row in r["layers"]], axis=0)]]
     for name, *ms in rows:
         print(f"  {name:28s} " + " ".join(f"{v * 1e3:7.2f}" for v in ms))
+    if "thread_waits" in r:
+        for line in ThreadWaits(**r["thread_waits"]).lines(r["threads"]):
+            print(line)
     print(load_line(r["load_end"]))
 
 

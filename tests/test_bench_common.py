@@ -83,3 +83,35 @@ def test_net_gemms_hold_the_benchmark_nets_flops():
         assert train == 3 * sum(exact) - exact[0] + 3 * dense
     split = net_gemms(batch, train=True, small_groups=True)
     assert max(g.m * g.k * g.n for g in split[:-6]) <= 100**3  # convolutions: small GEMMs
+
+
+def test_thread_waits_account_for_every_thread_of_every_region(monkeypatch):
+    """bench.train's "where a step's time goes": the top-level parallel regions of a step
+    (also those called through a module that imported run_parallel; nested ones run in
+    a task and are not regions), each thread's time in them split into tasks and waits
+    that add up to threads x the regions' wall time, the rest of the step serial; and
+    run_parallel restored afterwards."""
+    import time
+
+    from bench.common import thread_waits
+    from pipeline import stage, threads
+
+    monkeypatch.setenv(threads.THREADS_ENV, "2")
+    original = threads.run_parallel
+
+    def nap(s: float = 0.002) -> None:
+        time.sleep(s)
+
+    def step() -> None:
+        nap(0.005)  # serial
+        threads.run_chunks(3, lambda k: threads.run_parallel([nap, nap]))  # nested inside
+        stage.run_parallel([nap])  # one task: the other thread waits it out
+
+    w = thread_waits(step, 1)
+    assert w.regions == 2
+    parts = w.busy + w.start + w.end + w.between
+    assert np.isclose(parts, 2 * w.region_wall, rtol=1e-9, atol=1e-9)
+    assert w.busy >= 3 * 2 * 0.002 + 0.002 and w.start >= 0.002
+    assert w.serial >= 0.005 and np.isclose(w.serial + w.region_wall, w.step)
+    assert len(w.lines(2)) == 2
+    assert threads.run_parallel is original and stage.run_parallel is original

@@ -379,29 +379,73 @@ class FlatLayout:
         body = buf[self.lead : self.lead + n * self.img_rows]
         return body.reshape(n, self.h + self.pr, self.wq, self.c)[:, : self.h, : self.w]
 
-    def zero_padding(self, buf: np.ndarray, n: int, planar: bool = False) -> None:
+    def zero_padding(
+        self, buf: np.ndarray, n: int, planar: bool = False, images: slice | None = None
+    ) -> None:
         """Zero everything but the pixels of ``n`` images in a C-contiguous (rows, C)
         matrix of this layout (any channel count), or a planar (C, rows) one: the guard
         rows and the padding (for a buffer allocated uninitialised whose pixels are
-        written next)."""
+        written next). ``images`` (a slice of 0..n, not planar): only those images' own
+        padding rows and columns (the guard rows with the first and the last image), so
+        threads can each zero the images they write."""
         end = self.lead + n * self.img_rows
-        rows = buf.T if planar else buf
-        rows[: self.lead] = 0
-        rows[end:] = 0
         if planar:
+            buf.T[: self.lead] = 0
+            buf.T[end:] = 0
             grid = buf[:, self.lead : end].reshape(-1, n, self.h + self.pr, self.wq)
             grid[:, :, self.h :] = 0
             grid[:, :, : self.h, self.w :] = 0
             return
-        grid = buf[self.lead : end].reshape(n, self.h + self.pr, self.wq, -1)
-        grid[:, self.h :] = 0
-        grid[:, : self.h, self.w :] = 0
+        first, stop, _ = (images or slice(None)).indices(n)
+        lo = 0 if first == 0 else self.lead + first * self.img_rows
+        hi = buf.shape[0] if stop == n else self.lead + stop * self.img_rows
+        self.zero_rows(buf, n, lo, hi)
 
-    def seal(self, buf: np.ndarray, n: int) -> np.ndarray:
+    def zero_rows(self, buf: np.ndarray, n: int, lo: int, hi: int) -> None:
+        """Zero the guard and padding rows and columns among rows [lo, hi) of a (rows, C)
+        matrix of this layout holding ``n`` images (its pixels there untouched): for a
+        chunk of anchor rows that a thread has just written."""
+        lead, wq, gh = self.lead, self.wq, self.h + self.pr
+        end = lead + n * self.img_rows
+        buf[lo : min(hi, lead)] = 0
+        buf[max(lo, end) : hi] = 0
+        a, b = max(lo, lead) - lead, min(hi, end) - lead  # body rows, from the first pixel
+        if a >= b:
+            return
+        body = buf[lead:end]
+        ga, gb = -(-a // wq), b // wq  # the whole grid rows (wq pixels) [ga, gb)
+        if ga > gb:  # [a, b) inside one grid row
+            self._zero_in_grid_row(body, gb, a, b)
+            return
+        if a < ga * wq:
+            self._zero_in_grid_row(body, ga - 1, a, ga * wq)
+        if gb * wq < b:
+            self._zero_in_grid_row(body, gb, gb * wq, b)
+        if ga == gb:
+            return
+        rows = body[ga * wq : gb * wq].reshape(gb - ga, wq, -1)
+        rows[:, self.w :] = 0  # the padding columns of every grid row
+        ia, ib = -(-ga // gh), gb // gh  # the whole images among them [ia, ib)
+        if ia < ib:
+            rows[ia * gh - ga : ib * gh - ga].reshape(ib - ia, gh, wq, -1)[:, self.h :] = 0
+        for g0, g1 in ((ga, min(gb, ia * gh)), (max(ga, ib * gh), gb)):  # partial images
+            if g0 < g1:  # its padding rows: the grid rows from row h of the image
+                start = max(g0, g0 - g0 % gh + self.h)
+                rows[start - ga : max(start, g1) - ga] = 0
+
+    def _zero_in_grid_row(self, body: np.ndarray, g: int, a: int, b: int) -> None:
+        """Zero the padding among body rows [a, b) of grid row ``g``."""
+        if g % (self.h + self.pr) < self.h:
+            a = max(a, g * self.wq + self.w)  # a pixel row: only its padding columns
+        body[a:b] = 0
+
+    def seal(self, buf: np.ndarray, n: int, zeroed: bool = False) -> np.ndarray:
         """Zero the padding of a C-contiguous (rows, C) matrix of this layout whose pixels
-        hold ``n`` images, and record it for :meth:`sealed`; returns the (n, c, h, w) view
-        of its pixels. Nothing may write the padding afterwards."""
-        self.zero_padding(buf, n)
+        hold ``n`` images (``zeroed``: the caller does, before it hands the pixels on), and
+        record it for :meth:`sealed`; returns the (n, c, h, w) view of its pixels. Nothing
+        may write the padding afterwards."""
+        if not zeroed:
+            self.zero_padding(buf, n)
         _SEALED[id(buf)] = buf
         return self.interior(buf, n).transpose(0, 3, 1, 2)
 

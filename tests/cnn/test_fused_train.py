@@ -112,6 +112,82 @@ def test_zero_padding_leaves_only_pixels(planar):
     assert np.isnan(buf).sum() == inner.size and np.nansum(np.abs(buf)) == 0
 
 
+@pytest.mark.parametrize(
+    ("h", "w", "pr", "pc", "n"), [(4, 5, 1, 2, 3), (3, 3, 2, 1, 2), (1, 1, 1, 1, 3)]
+)
+def test_zero_rows_zeroes_the_padding_of_any_row_range(h, w, pr, pc, n):
+    """Chunks and image blocks zero the padding of the rows they wrote: for every row
+    range [lo, hi), exactly its guard and padding rows become 0; image blocks, in any
+    order, zero all of it."""
+    from pipeline.cnn.flat_conv import FlatLayout
+
+    lay = FlatLayout(h=h, w=w, c=2, pr=pr, pc=pc)
+    total = lay.total_rows(n)
+    pixel = np.zeros((total, 2), bool)
+    lay.interior(pixel, n)[...] = True
+    for lo in range(total + 1):
+        for hi in range(lo, total + 1):
+            buf = np.full((total, 2), np.nan)
+            lay.zero_rows(buf, n, lo, hi)
+            want = np.full((total, 2), np.nan)
+            want[lo:hi][~pixel[lo:hi]] = 0
+            np.testing.assert_array_equal(buf, want)
+    for size in range(1, n + 1):
+        buf = np.full((total, 2), np.nan)
+        for first in reversed(range(0, n, size)):
+            lay.zero_padding(buf, n, images=slice(first, first + size))
+        np.testing.assert_array_equal(np.isnan(buf), pixel)
+
+
+def test_buffers_left_uninitialised_are_written_before_they_are_read(monkeypatch):
+    """The fused chains allocate their outputs and gradient matrices uninitialised and
+    zero the padding in the threads that write the pixels (by conv chunk or image
+    block): with every np.empty filled with NaN, a forward and backward over several
+    chunks and blocks give the same bits as with zeroed memory, and a sealed output's
+    padding is zero."""
+    from pipeline.cnn.flat_conv import FlatLayout
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((12, 8, 30, 22)).astype(np.float32)
+    w1 = (0.2 * rng.standard_normal((16, 8, 3, 3))).astype(np.float32)
+    w2 = (0.2 * rng.standard_normal((16, 16, 3, 3))).astype(np.float32)
+
+    def run():
+        y1, c1 = F.conv2d_relu_train(x, w1, None, 1)  # unpooled: zeroed by conv chunk
+        y2, c2 = F.conv2d_relu_train(y1, w2, None, 1, pool=2)  # pooled: by image block
+        dy = rng_dy.standard_normal(y2.shape).astype(np.float32)
+        dx2, dw2, db2 = F.conv2d_relu_backward(dy, c2, w2, 1)
+        dx1, dw1, db1 = F.conv2d_relu_backward(dx2, c1, w1, 1)
+        for y, lay in ((y1, FlatLayout(30, 22, 16, 1, 1)), (y2, FlatLayout(15, 11, 16, 1, 1))):
+            buf = lay.sealed(y)
+            assert buf is not None
+            pixel = np.zeros(buf.shape, bool)
+            lay.interior(pixel, 12)[...] = True
+            assert not buf[~pixel].any()
+        return y2, dx2, dw2, db2, dx1, dw1, db1
+
+    empty = np.empty
+
+    def zeros(*args, **kwargs):
+        return np.zeros(*args, **kwargs)
+
+    def nans(*args, **kwargs):
+        a = empty(*args, **kwargs)
+        a.fill(np.nan if a.dtype.kind == "f" else 0)
+        return a
+
+    results = []
+    for fill in (zeros, nans):
+        rng_dy = np.random.default_rng(7)
+        monkeypatch.setattr(np, "empty", fill)
+        results.append(run())
+        monkeypatch.setattr(np, "empty", empty)
+    assert len(F._row_chunks(12 * 31 * 23, 48)) > 1  # the chains ran in several chunks
+    for a, b in zip(*results, strict=True):
+        assert not np.isnan(a).any()
+        np.testing.assert_array_equal(a, b)
+
+
 def test_wide_convolution_gradients_are_the_same_bits_for_any_thread_count(monkeypatch):
     """A 64 -> 64 channel conv + ReLU + pool over 32 * 17 * 17 flat rows is cut into the
     narrower chunks of a wide tap copy (at most 2,048 rows): its weight and bias gradients,
