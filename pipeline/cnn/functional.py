@@ -105,7 +105,9 @@ Padding: TypeAlias = int | str | Sequence[Any]
 Pads: TypeAlias = tuple[tuple[int, int], tuple[int, int]]
 
 # A dense layer's GEMMs are split into blocks of this many output columns (threads share
-# the blocks; each value is one whole dot product, so the split does not change it).
+# the blocks; each value is one whole dot product, and the split depends on the sizes
+# alone, so the values are the same for any thread count; BLAS may round a block's
+# products differently from the whole one's).
 _DENSE_COLS = 128
 # Its backward: the input gradient in blocks of this many input columns, the weight
 # gradient in blocks of this many output rows (contiguous in dw); separate tasks, fewer
