@@ -4,7 +4,9 @@ Every benchmark times two sides in one process as interleaved pairs (ours, their
 runs first alternates from pair to pair), so both see the same background load. The
 statistic is the median over the pairs of (their time / our time), printed with each
 side's median time and CPU time (all threads of the process: the work, which a busy
-machine disturbs less than the wall time).
+machine disturbs less than the wall time). Where one side's threads outlast its call
+(PyTorch's OpenMP threads spin after a training step), the pairs are *warm*: each
+timed call follows an untimed call of its own side (:func:`interleaved`).
 
 Every benchmark prints the same header (:func:`print_header`): Python and NumPy, each
 BLAS loaded (library, version, kernel/architecture, threads; threadpoolctl), the
@@ -104,6 +106,10 @@ class Pairs:
         return out
 
 
+WARM_NOTE = "  pairs: each timed call follows an untimed call of its own side (warm=True)"
+"""What a benchmark that times warm pairs prints under its ratio."""
+
+
 def _timed(fn: Callable[[], object]) -> tuple[float, float]:
     """(wall s, process CPU s) of one call."""
     w0, c0 = time.perf_counter(), time.process_time()
@@ -112,16 +118,26 @@ def _timed(fn: Callable[[], object]) -> tuple[float, float]:
 
 
 def interleaved(
-    ours: Callable[[], object], theirs: Callable[[], object] | None, pairs: int
+    ours: Callable[[], object],
+    theirs: Callable[[], object] | None,
+    pairs: int,
+    *,
+    warm: bool = False,
 ) -> Pairs:
     """Time ``pairs`` interleaved calls of ``ours`` and ``theirs`` (None: ours alone); pair
-    k runs ours first when k is even, theirs first when odd."""
+    k runs ours first when k is even, theirs first when odd. ``warm``: each timed call
+    follows an untimed call of the same side, so it starts from that side's own steady
+    state, as in a loop of its calls, not from the other side's (bench.train: PyTorch's
+    OpenMP threads spin for a few ms after its step, on the cores our next step needs).
+    A benchmark that uses it prints :data:`WARM_NOTE`."""
     times: dict[str, list[tuple[float, float]]] = {"ours": [], "theirs": []}
     for k in range(pairs):
         order = ("ours", "theirs") if k % 2 == 0 else ("theirs", "ours")
         for side in order:
             fn = ours if side == "ours" else theirs
             if fn is not None:
+                if warm:
+                    fn()
                 times[side].append(_timed(fn))
     a = np.array(times["ours"], dtype=float).reshape(-1, 2)
     b = np.array(times["theirs"], dtype=float).reshape(-1, 2)

@@ -11,8 +11,10 @@ Both sides use the same number of threads (``torch.set_num_threads`` = our worke
 threads, ``SENSORLAB_THREADS`` or the usable cores; ``--threads N`` pins the process to N
 cores first). Steps are timed as interleaved pairs by bench/common.py (the median over the
 pairs of torch step time / our step time, each side's images/s from its median step
-time, CPU ms a step). Before timing, the first step's loss and gradients are checked to
-agree between the two (same net, same maths).
+time, CPU ms a step), each timed step after an untimed step of its own side, as in a
+training loop: right after PyTorch's step its OpenMP threads still spin, and the next
+step of ours measured 3-5 % slower than after one of ours. Before timing, the first
+step's loss and gradients are checked to agree between the two (same net, same maths).
 
 It prints the ceiling the BLAS sets (``bench.common.gemm_floor``: the step's GEMMs in
 the engine's shapes and row groups, ``bench.cnn.net_gemms``, as sgemm calls on one core, against
@@ -50,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cnn import CHANNELS, CLASSES, SIZE_PX, make_model, make_weights, net_gemms
 from bench.common import (
+    WARM_NOTE,
     Pairs,
     ThreadWaits,
     add_blas_env,
@@ -240,7 +243,7 @@ def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
         theirs()
     ours()
     result["environment"] = environment()
-    pairs = interleaved(ours, theirs, reps)
+    pairs = interleaved(ours, theirs, reps, warm=True)
     result["pairs_s"] = [a.tolist() for a in dataclasses.astuple(pairs)]
     result["numpy_img_s"] = batch / pairs.ours_median_s
     result["torch_img_s"] = batch / pairs.theirs_median_s
@@ -263,6 +266,8 @@ def report(r: dict) -> None:
     pairs = Pairs(*(np.array(a) for a in r["pairs_s"]))
     for line in pairs.lines("numpy", "torch"):
         print(line)
+    if r["torch"] is not None:
+        print(WARM_NOTE)
     print(f"  numpy  {r['numpy_img_s']:8.0f} images/s (median)")
     if r["torch"] is None:
         print("  torch  skipped: torch is not installed (it is not a sensorlab dependency)")

@@ -24,6 +24,24 @@ def test_pairs_alternate_which_side_runs_first():
     assert len(alone) == 3 and len(alone.theirs_s) == 0
 
 
+def test_warm_pairs_time_each_call_after_a_call_of_its_own_side():
+    calls = []
+
+    def side(name):
+        def call():
+            calls.append(name)
+            if name == "theirs" and len(calls) % 2 == 0:  # the timed call of theirs
+                import time
+
+                time.sleep(0.003)
+
+        return call
+
+    pairs = interleaved(side("ours"), side("theirs"), 2, warm=True)
+    assert calls == ["ours", "ours", "theirs", "theirs", "theirs", "theirs", "ours", "ours"]
+    assert len(pairs) == 2 and (pairs.theirs_s >= 0.003).all()
+
+
 def test_blas_env_free_removes_only_the_openblas_variables(monkeypatch):
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
