@@ -13,7 +13,7 @@ cores first). Steps are timed as interleaved pairs by bench/common.py (the media
 pairs of torch step time / our step time, each side's images/s from its median step
 time, CPU ms a step), each timed step after an untimed step of its own side, as in a
 training loop: right after PyTorch's step its OpenMP threads still spin, and the next
-step of ours measured 3-5 % slower than after one of ours. Before timing, the first
+step of ours measured 3-7 % slower than after one of ours. Before timing, the first
 step's loss and gradients are checked to agree between the two (same net, same maths).
 
 It prints the ceiling the BLAS sets (``bench.common.gemm_floor``: the step's GEMMs in

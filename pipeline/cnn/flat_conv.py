@@ -99,6 +99,15 @@ def small_gemm_rows(k: int, n: int, small_kernels: bool | None = None) -> int:
     return rows if rows >= MIN_GEMM_ROWS else 0
 
 
+def _grouped_rows(m: int, rows: int) -> int:
+    """How many of ``m`` rows go into whole groups of ``rows`` (0: none, one GEMM); the
+    rest, when fewer than :data:`MIN_GEMM_ROWS`, joins the last group's GEMM instead."""
+    whole = m // rows * rows if 0 < rows < m else 0
+    if 0 < m - whole < MIN_GEMM_ROWS:
+        whole = max(0, whole - rows)
+    return whole
+
+
 def matmul_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int = 0) -> None:
     """``out = a @ b`` as GEMMs of ``rows`` rows of ``a`` (0: one GEMM): one stacked
     ``np.matmul`` over the whole groups (one call, so one release of the GIL: a Python loop of
@@ -106,9 +115,7 @@ def matmul_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int = 0) ->
     with the last group when fewer than :data:`MIN_GEMM_ROWS`: a one-row product would be a
     GEMV). Each row of the result is the same dot products whatever the split."""
     m = a.shape[0]
-    whole = m // rows * rows if 0 < rows < m else 0
-    if 0 < m - whole < MIN_GEMM_ROWS:
-        whole = max(0, whole - rows)
+    whole = _grouped_rows(m, rows)
     if whole:
         k, n = a.shape[1], b.shape[1]
         stack = np.reshape(a[:whole], (whole // rows, rows, k), copy=False)
@@ -125,9 +132,7 @@ def matmul_tn_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int = 0)
     gradient (K and N a few dozen, m thousands) use the small-matrix kernels; the sum
     order is a function of m and ``rows`` alone."""
     m = a.shape[0]
-    whole = m // rows * rows if 0 < rows < m else 0
-    if 0 < m - whole < MIN_GEMM_ROWS:
-        whole = max(0, whole - rows)
+    whole = _grouped_rows(m, rows)
     if not whole:
         np.matmul(a.T, b, out=out)
         return

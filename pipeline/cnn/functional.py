@@ -1030,20 +1030,19 @@ def _relu_grad_matrix(dy: np.ndarray, z: np.ndarray, geo: _FlatGeometry) -> np.n
     n, n_f = dy.shape[:2]
     dy_rows = _as_rows(dy, geo)
     dyb, pixels = geo.grad_matrix(n_f, z.dtype, zero=False)  # (N, H, W, F) view
-    if dy_rows is None:
-        dy_px, z_px = dy.transpose(0, 2, 3, 1), geo.crop(z, geo.out_crop).transpose(0, 2, 3, 1)
-
-        def mask(i: Any) -> None:
-            np.multiply(dy_px[i], (z_px[i] > 0).view(np.uint8), out=pixels[i])
-            geo.zero_padding(dyb, i)
-
-    else:
+    if dy_rows is None:  # pixel by pixel
+        d, zi, dst = (
+            dy.transpose(0, 2, 3, 1),
+            geo.crop(z, geo.out_crop).transpose(0, 2, 3, 1),
+            pixels,
+        )
+    else:  # image by image of rows
         d, zi = dy_rows.reshape(n, -1), z.reshape(n, -1)
-        body = dyb[geo.dy0 : geo.dy0 + geo.rows].reshape(n, -1)
+        dst = dyb[geo.dy0 : geo.dy0 + geo.rows].reshape(n, -1)
 
-        def mask(i: Any) -> None:
-            np.multiply(d[i], (zi[i] > 0).view(np.uint8), out=body[i])
-            geo.zero_padding(dyb, i)
+    def mask(i: Any) -> None:
+        np.multiply(d[i], (zi[i] > 0).view(np.uint8), out=dst[i])
+        geo.zero_padding(dyb, i)
 
     _over_batch(pixels, mask)
     return dyb
