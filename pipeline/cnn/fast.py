@@ -240,7 +240,7 @@ class _Conv:
         rows = max(m for _, m in self.chunks) * gi.img_rows
         if use_im2col(kh, k_row):
             return rows * kh * k_row, rows * n_f
-        return (rows + (kh - 1) * gi.wq) * k_row, rows * n_f
+        return (rows + (kh - 1) * gi.wq) * k_row, kh * rows * n_f
 
     def row_tiles(self, width: int) -> tuple[np.ndarray, np.ndarray]:
         """The bias and a zero row tiled ``width`` pixels wide, (width * F,) each: they add

@@ -8,8 +8,9 @@ dilation). A convolution is then a sum of GEMMs of shifted views of that matrix,
 im2col copy of the whole batch ("a tap is a row offset": docs/performance.md).
 
 :func:`corr_chunk` computes one chunk of output rows: the ``kw`` taps of a kernel row are
-copied side by side into a chunk matrix and ``kh`` GEMMs at row offsets accumulate (or one
-GEMM over all ``kh*kw`` taps when ``kw*C < IM2COL_MAX_K``). :mod:`pipeline.cnn.functional`
+copied side by side into a chunk matrix, ``kh`` GEMMs at row offsets of it (one stacked
+``np.matmul`` call) are summed in kernel-row order (or one GEMM over all ``kh*kw`` taps when
+``kw*C < IM2COL_MAX_K``). :mod:`pipeline.cnn.functional`
 calls it for training's forward and input gradient, :mod:`pipeline.cnn.fast` for the fused
 evaluation kernel; both therefore sum in the same order.
 
@@ -29,10 +30,9 @@ from __future__ import annotations
 
 import functools
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 __all__ = [
     "CHUNK_ROWS",
@@ -109,39 +109,49 @@ def _grouped_rows(m: int, rows: int) -> int:
 
 
 def matmul_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int = 0) -> None:
-    """``out = a @ b`` as GEMMs of ``rows`` rows of ``a`` (0: one GEMM): one stacked
-    ``np.matmul`` over the whole groups (one call, so one release of the GIL: a Python loop of
-    calls made two threads wait on each other), then one GEMM of the remaining rows (joined
-    with the last group when fewer than :data:`MIN_GEMM_ROWS`: a one-row product would be a
-    GEMV). Each row of the result is the same dot products whatever the split."""
-    m = a.shape[0]
+    """``out = a @ b`` for ``a`` (..., m, k), ``b`` (..., k, n) as GEMMs of ``rows`` rows of
+    ``a`` (0: one GEMM each): one stacked ``np.matmul`` over the whole groups of every
+    leading index (one call, so one release of the GIL: a Python loop of calls made two
+    threads wait on each other), then one over the remaining rows (joined with the last
+    group when fewer than :data:`MIN_GEMM_ROWS`: a one-row product would be a GEMV). Each
+    row of the result is the same dot products whatever the split."""
+    m = a.shape[-2]
     whole = _grouped_rows(m, rows)
     if whole:
-        k, n = a.shape[1], b.shape[1]
-        stack = np.reshape(a[:whole], (whole // rows, rows, k), copy=False)
-        np.matmul(stack, b, out=np.reshape(out[:whole], (whole // rows, rows, n), copy=False))
+        lead, k, n, groups = a.shape[:-2], a.shape[-1], b.shape[-1], whole // rows
+        stack = a[..., :whole, :].reshape((*lead, groups, rows, k), copy=False)
+        dst = out[..., :whole, :].reshape((*lead, groups, rows, n), copy=False)
+        np.matmul(stack, b[..., None, :, :], out=dst)
     if whole < m:
-        np.matmul(a[whole:], b, out=out[whole:])
+        np.matmul(a[..., whole:, :], b, out=out[..., whole:, :])
 
 
 def matmul_tn_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int = 0) -> None:
-    """``out = a.T @ b`` for ``a`` (m, K) and ``b`` (m, N) as GEMMs over ``rows`` rows
-    each (0: one GEMM): one stacked ``np.matmul`` of the whole groups, their (K, N)
-    products summed in row order, then the remaining rows' product added (joined with the
-    last group when fewer than :data:`MIN_GEMM_ROWS`). The split is what lets a weight
-    gradient (K and N a few dozen, m thousands) use the small-matrix kernels; the sum
-    order is a function of m and ``rows`` alone."""
-    m = a.shape[0]
+    """``out = a^T @ b`` for ``a`` (..., m, K) (``^T`` swapping its last two axes) and ``b``
+    (m, N) as GEMMs over ``rows`` rows each (0: one GEMM each): one stacked ``np.matmul``
+    of the whole groups, their (K, N) products summed in row order, then the remaining
+    rows' product added (joined with the last group when fewer than
+    :data:`MIN_GEMM_ROWS`). The split is what lets a weight gradient (K and N a few dozen,
+    m thousands) use the small-matrix kernels; the sum order is a function of m and
+    ``rows`` alone."""
+    m = a.shape[-2]
     whole = _grouped_rows(m, rows)
     if not whole:
-        np.matmul(a.T, b, out=out)
+        np.matmul(a.swapaxes(-1, -2), b, out=out)
         return
-    k, n = a.shape[1], b.shape[1]
-    stack_a = np.reshape(a[:whole], (whole // rows, rows, k), copy=False).transpose(0, 2, 1)
-    stack_b = np.reshape(b[:whole], (whole // rows, rows, n), copy=False)
-    np.sum(np.matmul(stack_a, stack_b), axis=0, out=out)
+    lead, k, n, groups = a.shape[:-2], a.shape[-1], b.shape[-1], whole // rows
+    stack_a = a[..., :whole, :].reshape((*lead, groups, rows, k), copy=False).swapaxes(-1, -2)
+    stack_b = b[:whole].reshape((groups, rows, n), copy=False)
+    np.add.reduce(np.matmul(stack_a, stack_b), axis=-3, out=out)
     if whole < m:
-        out += a[whole:].T @ b[whole:]
+        out += a[..., whole:, :].swapaxes(-1, -2) @ b[whole:]
+
+
+def _row_stack(s: np.ndarray, kh: int, rows: int, row_step: int) -> np.ndarray:
+    """(kh, rows, K) view of a C-contiguous (rows + (kh-1)*row_step, K) tap matrix: kernel
+    row i's taps start at row i*row_step."""
+    st0, st1 = s.strides
+    return np.ndarray((kh, rows, s.shape[1]), s.dtype, s, 0, (row_step * st0, st0, st1))
 
 
 def weight_rows(w: np.ndarray) -> np.ndarray:
@@ -172,11 +182,12 @@ def taps(
     """Copy of the strided window view of the C-contiguous ``src`` from row ``start``:
     shape (rows, *shape, C) with row strides ``steps`` (in rows), as (rows, prod)."""
     c, item = src.shape[1], src.itemsize
-    need = start + rows - 1 + sum((k - 1) * st for k, st in zip(shape, steps, strict=True))
-    assert start >= 0 and need < src.shape[0], "flat layout guard too small"
-    strides = (c * item, *(st * c * item for st in steps), item)
-    view = as_strided(src[start:], (rows, *shape, c), strides, writeable=False)
-    out = buf[: view.size].reshape(view.shape)
+    reach = sum((k - 1) * st for k, st in zip(shape, steps, strict=True))
+    assert start >= 0 and start + rows - 1 + reach < src.shape[0], "flat layout guard too small"
+    row = c * item
+    vshape = (rows, *shape, c)
+    view = np.ndarray(vshape, src.dtype, src, start * row, (row, *(st * row for st in steps), item))
+    out = buf[: view.size].reshape(vshape)
     np.copyto(out, view)
     return out.reshape(rows, -1)
 
@@ -203,7 +214,7 @@ def corr_chunk(
     wr : (kh, kw*C, F) weights (:func:`weight_rows`).
     out : (rows, F) result, overwritten.
     buf : scratch of at least (rows + (kh-1)*row_step) * kh*kw*C values.
-    tmp : scratch of at least rows * F values.
+    tmp : scratch of at least kh * rows * F values.
     gemm_rows : rows per GEMM call (:func:`matmul_rows`; 0: one call per product).
     """
     kh, k_row, n_f = wr.shape
@@ -213,11 +224,12 @@ def corr_chunk(
         matmul_rows(s, wr.reshape(kh * k_row, n_f), out, gemm_rows)
         return
     s = taps(src, start, rows + (kh - 1) * row_step, (kw,), (col_step,), buf)
-    matmul_rows(s[:rows], wr[0], out, gemm_rows)
-    acc = tmp.reshape(-1)[: rows * n_f].reshape(rows, n_f)
-    for i in range(1, kh):
-        matmul_rows(s[i * row_step : i * row_step + rows], wr[i], acc, gemm_rows)
-        out += acc
+    if kh == 1:
+        matmul_rows(s, wr[0], out, gemm_rows)
+        return
+    acc = tmp.reshape(-1)[: kh * rows * n_f].reshape(kh, rows, n_f)
+    matmul_rows(_row_stack(s, kh, rows, row_step), wr, acc, gemm_rows)
+    np.add.reduce(acc, axis=0, out=out)  # (P0 + P1) + P2: kernel rows in order
 
 
 def planar_taps(
@@ -236,12 +248,8 @@ def planar_taps(
     need = start + rows - 1 + (kh - 1) * row_step + (kw - 1) * col_step
     assert start >= 0 and need < src.shape[1], "flat layout guard too small"
     item, plane = src.itemsize, src.strides[0]
-    view = as_strided(
-        src[:, start:],
-        (kh, kw, c, rows),
-        (row_step * item, col_step * item, plane, item),
-        writeable=False,
-    )
+    shape, strides = (kh, kw, c, rows), (row_step * item, col_step * item, plane, item)
+    view = np.ndarray(shape, src.dtype, src, start * item, strides)
     cols = buf[: view.size].reshape(view.shape)
     np.copyto(cols, view)
     return cols.reshape(kh * kw * c, rows)
@@ -310,8 +318,7 @@ def wgrad_chunk(
         matmul_tn_rows(s, dy, out.reshape(kh * k_row, n_f), gemm_rows)
         return
     s = taps(src, start, rows + (kh - 1) * row_step, (kw,), (col_step,), buf)
-    for i in range(kh):
-        matmul_tn_rows(s[i * row_step : i * row_step + rows], dy, out[i], gemm_rows)
+    matmul_tn_rows(_row_stack(s, kh, rows, row_step), dy, out, gemm_rows)
 
 
 def wgrad_chunk_planar(
@@ -357,20 +364,18 @@ class FlatLayout:
     pr: int
     pc: int
 
-    @property
-    def wq(self) -> int:
-        """Padded row length, pixels."""
-        return self.w + self.pc
+    wq: int = field(init=False, repr=False, compare=False)
+    """Padded row length, pixels."""
+    img_rows: int = field(init=False, repr=False, compare=False)
+    """Matrix rows per image."""
+    lead: int = field(init=False, repr=False, compare=False)
+    """Zero guard rows before the first image (and after the last)."""
 
-    @property
-    def img_rows(self) -> int:
-        """Matrix rows per image."""
-        return (self.h + self.pr) * self.wq
-
-    @property
-    def lead(self) -> int:
-        """Zero guard rows before the first image (and after the last)."""
-        return self.pr * self.wq + self.pc
+    def __post_init__(self) -> None:
+        wq = self.w + self.pc
+        object.__setattr__(self, "wq", wq)
+        object.__setattr__(self, "img_rows", (self.h + self.pr) * wq)
+        object.__setattr__(self, "lead", self.pr * wq + self.pc)
 
     def total_rows(self, n: int) -> int:
         return 2 * self.lead + n * self.img_rows

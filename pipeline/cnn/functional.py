@@ -465,7 +465,10 @@ _scratch_local = threading.local()
 def _scratch(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
     """A per-thread reusable 1-D buffer of at least ``size`` values (no page faults from
     fresh allocations in every chunk)."""
-    bufs = _scratch_local.__dict__.setdefault("bufs", {})
+    try:
+        bufs = _scratch_local.bufs
+    except AttributeError:
+        bufs = _scratch_local.bufs = {}
     key = (slot, np.dtype(dtype))
     buf = bufs.get(key)
     if buf is None or buf.size < size:
@@ -506,7 +509,7 @@ def _corr_into(
     im2col = use_im2col(kh, k_row)
     ext = 0 if im2col else (kh - 1) * row_step
     buf = _scratch("taps", (m + ext) * kh * k_row, src.dtype)
-    tmp = _scratch("acc", m * n_f, src.dtype)
+    tmp = _scratch("acc", kh * m * n_f, src.dtype)
     gemm_rows = small_gemm_rows(kh * k_row if im2col else k_row, n_f)
     corr_chunk(src, a, m, row_step, col_step, wr, out, buf, tmp, gemm_rows)
 

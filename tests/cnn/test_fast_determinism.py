@@ -31,6 +31,7 @@ from pipeline.cnn.flat_conv import (
     matmul_tn_rows,
     small_gemm_rows,
     weight_rows,
+    wgrad_chunk,
 )
 from tests.cnn.test_fast import _model, assert_matches_layers, compiled, conv
 
@@ -144,7 +145,7 @@ def test_planar_kernel_matches_the_nhwc_im2col_kernel_and_the_definition():
     rows, first = n * g.img_rows, g.lead - 2 * g.wq - 2
     nhwc, planar = np.empty((rows, 4), np.float32), np.empty((rows, 4), np.float32)
     buf = np.empty(rows * 75, np.float32)
-    corr_chunk(src, first, rows, g.wq, 1, wr, nhwc, buf, np.empty(rows * 4, np.float32))
+    corr_chunk(src, first, rows, g.wq, 1, wr, nhwc, buf, np.empty(5 * rows * 4, np.float32))
     corr_chunk_planar(planes, first, rows, g.wq, 1, wr, planar, buf)
     # the same products, summed by another GEMM call (A transposed): float32 rounding
     np.testing.assert_allclose(planar, nhwc, rtol=0, atol=1e-6 * np.abs(nhwc).max())
@@ -213,6 +214,64 @@ def test_weight_gradient_gemms_over_row_groups_sum_in_row_order(m, rows):
     np.testing.assert_array_equal(out, ref)
 
 
+@pytest.mark.parametrize("rows", [0, 32, 100])
+def test_stacked_row_group_gemms_are_the_gemms_of_each_slice(rows):
+    """matmul_rows and matmul_tn_rows over a leading (kernel-row) axis, on overlapping
+    windows of one tap matrix as corr_chunk and wgrad_chunk pass them: each slice gets the
+    bits of its own call."""
+    rng = np.random.default_rng(8)
+    s = rng.standard_normal((333 + 2 * 40, 96)).astype(np.float32)
+    stack = np.lib.stride_tricks.sliding_window_view(s, (333, 96))[::40, 0]  # (3, 333, 96)
+    assert stack.shape == (3, 333, 96) and np.shares_memory(stack, s)
+    split = rows if blas_small_gemm() else 0
+    w = rng.standard_normal((3, 96, 32)).astype(np.float32)
+    out = np.full((3, 333, 32), np.nan, np.float32)
+    matmul_rows(stack, w, out, split)
+    dy = rng.standard_normal((333, 32)).astype(np.float32)
+    dw = np.full((3, 96, 32), np.nan, np.float32)
+    matmul_tn_rows(stack, dy, dw, split)
+    for i in range(3):
+        one = np.full((333, 32), np.nan, np.float32)
+        matmul_rows(np.ascontiguousarray(stack[i]), w[i], one, split)
+        np.testing.assert_array_equal(out[i], one)
+        one_dw = np.full((96, 32), np.nan, np.float32)
+        matmul_tn_rows(np.ascontiguousarray(stack[i]), dy, one_dw, split)
+        np.testing.assert_array_equal(dw[i], one_dw)
+
+
+def test_kernel_rows_are_summed_in_order():
+    """corr_chunk's kh products (one stacked call) summed (P0 + P1) + P2, and wgrad_chunk's
+    kh weight-gradient rows, are the bits of the products formed one kernel row at a time
+    from the same tap copy."""
+    rng = np.random.default_rng(9)
+    g = FlatLayout(8, 8, 32, 1, 1)
+    n = 2
+    src = g.alloc(n)
+    g.interior(src, n)[...] = rng.standard_normal((n, 8, 8, 32))
+    wr = weight_rows(rng.standard_normal((16, 32, 3, 3)).astype(np.float32))
+    rows, first = n * g.img_rows, g.lead - g.wq - 1
+    split = 37 if blas_small_gemm() else 0
+    buf, tmp = np.empty((rows + 2 * g.wq) * 96, np.float32), np.empty(3 * rows * 16, np.float32)
+    out = np.empty((rows, 16), np.float32)
+    corr_chunk(src, first, rows, g.wq, 1, wr, out, buf, tmp, split)
+    s = np.ascontiguousarray(
+        np.concatenate([src[first + j : first + j + rows + 2 * g.wq] for j in range(3)], axis=1)
+    )  # the kw taps of a kernel row side by side, as the chunk copies them
+    products = []
+    for i in range(3):
+        p = np.empty((rows, 16), np.float32)
+        matmul_rows(np.ascontiguousarray(s[i * g.wq : i * g.wq + rows]), wr[i], p, split)
+        products.append(p)
+    np.testing.assert_array_equal(out, (products[0] + products[1]) + products[2])
+    dy = rng.standard_normal((rows, 16)).astype(np.float32)
+    dw = np.empty((3, 96, 16), np.float32)
+    wgrad_chunk(src, first, rows, g.wq, 1, dy, dw, buf, split)
+    for i in range(3):
+        one = np.empty((96, 16), np.float32)
+        matmul_tn_rows(np.ascontiguousarray(s[i * g.wq : i * g.wq + rows]), dy, one, split)
+        np.testing.assert_array_equal(dw[i], one)
+
+
 def test_split_gemms_leave_the_convolution_kernels_bits_unchanged():
     rng = np.random.default_rng(6)
     g = FlatLayout(8, 8, 32, 1, 1)
@@ -221,7 +280,7 @@ def test_split_gemms_leave_the_convolution_kernels_bits_unchanged():
     g.interior(src, n)[...] = rng.standard_normal((n, 8, 8, 32))
     wr = weight_rows(rng.standard_normal((16, 32, 3, 3)).astype(np.float32))
     rows, first = n * g.img_rows, g.lead - g.wq - 1
-    buf, tmp = np.empty((rows + 2 * g.wq) * 96, np.float32), np.empty(rows * 16, np.float32)
+    buf, tmp = np.empty((rows + 2 * g.wq) * 96, np.float32), np.empty(3 * rows * 16, np.float32)
     whole, split = np.empty((rows, 16), np.float32), np.empty((rows, 16), np.float32)
     corr_chunk(src, first, rows, g.wq, 1, wr, whole, buf, tmp)
     # 37-row GEMMs where the kernel allows a split (see the test above), else the
