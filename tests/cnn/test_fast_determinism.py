@@ -239,17 +239,23 @@ def test_stacked_row_group_gemms_are_the_gemms_of_each_slice(rows):
         np.testing.assert_array_equal(dw[i], one_dw)
 
 
-def test_kernel_rows_are_summed_in_order():
-    """corr_chunk's kh products (one stacked call) summed (P0 + P1) + P2, and wgrad_chunk's
-    kh weight-gradient rows, are the bits of the products formed one kernel row at a time
-    from the same tap copy."""
-    rng = np.random.default_rng(9)
+def _conv_case(rng: np.random.Generator) -> tuple:
+    """Two 8x8x32 images in a flat layout (padding 1), 3x3 weights to 16 channels as
+    weight rows, the anchor rows and the first tap row: (layout, src, wr, rows, first)."""
     g = FlatLayout(8, 8, 32, 1, 1)
     n = 2
     src = g.alloc(n)
     g.interior(src, n)[...] = rng.standard_normal((n, 8, 8, 32))
     wr = weight_rows(rng.standard_normal((16, 32, 3, 3)).astype(np.float32))
-    rows, first = n * g.img_rows, g.lead - g.wq - 1
+    return g, src, wr, n * g.img_rows, g.lead - g.wq - 1
+
+
+def test_kernel_rows_are_summed_in_order():
+    """corr_chunk's kh products (one stacked call) summed (P0 + P1) + P2, and wgrad_chunk's
+    kh weight-gradient rows, are the bits of the products formed one kernel row at a time
+    from the same tap copy."""
+    rng = np.random.default_rng(9)
+    g, src, wr, rows, first = _conv_case(rng)
     split = 37 if blas_small_gemm() else 0
     buf, tmp = np.empty((rows + 2 * g.wq) * 96, np.float32), np.empty(3 * rows * 16, np.float32)
     out = np.empty((rows, 16), np.float32)
@@ -273,13 +279,7 @@ def test_kernel_rows_are_summed_in_order():
 
 
 def test_split_gemms_leave_the_convolution_kernels_bits_unchanged():
-    rng = np.random.default_rng(6)
-    g = FlatLayout(8, 8, 32, 1, 1)
-    n = 2
-    src = g.alloc(n)
-    g.interior(src, n)[...] = rng.standard_normal((n, 8, 8, 32))
-    wr = weight_rows(rng.standard_normal((16, 32, 3, 3)).astype(np.float32))
-    rows, first = n * g.img_rows, g.lead - g.wq - 1
+    g, src, wr, rows, first = _conv_case(np.random.default_rng(6))
     buf, tmp = np.empty((rows + 2 * g.wq) * 96, np.float32), np.empty(3 * rows * 16, np.float32)
     whole, split = np.empty((rows, 16), np.float32), np.empty((rows, 16), np.float32)
     corr_chunk(src, first, rows, g.wq, 1, wr, whole, buf, tmp)
