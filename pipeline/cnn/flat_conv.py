@@ -9,10 +9,10 @@ im2col copy of the whole batch ("a tap is a row offset": docs/performance.md).
 
 :func:`corr_chunk` computes one chunk of output rows: the ``kw`` taps of a kernel row are
 copied side by side into a chunk matrix, ``kh`` GEMMs at row offsets of it (one stacked
-``np.matmul`` call) are summed in kernel-row order (or one GEMM over all ``kh*kw`` taps when
-``kw*C < IM2COL_MAX_K``). :mod:`pipeline.cnn.functional`
-calls it for training's forward and input gradient, :mod:`pipeline.cnn.fast` for the fused
-evaluation kernel; both therefore sum in the same order.
+``np.matmul`` call) are summed in kernel-row order (or one GEMM over all ``kh*kw`` taps
+when ``kw*C < IM2COL_MAX_K``). :mod:`pipeline.cnn.functional` calls it for training's
+forward and input gradient, :mod:`pipeline.cnn.fast` for the fused evaluation kernel;
+both therefore sum in the same order.
 
 :func:`corr_chunk_planar` is the im2col branch for a *planar* copy of the same layout (one
 flat padded row per channel, ``(C, rows)``): every tap is then a contiguous run, so the
