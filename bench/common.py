@@ -110,7 +110,7 @@ WARM_NOTE = "  pairs: each timed call follows an untimed call of its own side (w
 """What a benchmark that times warm pairs prints under its ratio."""
 
 
-def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
     """(wall s, process CPU s) of one call."""
     w0, c0 = time.perf_counter(), time.process_time()
     fn()
@@ -138,7 +138,7 @@ def interleaved(
             if fn is not None:
                 if warm:
                     fn()
-                times[side].append(_timed(fn))
+                times[side].append(timed(fn))
     a = np.array(times["ours"], dtype=float).reshape(-1, 2)
     b = np.array(times["theirs"], dtype=float).reshape(-1, 2)
     return Pairs(a[:, 0], b[:, 0], a[:, 1], b[:, 1])
@@ -185,7 +185,7 @@ def gemm_floor(gemms: Sequence[Gemm], reps: int = 3) -> tuple[float, float]:
                 for n in calls:
                     np.matmul(a[:n], b, out=out[:n])
 
-            cpu_s += min(_timed(run)[1] for _ in range(reps))
+            cpu_s += min(timed(run)[1] for _ in range(reps))
     return cpu_s, sum(g.flop for g in gemms) / 1e9
 
 

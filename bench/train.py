@@ -226,12 +226,16 @@ def check_same_net(model, wts, x, labels, t_loss, t_grads) -> float:
     return worst
 
 
-def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
-    threads = worker_threads()
-    wts = make_weights(seed)
+def bench_data(batch: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The bench's weights (bench.cnn's, for ``seed``), images and labels of a batch."""
     rng = np.random.default_rng(seed + 1)
     x = rng.random((batch, 3, SIZE_PX, SIZE_PX), dtype=np.float32)
-    labels = rng.integers(0, CLASSES, batch)
+    return make_weights(seed), x, rng.integers(0, CLASSES, batch)
+
+
+def run(batch: int, reps: int, seed: int, profile_reps: int) -> dict:
+    threads = worker_threads()
+    wts, x, labels = bench_data(batch, seed)
     model = make_model(wts)
     opt = AdamW(model.params, lr=LR, weight_decay=WEIGHT_DECAY)
     ours = lambda: numpy_step(model, opt, x, labels)  # noqa: E731

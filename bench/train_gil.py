@@ -47,22 +47,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cnn import CLASSES, SIZE_PX, make_model, make_weights
-from bench.common import add_blas_env, apply_blas_env, load_line, print_header
-from bench.train import LR, WEIGHT_DECAY, numpy_step, torch_side, torch_version
+from bench.cnn import make_model
+from bench.common import add_blas_env, apply_blas_env, load_line, print_header, timed
+from bench.train import (
+    LR,
+    WEIGHT_DECAY,
+    bench_data,
+    numpy_step,
+    torch_side,
+    torch_version,
+)
 from pipeline.cnn import functional
 from pipeline.cnn.optim import AdamW
 from pipeline.threads import THREADS_ENV, worker_threads
 
 CHUNK_KERNELS = ("_corr_into", "_wgrad_into")
 """pipeline.cnn.functional's per-chunk convolution kernels, which the probe wraps."""
-
-
-def bench_data(batch: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
-    """bench.train's weights, images and labels for ``seed``."""
-    rng = np.random.default_rng(seed + 1)
-    x = rng.random((batch, 3, SIZE_PX, SIZE_PX), dtype=np.float32)
-    return make_weights(seed), x, rng.integers(0, CLASSES, batch)
 
 
 def make_step(batch: int, seed: int, share: slice = slice(None)) -> Callable[[], float]:
@@ -104,12 +104,6 @@ def probed_chunks(us: float, counter: Iterator[int]) -> Iterator[None]:
             setattr(functional, name, kernel)
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def price_of_python(step: Callable[[], object], us: float, pairs: int) -> dict:
     """Median wall time that ``us`` microseconds of Python per convolution chunk add to
     ``step``, alternating plain and probed steps (each after an untimed one of its kind);
@@ -118,11 +112,11 @@ def price_of_python(step: Callable[[], object], us: float, pairs: int) -> dict:
     plain, probed = [], []
     for _ in range(pairs):
         step()
-        plain.append(_timed(step))
+        plain.append(timed(step)[0])
         with probed_chunks(us, counter):
             step()
             start = next(counter)
-            probed.append(_timed(step))
+            probed.append(timed(step)[0])
             chunks = next(counter) - start - 1
     return {
         "chunks": chunks,
@@ -165,7 +159,7 @@ def _share_worker(core: int, share: slice, batch: int, seed: int, barrier, conn)
         step()
         if together:
             barrier.wait()
-        conn.send(_timed(step))
+        conn.send(timed(step)[0])
 
 
 def without_shared_gil(
@@ -199,10 +193,10 @@ def without_shared_gil(
                 links[0].send(("go", False))
                 alone.append(links[0].recv())
                 whole()
-                threaded.append(_timed(whole))
+                threaded.append(timed(whole)[0])
                 if torch_step is not None:
                     torch_step()
-                    torch.append(_timed(torch_step))
+                    torch.append(timed(torch_step)[0])
                     time.sleep(0.01)
         for link in links:
             link.send(None)
